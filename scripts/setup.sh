@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what EOS's tools, tests and demo need on a Debian 12 machine:
+# Debian packages (only the missing ones) and the npm dependencies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  gdisk dosfstools mtools squashfs-tools erofs-utils e2fsprogs xfsprogs fdisk xz-utils zstd
+  openssh-server openssh-client
+  podman runc uidmap slirp4netns fuse-overlayfs
+  qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools tpm2-tools cryptsetup-bin
+  mmdebstrap kexec-tools grub-efi-amd64-bin busybox-static
+  curl
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -q
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: npm ci"
+  npm ci --no-audit --no-fund
+else
+  npm run --silent build
+fi

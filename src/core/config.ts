@@ -1,0 +1,131 @@
+/**
+ * /etc/os-update.yml in the original shapes: on an update server `update:` is
+ * a list of images to fetch; on a device it is a map naming the server. Keys
+ * beyond the original ones are additive and optional.
+ */
+import { parseDocument } from "yaml";
+import { z } from "zod";
+import { EosError } from "./errors.ts";
+
+export const IMAGE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/;
+
+/** An image name is used in file names and URLs: no separators, no `..`. */
+export function isSafeImageName(name: string): boolean {
+  return IMAGE_NAME_PATTERN.test(name) && !name.includes("..");
+}
+
+const imageName = z
+  .string()
+  .refine(isSafeImageName, "must be letters, digits and . _ + - (no /, no ..), at most 128 characters");
+
+export function parseDuration(text: string | number): number {
+  if (typeof text === "number") {
+    if (!Number.isFinite(text) || text <= 0) throw new Error("must be a positive number of seconds");
+    return text;
+  }
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?$/.exec(text.trim());
+  if (!m) throw new Error(`cannot read ${JSON.stringify(text)} as a duration (e.g. 90s, 15m, 1h, 1d)`);
+  const value = Number(m[1]);
+  const unit = m[2] ?? "s";
+  const factor = { ms: 0.001, s: 1, m: 60, min: 60, h: 3600, d: 86400 }[unit] ?? 1;
+  const seconds = value * factor;
+  if (seconds <= 0) throw new Error("must be longer than zero");
+  return seconds;
+}
+
+const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  try {
+    return parseDuration(value);
+  } catch (error) {
+    ctx.addIssue({ code: "custom", message: (error as Error).message });
+    return z.NEVER;
+  }
+});
+
+const httpUrl = z
+  .string()
+  .refine((u) => /^(https?|file):\/\//.test(u), "must be an http://, https:// or file:// URL");
+
+const serverImageSchema = z.strictObject({
+  image: httpUrl,
+  /** The original names the local file (`EOS.aarch64-RPI-TW.raw`); `.raw` is optional here. */
+  name: z
+    .string()
+    .transform((n) => n.replace(/\.raw$/, ""))
+    .pipe(imageName),
+  manifest: httpUrl.optional(),
+  signature: httpUrl.optional(),
+  interval: duration.optional(),
+  insecure: z.boolean().optional(),
+});
+
+export const serverConfigSchema = z.strictObject({
+  update: z.array(serverImageSchema),
+  images_dir: z.string().startsWith("/", "must be an absolute path").optional(),
+  keys: z.array(z.string()).optional(),
+  interval: duration.optional(),
+  serve: z
+    .strictObject({
+      listen: z.string().optional(),
+      port: z.number().int().min(0).max(65535).optional(),
+      cert: z.string().optional(),
+      key: z.string().optional(),
+      tokens_dir: z.string().optional(),
+    })
+    .optional(),
+});
+
+export type ServerConfig = z.infer<typeof serverConfigSchema>;
+export type ServerImage = z.infer<typeof serverImageSchema>;
+
+export const deviceConfigSchema = z.strictObject({
+  update: z.strictObject({
+    server: z
+      .string()
+      .regex(/^([A-Za-z0-9._-]+@)?[A-Za-z0-9.:_\-[\]]+$/, "must be USER@HOST or HOST")
+      .optional(),
+    name: imageName,
+    pkey: z.string().optional(),
+    url: z
+      .string()
+      .refine((u) => /^https?:\/\//.test(u), "must be an http:// or https:// URL")
+      .optional(),
+    token: z.string().optional(),
+    keys: z.array(z.string()).optional(),
+    tries: z.number().int().min(1).max(10).optional(),
+    ca: z.string().optional(),
+    port: z.number().int().min(1).max(65535).optional(),
+  }),
+});
+
+export type DeviceConfig = z.infer<typeof deviceConfigSchema>;
+
+function describePath(path: PropertyKey[]): string {
+  return path.reduce<string>((acc, part) => {
+    if (typeof part === "number") return `${acc}[${part}]`;
+    return acc ? `${acc}.${String(part)}` : String(part);
+  }, "");
+}
+
+/** Parses YAML and validates it; errors name the file and the key. */
+export function parseYamlConfig<T extends z.ZodType>(text: string, file: string, schema: T): z.infer<T> {
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    const first = doc.errors[0];
+    throw new EosError("CONFIG", `${file}: invalid YAML: ${first?.message.split("\n")[0] ?? "parse error"}`);
+  }
+  const data: unknown = doc.toJS();
+  const result = schema.safeParse(data ?? {});
+  if (!result.success) {
+    const lines = result.error.issues.map((issue) => {
+      const key = describePath(issue.path);
+      if (issue.code === "unrecognized_keys") {
+        const keys = issue.keys.map((k) => (key ? `${key}.${k}` : k)).join(", ");
+        return `unknown key ${keys}`;
+      }
+      return `${key || "(top level)"}: ${issue.message}`;
+    });
+    throw new EosError("CONFIG", `${file}: ${lines.join("; ")}`);
+  }
+  return result.data;
+}

@@ -1,0 +1,58 @@
+/**
+ * Typed errors with stable codes. The code is what scripts and tests match on;
+ * the hint tells a person what to do next.
+ */
+export type ErrorCode =
+  | "USAGE"
+  | "CONFIG"
+  | "NOT_FOUND"
+  | "GPT"
+  | "MANIFEST"
+  | "SIGNATURE"
+  | "HASH_MISMATCH"
+  | "TRUNCATED"
+  | "NETWORK"
+  | "HTTP"
+  | "AUTH"
+  | "DECOMPRESS"
+  | "IO"
+  | "REFUSED"
+  | "DOWNGRADE"
+  | "SLOT"
+  | "LOCKED"
+  | "BOOT_CONTROL"
+  | "PODMAN"
+  | "FLAKE"
+  | "VM"
+  | "REGISTRY"
+  | "TPM"
+  | "BUILD"
+  | "INTERNAL";
+
+export class EosError extends Error {
+  readonly code: ErrorCode;
+  readonly hint: string | undefined;
+  /** Exit code a command returns for this error. */
+  readonly exitCode: number;
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options: { hint?: string; exitCode?: number; cause?: unknown } = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = "EosError";
+    this.code = code;
+    this.hint = options.hint;
+    this.exitCode = options.exitCode ?? (code === "USAGE" ? 2 : 3);
+  }
+}
+
+export function isEosError(value: unknown): value is EosError {
+  return value instanceof EosError;
+}
+
+export function errorMessage(value: unknown): string {
+  if (value instanceof Error) return value.message;
+  return String(value);
+}

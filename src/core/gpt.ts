@@ -1,0 +1,338 @@
+/**
+ * GUID Partition Table codec (UEFI spec 2.10, chapter 5). Reads the primary
+ * header and falls back to the backup when the primary is damaged; writes
+ * protective MBR, both headers and both entry arrays. Partitions are found by
+ * label, never by number: the label is the contract between builder, device
+ * and server.
+ */
+import { crc32 } from "node:zlib";
+import { EosError } from "./errors.ts";
+
+export const GPT_SIGNATURE = "EFI PART";
+export const GPT_REVISION = 0x00010000;
+export const GPT_HEADER_SIZE = 92;
+export const DEFAULT_ENTRY_COUNT = 128;
+export const ENTRY_SIZE = 128;
+
+/** Well-known partition type GUIDs. */
+export const PartitionType = {
+  efiSystem: "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+  linuxData: "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+  linuxRootX86_64: "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+} as const;
+
+export interface GptPartition {
+  /** 1-based slot in the entry array, as sgdisk numbers it. */
+  number: number;
+  typeGuid: string;
+  uniqueGuid: string;
+  firstLba: number;
+  lastLba: number;
+  attributes: bigint;
+  name: string;
+}
+
+export interface GptTable {
+  sectorSize: number;
+  diskGuid: string;
+  firstUsableLba: number;
+  lastUsableLba: number;
+  entryCount: number;
+  entrySize: number;
+  partitions: GptPartition[];
+}
+
+export interface GptHeader {
+  revision: number;
+  headerSize: number;
+  currentLba: number;
+  backupLba: number;
+  firstUsableLba: number;
+  lastUsableLba: number;
+  diskGuid: string;
+  entriesLba: number;
+  entryCount: number;
+  entrySize: number;
+  entriesCrc: number;
+}
+
+/** Random-access reads from a disk, an image file or a test buffer. */
+export interface BlockSource {
+  readonly size: number;
+  read(offset: number, length: number): Promise<Buffer>;
+}
+
+export interface ByteRange {
+  offset: number;
+  length: number;
+}
+
+export interface GptReadResult {
+  table: GptTable;
+  /** Which header was valid: a damaged primary is survivable but worth reporting. */
+  source: "primary" | "backup";
+  problems: string[];
+}
+
+export function guidFromBytes(buf: Buffer, offset = 0): string {
+  const hex = (start: number, end: number, reverse: boolean): string => {
+    const bytes = [...buf.subarray(offset + start, offset + end)];
+    if (reverse) bytes.reverse();
+    return bytes.map((b) => b.toString(16).padStart(2, "0")).join("");
+  };
+  return [hex(0, 4, true), hex(4, 6, true), hex(6, 8, true), hex(8, 10, false), hex(10, 16, false)]
+    .join("-")
+    .toUpperCase();
+}
+
+export function guidToBytes(guid: string): Buffer {
+  const m = /^([0-9a-f]{8})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{12})$/i.exec(guid);
+  if (!m) throw new EosError("GPT", `not a GUID: ${JSON.stringify(guid)}`);
+  const part = (i: number, reverse: boolean): Buffer => {
+    const b = Buffer.from(m[i] as string, "hex");
+    return reverse ? b.reverse() : b;
+  };
+  return Buffer.concat([part(1, true), part(2, true), part(3, true), part(4, false), part(5, false)]);
+}
+
+function u64(buf: Buffer, offset: number): number {
+  const v = buf.readBigUInt64LE(offset);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER))
+    throw new EosError("GPT", `64-bit field at ${offset} is too large`);
+  return Number(v);
+}
+
+export function decodeHeader(sector: Buffer, expectedLba: number): GptHeader {
+  if (sector.length < GPT_HEADER_SIZE || sector.toString("latin1", 0, 8) !== GPT_SIGNATURE) {
+    throw new EosError("GPT", `no GPT header signature at LBA ${expectedLba}`);
+  }
+  const headerSize = sector.readUInt32LE(12);
+  if (headerSize < GPT_HEADER_SIZE || headerSize > sector.length) {
+    throw new EosError("GPT", `GPT header at LBA ${expectedLba} has an invalid size ${headerSize}`);
+  }
+  const copy = Buffer.from(sector.subarray(0, headerSize));
+  const storedCrc = copy.readUInt32LE(16);
+  copy.writeUInt32LE(0, 16);
+  if (crc32(copy) !== storedCrc)
+    throw new EosError("GPT", `GPT header at LBA ${expectedLba} fails its CRC32`);
+  const header: GptHeader = {
+    revision: sector.readUInt32LE(8),
+    headerSize,
+    currentLba: u64(sector, 24),
+    backupLba: u64(sector, 32),
+    firstUsableLba: u64(sector, 40),
+    lastUsableLba: u64(sector, 48),
+    diskGuid: guidFromBytes(sector, 56),
+    entriesLba: u64(sector, 72),
+    entryCount: sector.readUInt32LE(80),
+    entrySize: sector.readUInt32LE(84),
+    entriesCrc: sector.readUInt32LE(88),
+  };
+  if (header.currentLba !== expectedLba) {
+    throw new EosError("GPT", `GPT header at LBA ${expectedLba} claims to be at LBA ${header.currentLba}`);
+  }
+  if (header.entrySize < ENTRY_SIZE || header.entrySize % 8 !== 0 || header.entryCount > 4096) {
+    throw new EosError("GPT", `GPT header at LBA ${expectedLba} has an invalid entry array shape`);
+  }
+  return header;
+}
+
+export function decodeEntries(array: Buffer, header: GptHeader): GptPartition[] {
+  if (crc32(array) !== header.entriesCrc)
+    throw new EosError("GPT", "GPT partition entry array fails its CRC32");
+  const partitions: GptPartition[] = [];
+  for (let i = 0; i < header.entryCount; i++) {
+    const at = i * header.entrySize;
+    const typeGuid = guidFromBytes(array, at);
+    if (typeGuid === "00000000-0000-0000-0000-000000000000") continue;
+    const nameBytes = array.subarray(at + 56, at + 128);
+    let end = 0;
+    while (end < nameBytes.length && nameBytes.readUInt16LE(end) !== 0) end += 2;
+    partitions.push({
+      number: i + 1,
+      typeGuid,
+      uniqueGuid: guidFromBytes(array, at + 16),
+      firstLba: u64(array, at + 32),
+      lastLba: u64(array, at + 40),
+      attributes: array.readBigUInt64LE(at + 48),
+      name: nameBytes.subarray(0, end).toString("utf16le"),
+    });
+  }
+  return partitions;
+}
+
+function tableFrom(header: GptHeader, partitions: GptPartition[], sectorSize: number): GptTable {
+  return {
+    sectorSize,
+    diskGuid: header.diskGuid,
+    firstUsableLba: header.firstUsableLba,
+    lastUsableLba: header.lastUsableLba,
+    entryCount: header.entryCount,
+    entrySize: header.entrySize,
+    partitions,
+  };
+}
+
+async function readSide(source: BlockSource, lba: number, sectorSize: number): Promise<GptTable> {
+  const header = decodeHeader(await source.read(lba * sectorSize, sectorSize), lba);
+  const array = await source.read(header.entriesLba * sectorSize, header.entryCount * header.entrySize);
+  return tableFrom(header, decodeEntries(array, header), sectorSize);
+}
+
+export async function readGpt(source: BlockSource, sectorSize = 512): Promise<GptReadResult> {
+  const lastLba = Math.floor(source.size / sectorSize) - 1;
+  if (lastLba < 3) throw new EosError("GPT", `disk of ${source.size} bytes is too small to hold a GPT`);
+  const problems: string[] = [];
+  let primary: GptTable | undefined;
+  try {
+    primary = await readSide(source, 1, sectorSize);
+  } catch (error) {
+    problems.push(`primary: ${(error as Error).message}`);
+  }
+  let backup: GptTable | undefined;
+  try {
+    backup = await readSide(source, lastLba, sectorSize);
+  } catch (error) {
+    problems.push(`backup: ${(error as Error).message}`);
+  }
+  if (primary) return { table: primary, source: "primary", problems };
+  if (backup) return { table: backup, source: "backup", problems };
+  throw new EosError("GPT", `no valid GPT: ${problems.join("; ")}`, {
+    hint: "is this a GPT disk image? `sgdisk -v` shows what is wrong",
+  });
+}
+
+export function findPartition(table: GptTable, label: string): GptPartition | undefined {
+  return table.partitions.find((p) => p.name === label);
+}
+
+export function requirePartition(table: GptTable, label: string, what = "disk"): GptPartition {
+  const found = findPartition(table, label);
+  if (!found) {
+    const labels = table.partitions.map((p) => p.name || `#${p.number}`).join(", ");
+    throw new EosError("GPT", `${what} has no partition labelled ${label} (found: ${labels || "none"})`);
+  }
+  return found;
+}
+
+export function partitionRange(table: GptTable, partition: GptPartition): ByteRange {
+  return {
+    offset: partition.firstLba * table.sectorSize,
+    length: (partition.lastLba - partition.firstLba + 1) * table.sectorSize,
+  };
+}
+
+export interface BlockWrite {
+  offset: number;
+  data: Buffer;
+}
+
+function encodeEntries(table: GptTable): Buffer {
+  const array = Buffer.alloc(table.entryCount * table.entrySize);
+  for (const p of table.partitions) {
+    if (p.number < 1 || p.number > table.entryCount)
+      throw new EosError("GPT", `partition number ${p.number} out of range`);
+    const at = (p.number - 1) * table.entrySize;
+    guidToBytes(p.typeGuid).copy(array, at);
+    guidToBytes(p.uniqueGuid).copy(array, at + 16);
+    array.writeBigUInt64LE(BigInt(p.firstLba), at + 32);
+    array.writeBigUInt64LE(BigInt(p.lastLba), at + 40);
+    array.writeBigUInt64LE(p.attributes, at + 48);
+    const name = Buffer.from(p.name, "utf16le");
+    if (name.length > 72)
+      throw new EosError("GPT", `partition name ${JSON.stringify(p.name)} is longer than 36 characters`);
+    name.copy(array, at + 56);
+  }
+  return array;
+}
+
+function encodeHeader(
+  table: GptTable,
+  currentLba: number,
+  backupLba: number,
+  entriesLba: number,
+  entriesCrc: number,
+): Buffer {
+  const sector = Buffer.alloc(table.sectorSize);
+  sector.write(GPT_SIGNATURE, 0, "latin1");
+  sector.writeUInt32LE(GPT_REVISION, 8);
+  sector.writeUInt32LE(GPT_HEADER_SIZE, 12);
+  sector.writeBigUInt64LE(BigInt(currentLba), 24);
+  sector.writeBigUInt64LE(BigInt(backupLba), 32);
+  sector.writeBigUInt64LE(BigInt(table.firstUsableLba), 40);
+  sector.writeBigUInt64LE(BigInt(table.lastUsableLba), 48);
+  guidToBytes(table.diskGuid).copy(sector, 56);
+  sector.writeBigUInt64LE(BigInt(entriesLba), 72);
+  sector.writeUInt32LE(table.entryCount, 80);
+  sector.writeUInt32LE(table.entrySize, 84);
+  sector.writeUInt32LE(entriesCrc, 88);
+  sector.writeUInt32LE(crc32(sector.subarray(0, GPT_HEADER_SIZE)), 16);
+  return sector;
+}
+
+function protectiveMbr(totalSectors: number, sectorSize: number): Buffer {
+  const mbr = Buffer.alloc(sectorSize);
+  const rec = 446;
+  mbr[rec + 1] = 0x00;
+  mbr[rec + 2] = 0x02;
+  mbr[rec + 3] = 0x00;
+  mbr[rec + 4] = 0xee;
+  mbr[rec + 5] = 0xff;
+  mbr[rec + 6] = 0xff;
+  mbr[rec + 7] = 0xff;
+  mbr.writeUInt32LE(1, rec + 8);
+  mbr.writeUInt32LE(Math.min(totalSectors - 1, 0xffffffff), rec + 12);
+  mbr[510] = 0x55;
+  mbr[511] = 0xaa;
+  return mbr;
+}
+
+/** Sectors the entry array occupies. */
+export function entryArraySectors(table: Pick<GptTable, "entryCount" | "entrySize" | "sectorSize">): number {
+  return Math.ceil((table.entryCount * table.entrySize) / table.sectorSize);
+}
+
+/** Usable LBA range for a disk of this size with the standard layout. */
+export function usableRange(diskSize: number, sectorSize = 512, entryCount = DEFAULT_ENTRY_COUNT) {
+  const totalSectors = Math.floor(diskSize / sectorSize);
+  const arraySectors = entryArraySectors({ entryCount, entrySize: ENTRY_SIZE, sectorSize });
+  return { firstUsableLba: 2 + arraySectors, lastUsableLba: totalSectors - 2 - arraySectors };
+}
+
+/**
+ * Everything that makes up the table on a disk of `diskSize` bytes: the
+ * protective MBR, primary header and array at the start, backup array and
+ * header at the end. The backup always sits at the disk's last LBA, so this
+ * also "moves the backup header to the end" after a disk has grown.
+ */
+export function encodeGpt(table: GptTable, diskSize: number): BlockWrite[] {
+  const { sectorSize } = table;
+  const totalSectors = Math.floor(diskSize / sectorSize);
+  const lastLba = totalSectors - 1;
+  const arraySectors = entryArraySectors(table);
+  if (table.lastUsableLba > lastLba - 1 - arraySectors || table.firstUsableLba < 2 + arraySectors) {
+    throw new EosError("GPT", "usable range overlaps the GPT structures");
+  }
+  const sorted = [...table.partitions].sort((a, b) => a.firstLba - b.firstLba);
+  sorted.forEach((p, i) => {
+    if (p.firstLba > p.lastLba) throw new EosError("GPT", `partition ${p.number} ends before it starts`);
+    if (p.firstLba < table.firstUsableLba || p.lastLba > table.lastUsableLba) {
+      throw new EosError("GPT", `partition ${p.number} (${p.name}) lies outside the usable range`);
+    }
+    const next = sorted[i + 1];
+    if (next && next.firstLba <= p.lastLba)
+      throw new EosError("GPT", `partitions ${p.number} and ${next.number} overlap`);
+  });
+  const array = encodeEntries(table);
+  const arrayCrc = crc32(array);
+  const backupArrayLba = lastLba - arraySectors;
+  const arrayPadded = Buffer.alloc(arraySectors * sectorSize);
+  array.copy(arrayPadded);
+  return [
+    { offset: 0, data: protectiveMbr(totalSectors, sectorSize) },
+    { offset: sectorSize, data: encodeHeader(table, 1, lastLba, 2, arrayCrc) },
+    { offset: 2 * sectorSize, data: arrayPadded },
+    { offset: backupArrayLba * sectorSize, data: arrayPadded },
+    { offset: lastLba * sectorSize, data: encodeHeader(table, lastLba, 1, backupArrayLba, arrayCrc) },
+  ];
+}

@@ -1,0 +1,136 @@
+import { createHash, randomBytes } from "node:crypto";
+import { constants, createReadStream } from "node:fs";
+import { open, rename, unlink, stat, readFile, type FileHandle } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import type { BlockSource } from "../core/gpt.ts";
+import { EosError } from "../core/errors.ts";
+
+/** Temp name beside the target, so the final rename stays on one file system. */
+export function tempPathFor(target: string): string {
+  return join(dirname(target), `.${basename(target)}.tmp-${randomBytes(6).toString("hex")}`);
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const handle = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Crash-safe replace: temp file, fsync, rename, fsync of the directory. */
+export async function atomicWriteFile(target: string, data: Buffer | string, mode = 0o644): Promise<void> {
+  const temp = tempPathFor(target);
+  const handle = await open(temp, "wx", mode);
+  try {
+    await handle.writeFile(data);
+    await handle.chmod(mode);
+    await handle.sync();
+  } catch (error) {
+    await handle.close();
+    await unlink(temp).catch(() => undefined);
+    throw error;
+  }
+  await handle.close();
+  try {
+    await rename(temp, target);
+  } catch (error) {
+    await unlink(temp).catch(() => undefined);
+    throw error;
+  }
+  await fsyncDir(dirname(target));
+}
+
+export async function commitTempFile(temp: string, target: string): Promise<void> {
+  await rename(temp, target);
+  await fsyncDir(dirname(target));
+}
+
+/** Size of a regular file or a block device (whose stat size is 0). */
+export async function deviceSize(handle: FileHandle, path: string): Promise<number> {
+  const st = await handle.stat();
+  if (st.isFile()) return st.size;
+  if (st.isBlockDevice()) {
+    const sysSize = await readFile(
+      `/sys/dev/block/${Math.floor(st.rdev / 256)}:${st.rdev % 256}/size`,
+      "utf8",
+    ).catch(() => undefined);
+    if (sysSize) return Number(sysSize.trim()) * 512;
+  }
+  throw new EosError("IO", `${path}: cannot tell its size (not a file or block device)`);
+}
+
+export interface OpenedSource extends BlockSource {
+  handle: FileHandle;
+  path: string;
+  close(): Promise<void>;
+}
+
+export async function openBlockSource(path: string, flags = "r"): Promise<OpenedSource> {
+  let handle: FileHandle;
+  try {
+    handle = await open(path, flags);
+  } catch (error) {
+    throw new EosError("IO", `${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+  }
+  const size = await deviceSize(handle, path).catch(async (error: unknown) => {
+    await handle.close();
+    throw error;
+  });
+  return {
+    handle,
+    path,
+    size,
+    async read(offset: number, length: number): Promise<Buffer> {
+      const buf = Buffer.alloc(length);
+      let done = 0;
+      while (done < length) {
+        const { bytesRead } = await handle.read(buf, done, length - done, offset + done);
+        if (bytesRead === 0) throw new EosError("TRUNCATED", `${path}: short read at ${offset + done}`);
+        done += bytesRead;
+      }
+      return buf;
+    },
+    close: () => handle.close(),
+  };
+}
+
+/** sha256 over a byte range of an open file, streamed. */
+export async function hashRange(
+  handle: FileHandle,
+  offset: number,
+  length: number,
+  onBytes?: (n: number) => void,
+): Promise<string> {
+  const hash = createHash("sha256");
+  if (length === 0) return hash.digest("hex");
+  const stream = createReadStream("", {
+    fd: handle.fd,
+    start: offset,
+    end: offset + length - 1,
+    autoClose: false,
+    highWaterMark: 1 << 20,
+  });
+  let seen = 0;
+  for await (const chunk of stream as AsyncIterable<Buffer>) {
+    hash.update(chunk);
+    seen += chunk.length;
+    onBytes?.(chunk.length);
+  }
+  if (seen !== length) throw new EosError("TRUNCATED", `expected ${length} bytes, read ${seen}`);
+  return hash.digest("hex");
+}
+
+export async function fileExists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function removeQuietly(path: string): Promise<void> {
+  await unlink(path).catch(() => undefined);
+}

@@ -15,6 +15,10 @@ import { memDisk } from "../helpers/memdisk.ts";
 
 const MiB = 1024 * 1024;
 
+function flip(buf: Buffer, at: number): void {
+  buf.writeUInt8(buf.readUInt8(at) ^ 0xff, at);
+}
+
 function sampleTable(size: number): GptTable {
   const { firstUsableLba, lastUsableLba } = usableRange(size);
   return {
@@ -84,7 +88,7 @@ test("a damaged primary header falls back to the backup and says so", async () =
   const disk = memDisk(8 * MiB);
   const table = sampleTable(disk.size);
   disk.apply(encodeGpt(table, disk.size));
-  disk.buf[512 + 60] ^= 0xff; // inside the disk GUID: header CRC no longer matches
+  flip(disk.buf, 512 + 60); // inside the disk GUID: header CRC no longer matches
   const result = await readGpt(disk);
   assert.equal(result.source, "backup");
   assert.match(result.problems.join(), /primary: .*CRC32/);
@@ -94,9 +98,9 @@ test("a damaged primary header falls back to the backup and says so", async () =
 test("a damaged entry array is detected by its CRC", async () => {
   const disk = memDisk(8 * MiB);
   disk.apply(encodeGpt(sampleTable(disk.size), disk.size));
-  disk.buf[1024 + 56] ^= 0xff; // primary array
+  flip(disk.buf, 1024 + 56); // primary array
   const last = disk.size - 512 - 32 * 512;
-  disk.buf[last + 56] ^= 0xff; // backup array
+  flip(disk.buf, last + 56); // backup array
   await assert.rejects(readGpt(disk), /no valid GPT.*entry array fails its CRC32/);
 });
 

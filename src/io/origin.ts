@@ -1,0 +1,145 @@
+/**
+ * Conditional downloads from an image's origin. An unchanged origin answers
+ * 304 to one request carrying the validators it gave last time.
+ */
+import { createReadStream } from "node:fs";
+import { stat } from "node:fs/promises";
+import { Readable } from "node:stream";
+import { fileURLToPath } from "node:url";
+import { EosError } from "../core/errors.ts";
+
+export interface Validators {
+  etag?: string;
+  lastModified?: string;
+}
+
+export type OriginResponse =
+  | { status: "unchanged"; validators: Validators }
+  | { status: "ok"; body: Readable; length: number | undefined; validators: Validators };
+
+export interface OriginOptions {
+  validators?: Validators;
+  signal?: AbortSignal;
+  timeoutMs?: number;
+}
+
+function describe(url: string): string {
+  // Never log credentials embedded in an origin URL.
+  try {
+    const u = new URL(url);
+    u.username = "";
+    u.password = "";
+    return u.toString();
+  } catch {
+    return url;
+  }
+}
+
+/** Counts bytes; a body that ends early or breaks off becomes a TRUNCATED error naming the origin. */
+function lengthChecked(body: Readable, expected: number | undefined, url: string): Readable {
+  let seen = 0;
+  async function* check(): AsyncGenerator<Buffer> {
+    try {
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        seen += chunk.length;
+        yield chunk;
+      }
+    } catch (error) {
+      const of = expected === undefined ? "" : ` of ${expected}`;
+      throw new EosError(
+        "TRUNCATED",
+        `${describe(url)}: connection broke off after ${seen}${of} bytes (${(error as Error).message})`,
+      );
+    }
+    if (expected !== undefined && seen !== expected) {
+      throw new EosError("TRUNCATED", `${describe(url)}: got ${seen} of ${expected} bytes`);
+    }
+  }
+  return Readable.from(check(), { objectMode: false });
+}
+
+export async function openOrigin(url: string, options: OriginOptions = {}): Promise<OriginResponse> {
+  if (url.startsWith("file://")) return openFile(url, options.validators);
+  const headers: Record<string, string> = { "user-agent": "eos-os-update-server" };
+  if (options.validators?.etag) headers["if-none-match"] = options.validators.etag;
+  if (options.validators?.lastModified) headers["if-modified-since"] = options.validators.lastModified;
+  const signals = [options.signal, AbortSignal.timeout(options.timeoutMs ?? 60_000)].filter(
+    (s): s is AbortSignal => s !== undefined,
+  );
+  let response: Response;
+  try {
+    // The timeout covers the response headers; bodies are bounded by stall detection in the caller.
+    response = await fetch(url, { headers, signal: AbortSignal.any(signals), redirect: "follow" });
+  } catch (error) {
+    const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+    throw new EosError(
+      "NETWORK",
+      `${describe(url)}: ${cause?.code ?? cause?.message ?? (error as Error).message}`,
+      {
+        hint: "is the origin reachable from this server?",
+      },
+    );
+  }
+  const validators: Validators = {};
+  const etag = response.headers.get("etag");
+  const lastModified = response.headers.get("last-modified");
+  if (etag) validators.etag = etag;
+  if (lastModified) validators.lastModified = lastModified;
+  if (response.status === 304) {
+    await response.body?.cancel();
+    return { status: "unchanged", validators: options.validators ?? validators };
+  }
+  if (response.status !== 200 || !response.body) {
+    await response.body?.cancel();
+    throw new EosError("HTTP", `${describe(url)}: HTTP ${response.status} ${response.statusText}`, {
+      exitCode: 3,
+    });
+  }
+  const lengthHeader = response.headers.get("content-length");
+  const length =
+    lengthHeader !== null && response.headers.get("content-encoding") === null
+      ? Number(lengthHeader)
+      : undefined;
+  const body = Readable.fromWeb(response.body as import("node:stream/web").ReadableStream<Uint8Array>);
+  return { status: "ok", body: lengthChecked(body, length, url), length, validators };
+}
+
+async function openFile(url: string, previous: Validators | undefined): Promise<OriginResponse> {
+  const path = fileURLToPath(url);
+  const st = await stat(path).catch(() => undefined);
+  if (!st?.isFile()) throw new EosError("HTTP", `${url}: no such file`);
+  const validators: Validators = {
+    lastModified: st.mtime.toUTCString(),
+    etag: `"${st.ino}-${st.size}-${st.mtimeMs}"`,
+  };
+  if (previous?.etag === validators.etag) return { status: "unchanged", validators };
+  return {
+    status: "ok",
+    body: createReadStream(path, { highWaterMark: 1 << 20 }),
+    length: st.size,
+    validators,
+  };
+}
+
+/** A small document (manifest, signature) fully read, with a size cap. */
+export async function fetchSmall(
+  url: string,
+  options: OriginOptions & { maxBytes?: number } = {},
+): Promise<
+  { status: "unchanged"; validators: Validators } | { status: "ok"; bytes: Buffer; validators: Validators }
+> {
+  const res = await openOrigin(url, options);
+  if (res.status === "unchanged") return res;
+  const max = options.maxBytes ?? 1 << 20;
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of res.body as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > max) {
+      res.body.destroy();
+      throw new EosError("MANIFEST", `${describe(url)}: larger than ${max} bytes`);
+    }
+    chunks.push(chunk);
+  }
+  return { status: "ok", bytes: Buffer.concat(chunks), validators: res.validators };
+}

@@ -1,0 +1,89 @@
+import { mkdtemp, mkdir, writeFile, copyFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { makeSampleImage, xzFile } from "./sample-image.ts";
+import { runEos, mustRun } from "./run.ts";
+import { startOrigin, type Origin } from "./origin.ts";
+
+export interface World {
+  dir: string;
+  originDir: string;
+  imagesDir: string;
+  keysDir: string;
+  otherKeysDir: string;
+  config: string;
+  origin: Origin;
+}
+
+/** A signed sample image at the origin under NAME.raw.xz (+ manifest, sig). */
+export async function releaseImage(
+  world: World,
+  name: string,
+  version: string,
+  options: { key?: string; payloadBytes?: number; compress?: (p: string) => Promise<string> } = {},
+): Promise<string> {
+  const raw = join(world.dir, "build", `${name}.raw`);
+  await mkdir(join(world.dir, "build"), { recursive: true });
+  await makeSampleImage(raw, {
+    version,
+    ...(options.payloadBytes ? { payloadBytes: options.payloadBytes } : {}),
+  });
+  const signed = await runEos("eos", [
+    "manifest",
+    raw,
+    "--key",
+    options.key ?? join(world.keysDir, "release.key"),
+    "--version",
+    version,
+  ]);
+  if (signed.code !== 0) throw new Error(signed.stderr);
+  const compressed = await (options.compress ?? xzFile)(raw);
+  const suffix = compressed.slice(raw.length);
+  await copyFile(compressed, join(world.originDir, `${name}.raw${suffix}`));
+  await copyFile(`${raw}.manifest.json`, join(world.originDir, `${name}.raw.manifest.json`));
+  await copyFile(`${raw}.manifest.json.sig`, join(world.originDir, `${name}.raw.manifest.json.sig`));
+  return raw;
+}
+
+export async function makeWorld(): Promise<World> {
+  const dir = await mkdtemp(join(tmpdir(), "eos-server-"));
+  const world: World = {
+    dir,
+    originDir: join(dir, "origin"),
+    imagesDir: join(dir, "images"),
+    keysDir: join(dir, "keys"),
+    otherKeysDir: join(dir, "other-keys"),
+    config: join(dir, "os-update.yml"),
+    origin: undefined as unknown as Origin,
+  };
+  await mkdir(world.originDir);
+  await mustRun(process.execPath, [
+    join(import.meta.dirname, "../../dist/eos.mjs"),
+    "keygen",
+    "--out",
+    world.keysDir,
+  ]);
+  await mustRun(process.execPath, [
+    join(import.meta.dirname, "../../dist/eos.mjs"),
+    "keygen",
+    "--out",
+    world.otherKeysDir,
+  ]);
+  world.origin = await startOrigin(world.originDir);
+  return world;
+}
+
+export async function writeServerConfig(
+  world: World,
+  images: Array<Record<string, unknown>>,
+  extra = "",
+): Promise<void> {
+  const lines = ["---", "update:"];
+  for (const image of images) {
+    lines.push("  -");
+    for (const [k, v] of Object.entries(image))
+      lines.push(`    ${k}: ${typeof v === "string" ? v : JSON.stringify(v)}`);
+  }
+  lines.push(`images_dir: ${world.imagesDir}`, "keys:", `  - ${join(world.keysDir, "release.pub")}`, extra);
+  await writeFile(world.config, `${lines.join("\n")}\n`);
+}

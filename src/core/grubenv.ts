@@ -12,7 +12,10 @@ export function decodeGrubenv(block: Buffer, source = "grubenv"): Map<string, st
   const text = block.toString("latin1");
   if (!text.startsWith(HEADER)) throw new EosError("BOOT_CONTROL", `${source}: not a GRUB environment block`);
   if (block.length !== GRUBENV_SIZE) {
-    throw new EosError("BOOT_CONTROL", `${source}: GRUB environment block is ${block.length} bytes, not ${GRUBENV_SIZE}`);
+    throw new EosError(
+      "BOOT_CONTROL",
+      `${source}: GRUB environment block is ${block.length} bytes, not ${GRUBENV_SIZE}`,
+    );
   }
   const vars = new Map<string, string>();
   for (const line of text.slice(HEADER.length).split("\n")) {
@@ -27,10 +30,13 @@ export function decodeGrubenv(block: Buffer, source = "grubenv"): Map<string, st
 export function encodeGrubenv(vars: Map<string, string>): Buffer {
   let body = HEADER;
   for (const [name, value] of [...vars.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new EosError("BOOT_CONTROL", `invalid GRUB variable name ${name}`);
-    if (/[\n\\]/.test(value)) throw new EosError("BOOT_CONTROL", `GRUB variable ${name} has a newline or backslash`);
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name))
+      throw new EosError("BOOT_CONTROL", `invalid GRUB variable name ${name}`);
+    if (/[\n\\]/.test(value))
+      throw new EosError("BOOT_CONTROL", `GRUB variable ${name} has a newline or backslash`);
     body += `${name}=${value}\n`;
   }
-  if (body.length > GRUBENV_SIZE) throw new EosError("BOOT_CONTROL", "boot control variables exceed the 1024-byte block");
+  if (body.length > GRUBENV_SIZE)
+    throw new EosError("BOOT_CONTROL", "boot control variables exceed the 1024-byte block");
   return Buffer.from(body.padEnd(GRUBENV_SIZE, "#"), "latin1");
 }

@@ -1,0 +1,59 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { cp, copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { DIST, REPO, run, runEos } from "../helpers/run.ts";
+
+const UNITS = join(REPO, "systemd");
+
+/** A throwaway root with the system's own units, so systemd-analyze can resolve dependencies. */
+async function unitRoot(): Promise<string> {
+  const root = await mkdtemp(join(tmpdir(), "eos-units-"));
+  await mkdir(join(root, "usr/bin"), { recursive: true });
+  await mkdir(join(root, "usr/lib/systemd"), { recursive: true });
+  await mkdir(join(root, "etc/systemd/system"), { recursive: true });
+  await cp("/usr/lib/systemd/system", join(root, "usr/lib/systemd/system"), { recursive: true });
+  await copyFile(join(DIST, "os-update-server.mjs"), join(root, "usr/bin/os-update-server"));
+  return root;
+}
+
+test("the shipped server units pass systemd-analyze verify", async (t) => {
+  const root = await unitRoot();
+  t.after(() => rm(root, { recursive: true, force: true }));
+  const units = (await readdir(UNITS)).filter((u) => /^os-(fetch|update-(daemon@|fetchd|server))/.test(u));
+  assert.ok(units.length >= 5, units.join());
+  const args: string[] = [];
+  for (const unit of units) {
+    await copyFile(join(UNITS, unit), join(root, "etc/systemd/system", unit));
+    args.push(join("etc/systemd/system", unit.replace("@.", "@EOS.x86_64.")));
+  }
+  const r = await run("systemd-analyze", [`--root=${root}`, "verify", ...args], { cwd: root });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stderr.trim(), "");
+
+  // The checker does catch mistakes, so the pass above means something.
+  await writeFile(
+    join(root, "etc/systemd/system/broken.service"),
+    "[Service]\nExecStart=/usr/bin/os-update-server fetch\nBogusKey=1\n",
+  );
+  const broken = await run(
+    "systemd-analyze",
+    [`--root=${root}`, "verify", "etc/systemd/system/broken.service"],
+    { cwd: root },
+  );
+  assert.match(broken.stderr, /BogusKey/);
+});
+
+test("every ExecStart in the units is a command line the server accepts", async () => {
+  for (const unit of (await readdir(UNITS)).filter((u) => u.endsWith(".service") && u.startsWith("os-"))) {
+    const text = await readFile(join(UNITS, unit), "utf8");
+    const exec = /^ExecStart=\/usr\/bin\/os-update-server (.+)$/m.exec(text);
+    if (!exec) continue;
+    const args = (exec[1] as string).replace("%i", "EOS").split(" ");
+    // Point at a config that does not exist: a usage error would exit 2, a config error exits 3.
+    const r = await runEos("os-update-server", [...args, "--config", "/nonexistent/os-update.yml"]);
+    assert.equal(r.code, 3, `${unit}: ${r.stderr}`);
+    assert.match(r.stderr, /nonexistent\/os-update.yml/);
+  }
+});

@@ -1,0 +1,240 @@
+/**
+ * `podman-pilot`: the launcher a registered container flake's symlink points
+ * to. It finds the flake by the name it was called as (argv[0]), and stands
+ * in for the app: the app's exit code is its exit code, stdin/stdout/stderr
+ * are the caller's own, signals are passed on, a TTY is used only when there
+ * is one. A plain launch is exactly one podman process.
+ */
+import { isatty } from "node:tty";
+import { userInfo } from "node:os";
+import { join } from "node:path";
+import { EosError, isEosError } from "../core/errors.ts";
+import { baseName, parsePilotArgs, assertFlakeName, type PilotArgs } from "../core/flake-config.ts";
+import {
+  attachArgv,
+  attachRunArgv,
+  checkVolumes,
+  cidFileName,
+  execArgv,
+  needsProvisioning,
+  parseContainerFlake,
+  podmanOptions,
+  resumeCreateArgv,
+  runArgv,
+  startAttachArgv,
+  PODMAN_PILOT_OPTIONS,
+  type ContainerFlake,
+  type LaunchShape,
+} from "../core/flake-podman.ts";
+import type { Context } from "../io/context.ts";
+import {
+  ensureDir,
+  idsDirFor,
+  loadFlakesSetup,
+  pathExistsSync,
+  readFlakeSources,
+  readSmallFileSync,
+  removePath,
+  withLockFile,
+  writeIdFile,
+  type FlakesSetup,
+} from "../io/flake-files.ts";
+import { ensureProvisionedImage } from "../io/flake-provision.ts";
+import { Podman } from "../io/podman.ts";
+import { reportError } from "./main.ts";
+
+const LABEL = "podman-pilot";
+/** The pilot's own failures (bad flake file, podman missing) exit like `podman run` does for its own errors. */
+export const PILOT_ERROR_EXIT = 125;
+
+export function isDebug(env: NodeJS.ProcessEnv): boolean {
+  const v = env.PILOT_DEBUG;
+  return v !== undefined && v !== "" && v !== "0" && v !== "false";
+}
+
+/** podman's environment: the flake storage.conf applies unless the caller chose one. */
+export function podmanEnv(env: NodeJS.ProcessEnv, setup: FlakesSetup): NodeJS.ProcessEnv {
+  if (env.CONTAINERS_STORAGE_CONF || !pathExistsSync(setup.config.podmanStorageConf)) return env;
+  return { ...env, CONTAINERS_STORAGE_CONF: setup.config.podmanStorageConf };
+}
+
+/** `runas` that differs from the calling user means podman runs through sudo. */
+export function runasUser(runas: string | undefined): string | undefined {
+  if (!runas || runas === "any") return undefined;
+  const me = userInfo();
+  if (runas === me.username || runas === `#${me.uid}`) return undefined;
+  return runas;
+}
+
+/** The flake name: argv[0]'s basename, or the first argument when called as podman-pilot itself. */
+export function flakeNameFromInvocation(argv0: string, args: string[]): { name: string; args: string[] } {
+  const invoked = baseName(argv0).replace(/\.(mjs|js|ts)$/, "");
+  if (invoked === "podman-pilot") {
+    const [name, ...rest] = args;
+    if (!name)
+      throw new EosError(
+        "USAGE",
+        "usage: podman-pilot FLAKE [ARGS…] (or call a registered flake by its name)",
+      );
+    return { name: assertFlakeName(name), args: rest };
+  }
+  return { name: assertFlakeName(invoked), args };
+}
+
+export async function podmanPilotMain(argv: string[], ctx: Context): Promise<number> {
+  try {
+    const { name, args } = flakeNameFromInvocation(process.argv[1] ?? LABEL, argv);
+    return await launchFlake(name, args, ctx);
+  } catch (error) {
+    reportError(ctx, LABEL, error);
+    return isEosError(error) && error.code === "USAGE" ? 2 : PILOT_ERROR_EXIT;
+  }
+}
+
+interface Launch {
+  name: string;
+  flake: ContainerFlake;
+  pilot: PilotArgs;
+  podman: Podman;
+  idsDir: string;
+  tty: boolean;
+  /** Podman in its own process group when stdin is not a terminal (see Podman.launch). */
+  ownGroup: boolean;
+}
+
+function loadFlake(ctx: Context, name: string): { setup: FlakesSetup; flake: ContainerFlake } {
+  const setup = loadFlakesSetup(ctx);
+  try {
+    return { setup, flake: parseContainerFlake(readFlakeSources(setup, name)) };
+  } catch (error) {
+    // A flake registered in user mode: ~/.config/flakes.yml names its directory.
+    if (!(isEosError(error) && error.code === "NOT_FOUND") || ctx.env.FLAKES_CONFIG) throw error;
+    let user: FlakesSetup;
+    try {
+      user = loadFlakesSetup(ctx, { user: true });
+    } catch {
+      throw error;
+    }
+    return { setup: user, flake: parseContainerFlake(readFlakeSources(user, name)) };
+  }
+}
+
+export async function launchFlake(name: string, args: string[], ctx: Context): Promise<number> {
+  const { setup, flake } = loadFlake(ctx, name);
+  const pilot = parsePilotArgs(args, PODMAN_PILOT_OPTIONS);
+  const stdinTty = isatty(0);
+  const launch: Launch = {
+    name,
+    flake,
+    pilot,
+    podman: new Podman({
+      env: podmanEnv(ctx.env, setup),
+      debug: isDebug(ctx.env),
+      log: ctx.stderr,
+      label: LABEL,
+      runas: runasUser(flake.runtime.runas),
+    }),
+    idsDir: idsDirFor(setup.config.podmanIdsDir),
+    tty: pilot.options.has("interactive") || (stdinTty && isatty(1)),
+    ownGroup: !stdinTty,
+  };
+  const image = needsProvisioning(flake)
+    ? await ensureProvisionedImage(launch.podman, flake, name, {
+        recordPath: join(launch.idsDir, `${name}.image.json`),
+        progress: pilot.options.has("progress"),
+        ignoreSyncError: pilot.options.has("ignore_sync_error"),
+        log: ctx.stderr,
+        label: `${LABEL}: ${name}`,
+      })
+    : flake.name;
+  const persistent = flake.runtime.resume || flake.runtime.attach;
+  const volumes = checkVolumes(
+    podmanOptions(flake.runtime.podman, { env: ctx.env, removeAfterRun: !persistent }),
+    pathExistsSync,
+    pilot.options.has("ignore_missing_volume_path"),
+  );
+  const shape: LaunchShape = {
+    image,
+    target: flake.targetAppPath,
+    options: volumes.args,
+    tty: launch.tty,
+    appArgs: pilot.appArgs,
+  };
+  if (flake.runtime.resume) return resumeLaunch(launch, shape);
+  if (flake.runtime.attach) return attachLaunch(launch, shape);
+  return launch.podman.launch(runArgv(shape), { ownGroup: launch.ownGroup });
+}
+
+function cidPath(launch: Launch): string {
+  return join(launch.idsDir, cidFileName(launch.name, launch.pilot.instance));
+}
+
+async function forget(launch: Launch, cid: string | undefined): Promise<void> {
+  if (cid) await launch.podman.removeContainer(cid);
+  await removePath(cidPath(launch));
+}
+
+/** Resume: exec into the running instance; start it if stopped; create it if missing or stale. */
+async function resumeLaunch(launch: Launch, shape: LaunchShape): Promise<number> {
+  if (shape.target === "/") {
+    throw new EosError(
+      "CONFIG",
+      `${launch.name}: a resume flake needs target_app_path (not /): exec runs it`,
+    );
+  }
+  const file = cidPath(launch);
+  const cid = await withLockFile(`${file}.lock`, async () => {
+    let id = readSmallFileSync(file)?.trim() || undefined;
+    if (id) {
+      const state = await launch.podman.containerState(id);
+      if (state === undefined) {
+        await removePath(file); // stale: the instance is gone (reboot, podman rm)
+        id = undefined;
+      } else if (state !== "running") {
+        const started = await launch.podman.output(["start", id], { allowFailure: true });
+        if (started.code !== 0) {
+          await forget(launch, id);
+          id = undefined;
+        }
+      }
+    }
+    if (!id) {
+      const created = await launch.podman.output(resumeCreateArgv(shape.image, shape.options));
+      id = created.stdout.trim().split("\n").pop() ?? "";
+      if (!/^[0-9a-f]{12,64}$/.test(id))
+        throw new EosError("PODMAN", `podman run -d printed no container id`);
+      await writeIdFile(file, `${id}\n`);
+    }
+    return id;
+  });
+  const code = await launch.podman.launch(execArgv(cid, shape.target, shape.tty, shape.appArgs), {
+    ownGroup: launch.ownGroup,
+  });
+  if (launch.pilot.options.has("remove")) await forget(launch, cid);
+  return code;
+}
+
+/** Attach: attach to the running instance; start a stopped one; else run a new, kept one. */
+async function attachLaunch(launch: Launch, shape: LaunchShape): Promise<number> {
+  const file = cidPath(launch);
+  let cid = readSmallFileSync(file)?.trim() || undefined;
+  let state: string | undefined;
+  if (cid) {
+    state = await launch.podman.containerState(cid);
+    if (state === undefined) {
+      await removePath(file);
+      cid = undefined;
+    }
+  }
+  const opts = { ownGroup: launch.ownGroup };
+  let code: number;
+  if (cid && state === "running") code = await launch.podman.launch(attachArgv(cid), opts);
+  else if (cid) code = await launch.podman.launch(startAttachArgv(cid), opts);
+  else {
+    await ensureDir(launch.idsDir);
+    code = await launch.podman.launch(attachRunArgv(shape, file), opts);
+    cid = readSmallFileSync(file)?.trim() || undefined;
+  }
+  if (launch.pilot.options.has("remove")) await forget(launch, cid);
+  return code;
+}

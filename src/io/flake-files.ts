@@ -1,0 +1,222 @@
+/**
+ * Files of the flake registry, engine-neutral (podman now, firecracker
+ * later): flakes.yml, NAME.yaml + NAME.d/, the host symlinks, instance id
+ * files. Every path can be redirected with FLAKES_CONFIG.
+ */
+import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { lstat, mkdir, open, readFile, readlink, rm, stat, symlink, unlink } from "node:fs/promises";
+import { homedir } from "node:os";
+import { dirname, join } from "node:path";
+import { EosError } from "../core/errors.ts";
+import {
+  DEFAULT_FLAKES_CONFIG_PATH,
+  FLAKES_CONFIG_DEFAULTS,
+  parseFlakesConfig,
+  sortFragmentNames,
+  type FlakeSource,
+  type FlakesConfig,
+} from "../core/flake-config.ts";
+import { sysPath, type Context } from "./context.ts";
+import { atomicWriteFile } from "./files.ts";
+
+export interface FlakesSetup {
+  /** The flakes.yml that was read (it may not exist: then defaults apply). */
+  configPath: string;
+  configExists: boolean;
+  config: FlakesConfig;
+  user: boolean;
+}
+
+export function userFlakesConfigPath(env: NodeJS.ProcessEnv): string {
+  return join(env.XDG_CONFIG_HOME ?? join(env.HOME ?? homedir(), ".config"), "flakes.yml");
+}
+
+/**
+ * FLAKES_CONFIG (if set) names the flakes.yml; otherwise /etc/flakes.yml, or
+ * ~/.config/flakes.yml in user mode. Synchronous: the pilot reads it on every
+ * launch and a sync read is the cheapest.
+ */
+export function loadFlakesSetup(
+  ctx: Pick<Context, "env" | "root">,
+  opts: { user?: boolean } = {},
+): FlakesSetup {
+  const user = opts.user ?? false;
+  const explicit = ctx.env.FLAKES_CONFIG;
+  const configPath = explicit
+    ? explicit
+    : user
+      ? userFlakesConfigPath(ctx.env)
+      : sysPath(ctx, DEFAULT_FLAKES_CONFIG_PATH);
+  let text: string | undefined;
+  try {
+    text = readFileSync(configPath, "utf8");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== "ENOENT")
+      throw new EosError("CONFIG", `${configPath}: cannot read: ${code ?? String(error)}`);
+    if (explicit) {
+      throw new EosError("CONFIG", `FLAKES_CONFIG names ${configPath}, which does not exist`);
+    }
+    if (user) {
+      throw new EosError("CONFIG", `${configPath} does not exist: user mode needs it`, {
+        hint: "run: flake-ctl init --user",
+      });
+    }
+  }
+  const config = text === undefined ? { ...FLAKES_CONFIG_DEFAULTS } : parseFlakesConfig(text, configPath);
+  if (!explicit && !user && ctx.root !== "/") {
+    // Registering into an image tree: the directories live under the root too.
+    config.flakesDir = sysPath(ctx, config.flakesDir);
+  }
+  return { configPath, configExists: text !== undefined, config, user };
+}
+
+export function flakeFilePath(setup: FlakesSetup, name: string): string {
+  return join(setup.config.flakesDir, `${name}.yaml`);
+}
+
+export function flakeFragmentDir(setup: FlakesSetup, name: string): string {
+  return join(setup.config.flakesDir, `${name}.d`);
+}
+
+/** NAME.yaml, then NAME.d/*.yaml in sorted order. NOT_FOUND if NAME.yaml is missing. */
+export function readFlakeSources(setup: FlakesSetup, name: string): FlakeSource[] {
+  const file = flakeFilePath(setup, name);
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") {
+      throw new EosError("NOT_FOUND", `no flake ${name} registered: ${file} does not exist`, {
+        hint: `register it with flake-ctl podman register --app /usr/bin/${name} --container IMAGE`,
+      });
+    }
+    throw new EosError("CONFIG", `${file}: cannot read: ${code ?? String(error)}`);
+  }
+  const sources: FlakeSource[] = [{ file, text }];
+  const dir = flakeFragmentDir(setup, name);
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    names = [];
+  }
+  for (const fragment of sortFragmentNames(names)) {
+    const path = join(dir, fragment);
+    if (!statSync(path, { throwIfNoEntry: false })?.isFile()) continue;
+    sources.push({ file: path, text: readFileSync(path, "utf8") });
+  }
+  return sources;
+}
+
+/** Names of registered flakes (NAME.yaml files), sorted. */
+export async function listFlakeNames(setup: FlakesSetup): Promise<string[]> {
+  const { readdir } = await import("node:fs/promises");
+  const entries = await readdir(setup.config.flakesDir).catch(() => [] as string[]);
+  return entries
+    .filter((e) => e.endsWith(".yaml") && !e.startsWith("."))
+    .map((e) => e.slice(0, -".yaml".length))
+    .sort();
+}
+
+export function pathExistsSync(path: string): boolean {
+  return existsSync(path);
+}
+
+/** What is at a path, without following a final symlink. */
+export async function pathKind(path: string): Promise<"missing" | "symlink" | "file" | "dir" | "other"> {
+  const st = await lstat(path).catch(() => undefined);
+  if (!st) return "missing";
+  if (st.isSymbolicLink()) return "symlink";
+  if (st.isFile()) return "file";
+  if (st.isDirectory()) return "dir";
+  return "other";
+}
+
+export async function readLinkOrUndefined(path: string): Promise<string | undefined> {
+  return readlink(path).catch(() => undefined);
+}
+
+export async function writeFlakeFile(path: string, text: string): Promise<void> {
+  await mkdir(dirname(path), { recursive: true });
+  await atomicWriteFile(path, text, 0o644);
+}
+
+/** Replaces whatever is at `path` with a symlink to `target` (via a temp name + rename). */
+export async function placeSymlink(path: string, target: string): Promise<void> {
+  const { rename } = await import("node:fs/promises");
+  await mkdir(dirname(path), { recursive: true });
+  const temp = join(dirname(path), `.${path.split("/").pop() ?? "link"}.tmp-${process.pid}`);
+  await unlink(temp).catch(() => undefined);
+  await symlink(target, temp);
+  try {
+    await rename(temp, path);
+  } catch (error) {
+    await unlink(temp).catch(() => undefined);
+    throw error;
+  }
+}
+
+export async function removePath(path: string, opts: { recursive?: boolean } = {}): Promise<void> {
+  await rm(path, { force: true, recursive: opts.recursive ?? false });
+}
+
+export async function ensureDir(path: string, mode = 0o755): Promise<void> {
+  await mkdir(path, { recursive: true, mode });
+}
+
+// ---------------------------------------------------------------- ids
+
+/** `<ids_dir>/<uid>/`: instance id files and provisioning records of this user. */
+export function idsDirFor(idsDir: string): string {
+  return join(idsDir, String(process.getuid?.() ?? 0));
+}
+
+export function readSmallFileSync(path: string): string | undefined {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return undefined;
+  }
+}
+
+export async function writeIdFile(path: string, content: string): Promise<void> {
+  await mkdir(dirname(path), { recursive: true, mode: 0o755 });
+  await atomicWriteFile(path, content, 0o644);
+}
+
+/**
+ * A lock file next to an id file, so two first launches of a resume flake do
+ * not start two instances. A lock older than `staleMs` is taken over.
+ */
+export async function withLockFile<T>(path: string, fn: () => Promise<T>, staleMs = 60_000): Promise<T> {
+  await mkdir(dirname(path), { recursive: true });
+  const deadline = Date.now() + staleMs;
+  for (;;) {
+    try {
+      const handle = await open(path, "wx");
+      await handle.writeFile(String(process.pid));
+      await handle.close();
+      break;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+      const st = await stat(path).catch(() => undefined);
+      if (st && Date.now() - st.mtimeMs > staleMs) {
+        await unlink(path).catch(() => undefined);
+        continue;
+      }
+      if (Date.now() > deadline) throw new EosError("LOCKED", `${path}: held by another launch`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  try {
+    return await fn();
+  } finally {
+    await unlink(path).catch(() => undefined);
+  }
+}
+
+export async function readTextFile(path: string): Promise<string | undefined> {
+  return readFile(path, "utf8").catch(() => undefined);
+}

@@ -9,8 +9,7 @@
  * ETag is the partition's sha256 from the signed manifest, so a resumed
  * download (If-Range) never splices two versions.
  */
-import { createReadStream } from "node:fs";
-import { open } from "node:fs/promises";
+import { open, type FileHandle } from "node:fs/promises";
 import {
   createServer as createHttpServer,
   type IncomingMessage,
@@ -18,7 +17,6 @@ import {
   type ServerResponse,
 } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
-import { pipeline } from "node:stream/promises";
 import { parseRange } from "../core/http-range.ts";
 import { isSafeImageName } from "../core/config.ts";
 import type { ImageStore, StreamKind } from "./image-store.ts";
@@ -57,6 +55,48 @@ function sendJson(
   });
   res.end(text);
   return Buffer.byteLength(text);
+}
+
+const CHUNK = 256 * 1024;
+
+/**
+ * Streams a byte range with two fixed buffers per response: read into one
+ * while the other is being written, and reuse a buffer only once its write
+ * has completed. Memory per client is bounded (2 × CHUNK) and no garbage is
+ * made per chunk, so RSS stays flat as clients are added.
+ */
+async function sendRange(
+  handle: FileHandle,
+  offset: number,
+  length: number,
+  res: ServerResponse,
+): Promise<void> {
+  const buffers = [Buffer.allocUnsafe(Math.min(CHUNK, length)), Buffer.allocUnsafe(Math.min(CHUNK, length))];
+  const closed = new Promise<never>((_resolve, reject) => {
+    res.once("close", () => {
+      if (!res.writableFinished) reject(new Error("client closed the connection"));
+    });
+  });
+  closed.catch(() => undefined);
+  let position = offset;
+  let left = length;
+  let turn = 0;
+  let pending: Promise<void> | undefined;
+  while (left > 0) {
+    const buffer = buffers[turn] as Buffer;
+    turn ^= 1;
+    const { bytesRead } = await handle.read(buffer, 0, Math.min(buffer.length, left), position);
+    if (bytesRead === 0) throw new Error(`short read at ${position}`);
+    if (pending) await Promise.race([pending, closed]);
+    const chunk = buffer.subarray(0, bytesRead);
+    pending = new Promise<void>((resolve, reject) =>
+      res.write(chunk, (error) => (error ? reject(error) : resolve())),
+    );
+    position += bytesRead;
+    left -= bytesRead;
+  }
+  if (pending) await Promise.race([pending, closed]);
+  await new Promise<void>((resolve) => res.end(resolve));
 }
 
 export function createUpdateServer(options: UpdateServerOptions): Server {
@@ -117,14 +157,7 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
         res.end();
         return 0;
       }
-      const body = createReadStream("", {
-        fd: handle.fd,
-        autoClose: false,
-        start: range.offset + start,
-        end: range.offset + end,
-        highWaterMark: 1 << 20,
-      });
-      await pipeline(body, res);
+      await sendRange(handle, range.offset + start, end - start + 1, res);
       return end - start + 1;
     } finally {
       await handle.close();

@@ -20,13 +20,19 @@ export async function releaseImage(
   world: World,
   name: string,
   version: string,
-  options: { key?: string; payloadBytes?: number; compress?: (p: string) => Promise<string> } = {},
+  options: {
+    key?: string;
+    payloadBytes?: number;
+    rootSizeMiB?: number;
+    compress?: (p: string) => Promise<string>;
+  } = {},
 ): Promise<string> {
   const raw = join(world.dir, "build", `${name}.raw`);
   await mkdir(join(world.dir, "build"), { recursive: true });
   await makeSampleImage(raw, {
     version,
     ...(options.payloadBytes ? { payloadBytes: options.payloadBytes } : {}),
+    ...(options.rootSizeMiB ? { rootSizeMiB: options.rootSizeMiB } : {}),
   });
   const signed = await runEos("eos", [
     "manifest",

@@ -28,7 +28,7 @@ function get(
   return new Promise((resolve, reject) => {
     const req = request(
       u,
-      { method: options.method ?? "GET", headers, ...(options.ca ? { ca: options.ca } : {}) },
+      { method: options.method ?? "GET", headers, agent: false, ...(options.ca ? { ca: options.ca } : {}) },
       (res) => {
         const chunks: Buffer[] = [];
         res.on("data", (c: Buffer) => chunks.push(c));
@@ -170,7 +170,7 @@ describe("os-update-server serve", () => {
   test("a client streaming v1 while v2 and v3 are published gets all of v1, intact; the next client gets v3", async () => {
     const url = new URL(`${base}/v1/images/${name}/root`);
     const slow = new Promise<Buffer>((resolve, reject) => {
-      const req = httpRequest(url, { headers: { ...auth() } }, (res) => {
+      const req = httpRequest(url, { headers: { ...auth() }, agent: false }, (res) => {
         const chunks: Buffer[] = [];
         let paused = false;
         res.on("data", (c: Buffer) => {

@@ -19,9 +19,16 @@ export default tseslint.config(
       "no-restricted-imports": [
         "error",
         {
-          paths: ["node:fs", "node:fs/promises", "node:child_process", "node:net", "node:http", "node:https", "node:os", "node:process"].map(
-            (name) => ({ name, message: "src/core is pure: put side effects in src/io" }),
-          ),
+          paths: [
+            "node:fs",
+            "node:fs/promises",
+            "node:child_process",
+            "node:net",
+            "node:http",
+            "node:https",
+            "node:os",
+            "node:process",
+          ].map((name) => ({ name, message: "src/core is pure: put side effects in src/io" })),
           patterns: [{ group: ["../io/*", "../cli/*"], message: "src/core must not depend on io or cli" }],
         },
       ],

@@ -5,24 +5,20 @@
 import { readdir } from "node:fs/promises";
 import { userInfo } from "node:os";
 import { basename, dirname, join } from "node:path";
-import { stringify } from "yaml";
 import { EosError, errorMessage } from "../core/errors.ts";
-import {
-  assertFlakeName,
-  assertHostPath,
-  baseName,
-  deepMerge,
-  parseYamlMapping,
-  scalarString,
-} from "../core/flake-config.ts";
+import { assertFlakeName, assertHostPath, baseName, deepMerge, scalarString } from "../core/flake-config.ts";
 import {
   normaliseRegisterOption,
-  parseContainerFlake,
   podmanOptions,
-  renderContainerFlake,
   runArgv,
   type ContainerFlake,
 } from "../core/flake-podman.ts";
+import {
+  parseContainerFlake,
+  parseYamlMapping,
+  renderContainerFlake,
+  renderYaml,
+} from "../core/flake-yaml.ts";
 import type { Context } from "../io/context.ts";
 import {
   ensureDir,
@@ -315,7 +311,7 @@ export async function flakeCtlMain(argv: string[], ctx: Context): Promise<number
     .option("--force", "replace an existing file at --app or another flake of the same name")
     .option("--info", "print the registration info (/NAME.yaml) the image carries, then stop")
     .action(async (opts: RegisterOptions) => {
-      const setup = setupFor();
+      const setup = await setupFor();
       if (opts.info) {
         assertImage(opts.container, "--container");
         const podman = podmanFor(ctx, setup);
@@ -343,7 +339,7 @@ export async function flakeCtlMain(argv: string[], ctx: Context): Promise<number
     .option("--container <image>", "image: remove its flakes and the image")
     .option("--force", "remove --app even if it is not a link to the pilot")
     .action(async (opts: { app?: string; container?: string; force?: boolean }) => {
-      const setup = setupFor();
+      const setup = await setupFor();
       if ((opts.app === undefined) === (opts.container === undefined))
         throw usageError("give exactly one of --app or --container");
       if (opts.app !== undefined) {
@@ -377,7 +373,7 @@ export async function flakeCtlMain(argv: string[], ctx: Context): Promise<number
     .requiredOption("--uri <uri>", "image reference")
     .action(async (opts: { uri: string }) => {
       assertImage(opts.uri, "--uri");
-      result = await podmanFor(ctx, setupFor()).launch(["pull", opts.uri], {
+      result = await podmanFor(ctx, await setupFor()).launch(["pull", opts.uri], {
         stdio: ["ignore", "inherit", "inherit"],
       });
     });
@@ -388,7 +384,7 @@ export async function flakeCtlMain(argv: string[], ctx: Context): Promise<number
     .requiredOption("--oci <file>", "archive (a missing path is a prefix: the highest match loads)")
     .action(async (opts: { oci: string }) => {
       const file = await resolveOci(opts.oci);
-      result = await podmanFor(ctx, setupFor()).launch(["load", "-i", file], {
+      result = await podmanFor(ctx, await setupFor()).launch(["load", "-i", file], {
         stdio: ["ignore", "inherit", "inherit"],
       });
     });
@@ -400,7 +396,7 @@ export async function flakeCtlMain(argv: string[], ctx: Context): Promise<number
     .option("--app <path>", "host path of the flake")
     .option("--json", "machine-readable output")
     .action(async (nameArg: string | undefined, opts: { app?: string; json?: boolean }) => {
-      const setup = setupFor();
+      const setup = await setupFor();
       const name = opts.app ? baseName(assertHostPath(opts.app, "--app")) : nameArg;
       if (!name) {
         const all = (await listFlakeNames(setup))
@@ -431,7 +427,7 @@ export async function flakeCtlMain(argv: string[], ctx: Context): Promise<number
       }
       const view = { name, files: sources.map((s) => s.file), flake, command };
       if (opts.json) out(`${JSON.stringify(view, null, 2)}\n`);
-      else out(stringify(view, { lineWidth: 0 }));
+      else out(renderYaml(view));
     });
 
   program
@@ -440,7 +436,7 @@ export async function flakeCtlMain(argv: string[], ctx: Context): Promise<number
     .option("--json", "one JSON array with engine, image and paths")
     .option("--user", "the user's flakes (~/.config/flakes.yml)")
     .action(async (opts: { json?: boolean; user?: boolean }) => {
-      const setup = loadFlakesSetup(ctx, { user: Boolean(opts.user) });
+      const setup = await loadFlakesSetup(ctx, { user: Boolean(opts.user) });
       const names = await listFlakeNames(setup);
       if (opts.json)
         out(
@@ -464,7 +460,7 @@ export async function flakeCtlMain(argv: string[], ctx: Context): Promise<number
           const home = ctx.env.HOME ?? userInfo().homedir;
           const data = join(ctx.env.XDG_DATA_HOME ?? join(home, ".local", "share"), "flakes");
           const ids = join(ctx.env.XDG_RUNTIME_DIR ?? `/tmp/flakes-${userInfo().uid}`, "flakes");
-          const text = stringify({
+          const text = renderYaml({
             generic: { flakes_dir: data, podman_ids_dir: ids, firecracker_ids_dir: ids },
           });
           await ensureDir(dirname(path));
@@ -472,7 +468,7 @@ export async function flakeCtlMain(argv: string[], ctx: Context): Promise<number
           out(`wrote ${path}\n`);
         }
       }
-      const setup = loadFlakesSetup(ctx, { user: Boolean(opts.user) });
+      const setup = await loadFlakesSetup(ctx, { user: Boolean(opts.user) });
       for (const dir of [setup.config.flakesDir, setup.config.podmanIdsDir]) {
         await ensureDir(dir);
         out(`ready: ${dir}\n`);

@@ -9,7 +9,13 @@ import { isatty } from "node:tty";
 import { userInfo } from "node:os";
 import { join } from "node:path";
 import { EosError, isEosError } from "../core/errors.ts";
-import { baseName, parsePilotArgs, assertFlakeName, type PilotArgs } from "../core/flake-config.ts";
+import {
+  assertFlakeName,
+  baseName,
+  parsePilotArgs,
+  type FlakeSource,
+  type PilotArgs,
+} from "../core/flake-config.ts";
 import {
   attachArgv,
   attachRunArgv,
@@ -17,7 +23,6 @@ import {
   cidFileName,
   execArgv,
   needsProvisioning,
-  parseContainerFlake,
   podmanOptions,
   resumeCreateArgv,
   runArgv,
@@ -30,9 +35,8 @@ import type { Context } from "../io/context.ts";
 import {
   ensureDir,
   idsDirFor,
-  loadFlakesSetup,
+  loadFlakeCached,
   pathExistsSync,
-  readFlakeSources,
   readSmallFileSync,
   removePath,
   withLockFile,
@@ -102,25 +106,29 @@ interface Launch {
   ownGroup: boolean;
 }
 
-function loadFlake(ctx: Context, name: string): { setup: FlakesSetup; flake: ContainerFlake } {
-  const setup = loadFlakesSetup(ctx);
+async function parseFlake(sources: FlakeSource[]): Promise<ContainerFlake> {
+  const { parseContainerFlake } = await import("../core/flake-yaml.ts");
+  return parseContainerFlake(sources);
+}
+
+async function loadFlake(ctx: Context, name: string): Promise<{ setup: FlakesSetup; flake: ContainerFlake }> {
   try {
-    return { setup, flake: parseContainerFlake(readFlakeSources(setup, name)) };
+    const { setup, value } = await loadFlakeCached(ctx, name, "podman", parseFlake);
+    return { setup, flake: value };
   } catch (error) {
     // A flake registered in user mode: ~/.config/flakes.yml names its directory.
     if (!(isEosError(error) && error.code === "NOT_FOUND") || ctx.env.FLAKES_CONFIG) throw error;
-    let user: FlakesSetup;
     try {
-      user = loadFlakesSetup(ctx, { user: true });
+      const { setup, value } = await loadFlakeCached(ctx, name, "podman", parseFlake, { user: true });
+      return { setup, flake: value };
     } catch {
       throw error;
     }
-    return { setup: user, flake: parseContainerFlake(readFlakeSources(user, name)) };
   }
 }
 
 export async function launchFlake(name: string, args: string[], ctx: Context): Promise<number> {
-  const { setup, flake } = loadFlake(ctx, name);
+  const { setup, flake } = await loadFlake(ctx, name);
   const pilot = parsePilotArgs(args, PODMAN_PILOT_OPTIONS);
   const stdinTty = isatty(0);
   const launch: Launch = {

@@ -4,10 +4,10 @@
  * merge, a small schema checker whose errors name the file and the key, and
  * the pilot's own caller arguments (`@NAME`, `%option`).
  *
- * No zod here on purpose: the pilots load this on every launch, and zod alone
- * adds ~25 ms to a node start (a podman run is ~350 ms).
+ * No zod and no YAML library here on purpose: the pilots load this on every
+ * launch (zod alone adds ~25 ms to a node start; a podman run is ~350 ms).
+ * Text → data is in flake-yaml.ts, which the pilots load only on a cache miss.
  */
-import { parseDocument } from "yaml";
 import { EosError } from "./errors.ts";
 
 // ---------------------------------------------------------------- flakes.yml
@@ -54,9 +54,8 @@ const flakesConfigSpec: Spec = {
   },
 };
 
-/** Parses flakes.yml (`generic:` section); missing keys take flake-pilot's defaults. */
-export function parseFlakesConfig(text: string, file: string): FlakesConfig {
-  const data = parseYamlMapping(text, file);
+/** Checks parsed flakes.yml (`generic:` section); missing keys take flake-pilot's defaults. */
+export function flakesConfigFromData(data: Record<string, unknown>, file: string): FlakesConfig {
   checkSpec(data, flakesConfigSpec, file, "");
   const generic = (data.generic ?? {}) as Record<string, string | null | undefined>;
   const pick = (key: string, fallback: string) => generic[key] ?? fallback;
@@ -71,24 +70,7 @@ export function parseFlakesConfig(text: string, file: string): FlakesConfig {
   };
 }
 
-// ---------------------------------------------------------------- YAML
-
-/** Parses a YAML document whose top level must be a mapping (an empty file is `{}`). */
-export function parseYamlMapping(text: string, file: string): Record<string, unknown> {
-  const doc = parseDocument(text, { uniqueKeys: true });
-  if (doc.errors.length > 0) {
-    const first = doc.errors[0];
-    const line = first?.linePos?.[0]?.line;
-    throw new EosError(
-      "CONFIG",
-      `${file}: invalid YAML${line ? ` at line ${line}` : ""}: ${first?.message.split("\n")[0] ?? "parse error"}`,
-    );
-  }
-  const data: unknown = doc.toJS();
-  if (data === null || data === undefined) return {};
-  if (!isPlainObject(data)) throw new EosError("CONFIG", `${file}: the top level must be a mapping of keys`);
-  return data;
-}
+// ---------------------------------------------------------------- merge
 
 export function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value) && !(value instanceof Date);
@@ -215,20 +197,24 @@ export interface FlakeSource {
   text: string;
 }
 
+export interface FlakeDocument {
+  file: string;
+  data: Record<string, unknown>;
+}
+
 /**
  * NAME.yaml and then NAME.d/*.yaml (the caller passes them in sorted order):
  * each is checked on its own (so an unknown key names the file it is in),
  * deep-merged, and the result is checked for required keys.
  */
-export function loadFlakeDocuments(sources: FlakeSource[], spec: Spec): Record<string, unknown> {
-  if (sources.length === 0) throw new EosError("INTERNAL", "no flake file given");
+export function mergeFlakeDocuments(docs: FlakeDocument[], spec: Spec): Record<string, unknown> {
+  if (docs.length === 0) throw new EosError("INTERNAL", "no flake file given");
   let merged: unknown = {};
-  for (const source of sources) {
-    const data = parseYamlMapping(source.text, source.file);
-    checkSpec(data, spec, source.file, "");
-    merged = deepMerge(merged, data);
+  for (const doc of docs) {
+    checkSpec(doc.data, spec, doc.file, "");
+    merged = deepMerge(merged, doc.data);
   }
-  const files = sources.map((s) => s.file);
+  const files = docs.map((d) => d.file);
   const label =
     files.length === 1 ? (files[0] ?? "") : `${files[0]} (merged with ${files.slice(1).join(", ")})`;
   checkSpec(merged, spec, label, "", true);

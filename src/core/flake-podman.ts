@@ -3,16 +3,14 @@
  * `flake-ctl podman register` writes, and the podman argument vectors the
  * pilot runs. Pure: the io layer executes what is built here.
  */
-import { createHash } from "node:crypto";
-import { stringify } from "yaml";
 import { EosError } from "./errors.ts";
 import {
   checkSpec,
   expandPercentVars,
-  loadFlakeDocuments,
+  mergeFlakeDocuments,
   scalarString,
   stringList,
-  type FlakeSource,
+  type FlakeDocument,
   type Spec,
 } from "./flake-config.ts";
 
@@ -92,9 +90,9 @@ export interface ContainerFlake {
   include: { tar: string[]; path: string[] };
 }
 
-/** Reads NAME.yaml + NAME.d/*.yaml (sorted, deep-merged) into a ContainerFlake. */
-export function parseContainerFlake(sources: FlakeSource[]): ContainerFlake {
-  const data = loadFlakeDocuments(sources, containerFlakeSpec);
+/** NAME.yaml + NAME.d/*.yaml (parsed, in sorted order), deep-merged into a ContainerFlake. */
+export function containerFlakeFromDocuments(docs: FlakeDocument[]): ContainerFlake {
+  const data = mergeFlakeDocuments(docs, containerFlakeSpec);
   const c = data.container as Record<string, unknown>;
   const runtime = (c.runtime ?? {}) as Record<string, unknown>;
   const include = (data.include ?? {}) as Record<string, unknown>;
@@ -114,7 +112,7 @@ export function parseContainerFlake(sources: FlakeSource[]): ContainerFlake {
     },
     include: { tar: stringList(include.tar), path: stringList(include.path) },
   };
-  const label = sources[0]?.file ?? "flake";
+  const label = docs[0]?.file ?? "flake";
   if (flake.runtime.resume && flake.runtime.attach) {
     throw new EosError("CONFIG", `${label}: container.runtime: resume and attach cannot both be true`);
   }
@@ -124,8 +122,8 @@ export function parseContainerFlake(sources: FlakeSource[]): ContainerFlake {
   return flake;
 }
 
-/** The YAML `flake-ctl podman register` writes, in flake-pilot's layout. */
-export function renderContainerFlake(flake: ContainerFlake): string {
+/** The document `flake-ctl podman register` writes (as YAML), in flake-pilot's layout. */
+export function containerFlakeDocument(flake: ContainerFlake): Record<string, unknown> {
   const doc = {
     include: {
       tar: flake.include.tar.length ? flake.include.tar : null,
@@ -146,10 +144,9 @@ export function renderContainerFlake(flake: ContainerFlake): string {
       },
     },
   };
-  const text = stringify(doc, { nullStr: "~", lineWidth: 0 });
   // What we write must read back: guard against a schema drift.
   checkSpec(doc, containerFlakeSpec, "generated flake", "", true);
-  return text;
+  return doc;
 }
 
 /** `--opt '\--net host'`: a leading backslash lets an option start with `-` on the command line. */
@@ -334,18 +331,19 @@ export function provisionContainerfile(plan: ProvisionPlan, flakeName: string): 
   return `${lines.join("\n")}\n`;
 }
 
-/** Content key of a provisioned image: changes when any source image or included file does. */
-export function provisionKey(parts: {
+/**
+ * What the content key of a provisioned image is hashed from: it changes when
+ * any source image or included file does. (The io layer hashes it: loading
+ * node:crypto costs ~10 ms of start-up, so the pilot only does it when it must.)
+ */
+export function provisionKeyMaterial(parts: {
   base: string;
   layers: string[];
   app: string | undefined;
   includes: string[];
   hostDeps: string[];
 }): string {
-  return createHash("sha256")
-    .update(JSON.stringify({ v: 1, ...parts }))
-    .digest("hex")
-    .slice(0, 20);
+  return JSON.stringify({ v: 1, ...parts });
 }
 
 /** Repository for a flake's provisioned images (lower case, as image names must be). */

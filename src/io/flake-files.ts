@@ -4,20 +4,18 @@
  * files. Every path can be redirected with FLAKES_CONFIG.
  */
 import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
-import { lstat, mkdir, open, readFile, readlink, rm, stat, symlink, unlink } from "node:fs/promises";
+import { lstat, mkdir, open, readFile, readlink, rename, rm, stat, symlink, unlink } from "node:fs/promises";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { EosError } from "../core/errors.ts";
 import {
   DEFAULT_FLAKES_CONFIG_PATH,
   FLAKES_CONFIG_DEFAULTS,
-  parseFlakesConfig,
   sortFragmentNames,
   type FlakeSource,
   type FlakesConfig,
 } from "../core/flake-config.ts";
 import { sysPath, type Context } from "./context.ts";
-import { atomicWriteFile } from "./files.ts";
 
 export interface FlakesSetup {
   /** The flakes.yml that was read (it may not exist: then defaults apply). */
@@ -31,22 +29,21 @@ export function userFlakesConfigPath(env: NodeJS.ProcessEnv): string {
   return join(env.XDG_CONFIG_HOME ?? join(env.HOME ?? homedir(), ".config"), "flakes.yml");
 }
 
-/**
- * FLAKES_CONFIG (if set) names the flakes.yml; otherwise /etc/flakes.yml, or
- * ~/.config/flakes.yml in user mode. Synchronous: the pilot reads it on every
- * launch and a sync read is the cheapest.
- */
-export function loadFlakesSetup(
+/** FLAKES_CONFIG (if set) names the flakes.yml; otherwise /etc/flakes.yml, or ~/.config/flakes.yml in user mode. */
+export function flakesConfigPath(ctx: Pick<Context, "env" | "root">, user: boolean): string {
+  const explicit = ctx.env.FLAKES_CONFIG;
+  if (explicit) return explicit;
+  return user ? userFlakesConfigPath(ctx.env) : sysPath(ctx, DEFAULT_FLAKES_CONFIG_PATH);
+}
+
+/** Reads flakes.yml (missing: flake-pilot's defaults, except in user mode or when FLAKES_CONFIG names it). */
+export async function loadFlakesSetup(
   ctx: Pick<Context, "env" | "root">,
   opts: { user?: boolean } = {},
-): FlakesSetup {
+): Promise<FlakesSetup> {
   const user = opts.user ?? false;
   const explicit = ctx.env.FLAKES_CONFIG;
-  const configPath = explicit
-    ? explicit
-    : user
-      ? userFlakesConfigPath(ctx.env)
-      : sysPath(ctx, DEFAULT_FLAKES_CONFIG_PATH);
+  const configPath = flakesConfigPath(ctx, user);
   let text: string | undefined;
   try {
     text = readFileSync(configPath, "utf8");
@@ -63,12 +60,111 @@ export function loadFlakesSetup(
       });
     }
   }
-  const config = text === undefined ? { ...FLAKES_CONFIG_DEFAULTS } : parseFlakesConfig(text, configPath);
+  let config: FlakesConfig = { ...FLAKES_CONFIG_DEFAULTS };
+  if (text !== undefined) {
+    const { parseFlakesConfig } = await import("../core/flake-yaml.ts");
+    config = parseFlakesConfig(text, configPath);
+  }
   if (!explicit && !user && ctx.root !== "/") {
     // Registering into an image tree: the directories live under the root too.
     config.flakesDir = sysPath(ctx, config.flakesDir);
   }
   return { configPath, configExists: text !== undefined, config, user };
+}
+
+// ---------------------------------------------------------------- launch cache
+
+/**
+ * The pilots keep the parsed, merged and checked flake (and flakes.yml) as
+ * JSON, valid while flakes.yml, NAME.yaml, NAME.d/ and every fragment keep
+ * their size, mtime and inode. A hit costs a few stat calls instead of the
+ * YAML library's start-up. The cache lives in a directory only this user can
+ * write (/run/eos-flakes for root, $XDG_RUNTIME_DIR/eos-flakes otherwise) and
+ * is not used if that directory is not exclusively ours. EOS_FLAKES_CACHE_DIR
+ * points it elsewhere (tests), EOS_FLAKES_NO_CACHE=1 turns it off.
+ */
+function cacheDir(ctx: Pick<Context, "env" | "root">): string | undefined {
+  if (ctx.root !== "/" || ctx.env.EOS_FLAKES_NO_CACHE) return undefined;
+  if (ctx.env.EOS_FLAKES_CACHE_DIR) return ctx.env.EOS_FLAKES_CACHE_DIR;
+  const uid = process.getuid?.();
+  if (uid === 0) return "/run/eos-flakes";
+  return ctx.env.XDG_RUNTIME_DIR ? join(ctx.env.XDG_RUNTIME_DIR, "eos-flakes") : undefined;
+}
+
+function fnv1a(text: string): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h.toString(16).padStart(8, "0");
+}
+
+function stampOf(path: string): string {
+  const st = statSync(path, { throwIfNoEntry: false });
+  return st ? `${st.mtimeMs}:${st.size}:${st.ino}` : "missing";
+}
+
+function dirIsOurs(dir: string): boolean {
+  const st = statSync(dir, { throwIfNoEntry: false });
+  return Boolean(st?.isDirectory() && st.uid === process.getuid?.() && (st.mode & 0o077) === 0);
+}
+
+interface CacheEntry<T> {
+  version: 1;
+  configPath: string;
+  stamps: Record<string, string>;
+  setup: FlakesSetup;
+  value: T;
+}
+
+/**
+ * Loads flake NAME through `parse` (which gets NAME.yaml + NAME.d sources),
+ * from the cache when nothing changed. `kind` keeps engines apart.
+ */
+export async function loadFlakeCached<T>(
+  ctx: Pick<Context, "env" | "root">,
+  name: string,
+  kind: string,
+  parse: (sources: FlakeSource[]) => Promise<T>,
+  opts: { user?: boolean } = {},
+): Promise<{ setup: FlakesSetup; value: T }> {
+  const user = opts.user ?? false;
+  const configPath = flakesConfigPath(ctx, user);
+  const dir = cacheDir(ctx);
+  const file = dir ? join(dir, `${kind}-${name}-${fnv1a(`${configPath}\0${user}`)}.json`) : undefined;
+  if (file && dir && dirIsOurs(dir)) {
+    try {
+      const entry = JSON.parse(readFileSync(file, "utf8")) as CacheEntry<T>;
+      if (
+        entry.version === 1 &&
+        entry.configPath === configPath &&
+        Object.entries(entry.stamps).every(([path, stamp]) => stampOf(path) === stamp)
+      ) {
+        return { setup: entry.setup, value: entry.value };
+      }
+    } catch {
+      // no entry, or a broken one: parse the files
+    }
+  }
+  const setup = await loadFlakesSetup(ctx, { user });
+  const stamps: Record<string, string> = { [configPath]: stampOf(configPath) };
+  const sources = readFlakeSources(setup, name);
+  stamps[flakeFragmentDir(setup, name)] = stampOf(flakeFragmentDir(setup, name));
+  for (const source of sources) stamps[source.file] = stampOf(source.file);
+  const value = await parse(sources);
+  if (file && dir) {
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      if (dirIsOurs(dir)) {
+        const entry: CacheEntry<T> = { version: 1, configPath, stamps, setup, value };
+        await writeFileAtomic(file, JSON.stringify(entry), 0o600);
+      }
+    } catch {
+      // a cache is optional
+    }
+  }
+  return { setup, value };
 }
 
 export function flakeFilePath(setup: FlakesSetup, name: string): string {
@@ -138,14 +234,48 @@ export async function readLinkOrUndefined(path: string): Promise<string | undefi
   return readlink(path).catch(() => undefined);
 }
 
+let tempCounter = 0;
+
+/**
+ * Crash-safe replace (temp file, fsync, rename, fsync of the directory), as
+ * io/files.ts's atomicWriteFile, but without node:crypto: the pilot writes id
+ * files on its launch path and node:crypto costs ~10 ms to load.
+ */
+export async function writeFileAtomic(path: string, data: string, mode = 0o644): Promise<void> {
+  const dir = dirname(path);
+  const temp = join(dir, `.${path.split("/").pop() ?? "file"}.tmp-${process.pid}-${tempCounter++}`);
+  const handle = await open(temp, "w", mode);
+  try {
+    await handle.writeFile(data);
+    await handle.chmod(mode);
+    await handle.sync();
+  } catch (error) {
+    await handle.close();
+    await unlink(temp).catch(() => undefined);
+    throw error;
+  }
+  await handle.close();
+  try {
+    await rename(temp, path);
+  } catch (error) {
+    await unlink(temp).catch(() => undefined);
+    throw error;
+  }
+  const dirHandle = await open(dir, "r");
+  try {
+    await dirHandle.sync();
+  } finally {
+    await dirHandle.close();
+  }
+}
+
 export async function writeFlakeFile(path: string, text: string): Promise<void> {
   await mkdir(dirname(path), { recursive: true });
-  await atomicWriteFile(path, text, 0o644);
+  await writeFileAtomic(path, text, 0o644);
 }
 
 /** Replaces whatever is at `path` with a symlink to `target` (via a temp name + rename). */
 export async function placeSymlink(path: string, target: string): Promise<void> {
-  const { rename } = await import("node:fs/promises");
   await mkdir(dirname(path), { recursive: true });
   const temp = join(dirname(path), `.${path.split("/").pop() ?? "link"}.tmp-${process.pid}`);
   await unlink(temp).catch(() => undefined);
@@ -183,7 +313,7 @@ export function readSmallFileSync(path: string): string | undefined {
 
 export async function writeIdFile(path: string, content: string): Promise<void> {
   await mkdir(dirname(path), { recursive: true, mode: 0o755 });
-  await atomicWriteFile(path, content, 0o644);
+  await writeFileAtomic(path, content, 0o644);
 }
 
 /**

@@ -20,12 +20,12 @@ import { EosError } from "../core/errors.ts";
 import {
   parseHostDependencies,
   provisionContainerfile,
-  provisionKey,
+  provisionKeyMaterial,
   provisionedImageName,
   type ContainerFlake,
   type ProvisionPlan,
 } from "../core/flake-podman.ts";
-import { atomicWriteFile } from "./files.ts";
+import { writeFileAtomic } from "./flake-files.ts";
 import type { Podman } from "./podman.ts";
 
 interface ProvisionRecord {
@@ -176,7 +176,8 @@ export async function ensureProvisionedImage(
       throw new EosError("FLAKE", message, { hint: "or call with %ignore_sync_error" });
     opts.log.write(`${message} (ignored: %ignore_sync_error)\n`);
   }
-  const key = provisionKey({
+  const { createHash } = await import("node:crypto");
+  const material = provisionKeyMaterial({
     base: baseId ?? "",
     layers: flake.baseContainer ? copyFrom.slice(0, -1) : [],
     app: flake.baseContainer ? copyFrom[copyFrom.length - 1] : undefined,
@@ -187,6 +188,7 @@ export async function ensureProvisionedImage(
     ],
     hostDeps,
   });
+  const key = createHash("sha256").update(material).digest("hex").slice(0, 20);
   const image = provisionedImageName(flakeName, key);
 
   if (!(await podman.imageExists(image))) {
@@ -214,7 +216,7 @@ export async function ensureProvisionedImage(
   const newIndex = imageIndexStamp(podman.env) ?? "";
   const next: ProvisionRecord = { image, key, index: newIndex, watched, watchedStamp };
   await mkdir(dirname(opts.recordPath), { recursive: true });
-  await atomicWriteFile(opts.recordPath, `${JSON.stringify(next)}\n`);
+  await writeFileAtomic(opts.recordPath, `${JSON.stringify(next)}\n`);
   return image;
 }
 

@@ -100,7 +100,13 @@ async function setup(prefix: string): Promise<PodmanFixture> {
   const base = { ...process.env };
   delete base.CONTAINERS_STORAGE_CONF;
   delete base.PILOT_DEBUG;
-  const env = { ...base, CONTAINERS_CONF, FLAKES_CONFIG: flakesConfig };
+  // The pilot's parsed-flake cache goes into the fixture too (not /run/eos-flakes).
+  const env = {
+    ...base,
+    CONTAINERS_CONF,
+    FLAKES_CONFIG: flakesConfig,
+    EOS_FLAKES_CACHE_DIR: join(dir, "cache"),
+  };
   const podmanEnv = { ...base, CONTAINERS_CONF, CONTAINERS_STORAGE_CONF: storageConf };
   const podman = (args: string[], input?: string) => {
     const r = spawnSync("podman", args, { env: podmanEnv, encoding: "utf8", input: input ?? "" });

@@ -95,6 +95,7 @@ export const deviceConfigSchema = z.strictObject({
     tries: z.number().int().min(1).max(10).optional(),
     ca: z.string().optional(),
     port: z.number().int().min(1).max(65535).optional(),
+    known_hosts: z.string().optional(),
   }),
 });
 

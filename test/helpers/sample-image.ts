@@ -4,7 +4,7 @@
  * and a squashfs root made by mksquashfs, written at the offsets of the GPT.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, mkdir, open, readFile, rm, writeFile, truncate } from "node:fs/promises";
+import { mkdtemp, mkdir, open, readFile, rm, symlink, writeFile, truncate } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { readGpt, requirePartition, partitionRange } from "../../src/core/gpt.ts";
@@ -51,6 +51,11 @@ export async function makeSampleImage(path: string, options: SampleImageOptions)
       payload(options.seed ?? options.version, options.payloadBytes ?? 2 * MiB),
     );
     await writeFile(join(tree, "boot", "uuid"), randomBytes(16).toString("hex"));
+    // Stand-ins for a kernel and initrd, linked the way Debian links them, so kexec loading can be checked.
+    await writeFile(join(tree, "boot", `vmlinuz-${options.version}`), `kernel ${options.version}\n`);
+    await writeFile(join(tree, "boot", `initrd.img-${options.version}`), `initrd ${options.version}\n`);
+    await symlink(`vmlinuz-${options.version}`, join(tree, "boot", "vmlinuz"));
+    await symlink(`/boot/initrd.img-${options.version}`, join(tree, "boot", "initrd.img"));
     const squash = join(work, "root.squashfs");
     await mustRun("mksquashfs", [tree, squash, "-noappend", "-quiet", "-comp", "gzip", "-all-root"]);
     const esp = join(work, "esp.vfat");

@@ -8,6 +8,8 @@ import { mustRun, run, type RunResult } from "./run.ts";
 export interface Sshd {
   port: number;
   clientKey: string;
+  /** known_hosts file that pins this sshd's host key. */
+  knownHosts: string;
   ssh(command: string, input?: Buffer): Promise<RunResult>;
   stop(): void;
 }
@@ -83,9 +85,12 @@ export async function startSshd(dir: string, forcedCommand: string[]): Promise<S
     if (child.exitCode !== null) throw new Error(`sshd exited: ${stderr}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+  const knownHosts = join(dir, "known_hosts");
+  await writeFile(knownHosts, `[127.0.0.1]:${port} ${(await readFile(`${hostKey}.pub`, "utf8")).trim()}\n`);
   return {
     port,
     clientKey,
+    knownHosts,
     ssh: (cmd, input) => run("ssh", sshArgs(cmd), input === undefined ? {} : { input }),
     stop: () => child.kill("SIGTERM"),
   };

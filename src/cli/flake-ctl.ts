@@ -8,6 +8,7 @@ import { basename, dirname, join } from "node:path";
 import { EosError, errorMessage } from "../core/errors.ts";
 import { assertFlakeName, assertHostPath, baseName, deepMerge, scalarString } from "../core/flake-config.ts";
 import {
+  needsProvisioning,
   normaliseRegisterOption,
   podmanOptions,
   runArgv,
@@ -410,12 +411,23 @@ export async function flakeCtlMain(argv: string[], ctx: Context): Promise<number
       const sources = readFlakeSources(setup, name);
       const flake = parseContainerFlake(sources);
       const persistent = flake.runtime.resume || flake.runtime.attach;
+      // A delta/include flake runs its provisioned image (built at its first launch).
+      let image = flake.name;
+      if (needsProvisioning(flake)) {
+        const record = await readTextFile(join(idsDirFor(setup.config.podmanIdsDir), `${name}.image.json`));
+        image = "<provisioned image: built at the first launch>";
+        try {
+          if (record) image = (JSON.parse(record) as { image: string }).image;
+        } catch {
+          // keep the placeholder
+        }
+      }
       let command: string[] | undefined;
       try {
         command = [
           "podman",
           ...runArgv({
-            image: flake.name,
+            image,
             target: flake.targetAppPath,
             options: podmanOptions(flake.runtime.podman, { env: ctx.env, removeAfterRun: !persistent }),
             tty: false,

@@ -34,6 +34,7 @@ import {
 import type { Context } from "../io/context.ts";
 import {
   ensureDir,
+  ensureOwnIdsDir,
   idsDirFor,
   loadFlakeCached,
   pathExistsSync,
@@ -142,7 +143,11 @@ export async function launchFlake(name: string, args: string[], ctx: Context): P
       label: LABEL,
       runas: runasUser(flake.runtime.runas),
     }),
-    idsDir: idsDirFor(setup.config.podmanIdsDir),
+    // Only delta/include and resume/attach flakes keep state there; a plain launch skips the checks.
+    idsDir:
+      needsProvisioning(flake) || flake.runtime.resume || flake.runtime.attach
+        ? await ensureOwnIdsDir(setup.config.podmanIdsDir)
+        : idsDirFor(setup.config.podmanIdsDir),
     tty: pilot.options.has("interactive") || (stdinTty && isatty(1)),
     ownGroup: !stdinTty,
   };

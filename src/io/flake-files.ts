@@ -4,7 +4,19 @@
  * files. Every path can be redirected with FLAKES_CONFIG.
  */
 import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
-import { lstat, mkdir, open, readFile, readlink, rename, rm, stat, symlink, unlink } from "node:fs/promises";
+import {
+  chmod,
+  lstat,
+  mkdir,
+  open,
+  readFile,
+  readlink,
+  rename,
+  rm,
+  stat,
+  symlink,
+  unlink,
+} from "node:fs/promises";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { EosError } from "../core/errors.ts";
@@ -301,6 +313,31 @@ export async function ensureDir(path: string, mode = 0o755): Promise<void> {
 /** `<ids_dir>/<uid>/`: instance id files and provisioning records of this user. */
 export function idsDirFor(idsDir: string): string {
   return join(idsDir, String(process.getuid?.() ?? 0));
+}
+
+/**
+ * `<ids_dir>/<uid>/`, made if missing and checked to be ours alone: its id
+ * files and provisioning records decide what the pilot runs, so a directory
+ * another user could write is refused. `<ids_dir>` itself is shared (1777, as
+ * /tmp) so every user can have their own directory in it.
+ */
+export async function ensureOwnIdsDir(idsDir: string): Promise<string> {
+  const uid = process.getuid?.() ?? 0;
+  if (!existsSync(idsDir)) {
+    await mkdir(idsDir, { recursive: true });
+    await chmod(idsDir, 0o1777).catch(() => undefined);
+  }
+  const dir = join(idsDir, String(uid));
+  await mkdir(dir, { mode: 0o700 }).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== "EEXIST") throw error;
+  });
+  const st = await lstat(dir);
+  if (!st.isDirectory() || st.uid !== uid || (st.mode & 0o022) !== 0) {
+    throw new EosError("REFUSED", `${dir} must be a directory owned by uid ${uid} and writable only by it`, {
+      hint: `remove it; the pilot makes it again`,
+    });
+  }
+  return dir;
 }
 
 export function readSmallFileSync(path: string): string | undefined {

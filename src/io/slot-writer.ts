@@ -79,12 +79,16 @@ export async function writeSlot(options: WriteSlotOptions): Promise<void> {
             filled += take;
             at += take;
             options.progress?.add(take);
-            if (filled === BLOCK) await flush();
+            if (filled === BLOCK) {
+              options.signal?.throwIfAborted();
+              await flush();
+            }
           }
         }
         await flush();
         if (written < size) throw new EosError("TRUNCATED", `stream ended at ${written} of ${size} bytes`);
       } catch (error) {
+        if (options.signal?.aborted) throw new EosError("IO", "interrupted: the slot stays marked invalid");
         // Everything hashed so far is kept: write it, then resume after it.
         await flush();
         if (

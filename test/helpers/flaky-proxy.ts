@@ -1,0 +1,49 @@
+/** A TCP proxy that breaks one connection off after it has carried `cutAfter` bytes to the client. */
+import { createConnection, createServer, type Server } from "node:net";
+import type { AddressInfo } from "node:net";
+
+export interface FlakyProxy {
+  port: number;
+  cuts: number;
+  close(): Promise<void>;
+}
+
+export async function startFlakyProxy(
+  targetPort: number,
+  cutAfter: number,
+  times = 1,
+  /** Bytes per second towards the client; 0 = as fast as possible. */
+  rate = 0,
+): Promise<FlakyProxy> {
+  const proxy: FlakyProxy = { port: 0, cuts: 0, close: async () => undefined };
+  const server: Server = createServer((client) => {
+    const upstream = createConnection({ port: targetPort, host: "127.0.0.1" });
+    let carried = 0;
+    client.on("data", (d) => upstream.write(d));
+    upstream.on("data", (d: Buffer) => {
+      carried += d.length;
+      if (proxy.cuts < times && carried > cutAfter) {
+        proxy.cuts++;
+        client.destroy();
+        upstream.destroy();
+        return;
+      }
+      if (rate > 0) {
+        // Pause the server side long enough to hold the average rate.
+        upstream.pause();
+        client.write(d);
+        setTimeout(() => upstream.resume(), (d.length / rate) * 1000);
+      } else {
+        client.write(d);
+      }
+    });
+    client.on("end", () => upstream.end());
+    upstream.on("end", () => client.end());
+    client.on("error", () => upstream.destroy());
+    upstream.on("error", () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  proxy.port = (server.address() as AddressInfo).port;
+  proxy.close = () => new Promise((resolve) => server.close(() => resolve()));
+  return proxy;
+}

@@ -66,6 +66,8 @@ export function podmanEnv(env: NodeJS.ProcessEnv, setup: FlakesSetup): NodeJS.Pr
 /** `runas` that differs from the calling user means podman runs through sudo. */
 export function runasUser(runas: string | undefined): string | undefined {
   if (!runas || runas === "any") return undefined;
+  const uid = process.getuid?.();
+  if (uid === 0 && (runas === "root" || runas === "#0")) return undefined; // no passwd lookup on the common path
   const me = userInfo();
   if (runas === me.username || runas === `#${me.uid}`) return undefined;
   return runas;

@@ -31,6 +31,7 @@ import {
 import { findKernel, systemBootActions, withSlotMounted, type BootActions } from "../io/boot-actions.ts";
 import { sysPath, type Context } from "../io/context.ts";
 import { readBootControl, writeBootControl } from "../io/esp.ts";
+import { updateFirmware } from "../io/firmware.ts";
 import { atomicWriteFile, hashRange } from "../io/files.ts";
 import { loadTrustedKeys } from "../io/keys.ts";
 import { acquireLock } from "../io/lock.ts";
@@ -339,18 +340,22 @@ async function runApply(ctx: Context, opts: Options, deps: OsUpdateDeps): Promis
 }
 
 async function runCommit(ctx: Context, opts: Options, deps: OsUpdateDeps): Promise<number> {
+  if (opts.rootDevice === undefined) {
+    const cmdline = parseKernelCommandLine(
+      await readFile(sysPath(ctx, "/proc/cmdline"), "utf8").catch(() => ""),
+    );
+    if (!cmdline.commitUpdate) {
+      say(ctx, opts, "not a trial boot (no COMMIT_UPDATE on the kernel command line): nothing to commit");
+      return 0;
+    }
+  }
   return withLock(ctx, async () => {
     const device = await openDevice(ctx, opts);
     const vars = await readBootControl(device.esp);
     const state = readBootState(vars);
     let running: Slot;
-    if (device.layout.online) {
-      if (!device.cmdline.commitUpdate) {
-        say(ctx, opts, "not a trial boot (no COMMIT_UPDATE on the kernel command line): nothing to commit");
-        return 0;
-      }
-      running = device.layout.running;
-    } else {
+    if (device.layout.online) running = device.layout.running;
+    else {
       if (!state.trial) {
         say(ctx, opts, `no slot on trial: slot ${state.defaultSlot} is the default`);
         return 0;
@@ -411,6 +416,27 @@ async function runRollback(ctx: Context, opts: Options, deps: OsUpdateDeps): Pro
   });
 }
 
+async function runFirmware(ctx: Context, opts: Options): Promise<number> {
+  return withLock(ctx, async () => {
+    const { config, path } = await loadConfig(ctx, opts.config);
+    const source = await makeSource(ctx, config, path);
+    const manifest = await fetchVerifiedManifest(ctx, config, source);
+    const firmware = manifest.partitions.firmware;
+    if (!firmware)
+      throw new EosError("MANIFEST", `${manifest.name} ${manifest.version} has no firmware partition`);
+    const esp = opts.esp ?? sysPath(ctx, DEFAULT_ESP);
+    await readBootControl(esp); // the ESP must be the mounted one, with its boot control block
+    const result = await updateFirmware({ source, firmware, esp, workDir: sysPath(ctx, "/run/os-update") });
+    say(
+      ctx,
+      opts,
+      `firmware of ${manifest.version}: ${result.updated.length} files written, ${result.removed.length} removed; EFI/ kept`,
+    );
+    if (opts.json) ctx.stdout.write(`${JSON.stringify({ version: manifest.version, ...result })}\n`);
+    return 0;
+  });
+}
+
 async function runRead(ctx: Context, opts: Options): Promise<number> {
   if (!opts.server) throw usageError("--read needs --server USER@HOST");
   const port = opts.port === undefined ? undefined : Number(opts.port);
@@ -463,14 +489,13 @@ export async function osUpdateMain(
     (a) => opts[a] !== undefined && opts[a] !== false,
   );
   if (opts.read !== undefined) return runRead(ctx, opts);
-  const main = actions.filter((a) => a !== "firmware" || actions.length === 1);
-  if (main.length !== 1) {
+  if (actions.length !== 1) {
     throw usageError(
       "give exactly one of --check, --apply, --commit, --rollback, --firmware, --read",
       "see os-update --help",
     );
   }
-  switch (main[0]) {
+  switch (actions[0]) {
     case "check":
       return runCheck(ctx, opts);
     case "apply":
@@ -480,7 +505,7 @@ export async function osUpdateMain(
     case "rollback":
       return runRollback(ctx, opts, deps);
     case "firmware":
-      throw new EosError("USAGE", "--firmware is not available yet");
+      return runFirmware(ctx, opts);
     default:
       return 2;
   }

@@ -62,6 +62,9 @@ export async function makeSampleImage(path: string, options: SampleImageOptions)
     await mustRun("mkfs.vfat", ["-C", esp, String(espMiB * 1024), "-n", "EFI"]);
     await writeFile(join(work, "fw.txt"), `firmware for ${options.version}\n`);
     await mustRun("mcopy", ["-i", esp, join(work, "fw.txt"), "::/fw.txt"]);
+    await writeFile(join(work, "loader.efi"), `loader from ${options.version}\n`);
+    await mustRun("mmd", ["-i", esp, "::/EFI", "::/EFI/BOOT"]);
+    await mustRun("mcopy", ["-i", esp, join(work, "loader.efi"), "::/EFI/BOOT/BOOTX64.EFI"]);
 
     await rm(path, { force: true });
     await writeFile(path, "");

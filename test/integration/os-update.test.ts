@@ -324,3 +324,111 @@ describe("os-update: the full cycle over HTTPS and SSH", () => {
     });
   });
 });
+
+describe("os-update: firmware, offline disks and unsigned images", () => {
+  let world: World;
+  let server: ChildProcess;
+  let url: string;
+  let v1: string;
+  let v1Manifest: Manifest;
+
+  before(async () => {
+    world = await makeWorld();
+    await writeServerConfig(world, [
+      { image: `${world.origin.url}/${NAME}.raw.xz`, name: NAME },
+      { image: `${world.origin.url}/Unsigned.raw.xz`, name: "Unsigned", insecure: true },
+    ]);
+    v1 = await releaseImage(world, NAME, "1.0.0");
+    v1Manifest = await manifestOf(v1);
+    await copyFile(v1, join(world.dir, "device-v1.raw"));
+    await releaseImage(world, NAME, "2.0.0");
+    await releaseImage(world, "Unsigned", "9.0.0");
+    await publish(world);
+    server = startEos("os-update-server", [
+      "serve",
+      "--config",
+      world.config,
+      "--listen",
+      "127.0.0.1",
+      "--port",
+      "0",
+      "--no-auth",
+    ]);
+    url = String((await waitForLog(server, "listening")).url);
+  });
+  after(async () => {
+    server?.kill("SIGTERM");
+    await world.origin.close();
+    await rm(world.dir, { recursive: true, force: true });
+  });
+
+  test("--firmware replaces the firmware files, keeps EFI/ and the boot control block, drops stale files", async () => {
+    const device = await makeDevice(join(world.dir, "device-v1.raw"), v1Manifest, {
+      config: `update:\n  name: ${NAME}\n  url: ${url}\n`,
+      keys: [join(world.keysDir, "release.pub")],
+    });
+    try {
+      await writeFile(join(device.esp, "fw.txt"), "firmware for 1.0.0\n");
+      await writeFile(join(device.esp, "stale.bin"), "old blob\n");
+      await writeFile(join(device.esp, "EFI/BOOT/BOOTX64.EFI"), "the running OS's loader\n");
+      const grubenv = await readFile(join(device.esp, "EFI/BOOT/grubenv"));
+      const r = await device.run(["--firmware"]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(await readFile(join(device.esp, "fw.txt"), "utf8"), "firmware for 2.0.0\n");
+      assert.equal(
+        await readFile(join(device.esp, "EFI/BOOT/BOOTX64.EFI"), "utf8"),
+        "the running OS's loader\n",
+      );
+      assert.ok((await readFile(join(device.esp, "EFI/BOOT/grubenv"))).equals(grubenv));
+      await assert.rejects(readFile(join(device.esp, "stale.bin")));
+      assert.match(r.stdout, /1 files written, 1 removed; EFI\/ kept/);
+    } finally {
+      await device.close();
+    }
+  });
+
+  test("--root-device with --esp updates a disk that is not running: stops after marking the trial slot", async () => {
+    const device = await makeDevice(join(world.dir, "device-v1.raw"), v1Manifest, {
+      config: `update:\n  name: ${NAME}\n  url: ${url}\n`,
+      keys: [join(world.keysDir, "release.pub")],
+    });
+    try {
+      // No running system: no /proc/cmdline says anything about this disk.
+      await writeFile(join(device.root, "proc/cmdline"), "quiet\n");
+      const offline = ["--root-device", device.image, "--esp", device.esp];
+      assert.equal((await device.run(["--check", ...offline])).code, 1);
+      const r = await device.run(["--apply", ...offline]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /boots 2.0.0 on trial at its next start/);
+      assert.deepEqual(device.calls, [], "no kexec, no reboot for a disk that is not running");
+      const env = await device.grubenv();
+      assert.equal(env.get("eos_trial"), "B");
+      assert.equal(env.get("eos_default"), "A");
+      const commit = await device.run(["--commit", ...offline]);
+      assert.equal(commit.code, 0, commit.stderr);
+      assert.equal((await device.grubenv()).get("eos_default"), "B");
+      assert.equal((await device.run(["--check", ...offline])).code, 0, "now up to date");
+      const missingEsp = await device.run(["--apply", "--root-device", device.image]);
+      assert.equal(missingEsp.code, 2);
+      assert.match(missingEsp.stderr, /--root-device needs --esp/);
+    } finally {
+      await device.close();
+    }
+  });
+
+  test("an image the server published unsigned (insecure: true) is refused by the device", async () => {
+    const device = await makeDevice(join(world.dir, "device-v1.raw"), v1Manifest, {
+      config: `update:\n  name: Unsigned\n  url: ${url}\n`,
+      keys: [join(world.keysDir, "release.pub")],
+    });
+    try {
+      const before = await device.grubenv();
+      const r = await device.run(["--apply"]);
+      assert.equal(r.code, 3);
+      assert.match(r.stderr, /NOT_FOUND.*manifest.json.sig/);
+      assert.deepEqual(await device.grubenv(), before);
+    } finally {
+      await device.close();
+    }
+  });
+});

@@ -15,14 +15,15 @@ async function unitRoot(): Promise<string> {
   await mkdir(join(root, "etc/systemd/system"), { recursive: true });
   await cp("/usr/lib/systemd/system", join(root, "usr/lib/systemd/system"), { recursive: true });
   await copyFile(join(DIST, "os-update-server.mjs"), join(root, "usr/bin/os-update-server"));
+  await copyFile(join(DIST, "os-update.mjs"), join(root, "usr/bin/os-update"));
   return root;
 }
 
-test("the shipped server units pass systemd-analyze verify", async (t) => {
+test("the shipped units pass systemd-analyze verify", async (t) => {
   const root = await unitRoot();
   t.after(() => rm(root, { recursive: true, force: true }));
-  const units = (await readdir(UNITS)).filter((u) => /^os-(fetch|update-(daemon@|fetchd|server))/.test(u));
-  assert.ok(units.length >= 5, units.join());
+  const units = await readdir(UNITS);
+  assert.ok(units.includes("update_commit.service") && units.length >= 6, units.join());
   const args: string[] = [];
   for (const unit of units) {
     await copyFile(join(UNITS, unit), join(root, "etc/systemd/system", unit));
@@ -45,7 +46,25 @@ test("the shipped server units pass systemd-analyze verify", async (t) => {
   assert.match(broken.stderr, /BogusKey/);
 });
 
-test("every ExecStart in the units is a command line the server accepts", async () => {
+test("update_commit.service commits only on a trial boot, after the system is up", async () => {
+  const text = await readFile(join(UNITS, "update_commit.service"), "utf8");
+  assert.match(text, /^ConditionKernelCommandLine=COMMIT_UPDATE$/m);
+  assert.match(text, /^After=multi-user.target$/m);
+  assert.match(text, /^ExecStart=\/usr\/bin\/os-update --commit$/m);
+  // The command the unit runs, started by hand on a normal boot: nothing to commit, exit 0, no disk touched.
+  const root = await mkdtemp(join(tmpdir(), "eos-commit-"));
+  try {
+    await mkdir(join(root, "proc"), { recursive: true });
+    await writeFile(join(root, "proc/cmdline"), "console=ttyS0 root=PARTUUID=0000 quiet\n");
+    const r = await runEos("os-update", ["--commit"], { env: { ...process.env, EOS_ROOT: root } });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout.toString(), /not a trial boot/);
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+});
+
+test("every ExecStart in the server units is a command line the server accepts", async () => {
   for (const unit of (await readdir(UNITS)).filter((u) => u.endsWith(".service") && u.startsWith("os-"))) {
     const text = await readFile(join(UNITS, unit), "utf8");
     const exec = /^ExecStart=\/usr\/bin\/os-update-server (.+)$/m.exec(text);

@@ -107,6 +107,22 @@ try {
   const plainCount = count(plain, 5);
   const deltaCount = count(delta, 5);
 
+  // The pilot's own cost, less exposed to podman's variance: the flake with a
+  // `podman` that exits at once, minus that no-op podman started directly.
+  const noopDir = join(fx.dir, "noop");
+  mkdirSync(noopDir, { recursive: true });
+  writeFileSync(join(noopDir, "podman"), "#!/bin/sh\nexit 0\n");
+  chmodSync(join(noopDir, "podman"), 0o755);
+  const noopEnv = { ...env, PATH: `${noopDir}:${process.env.PATH ?? "/usr/bin:/bin"}` };
+  const own: number[] = [];
+  const noop: number[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    own.push(timed(plain, [], noopEnv));
+    noop.push(timed(join(noopDir, "podman"), [], noopEnv));
+  }
+  const bareNode: number[] = [];
+  for (let i = 0; i < RUNS; i++) bareNode.push(timed(process.execPath, ["-e", "0"], env));
+
   const base = median(times.baseline ?? []);
   const deltaBase = median(times["delta baseline"] ?? []);
   console.log(`bench/launch: ${RUNS} interleaved runs each, median wall time (ms)`);
@@ -121,6 +137,10 @@ try {
       `  ${name.padEnd(34)} ${m.toFixed(1)}  ratio ${(m / base).toFixed(3)}  overhead ${overhead} %`,
     );
   }
+  console.log(
+    `pilot's own cost: ${(median(own) - median(noop)).toFixed(1)} ms per launch (flake with a no-op podman minus that podman;` +
+      ` a bare \`node -e 0\` here: ${median(bareNode).toFixed(1)} ms)`,
+  );
   console.log(`podman processes per launch: flake ${plainCount.perLaunch} (${plainCount.commands}),`);
   console.log(
     `  delta flake ${deltaCount.perLaunch} (${deltaCount.commands}) [target: 1 per non-resume launch]`,

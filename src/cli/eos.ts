@@ -14,6 +14,8 @@ import { hashImagePartitions } from "../io/image.ts";
 import { generateReleaseKeys, loadPrivateKey } from "../io/keys.ts";
 import { progress } from "../io/progress.ts";
 import { newProgram, parseProgram } from "./main.ts";
+import { registerBuild } from "./eos-build.ts";
+import { registerRun } from "./eos-run.ts";
 import { stat } from "node:fs/promises";
 
 const ARCH: Record<string, string> = { x64: "x86_64", arm64: "aarch64", arm: "armv7l", riscv64: "riscv64" };
@@ -112,6 +114,11 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
         result = 0;
       },
     );
+  registerBuild(program, ctx, {
+    writeManifest: async (raw, keys, name, version) =>
+      (await writeManifest(ctx, raw, { keys, name, version, quiet: !ctx.interactive })).manifestPath,
+  });
+  registerRun(program, ctx, (code) => (result = code));
   const early = await parseProgram(program, argv);
   return early ?? result;
 }

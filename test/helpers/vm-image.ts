@@ -1,0 +1,191 @@
+/**
+ * The vm tier's images: built once with `eos build` and cached under
+ * .tmp/vm/images/<key>, where the key covers the description, the overlay
+ * files, the build code, the EOS bundles in dist/, the Node binary and the
+ * ISO week (so bookworm's package updates arrive at least weekly).
+ * EOS_VM_REBUILD=1 forces a rebuild. A test SSH key is baked into these
+ * images: they are for tests only.
+ */
+import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdir, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { dirname, join, relative, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { spawnSync } from "node:child_process";
+import { parse, stringify } from "yaml";
+import { writeManifest } from "../../src/cli/eos.ts";
+import type { Profile } from "../../src/core/image-description.ts";
+import { buildImage, type BuildResult } from "../../src/io/build/build.ts";
+import type { Context } from "../../src/io/context.ts";
+import { generateReleaseKeys } from "../../src/io/keys.ts";
+
+export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+export const VM_TMP = join(REPO, ".tmp/vm");
+/** Fixed so that cached and fresh builds agree and the root hash is reproducible. */
+export const TEST_SOURCE_DATE_EPOCH = 1_700_000_000;
+
+export interface TestKeys {
+  sshKey: string;
+  sshPub: string;
+  releaseKey: string;
+  releasePub: string;
+}
+
+export interface TestImage extends TestKeys {
+  raw: string;
+  dir: string;
+  description: string;
+  build: BuildResult;
+  cached: boolean;
+}
+
+export interface TestImageOptions {
+  name?: string;
+  version?: string;
+  profile?: Profile;
+  /** Extra packages (v2 of the demo carries one more). */
+  packages?: string[];
+  /** Also write NAME.raw.xz (off by default: the tests boot the raw image). */
+  xz?: boolean;
+  /** Changes to the parsed default description before it is written. */
+  edit?: (desc: Record<string, unknown>) => void;
+}
+
+/** Why the vm tier cannot run here, or undefined when it can. */
+export function vmSkipReason(): string | undefined {
+  if (process.getuid?.() !== 0) return "eos build needs root (mmdebstrap --mode=root, chroot)";
+  for (const tool of [
+    "mmdebstrap",
+    "mksquashfs",
+    "qemu-system-x86_64",
+    "qemu-img",
+    "grub-mkimage",
+    "mcopy",
+    "ssh",
+  ]) {
+    if (spawnSync("sh", ["-c", 'command -v "$1"', "sh", tool]).status !== 0)
+      return `${tool} is not installed`;
+  }
+  if (!existsSync("/usr/share/OVMF/OVMF_CODE.fd")) return "OVMF is not installed";
+  return undefined;
+}
+
+export async function testKeys(): Promise<TestKeys> {
+  const dir = join(VM_TMP, "keys");
+  await mkdir(dir, { recursive: true });
+  const sshKey = join(dir, "id_ed25519");
+  if (!existsSync(sshKey)) {
+    const r = spawnSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "eos-vm-tests", "-f", sshKey]);
+    if (r.status !== 0) throw new Error(`ssh-keygen: ${r.stderr.toString()}`);
+  }
+  const releaseKey = join(dir, "release.key");
+  if (!existsSync(releaseKey)) await generateReleaseKeys(dir, true);
+  return { sshKey, sshPub: `${sshKey}.pub`, releaseKey, releasePub: join(dir, "release.pub") };
+}
+
+async function hashTree(hash: ReturnType<typeof createHash>, dir: string): Promise<void> {
+  const entries = (await readdir(dir, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : 1));
+  for (const e of entries) {
+    const p = join(dir, e.name);
+    hash.update(`${relative(REPO, p)}\0`);
+    if (e.isDirectory()) await hashTree(hash, p);
+    else if (e.isFile()) hash.update(await readFile(p));
+  }
+}
+
+function isoWeek(d: Date): string {
+  const t = new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate()));
+  const day = t.getUTCDay() || 7;
+  t.setUTCDate(t.getUTCDate() + 4 - day);
+  const year = t.getUTCFullYear();
+  const week = Math.ceil(((t.getTime() - Date.UTC(year, 0, 1)) / 86400000 + 1) / 7);
+  return `${year}-W${week}`;
+}
+
+function stderrContext(): Context {
+  return {
+    env: { ...process.env, SOURCE_DATE_EPOCH: String(TEST_SOURCE_DATE_EPOCH) },
+    stdin: process.stdin,
+    stdout: process.stderr,
+    stderr: process.stderr,
+    root: "/",
+    now: () => new Date(),
+    interactive: false,
+    signal: new AbortController().signal,
+  };
+}
+
+/** Builds (or reuses) an image from images/default.yaml with the test SSH key baked in. */
+export async function testImage(options: TestImageOptions = {}): Promise<TestImage> {
+  const keys = await testKeys();
+  const desc = parse(await readFile(join(REPO, "images/default.yaml"), "utf8")) as Record<string, unknown>;
+  if (options.name) desc.name = options.name;
+  if (options.version) {
+    desc.version = options.version;
+    desc.pretty_name = `EOS ${options.version} (test)`;
+  }
+  desc.files = ((desc.files as string[] | undefined) ?? []).map((f) => resolve(REPO, "images", f));
+  desc.users = {
+    root: { ssh_authorized_keys: [(await readFile(keys.sshPub, "utf8")).trim()], autologin_serial: true },
+  };
+  desc.packages = [...((desc.packages as string[] | undefined) ?? []), ...(options.packages ?? [])];
+  options.edit?.(desc);
+  const text = stringify(desc);
+  const profile = options.profile ?? "AB";
+
+  const hash = createHash("sha256");
+  hash
+    .update(text)
+    .update(profile)
+    .update(options.xz ? "xz" : "raw")
+    .update(isoWeek(new Date()))
+    .update(process.version);
+  for (const dir of ["images/files", "src/io/build", "dist"]) {
+    if (existsSync(join(REPO, dir))) await hashTree(hash, join(REPO, dir));
+  }
+  for (const f of [
+    "src/core/image-description.ts",
+    "src/core/grubcfg.ts",
+    "src/core/gpt.ts",
+    "src/core/grubenv.ts",
+  ]) {
+    hash.update(await readFile(join(REPO, f)));
+  }
+  hash.update(await readFile(keys.releasePub));
+  const key = hash.digest("hex").slice(0, 16);
+  const dir = join(VM_TMP, "images", key);
+  const description = join(dir, "description.yaml");
+  const name = String(desc.name);
+  const raw = join(dir, `${name}.raw`);
+  const resultFile = join(dir, `${name}.build.json`);
+  if (!process.env.EOS_VM_REBUILD && existsSync(raw) && existsSync(resultFile)) {
+    const build = JSON.parse(await readFile(resultFile, "utf8")) as BuildResult;
+    return { ...keys, raw, dir, description, build, cached: true };
+  }
+  await rm(dir, { recursive: true, force: true });
+  await mkdir(dir, { recursive: true });
+  await writeFile(description, text);
+  const ctx = stderrContext();
+  const build = await buildImage(ctx, {
+    description,
+    profile,
+    outDir: dir,
+    keys: [keys.releaseKey],
+    workDir: join(VM_TMP, "work", key),
+    noXz: !options.xz,
+    writeManifest: async (image, k, n, v) =>
+      (await writeManifest(ctx, image, { keys: k, name: n, version: v, quiet: true })).manifestPath,
+  });
+  await pruneImages(8);
+  return { ...keys, raw, dir, description, build, cached: false };
+}
+
+/** Keeps the newest `keep` cached images. */
+async function pruneImages(keep: number): Promise<void> {
+  const root = join(VM_TMP, "images");
+  const dirs = await Promise.all(
+    (await readdir(root)).map(async (n) => ({ n, t: (await stat(join(root, n))).mtimeMs })),
+  );
+  dirs.sort((a, b) => b.t - a.t);
+  for (const d of dirs.slice(keep)) await rm(join(root, d.n), { recursive: true, force: true });
+}

@@ -17,6 +17,8 @@ export interface BootSlots {
   bUuid: string | undefined;
   /** The rest of the kernel command line (console=, rootfstype=, …). */
   cmdline: string;
+  /** What slot A holds: the manifest's version and root hash and size. */
+  aRecord?: { version: string; sha256: string; size: number } | undefined;
 }
 
 const PART = /^gpt[0-9]{1,3}$/;
@@ -33,6 +35,15 @@ function check(slots: BootSlots): void {
     throw new EosError("BOOT_CONTROL", `slot B partition ${slots.bPart} is not gptN`);
   if (slots.bUuid !== undefined && !UUID.test(slots.bUuid))
     throw new EosError("BOOT_CONTROL", `slot B PARTUUID ${slots.bUuid} is not a GUID`);
+  const r = slots.aRecord;
+  if (
+    r &&
+    (!/^[0-9a-f]{64}$/.test(r.sha256) ||
+      !Number.isSafeInteger(r.size) ||
+      r.size <= 0 ||
+      !/^[^\s\\]{1,64}$/.test(r.version))
+  )
+    throw new EosError("BOOT_CONTROL", "slot A record needs a version, a sha256 (64 hex digits) and a size");
   if (/["'\\$\n;{}]/.test(slots.cmdline))
     throw new EosError(
       "BOOT_CONTROL",
@@ -40,7 +51,11 @@ function check(slots: BootSlots): void {
     );
 }
 
-/** The environment block an image ships with: slot A committed, nothing on trial. */
+/**
+ * The environment block an image ships with: slot A committed, nothing on
+ * trial; slot A's record (version, sha256, size: the manifest's root values),
+ * slot B's record empty.
+ */
 export function initialGrubenv(slots: BootSlots): Buffer {
   check(slots);
   const vars = new Map<string, string>([
@@ -51,9 +66,17 @@ export function initialGrubenv(slots: BootSlots): Buffer {
     ["eos_A_uuid", slots.aUuid.toLowerCase()],
     ["eos_cmdline", slots.cmdline],
   ]);
+  if (slots.aRecord) {
+    vars.set("eos_A_version", slots.aRecord.version);
+    vars.set("eos_A_sha256", slots.aRecord.sha256);
+    vars.set("eos_A_size", String(slots.aRecord.size));
+  }
   if (slots.bPart !== undefined && slots.bUuid !== undefined) {
     vars.set("eos_B_part", slots.bPart);
     vars.set("eos_B_uuid", slots.bUuid.toLowerCase());
+    vars.set("eos_B_version", "");
+    vars.set("eos_B_sha256", "");
+    vars.set("eos_B_size", "");
   }
   return encodeGrubenv(vars);
 }

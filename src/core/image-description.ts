@@ -383,7 +383,13 @@ WantedBy=multi-user.target
  */
 export function rootFiles(
   desc: ImageDescription,
-  options: { keyNames: string[]; commands: string[]; nodePath: string | undefined },
+  options: {
+    keyNames: string[];
+    commands: string[];
+    nodePath: string | undefined;
+    /** The unit as os-update ships it; the builder's own when undefined. */
+    updateCommitUnit?: string | undefined;
+  },
 ): RootFile[] {
   const files: RootFile[] = [];
   const add = (path: string, content: string, mode = 0o644) => files.push({ path, mode, content });
@@ -421,7 +427,7 @@ export function rootFiles(
     "/etc/hosts",
     `127.0.0.1\tlocalhost\n127.0.1.1\t${desc.hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n`,
   );
-  add("/usr/lib/systemd/system/update_commit.service", UPDATE_COMMIT_SERVICE);
+  add("/usr/lib/systemd/system/update_commit.service", options.updateCommitUnit ?? UPDATE_COMMIT_SERVICE);
   add("/etc/eos/image", `NAME=${desc.name}\nVERSION=${desc.version}\n`);
 
   // The device's update configuration, in the original map shape.

@@ -24,8 +24,28 @@ test("the first grubenv has every contract variable: A committed, nothing on tri
     eos_A_uuid: slots.aUuid.toLowerCase(),
     eos_B_part: "gpt3",
     eos_B_uuid: slots.bUuid.toLowerCase(),
+    eos_B_version: "",
+    eos_B_sha256: "",
+    eos_B_size: "",
     eos_cmdline: "console=ttyS0 rootfstype=squashfs",
   });
+});
+
+test("the first grubenv records what slot A holds and leaves B's record empty", () => {
+  const sha256 = "ab".repeat(32);
+  const vars = decodeGrubenv(
+    initialGrubenv({ ...slots, aRecord: { version: "1.2.0", sha256, size: 314572800 } }),
+  );
+  assert.equal(vars.get("eos_A_version"), "1.2.0");
+  assert.equal(vars.get("eos_A_sha256"), sha256);
+  assert.equal(vars.get("eos_A_size"), "314572800");
+  assert.equal(vars.get("eos_B_version"), "");
+  assert.equal(vars.get("eos_B_sha256"), "");
+  assert.equal(vars.get("eos_B_size"), "");
+  assert.throws(
+    () => initialGrubenv({ ...slots, aRecord: { version: "1", sha256: "x", size: 1 } }),
+    /sha256/,
+  );
 });
 
 test("the Static profile's grubenv has no slot B", () => {

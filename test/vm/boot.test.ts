@@ -150,6 +150,15 @@ describe("the default AB image boots", { skip, timeout: 40 * 60_000 }, () => {
     const uuids = await vm.sshOk(["blkid", "-s", "PARTUUID", "-o", "value", "/dev/vda2", "/dev/vda3"]);
     assert.deepEqual(uuids.trim().split(/\s+/), [vars.get("eos_A_uuid"), vars.get("eos_B_uuid")]);
     assert.match(vars.get("eos_cmdline") ?? "", /console=ttyS0/);
+    // Slot A's record is the manifest's root: os-update reads the running version from it.
+    const manifest = JSON.parse(await readFile(`${image.raw}.manifest.json`, "utf8")) as {
+      version: string;
+      partitions: { root: { sha256: string; size: number } };
+    };
+    assert.equal(vars.get("eos_A_version"), manifest.version);
+    assert.equal(vars.get("eos_A_sha256"), manifest.partitions.root.sha256);
+    assert.equal(vars.get("eos_A_size"), String(manifest.partitions.root.size));
+    assert.equal(vars.get("eos_B_sha256"), "");
   });
 
   it("powers off cleanly", async () => {

@@ -18,7 +18,7 @@ import {
 import { keyId } from "../../core/manifest.ts";
 import type { Context } from "../context.ts";
 import { loadPrivateKey, loadPublicKey } from "../keys.ts";
-import { assembleDisk, compressXz, makeEsp, makeRootImage } from "./disk.ts";
+import { assembleDisk, compressXz, hashPadded, makeEsp, makeRootImage } from "./disk.ts";
 import { buildRootTree } from "./rootfs.ts";
 
 export interface BuildOptions {
@@ -49,6 +49,8 @@ export interface BuildResult {
   manifest: string | undefined;
   rootFsBytes: number;
   rootSlotBytes: number;
+  /** sha256 of the whole slot A partition: the manifest's root hash and grubenv's eos_A_sha256. */
+  rootSha256: string;
   rawBytes: number;
   xzBytes: number | undefined;
   kernel: string;
@@ -57,15 +59,27 @@ export interface BuildResult {
   seconds: Record<string, number>;
 }
 
-/** The checkout's dist/ (works from src/ under tsx and from dist/*.mjs). */
-export function defaultDistDir(): string | undefined {
+/** The checkout this code runs from (works from src/ under tsx and from dist/*.mjs). */
+export function repoRoot(): string | undefined {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 6; i++) {
-    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "dist"))) return join(dir, "dist");
-    if (basename(dir) === "dist" && existsSync(join(dirname(dir), "package.json"))) return dir;
+    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "src"))) return dir;
     dir = dirname(dir);
   }
   return undefined;
+}
+
+/** The checkout's dist/, where `npm run build` puts the command bundles. */
+export function defaultDistDir(): string | undefined {
+  const root = repoRoot();
+  return root && existsSync(join(root, "dist")) ? join(root, "dist") : undefined;
+}
+
+/** The repository's unit file for update_commit.service (owned by os-update), when there is one. */
+async function repoUpdateCommitUnit(): Promise<string | undefined> {
+  const root = repoRoot();
+  if (!root) return undefined;
+  return readFile(join(root, "systemd/update_commit.service"), "utf8").catch(() => undefined);
 }
 
 export async function loadDescription(path: string): Promise<ImageDescription> {
@@ -152,6 +166,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
   if (keys.size === 0)
     log("warning: no trusted release keys (update.keys or --key): os-update will refuse updates");
   const tree = join(work, "tree");
+  const updateCommitUnit = await repoUpdateCommitUnit();
   const { kernel, commands } = await step("root tree", () =>
     buildRootTree({
       desc,
@@ -160,6 +175,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
       keys,
       distDir,
       hostNode: process.execPath,
+      updateCommitUnit,
       sourceDateEpoch: epoch,
       log,
       signal: ctx.signal,
@@ -180,8 +196,15 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
       { hint: `raise partitions.root in ${descPath} or drop packages` },
     );
   }
+  const rootSha256 = await step("root slot hash", () => hashPadded(rootImg, layout.slotA.size));
   const espImg = join(work, "esp.img");
-  await step("ESP (GRUB EFI, grub.cfg, grubenv)", () => makeEsp(desc, layout, work, espImg, epoch));
+  await step("ESP (GRUB EFI, grub.cfg, grubenv)", () =>
+    makeEsp(desc, layout, work, espImg, epoch, {
+      version: desc.version,
+      sha256: rootSha256,
+      size: layout.slotA.size,
+    }),
+  );
   const raw = join(outDir, `${desc.name}.raw`);
   await step("GPT disk", () => assembleDisk(layout, espImg, rootImg, raw));
   let xz: string | undefined;
@@ -193,6 +216,15 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
   if (o.keys.length > 0 && o.writeManifest) {
     const write = o.writeManifest;
     manifest = await step("signed manifest", () => write(raw, o.keys, desc.name, desc.version));
+    const written = JSON.parse(await readFile(manifest, "utf8")) as {
+      partitions?: { root?: { sha256?: string } };
+    };
+    if (written.partitions?.root?.sha256 !== rootSha256) {
+      throw new EosError(
+        "BUILD",
+        `${manifest}: root sha256 differs from the one recorded in grubenv (${rootSha256})`,
+      );
+    }
   } else {
     log("no --key: no signed manifest written");
   }
@@ -206,6 +238,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
     manifest,
     rootFsBytes,
     rootSlotBytes: layout.slotA.size,
+    rootSha256,
     rawBytes: (await stat(raw)).size,
     xzBytes: xz ? (await stat(xz)).size : undefined,
     kernel,

@@ -4,6 +4,7 @@
  * grub.cfg and grubenv, the GPT written by our own codec, partitions copied
  * in at their offsets, and the .xz.
  */
+import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { open, rename, rm, stat, writeFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
@@ -83,6 +84,25 @@ export async function makeRootImage(
   return (await stat(out)).size;
 }
 
+/**
+ * sha256 of a file padded with zeros to `size` bytes: the hash of the slot
+ * partition it will fill (the manifest's root hash), known before the disk exists.
+ */
+export async function hashPadded(file: string, size: number): Promise<string> {
+  const hash = createHash("sha256");
+  let seen = 0;
+  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
+    hash.update(chunk);
+    seen += chunk.length;
+  }
+  if (seen > size)
+    throw new EosError("BUILD", `${file} (${seen} bytes) is larger than its ${size}-byte partition`);
+  const zeros = Buffer.alloc(1 << 20);
+  for (let left = size - seen; left > 0; left -= zeros.length)
+    hash.update(left >= zeros.length ? zeros : zeros.subarray(0, left));
+  return hash.digest("hex");
+}
+
 /** The ESP image: FAT with EFI/BOOT/{BOOTX64.EFI,grub.cfg,grubenv}. */
 export async function makeEsp(
   desc: ImageDescription,
@@ -90,6 +110,7 @@ export async function makeEsp(
   work: string,
   out: string,
   sourceDateEpoch: number,
+  slotA: { version: string; sha256: string; size: number },
 ): Promise<void> {
   const env: NodeJS.ProcessEnv = {
     PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -110,6 +131,7 @@ export async function makeEsp(
       bPart: layout.slotB?.grubName,
       bUuid: layout.slotB?.uuid,
       cmdline: baseCmdline(desc),
+      aRecord: slotA,
     }),
   );
   await run(

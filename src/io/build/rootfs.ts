@@ -34,6 +34,8 @@ export interface RootTreeOptions {
   distDir: string | undefined;
   /** The Node binary to ship when desc.eos.node is "host". */
   hostNode: string;
+  /** update_commit.service as os-update ships it (systemd/ in the checkout); default: the builder's own. */
+  updateCommitUnit?: string | undefined;
   sourceDateEpoch: number;
   log: (line: string) => void;
   signal?: AbortSignal;
@@ -185,7 +187,12 @@ export async function buildRootTree(o: RootTreeOptions): Promise<{ kernel: strin
     await writeFile(join(keyDir, name), pem, { mode: 0o644 });
   }
 
-  for (const f of rootFiles(desc, { keyNames: [...o.keys.keys()].sort(), commands, nodePath })) {
+  for (const f of rootFiles(desc, {
+    keyNames: [...o.keys.keys()].sort(),
+    commands,
+    nodePath,
+    updateCommitUnit: o.updateCommitUnit,
+  })) {
     const path = inTree(tree, f.path);
     await mkdir(dirname(path), { recursive: true });
     await rm(path, { force: true });

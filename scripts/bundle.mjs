@@ -15,6 +15,7 @@ await Promise.all(
       format: "esm",
       target: "node18",
       sourcemap: false,
+      minify: true,
       legalComments: "none",
       banner: {
         js: "#!/usr/bin/env node\nimport { createRequire as __eosCreateRequire } from 'node:module'; const require = __eosCreateRequire(import.meta.url);",

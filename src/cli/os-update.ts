@@ -291,7 +291,7 @@ async function runApply(ctx: Context, opts: Options, deps: OsUpdateDeps): Promis
       opts,
       `writing ${manifest.version} into slot ${target} (${SLOT_LABEL[target]}) from ${source.describe}`,
     );
-    await writeSlot({
+    const timing = await writeSlot({
       disk: device.layout.disk,
       range: slot.range,
       size: root.size,
@@ -312,6 +312,13 @@ async function runApply(ctx: Context, opts: Options, deps: OsUpdateDeps): Promis
         { version: manifest.version, sha256: root.sha256, size: root.size },
         tries,
       ),
+    );
+    const mib = root.size / 2 ** 20;
+    const rate = (mib / timing.writeSeconds).toFixed(0);
+    say(
+      ctx,
+      opts,
+      `wrote ${mib.toFixed(1)} MiB in ${timing.writeSeconds.toFixed(2)} s (${rate} MiB/s), verified in ${timing.verifySeconds.toFixed(2)} s`,
     );
     say(
       ctx,

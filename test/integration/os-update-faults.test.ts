@@ -72,8 +72,8 @@ describe("os-update under faults", () => {
   });
 
   test("a process killed in the middle of --apply leaves slot A booting and v2 still on offer; the next apply takes over", async () => {
-    // A real crash: the command as a process, SIGKILLed while it writes slot B (slowed to 8 MB/s so it is caught mid-write).
-    const slow = await startFlakyProxy(serverPort, Number.MAX_SAFE_INTEGER, 0, 8 * 1024 * 1024);
+    // A real crash: the command as a process, SIGKILLed while it writes slot B (slowed to 3 MB/s so it is caught mid-write).
+    const slow = await startFlakyProxy(serverPort, Number.MAX_SAFE_INTEGER, 0, 3 * 1024 * 1024);
     await writeFile(join(device.root, "etc/os-update.yml"), config(slow.port));
     const child = spawn(process.execPath, [join(DIST, "os-update.mjs"), "--apply"], {
       env: { ...process.env, EOS_ROOT: device.root },

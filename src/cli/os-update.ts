@@ -32,7 +32,8 @@ import { findKernel, systemBootActions, withSlotMounted, type BootActions } from
 import { sysPath, type Context } from "../io/context.ts";
 import { readBootControl, writeBootControl } from "../io/esp.ts";
 import { updateFirmware } from "../io/firmware.ts";
-import { atomicWriteFile, hashRange } from "../io/files.ts";
+import { atomicWriteFile } from "../io/files.ts";
+import { hashRange } from "../io/hash.ts";
 import { loadTrustedKeys } from "../io/keys.ts";
 import { acquireLock } from "../io/lock.ts";
 import { progress } from "../io/progress.ts";

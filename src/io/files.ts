@@ -1,13 +1,18 @@
-import { createHash, randomBytes } from "node:crypto";
-import { constants, createReadStream } from "node:fs";
+import { constants } from "node:fs";
 import { open, rename, unlink, stat, readFile, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { BlockSource } from "../core/gpt.ts";
 import { EosError } from "../core/errors.ts";
 
-/** Temp name beside the target, so the final rename stays on one file system. */
+let tempCounter = 0;
+
+/**
+ * Temp name beside the target, so the final rename stays on one file system.
+ * pid + counter is unique among live writers, and files are created with
+ * O_EXCL; no node:crypto here, since launchers on a hot path write files too.
+ */
 export function tempPathFor(target: string): string {
-  return join(dirname(target), `.${basename(target)}.tmp-${randomBytes(6).toString("hex")}`);
+  return join(dirname(target), `.${basename(target)}.tmp-${process.pid}-${tempCounter++}`);
 }
 
 async function fsyncDir(dir: string): Promise<void> {
@@ -94,32 +99,6 @@ export async function openBlockSource(path: string, flags = "r"): Promise<Opened
     },
     close: () => handle.close(),
   };
-}
-
-/** sha256 over a byte range of an open file, streamed. */
-export async function hashRange(
-  handle: FileHandle,
-  offset: number,
-  length: number,
-  onBytes?: (n: number) => void,
-): Promise<string> {
-  const hash = createHash("sha256");
-  if (length === 0) return hash.digest("hex");
-  const stream = createReadStream("", {
-    fd: handle.fd,
-    start: offset,
-    end: offset + length - 1,
-    autoClose: false,
-    highWaterMark: 1 << 20,
-  });
-  let seen = 0;
-  for await (const chunk of stream as AsyncIterable<Buffer>) {
-    hash.update(chunk);
-    seen += chunk.length;
-    onBytes?.(chunk.length);
-  }
-  if (seen !== length) throw new EosError("TRUNCATED", `expected ${length} bytes, read ${seen}`);
-  return hash.digest("hex");
 }
 
 export async function fileExists(path: string): Promise<boolean> {

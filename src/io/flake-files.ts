@@ -28,6 +28,7 @@ import {
   type FlakesConfig,
 } from "../core/flake-config.ts";
 import { sysPath, type Context } from "./context.ts";
+import { atomicWriteFile } from "./files.ts";
 
 export interface FlakesSetup {
   /** The flakes.yml that was read (it may not exist: then defaults apply). */
@@ -246,39 +247,10 @@ export async function readLinkOrUndefined(path: string): Promise<string | undefi
   return readlink(path).catch(() => undefined);
 }
 
-let tempCounter = 0;
 
-/**
- * Crash-safe replace (temp file, fsync, rename, fsync of the directory), as
- * io/files.ts's atomicWriteFile, but without node:crypto: the pilot writes id
- * files on its launch path and node:crypto costs ~10 ms to load.
- */
-export async function writeFileAtomic(path: string, data: string, mode = 0o644): Promise<void> {
-  const dir = dirname(path);
-  const temp = join(dir, `.${path.split("/").pop() ?? "file"}.tmp-${process.pid}-${tempCounter++}`);
-  const handle = await open(temp, "w", mode);
-  try {
-    await handle.writeFile(data);
-    await handle.chmod(mode);
-    await handle.sync();
-  } catch (error) {
-    await handle.close();
-    await unlink(temp).catch(() => undefined);
-    throw error;
-  }
-  await handle.close();
-  try {
-    await rename(temp, path);
-  } catch (error) {
-    await unlink(temp).catch(() => undefined);
-    throw error;
-  }
-  const dirHandle = await open(dir, "r");
-  try {
-    await dirHandle.sync();
-  } finally {
-    await dirHandle.close();
-  }
+/** Crash-safe replace: io/files.ts's atomicWriteFile (which stays free of node:crypto for the launch path). */
+export function writeFileAtomic(path: string, data: string, mode = 0o644): Promise<void> {
+  return atomicWriteFile(path, data, mode);
 }
 
 export async function writeFlakeFile(path: string, text: string): Promise<void> {

@@ -1,6 +1,7 @@
 import { readGpt, requirePartition, findPartition, partitionRange, type GptTable } from "../core/gpt.ts";
 import { FIRMWARE_LABEL, ROOT_LABEL, type ManifestPartition } from "../core/manifest.ts";
-import { openBlockSource, hashRange } from "./files.ts";
+import { openBlockSource } from "./files.ts";
+import { hashRange } from "./hash.ts";
 
 export interface ImagePartitions {
   table: GptTable;

@@ -6,12 +6,12 @@
  * once, over what is on the device, not over what went by on the wire: that
  * is the check that matters, and doing it once keeps --apply close to dd.
  */
-import { createHash } from "node:crypto";
 import { execFile } from "node:child_process";
 import { open, type FileHandle } from "node:fs/promises";
 import { promisify } from "node:util";
 import type { ByteRange } from "../core/gpt.ts";
 import { EosError, errorMessage } from "../core/errors.ts";
+import { hashRange } from "./hash.ts";
 import type { Progress } from "./progress.ts";
 import type { StreamKind, UpdateSource } from "./update-source.ts";
 
@@ -43,34 +43,6 @@ async function writeFully(
     const { bytesWritten } = await handle.write(buffer, done, length - done, position + done);
     done += bytesWritten;
   }
-}
-
-/** sha256 of a byte range, reading the next block while hashing the current one. */
-export async function hashDeviceRange(handle: FileHandle, offset: number, length: number): Promise<string> {
-  const hash = createHash("sha256");
-  const buffers = [Buffer.allocUnsafe(BLOCK), Buffer.allocUnsafe(BLOCK)];
-  const readAt = async (buffer: Buffer, at: number): Promise<number> => {
-    const want = Math.min(BLOCK, length - at);
-    let got = 0;
-    while (got < want) {
-      const { bytesRead } = await handle.read(buffer, got, want - got, offset + at + got);
-      if (bytesRead === 0) throw new EosError("TRUNCATED", `the slot ends at ${at + got} of ${length} bytes`);
-      got += bytesRead;
-    }
-    return got;
-  };
-  let at = 0;
-  let turn = 0;
-  let pending = length > 0 ? readAt(buffers[0] as Buffer, 0) : undefined;
-  while (pending) {
-    const got = await pending;
-    const current = buffers[turn] as Buffer;
-    at += got;
-    turn ^= 1;
-    pending = at < length ? readAt(buffers[turn] as Buffer, at) : undefined;
-    hash.update(current.subarray(0, got));
-  }
-  return hash.digest("hex");
 }
 
 export interface WriteSlotResult {
@@ -167,7 +139,7 @@ export async function writeSlot(options: WriteSlotOptions): Promise<WriteSlotRes
     // Drop the block device's cached pages so the re-read comes from the device itself.
     if ((await handle.stat()).isBlockDevice())
       await execFileP("blockdev", ["--flushbufs", options.disk]).catch(() => undefined);
-    const onDisk = await hashDeviceRange(handle, range.offset, size);
+    const onDisk = await hashRange(handle, range.offset, size);
     if (onDisk !== options.sha256) {
       throw new EosError(
         "HASH_MISMATCH",

@@ -43,9 +43,13 @@ function slotVar(slot: Slot, field: string): string {
 export function readBootState(vars: Map<string, string>): BootState {
   const def = vars.get("eos_default");
   if (def !== "A" && def !== "B") {
-    throw new EosError("BOOT_CONTROL", `boot control block has no valid eos_default (found ${JSON.stringify(def ?? null)})`, {
-      hint: "was this disk made by `eos build`?",
-    });
+    throw new EosError(
+      "BOOT_CONTROL",
+      `boot control block has no valid eos_default (found ${JSON.stringify(def ?? null)})`,
+      {
+        hint: "was this disk made by `eos build`?",
+      },
+    );
   }
   const trial = vars.get("eos_trial");
   const tries = Number(vars.get("eos_tries") ?? "0");
@@ -77,7 +81,8 @@ function copy(vars: Map<string, string>): Map<string, string> {
  */
 export function markInvalid(vars: Map<string, string>, slot: Slot): Map<string, string> {
   const state = readBootState(vars);
-  if (state.defaultSlot === slot) throw new EosError("SLOT", `slot ${slot} is the default slot: refusing to overwrite it`);
+  if (state.defaultSlot === slot)
+    throw new EosError("SLOT", `slot ${slot} is the default slot: refusing to overwrite it`);
   const next = copy(vars);
   next.set(slotVar(slot, "version"), "");
   next.set(slotVar(slot, "sha256"), "");
@@ -107,7 +112,10 @@ export function markTrial(
 }
 
 /** The running trial slot becomes the default. */
-export function commitSlot(vars: Map<string, string>, running: Slot): { vars: Map<string, string>; changed: boolean } {
+export function commitSlot(
+  vars: Map<string, string>,
+  running: Slot,
+): { vars: Map<string, string>; changed: boolean } {
   const state = readBootState(vars);
   if (state.trial !== running) {
     if (state.defaultSlot === running) return { vars, changed: false };
@@ -139,7 +147,14 @@ export function kexecCommandLine(current: string, partuuid: string, slot: Slot):
   const words = current
     .trim()
     .split(/\s+/)
-    .filter((w) => w !== "" && !w.startsWith("root=") && !w.startsWith("eos.slot=") && w !== "COMMIT_UPDATE" && !w.startsWith("BOOT_IMAGE="));
+    .filter(
+      (w) =>
+        w !== "" &&
+        !w.startsWith("root=") &&
+        !w.startsWith("eos.slot=") &&
+        w !== "COMMIT_UPDATE" &&
+        !w.startsWith("BOOT_IMAGE="),
+    );
   return [...words, `root=PARTUUID=${partuuid.toLowerCase()}`, `eos.slot=${slot}`, "COMMIT_UPDATE"].join(" ");
 }
 
@@ -155,7 +170,9 @@ export function parseKernelCommandLine(text: string): KernelCommandLine {
   const root = value("root");
   const slot = value("eos.slot");
   return {
-    rootPartuuid: root?.toUpperCase().startsWith("PARTUUID=") ? root.slice("PARTUUID=".length).toUpperCase() : undefined,
+    rootPartuuid: root?.toUpperCase().startsWith("PARTUUID=")
+      ? root.slice("PARTUUID=".length).toUpperCase()
+      : undefined,
     slot: slot === "A" || slot === "B" ? slot : undefined,
     commitUpdate: words.includes("COMMIT_UPDATE"),
   };

@@ -154,7 +154,8 @@ function sshStream(options: SshSourceOptions, command: string): Readable {
   );
   child.on("close", (code) => {
     if (code === 0) out.end();
-    else if (/restricted: refused/.test(stderr)) out.destroy(new EosError("AUTH", `${options.server}: ${stderr.trim()}`));
+    else if (/restricted: refused/.test(stderr))
+      out.destroy(new EosError("AUTH", `${options.server}: ${stderr.trim()}`));
     else out.destroy(new EosError("NETWORK", `ssh ${options.server} exited ${code}: ${stderr.trim()}`));
   });
   out.on("close", () => {

@@ -247,7 +247,6 @@ export async function readLinkOrUndefined(path: string): Promise<string | undefi
   return readlink(path).catch(() => undefined);
 }
 
-
 /** Crash-safe replace: io/files.ts's atomicWriteFile (which stays free of node:crypto for the launch path). */
 export function writeFileAtomic(path: string, data: string, mode = 0o644): Promise<void> {
   return atomicWriteFile(path, data, mode);

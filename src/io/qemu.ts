@@ -81,7 +81,10 @@ async function probeKvm(): Promise<Accel> {
     child.once("error", () => res(-1));
     child.once("close", (code) => res(code));
   });
-  const outcome = await Promise.race([exited, sleep(4000).then(() => "running" as const)]);
+  const outcome = await Promise.race([
+    exited,
+    sleep(4000, undefined, { ref: false }).then(() => "running" as const),
+  ]);
   if (outcome === "running") {
     child.kill("SIGKILL");
     await exited;
@@ -352,7 +355,10 @@ export class Vm {
           },
         );
       }
-      await Promise.race([new Promise<void>((res) => this.waiters.push(res)), sleep(Math.min(left, 1000))]);
+      await Promise.race([
+        new Promise<void>((res) => this.waiters.push(res)),
+        sleep(Math.min(left, 1000), undefined, { ref: false }),
+      ]);
     }
   }
 
@@ -454,10 +460,16 @@ export class Vm {
     if (!this.running) return this.exitCode ?? null;
     if (this.sshKey) await this.ssh(["systemctl", "poweroff"], { timeoutMs: 15_000, connectTimeout: 5 });
     const timeout = options.timeoutMs ?? 60_000;
-    const done = await Promise.race([this.exited.then(() => true), sleep(timeout).then(() => false)]);
+    const done = await Promise.race([
+      this.exited.then(() => true),
+      sleep(timeout, undefined, { ref: false }).then(() => false),
+    ]);
     if (done) return this.exitCode ?? null;
     this.qemu.kill("SIGTERM");
-    const done2 = await Promise.race([this.exited.then(() => true), sleep(10_000).then(() => false)]);
+    const done2 = await Promise.race([
+      this.exited.then(() => true),
+      sleep(10_000, undefined, { ref: false }).then(() => false),
+    ]);
     if (!done2) return this.kill();
     return this.exitCode ?? null;
   }

@@ -140,9 +140,16 @@ export async function testImage(options: TestImageOptions = {}): Promise<TestIma
     .update(options.xz ? "xz" : "raw")
     .update(isoWeek(new Date()))
     .update(process.version);
-  for (const dir of ["images/files", "src/io/build", "dist"]) {
+  for (const dir of ["images/files", "src/io/build"]) {
     if (existsSync(join(REPO, dir))) await hashTree(hash, join(REPO, dir));
   }
+  // The device bundles that go into the image (not the build host's own eos.mjs).
+  const dist = join(REPO, "dist");
+  for (const n of existsSync(dist) ? (await readdir(dist)).sort() : []) {
+    if (n.endsWith(".mjs") && n !== "eos.mjs") hash.update(n).update(await readFile(join(dist, n)));
+  }
+  if (existsSync(join(REPO, "systemd/update_commit.service")))
+    hash.update(await readFile(join(REPO, "systemd/update_commit.service")));
   for (const f of [
     "src/core/image-description.ts",
     "src/core/grubcfg.ts",

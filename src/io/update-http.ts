@@ -92,6 +92,8 @@ async function sendRange(
     pending = new Promise<void>((resolve, reject) =>
       res.write(chunk, (error) => (error ? reject(error) : resolve())),
     );
+    // When the client goes away, `closed` wins the race and this write's failure has no other listener.
+    pending.catch(() => undefined);
     position += bytesRead;
     left -= bytesRead;
   }

@@ -204,6 +204,30 @@ describe("os-update-server serve", () => {
     assert.ok(!next.body.equals(v1Root));
   });
 
+  test("clients that go away mid-stream do not take the server down", async () => {
+    for (let i = 0; i < 20; i++) {
+      await new Promise<void>((resolve) => {
+        const req = httpRequest(
+          new URL(`${base}/v1/images/${name}/root`),
+          { headers: auth(), agent: false },
+          (res) => {
+            let seen = 0;
+            res.on("data", (c: Buffer) => {
+              seen += c.length;
+              if (seen > 300_000) req.destroy();
+            });
+            res.on("close", () => resolve());
+          },
+        );
+        req.on("error", () => resolve());
+        req.end();
+      });
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(server.exitCode, null, "the server is still running");
+    assert.equal((await get(`${base}/health`)).status, 200);
+  });
+
   test("a revoked token stops working at once", async () => {
     const r = await runEos("os-update-server", ["token", "revoke", "device-1", "--tokens-dir", tokensDir()]);
     assert.equal(r.code, 0, r.stderr);

@@ -2,7 +2,7 @@
 import type { Command } from "commander";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { parseSize } from "../core/image-description.ts";
 import type { Context } from "../io/context.ts";
 import { Vm } from "../io/qemu.ts";
@@ -49,7 +49,10 @@ export function registerRun(program: Command, ctx: Context, setResult: (code: nu
     .option("--ssh-key <file>", "private key for the SSH hint and --wait-ssh")
     .option("--tpm", "give the guest a TPM 2.0 (swtpm)")
     .option("--headless", "no terminal: log the console to a file (--console-log) and wait for QEMU to exit")
-    .option("--console-log <file>", "console log file in headless mode (default: WORK/console.log)")
+    .option(
+      "--console-log <file>",
+      "console log file in headless mode (default: WORK/console.log with --work, else ./NAME.console.log)",
+    )
     .option("--memory <MiB>", "guest memory in MiB", "1024")
     .option("--cpus <n>", "guest CPUs", "2")
     .option("--accel <accel>", "auto, kvm or tcg (auto: KVM only if it really works here)", "auto")
@@ -75,7 +78,12 @@ export function registerRun(program: Command, ctx: Context, setResult: (code: nu
           registryDiskBytes: sizeOption("--registry-size", opts.registrySize),
           interactive,
           ...(opts.diskSize ? { diskBytes: sizeOption("--disk-size", opts.diskSize) } : {}),
-          ...(opts.consoleLog ? { consoleLog: opts.consoleLog } : {}),
+          // A temporary work directory goes away at exit: keep the console log beside us.
+          ...(opts.consoleLog
+            ? { consoleLog: opts.consoleLog }
+            : opts.work
+              ? {}
+              : { consoleLog: `${basename(image).replace(/\.raw$/, "")}.console.log` }),
           ...(opts.sshKey ? { sshKey: opts.sshKey } : {}),
         });
         const key = opts.sshKey ? `-i ${opts.sshKey} ` : "";

@@ -3,7 +3,9 @@ import assert from "node:assert/strict";
 import { copyFile, readFile, readdir, readlink, rm, writeFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { createHash } from "node:crypto";
-import { runEos } from "../helpers/run.ts";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { DIST, runEos } from "../helpers/run.ts";
 import { partitionBytes, zstdFile, flipByte } from "../helpers/sample-image.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
 
@@ -259,5 +261,53 @@ describe("os-update-server fetch: configuration errors name the file and key", (
     const r = await runEos("os-update-server", ["fetch", "--config", join(world.dir, "nope.yml")]);
     assert.equal(r.code, 3);
     assert.match(r.stderr, /nope\.yml: cannot read/);
+  });
+});
+
+describe("os-update-server fetch --daemon", () => {
+  test("fetches each image at its interval until stopped, and exits 0 on SIGTERM", async () => {
+    const world = await makeWorld();
+    const name = "EOS.daemon";
+    try {
+      await writeServerConfig(world, [{ image: `${world.origin.url}/${name}.raw.xz`, name, interval: "1s" }]);
+      await releaseImage(world, name, "1");
+      const daemon = spawn(
+        process.execPath,
+        [join(DIST, "os-update-server.mjs"), "fetch", "--daemon", "--config", world.config],
+        {
+          stdio: ["ignore", "ignore", "pipe"],
+        },
+      );
+      let log = "";
+      daemon.stderr.setEncoding("utf8").on("data", (s: string) => (log += s));
+      const publishedVersion = async () =>
+        (
+          JSON.parse(
+            await readFile(join(world.imagesDir, `${name}.manifest.json`), "utf8").catch(() => "{}"),
+          ) as { version?: string }
+        ).version;
+      const waitFor = async (version: string) => {
+        for (let i = 0; i < 100 && (await publishedVersion()) !== version; i++)
+          await new Promise((r) => setTimeout(r, 100));
+        assert.equal(await publishedVersion(), version, log);
+      };
+      await waitFor("1");
+      await releaseImage(world, name, "2");
+      await waitFor("2");
+      const requestsBefore = world.origin.requests.length;
+      await new Promise((r) => setTimeout(r, 2500));
+      assert.ok(world.origin.requests.length > requestsBefore, "it keeps polling");
+      assert.ok(
+        world.origin.requests.slice(requestsBefore).every((r) => r.endsWith(".manifest.json")),
+        "an unchanged origin costs one manifest request per interval",
+      );
+      daemon.kill("SIGTERM");
+      const [code] = (await once(daemon, "exit")) as [number];
+      assert.equal(code, 0);
+      assert.match(log, /fetch daemon stopped/);
+    } finally {
+      await world.origin.close();
+      await rm(world.dir, { recursive: true, force: true });
+    }
   });
 });

@@ -42,6 +42,7 @@ import { atomicWriteFile, fileExists } from "../io/files.ts";
 import { Podman } from "../io/podman.ts";
 import { newProgram, parseProgram, usageError } from "./main.ts";
 import { isDebug, podmanEnv } from "./podman-pilot.ts";
+import { addFirecrackerCommands } from "./flake-ctl-firecracker.ts";
 
 const IMAGE_REF = /^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$/;
 
@@ -441,6 +442,8 @@ export async function flakeCtlMain(argv: string[], ctx: Context): Promise<number
       if (opts.json) out(`${JSON.stringify(view, null, 2)}\n`);
       else out(renderYaml(view));
     });
+
+  addFirecrackerCommands(program, ctx, (code) => (result = code));
 
   program
     .command("list")

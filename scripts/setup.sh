@@ -9,7 +9,7 @@ packages=(
   openssh-server openssh-client
   podman runc uidmap slirp4netns fuse-overlayfs
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools tpm2-tools cryptsetup-bin
-  mmdebstrap kexec-tools grub-efi-amd64-bin busybox-static
+  mmdebstrap kexec-tools grub-efi-amd64-bin busybox-static gcc libc6-dev iproute2
   curl
 )
 missing=()

@@ -599,7 +599,8 @@ static int session(int ch) {
       char type = (char)in.data[0];
       if (type == 'I' && !stdin_closed) buf_add(&stdin_buf, in.data + 5, len);
       if (type == 'i') stdin_closed = 1;
-      if (type == 'K' && len >= 1 && !exited) kill(-child, in.data[5]);
+      /* as podman's signal proxy: to the command itself, not to what it started */
+      if (type == 'K' && len >= 1 && !exited) kill(child, in.data[5]);
       buf_drop(&in, 5 + len);
     }
     /* Feed the child's stdin. */

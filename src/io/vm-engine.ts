@@ -64,7 +64,7 @@ export function chooseEngine(
   if (wanted === "auto") {
     throw new EosError(
       "VM",
-      `no VM engine is installed: neither ${FIRECRACKER_BINARY} nor ${QEMU_BINARY} is in PATH`,
+      `no VM engine is installed: neither ${binaryFor("firecracker", env)} nor ${binaryFor("qemu", env)} is in PATH`,
       {
         hint: "install firecracker, or QEMU (Debian: apt-get install qemu-system-x86)",
       },

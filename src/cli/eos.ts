@@ -16,6 +16,7 @@ import { progress } from "../io/progress.ts";
 import { newProgram, parseProgram } from "./main.ts";
 import { registerBuild } from "./eos-build.ts";
 import { registerRun } from "./eos-run.ts";
+import { registerDemo } from "./eos-demo.ts";
 import { stat } from "node:fs/promises";
 
 const ARCH: Record<string, string> = { x64: "x86_64", arm64: "aarch64", arm: "armv7l", riscv64: "riscv64" };
@@ -75,7 +76,9 @@ export async function writeManifest(
 }
 
 export async function eosMain(argv: string[], ctx: Context): Promise<number> {
-  const program = newProgram("eos", ctx).description("EOS image tooling: release keys and signed manifests");
+  const program = newProgram("eos", ctx).description(
+    "EOS image tooling: release keys, signed manifests, image builds, QEMU runs and the demo",
+  );
   let result = 0;
   program
     .command("keygen")
@@ -119,6 +122,15 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
       (await writeManifest(ctx, raw, { keys, name, version, quiet: !ctx.interactive })).manifestPath,
   });
   registerRun(program, ctx, (code) => (result = code));
+  registerDemo(
+    program,
+    ctx,
+    {
+      writeManifest: async (raw, keys, name, version) =>
+        (await writeManifest(ctx, raw, { keys, name, version, quiet: !ctx.interactive })).manifestPath,
+    },
+    (code) => (result = code),
+  );
   const early = await parseProgram(program, argv);
   return early ?? result;
 }

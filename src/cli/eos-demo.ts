@@ -1,0 +1,375 @@
+/**
+ * `eos demo`: the end-to-end showcase. Builds v1 and v2 of the default image
+ * (v2: another VERSION and one more package), publishes v2 with the update
+ * server on loopback, boots v1 in QEMU and, inside the guest, checks for the
+ * update, applies it (kexec into slot B), lets update_commit.service commit,
+ * shows v2 running, rolls back with a reboot and shows v1 again. Each step
+ * prints its time; the summary ends the run. runDemo() is also what the vm
+ * tier drives, so the demo and its proof are the same code.
+ */
+import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
+import { chmod, mkdir, readdir, readFile, writeFile } from "node:fs/promises";
+import type { Server } from "node:http";
+import { dirname, join, resolve } from "node:path";
+import { spawnSync } from "node:child_process";
+import type { Command } from "commander";
+import { parse, stringify } from "yaml";
+import { EosError } from "../core/errors.ts";
+import { buildImage, repoRoot, type BuildResult } from "../io/build/build.ts";
+import type { Context } from "../io/context.ts";
+import { fetchImage } from "../io/fetch-image.ts";
+import { ImageStore } from "../io/image-store.ts";
+import { generateReleaseKeys, loadTrustedKeys } from "../io/keys.ts";
+import { jsonLogger, silentLogger } from "../io/log.ts";
+import { Vm } from "../io/qemu.ts";
+import { TokenStore } from "../io/tokens.ts";
+import { createUpdateServer } from "../io/update-http.ts";
+
+export interface DemoOptions {
+  workDir: string;
+  description: string;
+  port: number;
+  /** Extra package that makes v2 visibly different. */
+  extraPackage: string;
+  rebuild: boolean;
+  writeManifest: (raw: string, keys: string[], name: string, version: string) => Promise<string>;
+  log: (line: string) => void;
+  /** Stop after showing v2 committed (the test adds its own steps then). */
+  keepVm?: boolean;
+}
+
+export interface DemoStep {
+  name: string;
+  seconds: number;
+  detail: string;
+}
+
+export interface GuestState {
+  version: string;
+  slot: string;
+  cmdline: string;
+  grubenv: Record<string, string>;
+  checkExit: number;
+}
+
+export interface DemoResult {
+  steps: DemoStep[];
+  v1: BuildResult;
+  v2: BuildResult;
+  states: Record<"booted" | "updated" | "rolledBack", GuestState>;
+  seconds: number;
+  /** Only with keepVm: the VM (running v1 after the rollback) and the server, for further steps. */
+  vm?: Vm;
+  server?: Server;
+  close(): Promise<void>;
+}
+
+const BOOT_MS = 8 * 60_000;
+
+function sh(args: string[]): string {
+  const r = spawnSync(args[0] as string, args.slice(1), { encoding: "utf8" });
+  if (r.status !== 0) throw new EosError("INTERNAL", `${args.join(" ")}: ${r.stderr}`);
+  return r.stdout;
+}
+
+async function buildVersion(
+  ctx: Context,
+  o: DemoOptions,
+  version: string,
+  desc: Record<string, unknown>,
+  releaseKey: string,
+): Promise<{ result: BuildResult; cached: boolean }> {
+  const text = stringify(desc);
+  const outDir = join(o.workDir, `v${version}`);
+  const stamp = join(outDir, "description.sha256");
+  // What goes into the image besides the description: the device's command bundles.
+  const hash = createHash("sha256").update(text);
+  const dist = join(repoRoot() ?? ".", "dist");
+  for (const n of existsSync(dist) ? (await readdir(dist)).sort() : []) {
+    if (n.endsWith(".mjs") && n !== "eos.mjs") hash.update(n).update(await readFile(join(dist, n)));
+  }
+  const digest = hash.digest("hex");
+  const resultFile = join(outDir, `${String(desc.name)}.build.json`);
+  if (!o.rebuild && existsSync(resultFile) && (await readFile(stamp, "utf8").catch(() => "")) === digest) {
+    return { result: JSON.parse(await readFile(resultFile, "utf8")) as BuildResult, cached: true };
+  }
+  await mkdir(outDir, { recursive: true });
+  const description = join(outDir, "description.yaml");
+  await writeFile(description, text);
+  const result = await buildImage(ctx, {
+    description,
+    profile: "AB",
+    outDir,
+    keys: [releaseKey],
+    noXz: true,
+    workDir: join(o.workDir, "work", version),
+    writeManifest: o.writeManifest,
+  });
+  await writeFile(stamp, digest);
+  return { result, cached: false };
+}
+
+async function guestState(vm: Vm): Promise<GuestState> {
+  const osRelease = await vm.sshOk(["cat", "/etc/os-release"]);
+  const cmdline = (await vm.sshOk(["cat", "/proc/cmdline"])).trim();
+  const grubenv: Record<string, string> = {};
+  for (const line of (await vm.sshOk(["cat", "/boot/efi/EFI/BOOT/grubenv"])).split("\n")) {
+    const m = /^(eos_[A-Za-z0-9_]+)=(.*)$/.exec(line);
+    if (m) grubenv[m[1] as string] = m[2] as string;
+  }
+  const check = await vm.ssh(["os-update", "--check"], { timeoutMs: 300_000 });
+  if (check.code !== 0 && check.code !== 1) {
+    throw new EosError("VM", `os-update --check failed in the guest (${check.code}): ${check.stderr}`);
+  }
+  return {
+    version: /^VERSION="?([^"\n]*)"?$/m.exec(osRelease)?.[1] ?? "?",
+    slot: /eos\.slot=([AB])/.exec(cmdline)?.[1] ?? "?",
+    cmdline,
+    grubenv,
+    checkExit: check.code,
+  };
+}
+
+/** Waits until the guest has committed its trial boot (update_commit.service ran). */
+async function waitForCommit(vm: Vm, timeoutMs: number): Promise<string> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const state = (
+      await vm.ssh(["systemctl", "show", "-P", "ActiveState", "update_commit.service"])
+    ).stdout.trim();
+    const result = (
+      await vm.ssh(["systemctl", "show", "-P", "Result", "update_commit.service"])
+    ).stdout.trim();
+    if (state === "active" || state === "failed") return `${state} (${result})`;
+    if (performance.now() > deadline)
+      throw new EosError("VM", `update_commit.service still ${state} after ${timeoutMs / 1000} s`);
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
+export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult> {
+  const started = performance.now();
+  const steps: DemoStep[] = [];
+  const step = async <T>(name: string, fn: () => Promise<[T, string]>): Promise<T> => {
+    const t = performance.now();
+    o.log(`▶ ${name}`);
+    const [value, detail] = await fn();
+    const seconds = (performance.now() - t) / 1000;
+    steps.push({ name, seconds, detail });
+    o.log(`  ✓ ${detail} (${seconds.toFixed(1)} s)`);
+    return value;
+  };
+  await mkdir(o.workDir, { recursive: true });
+  const keysDir = join(o.workDir, "keys");
+  const releaseKey = join(keysDir, "release.key");
+  if (!existsSync(releaseKey)) await generateReleaseKeys(keysDir, true);
+  const sshKey = join(keysDir, "id_ed25519");
+  if (!existsSync(sshKey))
+    sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "eos-demo", "-f", sshKey]);
+
+  // The device's fleet credential: a bearer token, baked into the image, its hash on the server.
+  const tokensDir = join(o.workDir, "tokens");
+  const fleetDir = join(o.workDir, "fleet-files");
+  const tokenFile = join(fleetDir, "usr/share/eos/fleet/token");
+  if (!existsSync(tokenFile) || !existsSync(join(tokensDir, "demo-device"))) {
+    const token = await new TokenStore(tokensDir).add("demo-device");
+    await mkdir(dirname(tokenFile), { recursive: true });
+    await writeFile(tokenFile, `${token}\n`, { mode: 0o600 });
+    await chmod(tokenFile, 0o600);
+  }
+
+  const base = parse(await readFile(o.description, "utf8")) as Record<string, unknown>;
+  const descDir = dirname(resolve(o.description));
+  const descFor = (version: string, extra: string[]): Record<string, unknown> => {
+    const d = structuredClone(base);
+    d.version = version;
+    d.pretty_name = `EOS ${version} (demo)`;
+    d.files = [...((d.files as string[] | undefined) ?? []).map((f) => resolve(descDir, f)), fleetDir];
+    d.packages = [...((d.packages as string[] | undefined) ?? []), ...extra];
+    d.users = {
+      root: { ssh_authorized_keys: [sh(["cat", `${sshKey}.pub`]).trim()], autologin_serial: true },
+    };
+    const update = (d.update as Record<string, unknown> | undefined) ?? {};
+    d.update = { ...update, url: `http://10.0.2.2:${o.port}` };
+    return d;
+  };
+
+  const v1 = await step("build v1.0.0 (eos build images/default.yaml)", async () => {
+    const { result, cached } = await buildVersion(ctx, o, "1.0.0", descFor("1.0.0", []), releaseKey);
+    return [
+      result,
+      `${result.raw}: root ${(result.rootFsBytes / 2 ** 20).toFixed(0)} MiB${cached ? " (reused)" : ""}`,
+    ];
+  });
+  const v2 = await step(`build v2.0.0 (+ ${o.extraPackage})`, async () => {
+    const { result, cached } = await buildVersion(
+      ctx,
+      o,
+      "2.0.0",
+      descFor("2.0.0", [o.extraPackage]),
+      releaseKey,
+    );
+    return [
+      result,
+      `${result.raw}: root ${(result.rootFsBytes / 2 ** 20).toFixed(0)} MiB${cached ? " (reused)" : ""}`,
+    ];
+  });
+
+  const store = new ImageStore(join(o.workDir, "os-images"));
+  const server = await step(`publish v2 and serve it on 127.0.0.1:${o.port} (guest: 10.0.2.2)`, async () => {
+    const name = v2.name;
+    const outcome = await fetchImage(
+      store,
+      { name, image: `file://${v2.raw}`, manifest: `file://${v2.raw}.manifest.json` },
+      {
+        trustedKeys: await loadTrustedKeys([join(keysDir, "release.pub")]),
+        logger: silentLogger(),
+        now: ctx.now,
+      },
+    );
+    const srv = createUpdateServer({
+      store,
+      tokens: new TokenStore(tokensDir),
+      logger: process.env.EOS_DEMO_SERVER_LOG ? jsonLogger(ctx.stderr) : silentLogger(),
+    });
+    await new Promise<void>((res, rej) => {
+      srv.once("error", rej);
+      srv.listen(o.port, "127.0.0.1", () => res());
+    });
+    return [srv, `os-update-server fetch: ${outcome.status} ${outcome.version}; serving with a device token`];
+  });
+
+  let vm: Vm | undefined;
+  const close = async () => {
+    await vm?.kill();
+    server.closeAllConnections();
+    server.close();
+  };
+  try {
+    vm = await step("boot v1 (eos run, TCG unless KVM works)", async () => {
+      const machine = await Vm.start({
+        image: v1.raw,
+        workDir: join(o.workDir, "vm"),
+        sshKey,
+        registryDiskBytes: 0,
+      });
+      await machine.waitForConsole(/ login: /, { timeoutMs: BOOT_MS });
+      await machine.waitForSsh({ timeoutMs: 3 * 60_000 });
+      return [machine, `${machine.accel}: login and SSH after ${machine.uptime().toFixed(0)} s`];
+    });
+    const booted = await step("in the guest: fleet --getkey; os-update --check", async () => {
+      await vm!.sshOk(["fleet", "--getkey"]);
+      const s = await guestState(vm!);
+      return [
+        s,
+        `running ${s.version} from slot ${s.slot}; --check exit ${s.checkExit} (1 = update available)`,
+      ];
+    });
+    await step("in the guest: os-update --apply (writes slot B, verifies, kexec)", async () => {
+      const mark = vm!.mark();
+      const r = await vm!.ssh(["os-update", "--apply"], { timeoutMs: 15 * 60_000 });
+      const out = r.stdout.trim().split("\n");
+      await vm!.waitForConsole(/ login: /, { timeoutMs: BOOT_MS, since: mark });
+      await vm!.waitForSsh({ timeoutMs: 3 * 60_000 });
+      return [
+        undefined,
+        `${out.find((l) => l.startsWith("wrote")) ?? out.at(-1) ?? ""}; back up after kexec`,
+      ];
+    });
+    const updated = await step("update_commit.service commits slot B", async () => {
+      const unit = await waitForCommit(vm!, 5 * 60_000);
+      await vm!.sshOk(["fleet", "--getkey"]); // /run is new after the kexec
+      const s = await guestState(vm!);
+      const extra = await vm!.ssh(["sh", "-c", `command -v ${o.extraPackage}`]);
+      return [
+        s,
+        `update_commit.service ${unit}; running ${s.version} from slot ${s.slot}, default ${s.grubenv.eos_default}; ${o.extraPackage} ${extra.code === 0 ? "present" : "missing"}; --check exit ${s.checkExit}`,
+      ];
+    });
+    await step("in the guest: os-update --rollback --reboot", async () => {
+      const mark = vm!.mark();
+      await vm!.ssh(["os-update", "--rollback", "--reboot"], { timeoutMs: 5 * 60_000 });
+      await vm!.waitForConsole(/ login: /, { timeoutMs: BOOT_MS, since: mark });
+      await vm!.waitForSsh({ timeoutMs: 3 * 60_000 });
+      return [undefined, "rebooted through GRUB"];
+    });
+    const rolledBack = await step("v1 runs again", async () => {
+      await vm!.sshOk(["fleet", "--getkey"]);
+      const s = await guestState(vm!);
+      return [
+        s,
+        `running ${s.version} from slot ${s.slot}, default ${s.grubenv.eos_default}; --check exit ${s.checkExit}`,
+      ];
+    });
+    const seconds = (performance.now() - started) / 1000;
+    o.log("");
+    o.log("summary");
+    for (const s of steps) o.log(`  ${s.seconds.toFixed(1).padStart(7)} s  ${s.name}`);
+    o.log(`  ${seconds.toFixed(1).padStart(7)} s  total`);
+    const result: DemoResult = { steps, v1, v2, states: { booted, updated, rolledBack }, seconds, close };
+    if (o.keepVm) return { ...result, vm, server };
+    await vm.powerOff();
+    await close();
+    return result;
+  } catch (error) {
+    await close();
+    throw error;
+  }
+}
+
+export function registerDemo(
+  program: Command,
+  ctx: Context,
+  deps: { writeManifest: DemoOptions["writeManifest"] },
+  setResult: (code: number) => void,
+): void {
+  program
+    .command("demo")
+    .description("build v1 and v2, serve v2, boot v1 in QEMU, update to v2 (kexec, commit), roll back to v1")
+    .option("--work <dir>", "working directory (images, keys, VM); reused between runs", ".tmp/demo")
+    .option("--description <file>", "image description (default: the repository's images/default.yaml)")
+    .option("--port <port>", "update server port on 127.0.0.1", "8080")
+    .option("--package <name>", "the package v2 adds", "tree")
+    .option("--rebuild", "build both images even if the previous run's are current")
+    .action(
+      async (opts: {
+        work: string;
+        description?: string;
+        port: string;
+        package: string;
+        rebuild?: boolean;
+      }) => {
+        const repo = repoRoot();
+        const description = opts.description ?? (repo ? join(repo, "images/default.yaml") : undefined);
+        if (!description) throw new EosError("USAGE", "--description is required outside a checkout");
+        if (process.getuid?.() !== 0) {
+          throw new EosError("REFUSED", "eos demo builds images with mmdebstrap and chroot: run it as root");
+        }
+        const port = Number(opts.port);
+        if (!Number.isInteger(port) || port < 1 || port > 65535)
+          throw new EosError("USAGE", `--port: not a port: ${opts.port}`);
+        if (!/^[a-z0-9][a-z0-9+.-]*$/.test(opts.package))
+          throw new EosError("USAGE", `--package: not a Debian package name: ${opts.package}`);
+        const result = await runDemo(ctx, {
+          workDir: resolve(opts.work),
+          description,
+          port,
+          extraPackage: opts.package,
+          rebuild: Boolean(opts.rebuild),
+          writeManifest: deps.writeManifest,
+          log: (line) => ctx.stdout.write(`${line}\n`),
+        });
+        const ok =
+          result.states.booted.version === "1.0.0" &&
+          result.states.booted.checkExit === 1 &&
+          result.states.updated.version === "2.0.0" &&
+          result.states.updated.grubenv.eos_default === "B" &&
+          result.states.rolledBack.version === "1.0.0";
+        ctx.stdout.write(
+          ok ? "demo: every step did what it should\n" : "demo: a step did not end as expected (see above)\n",
+        );
+        setResult(ok ? 0 : 1);
+      },
+    );
+}

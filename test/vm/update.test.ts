@@ -1,0 +1,123 @@
+/**
+ * The proof of the update cycle: what `eos demo` does (build v1 and v2,
+ * serve v2, boot v1, check, apply with kexec into slot B, commit, roll back
+ * with a reboot), asserted from inside the guest at each state, then a power
+ * cut in the middle of --apply.
+ */
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { runDemo, type DemoResult, type GuestState } from "../../src/cli/eos-demo.ts";
+import { writeManifest } from "../../src/cli/eos.ts";
+import { Vm } from "../../src/io/qemu.ts";
+import type { Context } from "../../src/io/context.ts";
+import { vmSkipReason, VM_TMP, REPO } from "../helpers/vm-image.ts";
+
+const skip = vmSkipReason();
+if (skip) process.stdout.write(`# vm tier skipped: ${skip}\n`);
+
+const ctx: Context = {
+  env: process.env,
+  stdin: process.stdin,
+  stdout: process.stderr,
+  stderr: process.stderr,
+  root: "/",
+  now: () => new Date(),
+  interactive: false,
+  signal: new AbortController().signal,
+};
+
+describe("update cycle in a real VM (the demo, asserted)", { skip, timeout: 75 * 60_000 }, () => {
+  let demo: DemoResult;
+  const workDir = join(VM_TMP, "demo");
+
+  before(async () => {
+    demo = await runDemo(ctx, {
+      workDir,
+      description: join(REPO, "images/default.yaml"),
+      port: 18080,
+      extraPackage: "tree",
+      rebuild: false,
+      writeManifest: async (raw, keys, name, version) =>
+        (await writeManifest(ctx, raw, { keys, name, version, quiet: true })).manifestPath,
+      log: (line) => process.stdout.write(`# ${line}\n`),
+      keepVm: true,
+    });
+  });
+  after(async () => {
+    await demo?.vm?.kill();
+    await demo?.close();
+  });
+
+  const expectState = (
+    s: GuestState,
+    want: { version: string; slot: string; def: string; check: number },
+  ) => {
+    assert.equal(s.version, want.version, "VERSION in /etc/os-release");
+    assert.equal(s.slot, want.slot, `slot on the kernel command line: ${s.cmdline}`);
+    assert.equal(s.grubenv.eos_default, want.def, "default slot in the boot control block");
+    assert.equal(s.grubenv.eos_trial, "", "nothing on trial");
+    assert.equal(s.checkExit, want.check, "os-update --check exit code");
+  };
+
+  it("v1 boots from slot A and sees v2 on offer (--check exits 1)", () => {
+    expectState(demo.states.booted, { version: "1.0.0", slot: "A", def: "A", check: 1 });
+    assert.doesNotMatch(demo.states.booted.cmdline, /COMMIT_UPDATE/);
+  });
+
+  it("--apply kexecs into slot B with COMMIT_UPDATE; update_commit.service makes B the default", () => {
+    const s = demo.states.updated;
+    expectState(s, { version: "2.0.0", slot: "B", def: "B", check: 0 });
+    assert.match(s.cmdline, /COMMIT_UPDATE/);
+    assert.equal(s.grubenv.eos_B_version, "2.0.0");
+    assert.equal(s.grubenv.eos_B_sha256, demo.v2.rootSha256);
+    assert.match(demo.steps.find((st) => st.name.startsWith("update_commit"))?.detail ?? "", /tree present/);
+  });
+
+  it("--rollback --reboot brings v1 back through GRUB, and v2 is offered again", () => {
+    const s = demo.states.rolledBack;
+    expectState(s, { version: "1.0.0", slot: "A", def: "A", check: 1 });
+    assert.doesNotMatch(s.cmdline, /COMMIT_UPDATE/);
+  });
+
+  it("a power cut in the middle of --apply leaves v1 booting normally and --check still offering v2", async () => {
+    const vm = demo.vm as Vm;
+    await vm.sshOk(["sh", "-c", "setsid -f os-update --apply >/run/apply.log 2>&1 </dev/null"]);
+    // Wait until slot B has been invalidated (writing has begun), then let it write for a while.
+    const deadline = performance.now() + 5 * 60_000;
+    for (;;) {
+      const env = await vm.sshOk(["cat", "/boot/efi/EFI/BOOT/grubenv"]);
+      if (/^eos_B_sha256=$/m.test(env)) break;
+      assert.ok(performance.now() < deadline, "os-update --apply never started writing");
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    await new Promise((r) => setTimeout(r, 4000));
+    const log = await vm.ssh(["cat", "/run/apply.log"]);
+    assert.doesNotMatch(
+      log.stdout,
+      /marked for \d trial boots/,
+      "the apply must still be writing when the power goes",
+    );
+    await vm.kill();
+
+    const again = await Vm.start({
+      image: demo.v1.raw,
+      workDir: join(workDir, "vm"),
+      reuseDisk: true,
+      sshKey: join(workDir, "keys/id_ed25519"),
+      registryDiskBytes: 0,
+    });
+    demo.vm = again;
+    await again.waitForConsole(/ login: /, { timeoutMs: 8 * 60_000 });
+    await again.waitForSsh({ timeoutMs: 3 * 60_000 });
+    await again.sshOk(["fleet", "--getkey"]);
+    const env = await again.sshOk(["cat", "/boot/efi/EFI/BOOT/grubenv"]);
+    assert.match(env, /^eos_default=A$/m);
+    assert.match(env, /^eos_trial=$/m);
+    assert.equal((await again.sshOk(["sh", "-c", ". /etc/os-release; echo $VERSION"])).trim(), "1.0.0");
+    assert.match(await again.sshOk(["cat", "/proc/cmdline"]), /eos\.slot=A/);
+    const check = await again.ssh(["os-update", "--check"], { timeoutMs: 300_000 });
+    assert.equal(check.code, 1, check.stderr);
+    assert.match(check.stdout, /update available: 1.0.0 → 2.0.0/);
+  });
+});

@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
-# The demo: installs what it needs, then runs it.
+# The demo: installs what it needs, then runs `eos demo` (build, serve, boot,
+# update, commit, roll back in QEMU). Extra arguments go to `eos demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-if node dist/eos.mjs --help 2>/dev/null | grep -q "^  demo"; then
-  exec node dist/eos.mjs demo "$@"
-fi
-exec node --import tsx scripts/server-demo.ts
+exec node dist/eos.mjs demo "$@"

@@ -13,8 +13,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { EosError, isEosError } from "../core/errors.ts";
 import {
-  assertFlakeName,
-  baseName,
+  flakeNameFromInvocation,
   parsePilotArgs,
   type FlakeSource,
   type PilotArgs,
@@ -70,23 +69,9 @@ function quote(arg: string): string {
   return /^[A-Za-z0-9_@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
 }
 
-export function flakeNameFromInvocation(argv0: string, args: string[]): { name: string; args: string[] } {
-  const invoked = baseName(argv0).replace(/\.(mjs|js|ts)$/, "");
-  if (invoked === "firecracker-pilot") {
-    const [name, ...rest] = args;
-    if (!name)
-      throw new EosError(
-        "USAGE",
-        "usage: firecracker-pilot FLAKE [ARGS…] (or call a registered flake by its name)",
-      );
-    return { name: assertFlakeName(name), args: rest };
-  }
-  return { name: assertFlakeName(invoked), args };
-}
-
 export async function firecrackerPilotMain(argv: string[], ctx: Context): Promise<number> {
   try {
-    const { name, args } = flakeNameFromInvocation(process.argv[1] ?? LABEL, argv);
+    const { name, args } = flakeNameFromInvocation("firecracker-pilot", process.argv[1] ?? LABEL, argv);
     return await launchVmFlake(name, args, ctx);
   } catch (error) {
     reportError(ctx, LABEL, error);

@@ -10,8 +10,7 @@ import { userInfo } from "node:os";
 import { join } from "node:path";
 import { EosError, isEosError } from "../core/errors.ts";
 import {
-  assertFlakeName,
-  baseName,
+  flakeNameFromInvocation,
   parsePilotArgs,
   type FlakeSource,
   type PilotArgs,
@@ -73,24 +72,9 @@ export function runasUser(runas: string | undefined): string | undefined {
   return runas;
 }
 
-/** The flake name: argv[0]'s basename, or the first argument when called as podman-pilot itself. */
-export function flakeNameFromInvocation(argv0: string, args: string[]): { name: string; args: string[] } {
-  const invoked = baseName(argv0).replace(/\.(mjs|js|ts)$/, "");
-  if (invoked === "podman-pilot") {
-    const [name, ...rest] = args;
-    if (!name)
-      throw new EosError(
-        "USAGE",
-        "usage: podman-pilot FLAKE [ARGS…] (or call a registered flake by its name)",
-      );
-    return { name: assertFlakeName(name), args: rest };
-  }
-  return { name: assertFlakeName(invoked), args };
-}
-
 export async function podmanPilotMain(argv: string[], ctx: Context): Promise<number> {
   try {
-    const { name, args } = flakeNameFromInvocation(process.argv[1] ?? LABEL, argv);
+    const { name, args } = flakeNameFromInvocation("podman-pilot", process.argv[1] ?? LABEL, argv);
     return await launchFlake(name, args, ctx);
   } catch (error) {
     reportError(ctx, LABEL, error);

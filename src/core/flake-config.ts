@@ -325,3 +325,23 @@ export function expandPercentVars(option: string, env: Record<string, string | u
     return value;
   });
 }
+
+/**
+ * The flake a pilot runs: argv[0]'s basename (the registered symlink), or the
+ * first argument when the pilot is called by its own name.
+ */
+export function flakeNameFromInvocation(
+  pilot: string,
+  argv0: string,
+  args: string[],
+): { name: string; args: string[] } {
+  const invoked = baseName(argv0).replace(/\.(mjs|js|ts)$/, "");
+  if (invoked === pilot) {
+    const [name, ...rest] = args;
+    if (!name) {
+      throw new EosError("USAGE", `usage: ${pilot} FLAKE [ARGS…] (or call a registered flake by its name)`);
+    }
+    return { name: assertFlakeName(name), args: rest };
+  }
+  return { name: assertFlakeName(invoked), args };
+}

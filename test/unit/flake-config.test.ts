@@ -132,3 +132,20 @@ test("%VAR expansion: upper-case names from the caller's environment; unset is a
   assert.equal(expandPercentVars("--format=%s", {}), "--format=%s");
   assert.throws(() => expandPercentVars("-v %NOPE:/x", {}), /%NOPE, which is not set/);
 });
+
+test("pilots find their flake from argv[0], or from the first argument when called by name", async () => {
+  const { flakeNameFromInvocation } = await import("../../src/core/flake-config.ts");
+  assert.deepEqual(flakeNameFromInvocation("podman-pilot", "/usr/bin/lynx", ["-dump"]), {
+    name: "lynx",
+    args: ["-dump"],
+  });
+  assert.deepEqual(flakeNameFromInvocation("podman-pilot", "/usr/lib/eos/podman-pilot.mjs", ["lynx", "x"]), {
+    name: "lynx",
+    args: ["x"],
+  });
+  assert.throws(
+    () => flakeNameFromInvocation("firecracker-pilot", "/x/firecracker-pilot", []),
+    /usage: firecracker-pilot FLAKE/,
+  );
+  assert.throws(() => flakeNameFromInvocation("podman-pilot", "/x/podman-pilot", ["../etc"]));
+});

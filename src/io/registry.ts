@@ -325,7 +325,8 @@ export async function stopRegistry(o: RegistryOptions): Promise<{ unmounted: boo
   let unmounted = false;
   const src = await mountedSource(mountPoint);
   if (src && (await sameDevice(src, `/dev/mapper/${mapper}`))) {
-    await mustRun(["umount", mountPoint], {
+    // podman's overlay driver bind-mounts its own directory below: -R takes those too.
+    await mustRun(["umount", "--recursive", mountPoint], {
       what: `umount ${mountPoint}`,
       hint: "stop the containers using it first (podman stop --all)",
     });

@@ -209,6 +209,46 @@ describe("the flake registry on p.spare (QEMU + swtpm)", { skip, timeout: 40 * 6
     await down();
   });
 
+  it("the registry, its flake and data survive an OS switch from slot A to slot B", async () => {
+    const v = vm ?? (await boot("before the switch"));
+    // Slot B gets the same root as A (what an update would write), recorded in the boot control
+    // block like os-update records a verified slot; then os-update itself switches: it re-hashes
+    // slot B against that record, makes B the default and reboots through GRUB.
+    await v.sshOk(
+      [
+        "dd",
+        "if=/dev/disk/by-partlabel/p.lxreadonly",
+        "of=/dev/disk/by-partlabel/p.lxrootclone1",
+        "bs=4M",
+        "conv=fsync",
+        "status=none",
+      ],
+      { timeoutMs: 300_000 },
+    );
+    const recordB = [
+      "const fs = require('fs'); const f = '/boot/efi/EFI/BOOT/grubenv';",
+      "const vars = new Map(fs.readFileSync(f, 'latin1').split('\\n').filter((l) => /^eos_\\w+=/.test(l)).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));",
+      "for (const k of ['version', 'sha256', 'size']) vars.set('eos_B_' + k, vars.get('eos_A_' + k));",
+      "let body = '# GRUB Environment Block\\n'; for (const [k, val] of vars) body += k + '=' + val + '\\n';",
+      "fs.writeFileSync(f + '.new', body.padEnd(1024, '#'), 'latin1'); fs.renameSync(f + '.new', f);",
+    ].join(" ");
+    await v.sshOk(["/usr/lib/eos/node", "-e", recordB]);
+    const mark = v.mark();
+    await v.ssh(["os-update", "--rollback", "--reboot"], { timeoutMs: 300_000 });
+    await v.waitForConsole(/ login: /, { timeoutMs: BOOT_TIMEOUT_MS, since: mark });
+    await v.waitForSsh({ timeoutMs: BOOT_TIMEOUT_MS });
+    await v.ssh(["systemctl", "is-system-running", "--wait"], { timeoutMs: 240_000 });
+    assert.match(await v.sshOk(["cat", "/proc/cmdline"]), /eos\.slot=B/, "running from slot B now");
+    assert.match(await v.sshOk(["cat", "/boot/efi/EFI/BOOT/grubenv"]), /^eos_default=B$/m);
+    assert.equal((await v.sshOk(["systemctl", "is-active", "registry-rw.service"])).trim(), "active");
+    assert.equal((await v.sshOk(["cat", `${MOUNT}/flakes/data.txt`])).trim(), "registry-data-42");
+    assert.equal(
+      (await v.sshOk([FLAKE, "echo", "after the switch"], { timeoutMs: 120_000 })).trim(),
+      "after the switch",
+    );
+    await down();
+  });
+
   it("the same disk does not open with another VM's TPM, and is left untouched", async () => {
     if (vm) await vm.kill(); // only when an earlier test failed with its VM still up
     vm = undefined;

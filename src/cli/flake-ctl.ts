@@ -26,16 +26,15 @@ import {
   flakeFilePath,
   flakeFragmentDir,
   idsDirFor,
+  installFlake,
   listFlakeNames,
   loadFlakesSetup,
   pathKind,
-  placeSymlink,
   readFlakeSources,
   readLinkOrUndefined,
   readTextFile,
   removePath,
   userFlakesConfigPath,
-  writeFlakeFile,
   type FlakesSetup,
 } from "../io/flake-files.ts";
 import { atomicWriteFile, fileExists } from "../io/files.ts";
@@ -158,19 +157,7 @@ export async function registerContainerFlake(
   // Write the flake file, then the link; undo the file if the link fails.
   const text = renderContainerFlake(flake);
   parseContainerFlake([{ file, text }]);
-  const fragmentDir = flakeFragmentDir(setup, name);
-  const hadFragmentDir = (await pathKind(fragmentDir)) === "dir";
-  const previous = await readTextFile(file);
-  await writeFlakeFile(file, text);
-  try {
-    await ensureDir(fragmentDir);
-    await placeSymlink(app, setup.config.podmanPilot);
-  } catch (error) {
-    if (previous === undefined) await removePath(file);
-    else await writeFlakeFile(file, previous);
-    if (!hadFragmentDir) await removePath(fragmentDir, { recursive: true });
-    throw new EosError("IO", `cannot register ${app}: ${errorMessage(error)}`);
-  }
+  await installFlake(setup, name, file, text, app, setup.config.podmanPilot);
   return { name, file, link: app };
 }
 

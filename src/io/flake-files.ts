@@ -19,7 +19,7 @@ import {
 } from "node:fs/promises";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
-import { EosError } from "../core/errors.ts";
+import { EosError, errorMessage } from "../core/errors.ts";
 import {
   DEFAULT_FLAKES_CONFIG_PATH,
   FLAKES_CONFIG_DEFAULTS,
@@ -357,4 +357,33 @@ export async function withLockFile<T>(path: string, fn: () => Promise<T>, staleM
 
 export async function readTextFile(path: string): Promise<string | undefined> {
   return readFile(path, "utf8").catch(() => undefined);
+}
+
+/**
+ * Registration's last step for any kind of flake: the flake file, its
+ * NAME.d directory, then the app's link to the pilot. If the link cannot be
+ * placed, the file (and a directory made here) are put back as they were, so
+ * nothing is left half-registered.
+ */
+export async function installFlake(
+  setup: FlakesSetup,
+  name: string,
+  file: string,
+  text: string,
+  app: string,
+  pilot: string,
+): Promise<void> {
+  const fragmentDir = flakeFragmentDir(setup, name);
+  const hadFragmentDir = (await pathKind(fragmentDir)) === "dir";
+  const previous = await readTextFile(file);
+  await writeFlakeFile(file, text);
+  try {
+    await ensureDir(fragmentDir);
+    await placeSymlink(app, pilot);
+  } catch (error) {
+    if (previous === undefined) await removePath(file);
+    else await writeFlakeFile(file, previous);
+    if (!hadFragmentDir) await removePath(fragmentDir, { recursive: true });
+    throw new EosError("IO", `cannot register ${app}: ${errorMessage(error)}`);
+  }
 }

@@ -5,7 +5,7 @@
  * removes what it wrote.
  */
 import { userInfo } from "node:os";
-import { EosError, errorMessage } from "../core/errors.ts";
+import { EosError } from "../core/errors.ts";
 import { assertFlakeName, assertHostPath, baseName } from "../core/flake-config.ts";
 import { parseYamlMapping, renderYaml } from "../core/flake-yaml.ts";
 import { assertVmImageName } from "../core/vm-kis.ts";
@@ -22,18 +22,16 @@ import {
 } from "../core/vm-flake.ts";
 import type { Context } from "./context.ts";
 import {
-  ensureDir,
   flakeFilePath,
   flakeFragmentDir,
   idsDirFor,
+  installFlake,
   listFlakeNames,
   pathKind,
-  placeSymlink,
   readFlakeSources,
   readLinkOrUndefined,
   readTextFile,
   removePath,
-  writeFlakeFile,
   type FlakesSetup,
 } from "./flake-files.ts";
 import { fileExists } from "./files.ts";
@@ -164,18 +162,7 @@ export async function registerVmFlake(
 
   const text = renderYaml(vmFlakeDocument(flake));
   vmFlakeFromDocuments([{ file, data: parseYamlMapping(text, file) }]);
-  const fragmentDir = flakeFragmentDir(setup, name);
-  const hadFragmentDir = (await pathKind(fragmentDir)) === "dir";
-  await writeFlakeFile(file, text);
-  try {
-    await ensureDir(fragmentDir);
-    await placeSymlink(app, setup.config.firecrackerPilot);
-  } catch (error) {
-    if (previous === undefined) await removePath(file);
-    else await writeFlakeFile(file, previous);
-    if (!hadFragmentDir) await removePath(fragmentDir, { recursive: true });
-    throw new EosError("IO", `cannot register ${app}: ${errorMessage(error)}`);
-  }
+  await installFlake(setup, name, file, text, app, setup.config.firecrackerPilot);
   return { name, file, link: app, flake };
 }
 

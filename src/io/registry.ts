@@ -439,12 +439,20 @@ export async function bootRegistry(
   o: RegistryOptions & { waitMs?: number },
 ): Promise<BootOutcome> {
   const dev = sysPath(ctx, `/dev/disk/by-partlabel/${REGISTRY_LABEL}`);
-  const deadline = Date.now() + (o.waitMs ?? 10_000);
+  const deadline = Date.now() + (o.waitMs ?? 30_000);
   while (!existsSync(dev) && Date.now() < deadline) await sleep(250);
   if (!existsSync(dev))
     return { code: 0, report: `no ${REGISTRY_LABEL} partition: running without a registry` };
   try {
-    await growPartition(dev, o.log);
+    if ((await growPartition(dev, o.log)) !== undefined) {
+      // partx makes the kernel drop and re-add the partition: wait until udev has put
+      // /dev/disk/by-partlabel back before anything opens it (slow under emulation).
+      await mustRun(["udevadm", "settle", "--timeout=120"], { what: "udevadm settle" }).catch(
+        () => undefined,
+      );
+      const back = Date.now() + 120_000;
+      while (!existsSync(dev) && Date.now() < back) await sleep(250);
+    }
   } catch (error) {
     o.log(`cannot grow ${dev}: ${errorMessage(error)} (continuing at its present size)`);
   }

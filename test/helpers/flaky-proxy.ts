@@ -16,8 +16,12 @@ export async function startFlakyProxy(
   rate = 0,
 ): Promise<FlakyProxy> {
   const proxy: FlakyProxy = { port: 0, cuts: 0, close: async () => undefined };
+  const sockets = new Set<import("node:net").Socket>();
   const server: Server = createServer((client) => {
     const upstream = createConnection({ port: targetPort, host: "127.0.0.1" });
+    sockets.add(client).add(upstream);
+    client.on("close", () => sockets.delete(client));
+    upstream.on("close", () => sockets.delete(upstream));
     let carried = 0;
     client.on("data", (d) => upstream.write(d));
     upstream.on("data", (d: Buffer) => {
@@ -44,6 +48,11 @@ export async function startFlakyProxy(
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   proxy.port = (server.address() as AddressInfo).port;
-  proxy.close = () => new Promise((resolve) => server.close(() => resolve()));
+  // Closing also ends the connections still open, so no stream outlives the proxy.
+  proxy.close = () =>
+    new Promise((resolve) => {
+      for (const socket of sockets) socket.destroy();
+      server.close(() => resolve());
+    });
   return proxy;
 }

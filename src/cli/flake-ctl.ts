@@ -27,6 +27,7 @@ import {
   flakeFragmentDir,
   idsDirFor,
   installFlake,
+  isPilotLink,
   listFlakeNames,
   loadFlakesSetup,
   pathKind,
@@ -59,18 +60,6 @@ function podmanFor(ctx: Context, setup: FlakesSetup): Podman {
     log: ctx.stderr,
     label: "flake-ctl",
   });
-}
-
-/** Is `link` a symlink into one of our pilots (or an older install's)? */
-function isPilotLink(target: string | undefined, setup: FlakesSetup): boolean {
-  if (target === undefined) return false;
-  const name = basename(target).replace(/\.(mjs|js)$/, "");
-  return (
-    target === setup.config.podmanPilot ||
-    target === setup.config.firecrackerPilot ||
-    name === "podman-pilot" ||
-    name === "firecracker-pilot"
-  );
 }
 
 export interface RegisterOptions {

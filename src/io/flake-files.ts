@@ -387,3 +387,15 @@ export async function installFlake(
     throw new EosError("IO", `cannot register ${app}: ${errorMessage(error)}`);
   }
 }
+
+/** Is `target` (a link's target) one of our pilots, or an older install's? */
+export function isPilotLink(target: string | undefined, setup: FlakesSetup): boolean {
+  if (target === undefined) return false;
+  const name = (target.split("/").pop() ?? target).replace(/\.(mjs|js)$/, "");
+  return (
+    target === setup.config.podmanPilot ||
+    target === setup.config.firecrackerPilot ||
+    name === "podman-pilot" ||
+    name === "firecracker-pilot"
+  );
+}

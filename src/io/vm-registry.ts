@@ -26,6 +26,7 @@ import {
   flakeFragmentDir,
   idsDirFor,
   installFlake,
+  isPilotLink,
   listFlakeNames,
   pathKind,
   readFlakeSources,
@@ -51,17 +52,6 @@ export interface VmRegisterOptions {
   memSizeMib?: string;
   vcpuCount?: string;
   force?: boolean;
-}
-
-function isPilotLink(target: string | undefined, setup: FlakesSetup): boolean {
-  if (target === undefined) return false;
-  const name = baseName(target).replace(/\.(mjs|js)$/, "");
-  return (
-    target === setup.config.podmanPilot ||
-    target === setup.config.firecrackerPilot ||
-    name === "podman-pilot" ||
-    name === "firecracker-pilot"
-  );
 }
 
 function wholeNumber(text: string | undefined, what: string, min: number, max: number): number | undefined {

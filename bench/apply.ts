@@ -79,7 +79,7 @@ try {
         eos_B_size: "",
       }))
         env.set(k, v);
-      const { writeBootControl } = await import("../src/io/esp.ts");
+      const { writeBootControl } = await import("../src/io/update/boot-control.ts");
       await writeBootControl(device.esp, env);
       await mustRun("blockdev", ["--flushbufs", device.loop]);
     };

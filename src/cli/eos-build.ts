@@ -1,8 +1,8 @@
 /** `eos build DESCRIPTION.yaml --profile AB|Static --out DIR [--key KEY]`: a bootable A/B disk image. */
 import type { Command } from "commander";
-import { PROFILES, type Profile } from "../core/image-description.ts";
+import { PROFILES, type Profile } from "../core/image/description.ts";
 import type { Context } from "../io/context.ts";
-import { buildImage } from "../io/build/build.ts";
+import { buildImage } from "../io/image/build.ts";
 import { formatBytes } from "../io/progress.ts";
 import { usageError } from "./main.ts";
 

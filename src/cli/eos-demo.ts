@@ -16,15 +16,15 @@ import { spawnSync } from "node:child_process";
 import type { Command } from "commander";
 import { parse, stringify } from "yaml";
 import { EosError } from "../core/errors.ts";
-import { buildImage, repoRoot, type BuildResult } from "../io/build/build.ts";
+import { buildImage, repoRoot, type BuildResult } from "../io/image/build.ts";
 import type { Context } from "../io/context.ts";
-import { fetchImage } from "../io/fetch-image.ts";
-import { ImageStore } from "../io/image-store.ts";
+import { fetchImage } from "../io/server/fetch.ts";
+import { ImageStore } from "../io/server/published.ts";
 import { generateReleaseKeys, loadTrustedKeys } from "../io/keys.ts";
 import { jsonLogger, silentLogger } from "../io/log.ts";
-import { Vm } from "../io/qemu.ts";
-import { TokenStore } from "../io/tokens.ts";
-import { createUpdateServer } from "../io/update-http.ts";
+import { Vm } from "../io/machine/qemu.ts";
+import { TokenStore } from "../io/server/tokens.ts";
+import { createUpdateServer } from "../io/server/http.ts";
 
 export interface DemoOptions {
   workDir: string;

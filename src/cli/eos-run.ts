@@ -3,9 +3,9 @@ import type { Command } from "commander";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
-import { parseSize } from "../core/image-description.ts";
+import { parseSize } from "../core/image/description.ts";
 import type { Context } from "../io/context.ts";
-import { Vm } from "../io/qemu.ts";
+import { Vm } from "../io/machine/qemu.ts";
 import { usageError } from "./main.ts";
 
 interface RunOpts {

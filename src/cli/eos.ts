@@ -10,7 +10,7 @@ import {
 import { EosError } from "../core/errors.ts";
 import type { Context } from "../io/context.ts";
 import { atomicWriteFile } from "../io/files.ts";
-import { hashImagePartitions } from "../io/image.ts";
+import { hashImagePartitions } from "../io/disk-image.ts";
 import { generateReleaseKeys, loadPrivateKey } from "../io/keys.ts";
 import { progress } from "../io/progress.ts";
 import { newProgram, parseProgram } from "./main.ts";

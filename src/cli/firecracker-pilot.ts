@@ -17,8 +17,8 @@ import {
   parsePilotArgs,
   type FlakeSource,
   type PilotArgs,
-} from "../core/flake-config.ts";
-import { firecrackerConfig, guestMac, kernelFormat, tapName } from "../core/firecracker-config.ts";
+} from "../core/flakes/flake-config.ts";
+import { firecrackerConfig, guestMac, kernelFormat, tapName } from "../core/flakes/firecracker-config.ts";
 import {
   bootArgs,
   instanceKey,
@@ -27,8 +27,8 @@ import {
   VM_PILOT_OPTIONS,
   type VmEngine,
   type VmFlake,
-} from "../core/vm-flake.ts";
-import { qemuArgv, QEMU_USER_NET } from "../core/vm-qemu.ts";
+} from "../core/flakes/vm.ts";
+import { qemuArgv, QEMU_USER_NET } from "../core/flakes/vm-qemu.ts";
 import type { Context } from "../io/context.ts";
 import {
   ensureOwnIdsDir,
@@ -37,7 +37,7 @@ import {
   withLockFile,
   writeFileAtomic,
   type FlakesSetup,
-} from "../io/flake-files.ts";
+} from "../io/flakes/flake-files.ts";
 import {
   chooseEngine,
   connectChannel,
@@ -51,8 +51,8 @@ import {
   stopProcess,
   type Channel,
   type VmProcess,
-} from "../io/vm-engine.ts";
-import { copyOverlay, overlayTemplate } from "../io/vm-overlay.ts";
+} from "../io/flakes/vm-engine.ts";
+import { copyOverlay, overlayTemplate } from "../io/flakes/vm-overlay.ts";
 import { reportError } from "./main.ts";
 
 const LABEL = "firecracker-pilot";
@@ -80,8 +80,8 @@ export async function firecrackerPilotMain(argv: string[], ctx: Context): Promis
 }
 
 async function parseFlake(sources: FlakeSource[]): Promise<VmFlake> {
-  const { parseYamlMapping } = await import("../core/flake-yaml.ts");
-  const { vmFlakeFromDocuments } = await import("../core/vm-flake.ts");
+  const { parseYamlMapping } = await import("../core/flakes/flake-yaml.ts");
+  const { vmFlakeFromDocuments } = await import("../core/flakes/vm.ts");
   return vmFlakeFromDocuments(sources.map((s) => ({ file: s.file, data: parseYamlMapping(s.text, s.file) })));
 }
 

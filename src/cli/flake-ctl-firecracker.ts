@@ -4,19 +4,19 @@
  */
 import type { Command } from "commander";
 import { EosError } from "../core/errors.ts";
-import { assertFlakeName, assertHostPath, baseName } from "../core/flake-config.ts";
-import { renderYaml } from "../core/flake-yaml.ts";
+import { assertFlakeName, assertHostPath, baseName } from "../core/flakes/flake-config.ts";
+import { renderYaml } from "../core/flakes/flake-yaml.ts";
 import type { Context } from "../io/context.ts";
-import { loadFlakesSetup } from "../io/flake-files.ts";
+import { loadFlakesSetup } from "../io/flakes/flake-files.ts";
 import { fileExists } from "../io/files.ts";
-import { imagesDir, listImages, pullImage, removeImage } from "../io/vm-images.ts";
+import { imagesDir, listImages, pullImage, removeImage } from "../io/flakes/vm-images.ts";
 import {
   listVmFlakes,
   loadVmFlake,
   registerVmFlake,
   removeVmFlake,
   type VmRegisterOptions,
-} from "../io/vm-registry.ts";
+} from "../io/flakes/vm-flake-files.ts";
 import { removeVmInstances } from "./firecracker-pilot.ts";
 import { usageError } from "./main.ts";
 

@@ -6,20 +6,26 @@ import { readdir } from "node:fs/promises";
 import { userInfo } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { EosError, errorMessage } from "../core/errors.ts";
-import { assertFlakeName, assertHostPath, baseName, deepMerge, scalarString } from "../core/flake-config.ts";
+import {
+  assertFlakeName,
+  assertHostPath,
+  baseName,
+  deepMerge,
+  scalarString,
+} from "../core/flakes/flake-config.ts";
 import {
   needsProvisioning,
   normaliseRegisterOption,
   podmanOptions,
   runArgv,
   type ContainerFlake,
-} from "../core/flake-podman.ts";
+} from "../core/flakes/container.ts";
 import {
   parseContainerFlake,
   parseYamlMapping,
   renderContainerFlake,
   renderYaml,
-} from "../core/flake-yaml.ts";
+} from "../core/flakes/flake-yaml.ts";
 import type { Context } from "../io/context.ts";
 import {
   ensureDir,
@@ -37,9 +43,9 @@ import {
   removePath,
   userFlakesConfigPath,
   type FlakesSetup,
-} from "../io/flake-files.ts";
+} from "../io/flakes/flake-files.ts";
 import { atomicWriteFile, fileExists } from "../io/files.ts";
-import { Podman } from "../io/podman.ts";
+import { Podman } from "../io/flakes/podman.ts";
 import { newProgram, parseProgram, usageError } from "./main.ts";
 import { isDebug, podmanEnv } from "./podman-pilot.ts";
 import { addFirecrackerCommands } from "./flake-ctl-firecracker.ts";

@@ -8,7 +8,7 @@
  *   --boot           the image's registry-rw.service: grow p.spare, set it up on first boot, activate
  */
 import { EosError } from "../core/errors.ts";
-import { parsePcrs } from "../core/registry.ts";
+import { parsePcrs } from "../core/registry/registry.ts";
 import type { Context } from "../io/context.ts";
 import {
   activateRegistry,
@@ -18,7 +18,7 @@ import {
   stopRegistry,
   writeBootReport,
   type RegistryOptions,
-} from "../io/registry.ts";
+} from "../io/registry/registry.ts";
 import { newProgram, parseProgram, usageError } from "./main.ts";
 
 interface Opts {

@@ -18,7 +18,7 @@ import {
   rollbackTo,
   SLOT_LABEL,
   type Slot,
-} from "../core/bootctl.ts";
+} from "../core/update/bootctl.ts";
 import { deviceConfigSchema, parseYamlConfig, type DeviceConfig } from "../core/config.ts";
 import { EosError } from "../core/errors.ts";
 import {
@@ -28,18 +28,23 @@ import {
   verifyManifestSignature,
   type Manifest,
 } from "../core/manifest.ts";
-import { findKernel, systemBootActions, withSlotMounted, type BootActions } from "../io/boot-actions.ts";
+import {
+  findKernel,
+  systemBootActions,
+  withSlotMounted,
+  type BootActions,
+} from "../io/update/boot-actions.ts";
 import { sysPath, type Context } from "../io/context.ts";
-import { readBootControl, writeBootControl } from "../io/esp.ts";
-import { updateFirmware } from "../io/firmware.ts";
+import { readBootControl, writeBootControl } from "../io/update/boot-control.ts";
+import { updateFirmware } from "../io/update/firmware.ts";
 import { atomicWriteFile } from "../io/files.ts";
 import { hashRange } from "../io/hash.ts";
 import { loadTrustedKeys } from "../io/keys.ts";
 import { acquireLock } from "../io/lock.ts";
 import { progress } from "../io/progress.ts";
-import { writeSlot } from "../io/slot-writer.ts";
-import { locateSlots, type SlotLayout } from "../io/slots.ts";
-import { httpSource, sshOriginalRead, sshSource, type UpdateSource } from "../io/update-source.ts";
+import { writeSlot } from "../io/update/slot-writer.ts";
+import { locateSlots, type SlotLayout } from "../io/update/slots.ts";
+import { httpSource, sshOriginalRead, sshSource, type UpdateSource } from "../io/update/source.ts";
 import { newProgram, parseProgram, usageError } from "./main.ts";
 import { open } from "node:fs/promises";
 

@@ -14,7 +14,7 @@ import {
   parsePilotArgs,
   type FlakeSource,
   type PilotArgs,
-} from "../core/flake-config.ts";
+} from "../core/flakes/flake-config.ts";
 import {
   attachArgv,
   attachRunArgv,
@@ -29,7 +29,7 @@ import {
   PODMAN_PILOT_OPTIONS,
   type ContainerFlake,
   type LaunchShape,
-} from "../core/flake-podman.ts";
+} from "../core/flakes/container.ts";
 import type { Context } from "../io/context.ts";
 import {
   ensureDir,
@@ -42,9 +42,9 @@ import {
   withLockFile,
   writeIdFile,
   type FlakesSetup,
-} from "../io/flake-files.ts";
-import { ensureProvisionedImage } from "../io/flake-provision.ts";
-import { Podman } from "../io/podman.ts";
+} from "../io/flakes/flake-files.ts";
+import { ensureProvisionedImage } from "../io/flakes/provision.ts";
+import { Podman } from "../io/flakes/podman.ts";
 import { reportError } from "./main.ts";
 
 const LABEL = "podman-pilot";
@@ -94,7 +94,7 @@ interface Launch {
 }
 
 async function parseFlake(sources: FlakeSource[]): Promise<ContainerFlake> {
-  const { parseContainerFlake } = await import("../core/flake-yaml.ts");
+  const { parseContainerFlake } = await import("../core/flakes/flake-yaml.ts");
   return parseContainerFlake(sources);
 }
 

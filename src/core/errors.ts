@@ -27,6 +27,7 @@ export type ErrorCode =
   | "REGISTRY"
   | "TPM"
   | "BUILD"
+  | "INTERRUPTED"
   | "INTERNAL";
 
 export class EosError extends Error {

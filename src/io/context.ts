@@ -4,6 +4,7 @@
  */
 import type { Readable, Writable } from "node:stream";
 import { join } from "node:path";
+import { systemRunner, type ProcessRunner } from "./process.ts";
 
 export interface Context {
   env: NodeJS.ProcessEnv;
@@ -17,6 +18,10 @@ export interface Context {
   interactive: boolean;
   /** Aborts long-running commands (daemon, serve) on SIGINT/SIGTERM. */
   signal: AbortSignal;
+  /** Starts every process the command runs. */
+  proc: ProcessRunner;
+  /** The name the command was called by (a flake's link finds its flake by it). */
+  argv0: string;
 }
 
 export function processContext(signal: AbortSignal): Context {
@@ -29,6 +34,8 @@ export function processContext(signal: AbortSignal): Context {
     now: () => new Date(),
     interactive: Boolean(process.stderr.isTTY),
     signal,
+    proc: systemRunner(),
+    argv0: process.argv[1] ?? "",
   };
 }
 

@@ -4,16 +4,15 @@
  * /dev/disk/by-partuuid say which slot "is running". Changing those is how a
  * test simulates booting into a slot; kexec and reboot are recorded.
  */
+import { captureContext } from "./context.ts";
 import { randomUUID } from "node:crypto";
 import { copyFile, mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile, unlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
-import { PassThrough } from "node:stream";
-import { encodeGrubenv, decodeGrubenv } from "../../src/core/grubenv.ts";
+import { encodeGrubenv, decodeGrubenv } from "../../src/core/update/grubenv.ts";
 import { readGpt, requirePartition } from "../../src/core/gpt.ts";
 import { openBlockSource } from "../../src/io/files.ts";
-import type { Context } from "../../src/io/context.ts";
-import type { BootActions } from "../../src/io/boot-actions.ts";
+import type { BootActions } from "../../src/io/update/boot-actions.ts";
 import { osUpdateMain } from "../../src/cli/os-update.ts";
 import { mustRun } from "./run.ts";
 
@@ -144,22 +143,9 @@ export async function makeDevice(
       return decodeGrubenv(await readFile(join(esp, "EFI/BOOT/grubenv")));
     },
     async run(args, options = {}) {
-      const stdout = new PassThrough();
-      const stderr = new PassThrough();
-      let out = "";
+      const captured = captureContext({ root, ...(options.signal ? { signal: options.signal } : {}) });
+      const ctx = captured.ctx;
       let err = "";
-      stdout.setEncoding("utf8").on("data", (s: string) => (out += s));
-      stderr.setEncoding("utf8").on("data", (s: string) => (err += s));
-      const ctx: Context = {
-        env: {},
-        stdin: new PassThrough(),
-        stdout,
-        stderr,
-        root,
-        now: () => new Date(),
-        interactive: false,
-        signal: options.signal ?? new AbortController().signal,
-      };
       let code: number;
       try {
         code = await osUpdateMain(args, ctx, { boot, retryDelayMs: 20 });
@@ -168,7 +154,7 @@ export async function makeDevice(
         err += `error [${e.code ?? "?"}]: ${e.message}\n`;
         code = e.exitCode ?? 70;
       }
-      return { code, stdout: out, stderr: err };
+      return { code, stdout: captured.stdout(), stderr: captured.stderr() + err };
     },
     async close() {
       await mustRun("losetup", ["-d", loop]).catch(() => undefined);

@@ -6,6 +6,7 @@
  * EOS_VM_REBUILD=1 forces a rebuild. A test SSH key is baked into these
  * images: they are for tests only.
  */
+import { consoleContext } from "./context.ts";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
@@ -14,8 +15,8 @@ import { fileURLToPath } from "node:url";
 import { spawnSync } from "node:child_process";
 import { parse, stringify } from "yaml";
 import { writeManifest } from "../../src/cli/eos.ts";
-import type { Profile } from "../../src/core/image-description.ts";
-import { buildImage, type BuildResult } from "../../src/io/build/build.ts";
+import type { Profile } from "../../src/core/image/description.ts";
+import { buildImage, type BuildResult } from "../../src/io/image/build.ts";
 import type { Context } from "../../src/io/context.ts";
 import { generateReleaseKeys } from "../../src/io/keys.ts";
 
@@ -103,16 +104,7 @@ function isoWeek(d: Date): string {
 }
 
 function stderrContext(): Context {
-  return {
-    env: { ...process.env, SOURCE_DATE_EPOCH: String(TEST_SOURCE_DATE_EPOCH) },
-    stdin: process.stdin,
-    stdout: process.stderr,
-    stderr: process.stderr,
-    root: "/",
-    now: () => new Date(),
-    interactive: false,
-    signal: new AbortController().signal,
-  };
+  return consoleContext({ ...process.env, SOURCE_DATE_EPOCH: String(TEST_SOURCE_DATE_EPOCH) });
 }
 
 /** Builds (or reuses) an image from images/default.yaml with the test SSH key baked in. */

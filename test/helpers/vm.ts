@@ -8,10 +8,10 @@ import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 import type { TestContext } from "node:test";
 import { findPartition, readGpt, partitionRange, type ByteRange } from "../../src/core/gpt.ts";
-import { decodeGrubenv, encodeGrubenv } from "../../src/core/grubenv.ts";
+import { decodeGrubenv, encodeGrubenv } from "../../src/core/update/grubenv.ts";
 import { FIRMWARE_LABEL } from "../../src/core/manifest.ts";
 import { openBlockSource } from "../../src/io/files.ts";
-import { Vm, type VmOptions } from "../../src/io/qemu.ts";
+import { Vm, type VmOptions } from "../../src/io/machine/qemu.ts";
 import { VM_TMP, type TestImage } from "./vm-image.ts";
 
 /** Minutes a TCG boot may take on a busy 2-core CI machine before a test gives up. */

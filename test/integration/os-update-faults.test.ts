@@ -2,7 +2,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { copyFile, readFile, stat, writeFile } from "node:fs/promises";
-import { writeBootControl } from "../../src/io/esp.ts";
+import { writeBootControl } from "../../src/io/update/boot-control.ts";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { DIST, runEos, startEos, waitForLog } from "../helpers/run.ts";

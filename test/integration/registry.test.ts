@@ -5,23 +5,22 @@
  * the key opening the header (`cryptsetup --test-passphrase`: the host has no
  * device-mapper, so opening and mounting are proven in the vm tier).
  */
+import { captureContext } from "../helpers/context.ts";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { chmod, mkdir, mkdtemp, rm, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { PassThrough } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { encodeGpt, readGpt, usableRange, PartitionType } from "../../src/core/gpt.ts";
-import { planGrow } from "../../src/core/registry.ts";
+import { planGrow } from "../../src/core/registry/registry.ts";
 import { flakeRegistryMain } from "../../src/cli/flake-registry.ts";
 import { reportError } from "../../src/cli/main.ts";
-import type { Context } from "../../src/io/context.ts";
 import { openBlockSource } from "../../src/io/files.ts";
-import { luksTokens } from "../../src/io/luks.ts";
-import { setupRegistry, unlockKey } from "../../src/io/registry.ts";
-import { freePort } from "../../src/io/qemu.ts";
+import { luksTokens } from "../../src/io/registry/luks.ts";
+import { setupRegistry, unlockKey } from "../../src/io/registry/registry.ts";
+import { freePort } from "../../src/io/machine/qemu.ts";
 
 const MiB = 1024 * 1024;
 const have = (cmd: string) => spawnSync("sh", ["-c", 'command -v "$1"', "sh", cmd]).status === 0;
@@ -43,23 +42,8 @@ async function blank(name: string, bytes: number): Promise<string> {
 }
 
 function testCtx() {
-  const out = new PassThrough();
-  const err = new PassThrough();
-  let stdout = "";
-  let stderr = "";
-  out.on("data", (c: Buffer) => (stdout += c.toString()));
-  err.on("data", (c: Buffer) => (stderr += c.toString()));
-  const ctx: Context = {
-    env: {},
-    stdin: new PassThrough(),
-    stdout: out,
-    stderr: err,
-    root: dir,
-    now: () => new Date(),
-    interactive: false,
-    signal: new AbortController().signal,
-  };
-  return { ctx, out: () => stdout, err: () => stderr };
+  const { ctx, stdout, stderr } = captureContext({ root: dir });
+  return { ctx, out: stdout, err: stderr };
 }
 
 async function cli(argv: string[]) {

@@ -17,8 +17,8 @@ import {
   tapName,
   vsockConnectLine,
   type FirecrackerPlan,
-} from "../../src/core/firecracker-config.ts";
-import { bootArgs, DEFAULT_BOOT_ARGS } from "../../src/core/vm-flake.ts";
+} from "../../src/core/flakes/firecracker-config.ts";
+import { bootArgs, DEFAULT_BOOT_ARGS } from "../../src/core/flakes/vm.ts";
 
 type Schema =
   | { type: "string"; enum?: string[] }

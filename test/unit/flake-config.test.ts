@@ -11,8 +11,8 @@ import {
   sortFragmentNames,
   FLAKES_CONFIG_DEFAULTS,
   type Spec,
-} from "../../src/core/flake-config.ts";
-import { loadFlakeDocuments, parseFlakesConfig, parseYamlMapping } from "../../src/core/flake-yaml.ts";
+} from "../../src/core/flakes/flake-config.ts";
+import { loadFlakeDocuments, parseFlakesConfig, parseYamlMapping } from "../../src/core/flakes/flake-yaml.ts";
 import { EosError } from "../../src/core/errors.ts";
 
 test("flakes.yml: flake-pilot's keys, defaults for missing ones", () => {
@@ -134,7 +134,7 @@ test("%VAR expansion: upper-case names from the caller's environment; unset is a
 });
 
 test("pilots find their flake from argv[0], or from the first argument when called by name", async () => {
-  const { flakeNameFromInvocation } = await import("../../src/core/flake-config.ts");
+  const { flakeNameFromInvocation } = await import("../../src/core/flakes/flake-config.ts");
   assert.deepEqual(flakeNameFromInvocation("podman-pilot", "/usr/bin/lynx", ["-dump"]), {
     name: "lynx",
     args: ["-dump"],

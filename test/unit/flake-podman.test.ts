@@ -14,8 +14,8 @@ import {
   resumeCreateArgv,
   runArgv,
   type ContainerFlake,
-} from "../../src/core/flake-podman.ts";
-import { parseContainerFlake, renderContainerFlake } from "../../src/core/flake-yaml.ts";
+} from "../../src/core/flakes/container.ts";
+import { parseContainerFlake, renderContainerFlake } from "../../src/core/flakes/flake-yaml.ts";
 
 // flake-pilot's container template after `flake-ctl podman register` (v3.1.44)
 const FLAKE_PILOT_YAML = `include:

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { earlyGrubCfg, generateGrubCfg, initialGrubenv, MAX_TRIES } from "../../src/core/grubcfg.ts";
-import { decodeGrubenv, GRUBENV_SIZE } from "../../src/core/grubenv.ts";
+import { earlyGrubCfg, generateGrubCfg, initialGrubenv, MAX_TRIES } from "../../src/core/image/grubcfg.ts";
+import { decodeGrubenv, GRUBENV_SIZE } from "../../src/core/update/grubenv.ts";
 import { EosError } from "../../src/core/errors.ts";
 
 const slots = {

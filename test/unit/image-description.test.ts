@@ -9,7 +9,7 @@ import {
   planLayout,
   rootFiles,
   REQUIRED_PACKAGES,
-} from "../../src/core/image-description.ts";
+} from "../../src/core/image/description.ts";
 import { EosError } from "../../src/core/errors.ts";
 import { encodeGpt, readGpt } from "../../src/core/gpt.ts";
 import { memDisk } from "../helpers/memdisk.ts";

@@ -11,7 +11,7 @@ import {
   parseBlkidExport,
   parsePcrs,
   planGrow,
-} from "../../src/core/registry.ts";
+} from "../../src/core/registry/registry.ts";
 
 const MiB = 1024 * 1024;
 

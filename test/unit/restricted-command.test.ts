@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { parseRestrictedCommand } from "../../src/core/restricted-command.ts";
+import { parseRestrictedCommand } from "../../src/core/server/restricted-command.ts";
 
 const DIRS = ["/srv/www/fleet/os-images"];
 

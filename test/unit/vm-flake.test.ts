@@ -2,16 +2,21 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { EosError } from "../../src/core/errors.ts";
-import { parseOverlaySize, parseSizeOrUndefined, formatSize } from "../../src/core/vm-size.ts";
+import { parseOverlaySize, parseSizeOrUndefined, formatSize } from "../../src/core/flakes/size.ts";
 import {
   bootArgs,
   parsePortOption,
   vmFlakeDocument,
   vmFlakeFromDocuments,
   DEFAULT_BOOT_ARGS,
-} from "../../src/core/vm-flake.ts";
-import { qemuArgv, qemuValue } from "../../src/core/vm-qemu.ts";
-import { checksumPlan, classifyKisMembers, classifySource, parseSha256File } from "../../src/core/vm-kis.ts";
+} from "../../src/core/flakes/vm.ts";
+import { qemuArgv, qemuValue } from "../../src/core/flakes/vm-qemu.ts";
+import {
+  checksumPlan,
+  classifyKisMembers,
+  classifySource,
+  parseSha256File,
+} from "../../src/core/flakes/kis.ts";
 import {
   commandFrame,
   encodeFrame,
@@ -19,7 +24,7 @@ import {
   FrameDecoder,
   stdinFrames,
   MAX_FRAME,
-} from "../../src/core/vm-protocol.ts";
+} from "../../src/core/flakes/sci-protocol.ts";
 
 test("sizes: binary units with or without i/B, decimal KB/MB/GB/TB", () => {
   assert.equal(parseSizeOrUndefined("20GiB"), 20 * 2 ** 30);

@@ -10,7 +10,7 @@ import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { freePort, shellQuote } from "../../src/io/qemu.ts";
+import { freePort, shellQuote } from "../../src/io/machine/qemu.ts";
 import { BOOT_TIMEOUT_MS } from "../helpers/vm.ts";
 import { REPO, testImage, vmSkipReason, VM_TMP } from "../helpers/vm-image.ts";
 

@@ -7,9 +7,9 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
-import { decodeGrubenv } from "../../src/core/grubenv.ts";
+import { decodeGrubenv } from "../../src/core/update/grubenv.ts";
 import { ROOT_CLONE_LABEL, ROOT_LABEL } from "../../src/core/manifest.ts";
-import type { Vm } from "../../src/io/qemu.ts";
+import type { Vm } from "../../src/io/machine/qemu.ts";
 import { BOOT_TIMEOUT_MS, readImageGrubenv, startTestVm } from "../helpers/vm.ts";
 import { testImage, vmSkipReason, type TestImage } from "../helpers/vm-image.ts";
 

@@ -19,7 +19,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, rm, stat, symlink, copyFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { Vm } from "../../src/io/qemu.ts";
+import type { Vm } from "../../src/io/machine/qemu.ts";
 import { BOOT_TIMEOUT_MS, startTestVm } from "../helpers/vm.ts";
 import { VM_TMP, testImage, vmSkipReason, type TestImage } from "../helpers/vm-image.ts";
 

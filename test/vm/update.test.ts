@@ -4,28 +4,19 @@
  * with a reboot), asserted from inside the guest at each state, then a power
  * cut in the middle of --apply.
  */
+import { consoleContext } from "../helpers/context.ts";
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { runDemo, type DemoResult, type GuestState } from "../../src/cli/eos-demo.ts";
 import { writeManifest } from "../../src/cli/eos.ts";
-import { Vm } from "../../src/io/qemu.ts";
-import type { Context } from "../../src/io/context.ts";
+import { Vm } from "../../src/io/machine/qemu.ts";
 import { vmSkipReason, VM_TMP, REPO } from "../helpers/vm-image.ts";
 
 const skip = vmSkipReason();
 if (skip) process.stdout.write(`# vm tier skipped: ${skip}\n`);
 
-const ctx: Context = {
-  env: process.env,
-  stdin: process.stdin,
-  stdout: process.stderr,
-  stderr: process.stderr,
-  root: "/",
-  now: () => new Date(),
-  interactive: false,
-  signal: new AbortController().signal,
-};
+const ctx = consoleContext();
 
 describe("update cycle in a real VM (the demo, asserted)", { skip, timeout: 75 * 60_000 }, () => {
   let demo: DemoResult;

@@ -1,0 +1,97 @@
+/**
+ * The grammar of what a fleet key may ask over SSH. The command string comes
+ * from the client (SSH_ORIGINAL_COMMAND) and is never given to a shell: it is
+ * split on single spaces and must match one of these forms exactly.
+ *
+ *   [sudo] cat DIR/NAME.raw.dev              root stream (original client)
+ *   [sudo] cat DIR/NAME.raw.firmware         firmware stream (original client)
+ *   [sudo] cat DIR/NAME.manifest.json[.sig]  manifest, signatures
+ *   [sudo] test -e|-f DIR/NAME.raw[.dev|.firmware]   does the image exist
+ *   eos-read NAME root|firmware|manifest|signature [OFFSET]   (resume from OFFSET)
+ *
+ * DIR must be the server's image directory or the original default.
+ */
+import { isSafeImageName } from "../config.ts";
+
+export type RestrictedRequest =
+  | { kind: "read"; name: string; what: "root" | "firmware" | "manifest" | "signature"; offset: number }
+  | { kind: "test"; name: string };
+
+export type ParseResult = { ok: true; request: RestrictedRequest } | { ok: false; reason: string };
+
+export const MAX_COMMAND_LENGTH = 1024;
+
+const SUFFIXES: Array<[string, "root" | "firmware" | "manifest" | "signature"]> = [
+  [".raw.dev", "root"],
+  [".raw.firmware", "firmware"],
+  [".manifest.json.sig", "signature"],
+  [".manifest.json", "manifest"],
+];
+
+function refuse(reason: string): ParseResult {
+  return { ok: false, reason };
+}
+
+function splitPath(path: string, dirs: string[]): { name: string; rest: string } | undefined {
+  for (const dir of dirs) {
+    const prefix = dir.endsWith("/") ? dir : `${dir}/`;
+    if (path.startsWith(prefix)) {
+      const file = path.slice(prefix.length);
+      if (file.includes("/")) return undefined;
+      return { name: file, rest: file };
+    }
+  }
+  return undefined;
+}
+
+export function parseRestrictedCommand(command: string | undefined, imageDirs: string[]): ParseResult {
+  if (command === undefined || command.trim() === "") return refuse("no command given");
+  if (command.length > MAX_COMMAND_LENGTH)
+    return refuse(`command longer than ${MAX_COMMAND_LENGTH} characters`);
+  if (!/^[A-Za-z0-9 ._/+@=-]+$/.test(command))
+    return refuse("command contains characters that are not allowed");
+  const words = command.split(" ");
+  if (words.some((w) => w === "")) return refuse("command has empty words (double spaces)");
+  if (words.some((w) => w.split("/").includes(".."))) return refuse("path traversal is not allowed");
+  if (words[0] === "sudo") words.shift();
+  const [verb, ...args] = words;
+
+  if (verb === "eos-read") {
+    const [name, what, offsetText, ...extra] = args;
+    if (extra.length > 0 || !name || !what)
+      return refuse("usage: eos-read NAME root|firmware|manifest|signature [OFFSET]");
+    if (!isSafeImageName(name)) return refuse("invalid image name");
+    if (what !== "root" && what !== "firmware" && what !== "manifest" && what !== "signature") {
+      return refuse(`unknown stream ${what}`);
+    }
+    const offset = offsetText === undefined ? 0 : /^\d{1,15}$/.test(offsetText) ? Number(offsetText) : NaN;
+    if (Number.isNaN(offset)) return refuse("OFFSET must be a byte count");
+    return { ok: true, request: { kind: "read", name, what, offset } };
+  }
+
+  if (verb === "cat") {
+    if (args.length !== 1) return refuse("cat takes exactly one published image path");
+    const located = splitPath(args[0] as string, imageDirs);
+    if (!located) return refuse("only files in the image directory can be read");
+    for (const [suffix, what] of SUFFIXES) {
+      if (located.rest.endsWith(suffix)) {
+        const name = located.rest.slice(0, -suffix.length);
+        if (!isSafeImageName(name)) return refuse("invalid image name");
+        return { ok: true, request: { kind: "read", name, what, offset: 0 } };
+      }
+    }
+    return refuse("only NAME.raw.dev, NAME.raw.firmware and NAME.manifest.json[.sig] can be read");
+  }
+
+  if (verb === "test") {
+    const [flag, path, ...extra] = args;
+    if (extra.length > 0 || (flag !== "-e" && flag !== "-f") || !path) return refuse("usage: test -e PATH");
+    const located = splitPath(path, imageDirs);
+    if (!located) return refuse("only files in the image directory can be tested");
+    const m = /^(.+?)\.raw(\.dev|\.firmware)?$/.exec(located.rest);
+    if (!m || !isSafeImageName(m[1] as string)) return refuse("only NAME.raw[.dev|.firmware] can be tested");
+    return { ok: true, request: { kind: "test", name: m[1] as string } };
+  }
+
+  return refuse(`command ${JSON.stringify(verb ?? "")} is not allowed`);
+}

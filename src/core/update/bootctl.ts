@@ -1,0 +1,179 @@
+/**
+ * A/B boot control over the GRUB environment block (docs/boot-control.md).
+ * Pure transitions: each takes the current variables and returns new ones,
+ * so the io layer only reads, calls one of these, and writes atomically.
+ */
+import { EosError } from "../errors.ts";
+import { ROOT_CLONE_LABEL, ROOT_LABEL } from "../manifest.ts";
+
+export type Slot = "A" | "B";
+export const SLOT_LABEL: Record<Slot, string> = { A: ROOT_LABEL, B: ROOT_CLONE_LABEL };
+export const DEFAULT_TRIES = 3;
+
+export function otherSlot(slot: Slot): Slot {
+  return slot === "A" ? "B" : "A";
+}
+
+export function slotOfLabel(label: string): Slot | undefined {
+  if (label === ROOT_LABEL) return "A";
+  if (label === ROOT_CLONE_LABEL) return "B";
+  return undefined;
+}
+
+export interface SlotRecord {
+  /** GRUB partition name on the boot disk, e.g. gpt2. */
+  part: string | undefined;
+  uuid: string | undefined;
+  version: string | undefined;
+  sha256: string | undefined;
+  size: number | undefined;
+}
+
+export interface BootState {
+  defaultSlot: Slot;
+  trial: Slot | undefined;
+  tries: number;
+  slots: Record<Slot, SlotRecord>;
+}
+
+function slotVar(slot: Slot, field: string): string {
+  return `eos_${slot}_${field}`;
+}
+
+export function readBootState(vars: Map<string, string>): BootState {
+  const def = vars.get("eos_default");
+  if (def !== "A" && def !== "B") {
+    throw new EosError(
+      "BOOT_CONTROL",
+      `boot control block has no valid eos_default (found ${JSON.stringify(def ?? null)})`,
+      {
+        hint: "was this disk made by `eos build`?",
+      },
+    );
+  }
+  const trial = vars.get("eos_trial");
+  const tries = Number(vars.get("eos_tries") ?? "0");
+  const record = (slot: Slot): SlotRecord => {
+    const size = vars.get(slotVar(slot, "size"));
+    return {
+      part: vars.get(slotVar(slot, "part")) || undefined,
+      uuid: vars.get(slotVar(slot, "uuid")) || undefined,
+      version: vars.get(slotVar(slot, "version")) || undefined,
+      sha256: vars.get(slotVar(slot, "sha256")) || undefined,
+      size: size ? Number(size) : undefined,
+    };
+  };
+  return {
+    defaultSlot: def,
+    trial: trial === "A" || trial === "B" ? trial : undefined,
+    tries: Number.isInteger(tries) && tries >= 0 ? tries : 0,
+    slots: { A: record("A"), B: record("B") },
+  };
+}
+
+function copy(vars: Map<string, string>): Map<string, string> {
+  return new Map(vars);
+}
+
+/**
+ * Before a slot is written: forget what it held and take it off trial, so
+ * that a write cut short can never be booted.
+ */
+export function markInvalid(vars: Map<string, string>, slot: Slot): Map<string, string> {
+  const state = readBootState(vars);
+  if (state.defaultSlot === slot)
+    throw new EosError("SLOT", `slot ${slot} is the default slot: refusing to overwrite it`);
+  const next = copy(vars);
+  next.set(slotVar(slot, "version"), "");
+  next.set(slotVar(slot, "sha256"), "");
+  next.set(slotVar(slot, "size"), "");
+  if (state.trial === slot) {
+    next.set("eos_trial", "");
+    next.set("eos_tries", "0");
+  }
+  return next;
+}
+
+/** After the slot verified: record what it holds and give it `tries` boots to commit. */
+export function markTrial(
+  vars: Map<string, string>,
+  slot: Slot,
+  content: { version: string; sha256: string; size: number },
+  tries: number,
+): Map<string, string> {
+  if (tries < 1 || tries > 9) throw new EosError("USAGE", `tries must be 1..9, got ${tries}`);
+  const next = copy(vars);
+  next.set(slotVar(slot, "version"), content.version);
+  next.set(slotVar(slot, "sha256"), content.sha256);
+  next.set(slotVar(slot, "size"), String(content.size));
+  next.set("eos_trial", slot);
+  next.set("eos_tries", String(tries));
+  return next;
+}
+
+/** The running trial slot becomes the default. */
+export function commitSlot(
+  vars: Map<string, string>,
+  running: Slot,
+): { vars: Map<string, string>; changed: boolean } {
+  const state = readBootState(vars);
+  if (state.trial !== running) {
+    if (state.defaultSlot === running) return { vars, changed: false };
+    throw new EosError("BOOT_CONTROL", `slot ${running} is running but is neither on trial nor the default`, {
+      hint: "its tries ran out; apply the update again",
+    });
+  }
+  const next = copy(vars);
+  next.set("eos_default", running);
+  next.set("eos_trial", "");
+  next.set("eos_tries", "0");
+  return { vars: next, changed: true };
+}
+
+/** Make `target` the default (the caller has verified its content). */
+export function rollbackTo(vars: Map<string, string>, target: Slot): Map<string, string> {
+  const next = copy(vars);
+  next.set("eos_default", target);
+  next.set("eos_trial", "");
+  next.set("eos_tries", "0");
+  return next;
+}
+
+/**
+ * The kernel command line for booting `slot` via kexec: the running one with
+ * root=, eos.slot= and COMMIT_UPDATE replaced. Words are kept as they are.
+ */
+export function kexecCommandLine(current: string, partuuid: string, slot: Slot): string {
+  const words = current
+    .trim()
+    .split(/\s+/)
+    .filter(
+      (w) =>
+        w !== "" &&
+        !w.startsWith("root=") &&
+        !w.startsWith("eos.slot=") &&
+        w !== "COMMIT_UPDATE" &&
+        !w.startsWith("BOOT_IMAGE="),
+    );
+  return [...words, `root=PARTUUID=${partuuid.toLowerCase()}`, `eos.slot=${slot}`, "COMMIT_UPDATE"].join(" ");
+}
+
+export interface KernelCommandLine {
+  rootPartuuid: string | undefined;
+  slot: Slot | undefined;
+  commitUpdate: boolean;
+}
+
+export function parseKernelCommandLine(text: string): KernelCommandLine {
+  const words = text.trim().split(/\s+/);
+  const value = (key: string) => words.find((w) => w.startsWith(`${key}=`))?.slice(key.length + 1);
+  const root = value("root");
+  const slot = value("eos.slot");
+  return {
+    rootPartuuid: root?.toUpperCase().startsWith("PARTUUID=")
+      ? root.slice("PARTUUID=".length).toUpperCase()
+      : undefined,
+    slot: slot === "A" || slot === "B" ? slot : undefined,
+    commitUpdate: words.includes("COMMIT_UPDATE"),
+  };
+}

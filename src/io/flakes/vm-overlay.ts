@@ -1,0 +1,120 @@
+/**
+ * The overlay drive of a VM flake: a sparse ext4 image of `overlay_size`
+ * whose `upper/` is the writable layer sci puts over the read-only root
+ * (and `work/` overlayfs's work directory). `--include-tar` and
+ * `--include-path` content is put into `upper/` when the file system is made
+ * (mke2fs -d), so nothing is mounted on the host.
+ *
+ * mke2fs runs once per flake and size (a template, lazily initialised and
+ * sparse); each launch gets a sparse copy of it, which costs milliseconds
+ * instead of a mkfs on every launch.
+ */
+import { spawn } from "node:child_process";
+import { mkdir, mkdtemp, rename, rm, stat } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { EosError } from "../../core/errors.ts";
+
+function run(cmd: string, args: string[], what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr.setEncoding("utf8").on("data", (s: string) => (stderr += s));
+    child.on("error", (error) =>
+      reject(
+        new EosError("VM", `${what}: cannot run ${cmd}: ${error.message}`, {
+          hint: cmd === "mke2fs" ? "install e2fsprogs" : undefined,
+        }),
+      ),
+    );
+    child.on("close", (code) => {
+      if (code === 0) resolve();
+      else
+        reject(
+          new EosError(
+            "VM",
+            `${what}: ${cmd} failed: ${stderr.trim().split("\n").slice(-2).join(" / ") || `exit ${code}`}`,
+          ),
+        );
+    });
+  });
+}
+
+async function stampOf(path: string): Promise<string> {
+  const st = await stat(path).catch(() => undefined);
+  if (!st) throw new EosError("NOT_FOUND", `include ${path} does not exist`);
+  return `${path}:${st.size}:${st.mtimeMs}`;
+}
+
+function fnv(text: string): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h.toString(16).padStart(8, "0");
+}
+
+export interface OverlaySpec {
+  bytes: number;
+  includeTar: string[];
+  includePath: string[];
+}
+
+/** Makes (or finds) the template for `spec` in `dir`; returns its path. */
+export async function overlayTemplate(dir: string, key: string, spec: OverlaySpec): Promise<string> {
+  const stamps = [String(spec.bytes)];
+  for (const p of [...spec.includeTar, ...spec.includePath]) stamps.push(await stampOf(p));
+  const file = join(dir, `${key}.overlay-${fnv(stamps.join("\0"))}.img`);
+  if ((await stat(file).catch(() => undefined))?.isFile()) return file;
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const tree = await mkdtemp(join(dir, `.${key}.tree-`));
+  const temp = `${file}.tmp-${process.pid}`;
+  try {
+    await mkdir(join(tree, "upper"), { mode: 0o755 });
+    await mkdir(join(tree, "work"), { mode: 0o755 });
+    for (const tar of spec.includeTar) {
+      await run("tar", ["-x", "-f", tar, "-C", join(tree, "upper"), "--no-same-owner"], `include ${tar}`);
+    }
+    for (const path of spec.includePath) {
+      const dest = join(tree, "upper", path);
+      await mkdir(dirname(dest), { recursive: true });
+      await run("cp", ["-a", "--", path, dest], `include ${path}`);
+    }
+    await run(
+      "mke2fs",
+      [
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-m",
+        "0",
+        "-L",
+        "flake-overlay",
+        "-E",
+        "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0",
+        "-d",
+        tree,
+        temp,
+        `${Math.floor(spec.bytes / 1024)}k`,
+      ],
+      "overlay",
+    );
+    await rename(temp, file);
+  } finally {
+    await rm(tree, { recursive: true, force: true });
+    await rm(temp, { force: true });
+  }
+  // Older templates of this flake (other sizes or includes) are no longer needed.
+  const { readdir } = await import("node:fs/promises");
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    if (name.startsWith(`${key}.overlay-`) && join(dir, name) !== file)
+      await rm(join(dir, name), { force: true });
+  }
+  return file;
+}
+
+/** A sparse copy of the template (reflink where the file system can). */
+export async function copyOverlay(template: string, dest: string): Promise<void> {
+  await run("cp", ["--sparse=always", "--reflink=auto", "--", template, dest], "overlay copy");
+}

@@ -1,0 +1,251 @@
+/**
+ * `eos build`, the whole pipeline: description → root tree → root slot file
+ * system → ESP → GPT disk → .raw.xz → signed manifest. Each step logs one
+ * line with its duration, so a CI log shows where the time goes.
+ */
+import { createPrivateKey, createPublicKey } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { basename, dirname, isAbsolute, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { EosError } from "../../core/errors.ts";
+import {
+  parseImageDescription,
+  planLayout,
+  type ImageDescription,
+  type Profile,
+} from "../../core/image/description.ts";
+import { keyId } from "../../core/manifest.ts";
+import type { Context } from "../context.ts";
+import { loadPrivateKey, loadPublicKey } from "../keys.ts";
+import { assembleDisk, compressXz, hashPadded, makeEsp, makeRootImage } from "./disk.ts";
+import { buildRootTree } from "./rootfs.ts";
+
+export interface BuildOptions {
+  description: string;
+  profile: Profile;
+  outDir: string;
+  /** Release private keys: sign the manifest; their public keys become trusted in the image. */
+  keys: string[];
+  /** Directory with the EOS bundles; default: the checkout's dist/. */
+  distDir?: string;
+  /** Scratch directory (default OUT/.work-NAME); removed afterwards unless keepWork. */
+  workDir?: string;
+  keepWork?: boolean;
+  /** Skip NAME.raw.xz (tests that only boot the raw image). */
+  noXz?: boolean;
+  /** Overrides the description's version (v1/v2 of one description). */
+  version?: string;
+  /** Writes the manifest with writeManifest from the eos command (injected to keep io free of cli). */
+  writeManifest?: (raw: string, keys: string[], name: string, version: string) => Promise<string>;
+}
+
+export interface BuildResult {
+  name: string;
+  version: string;
+  profile: Profile;
+  raw: string;
+  xz: string | undefined;
+  manifest: string | undefined;
+  rootFsBytes: number;
+  rootSlotBytes: number;
+  /** sha256 of the whole slot A partition: the manifest's root hash and grubenv's eos_A_sha256. */
+  rootSha256: string;
+  rawBytes: number;
+  xzBytes: number | undefined;
+  kernel: string;
+  commands: string[];
+  sourceDateEpoch: number;
+  seconds: Record<string, number>;
+}
+
+/** The checkout this code runs from (works from src/ under tsx and from dist/*.mjs). */
+export function repoRoot(): string | undefined {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "src"))) return dir;
+    dir = dirname(dir);
+  }
+  return undefined;
+}
+
+/** The checkout's dist/, where `npm run build` puts the command bundles. */
+export function defaultDistDir(): string | undefined {
+  const root = repoRoot();
+  return root && existsSync(join(root, "dist")) ? join(root, "dist") : undefined;
+}
+
+/** The repository's unit file for update_commit.service (owned by os-update), when there is one. */
+async function repoUpdateCommitUnit(): Promise<string | undefined> {
+  const root = repoRoot();
+  if (!root) return undefined;
+  return readFile(join(root, "systemd/update_commit.service"), "utf8").catch(() => undefined);
+}
+
+export async function loadDescription(path: string): Promise<ImageDescription> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch {
+    throw new EosError("NOT_FOUND", `image description ${path} does not exist`);
+  }
+  return parseImageDescription(text, path);
+}
+
+function sourceDateEpoch(ctx: Context): number {
+  const v = ctx.env.SOURCE_DATE_EPOCH;
+  if (v === undefined) return Math.floor(ctx.now().getTime() / 1000);
+  if (!/^\d+$/.test(v)) throw new EosError("USAGE", `SOURCE_DATE_EPOCH must be seconds since 1970, got ${v}`);
+  return Number(v);
+}
+
+/** Trusted keys for the image: the description's files plus the public halves of --key. */
+async function trustedKeys(
+  desc: ImageDescription,
+  base: string,
+  privateKeys: string[],
+): Promise<Map<string, string>> {
+  const byId = new Map<string, { name: string; pem: string }>();
+  for (const rel of desc.update.keys) {
+    const path = isAbsolute(rel) ? rel : resolve(base, rel);
+    const key = await loadPublicKey(path);
+    const pem = key.export({ format: "pem", type: "spki" }).toString();
+    const name = basename(path).endsWith(".pub") ? basename(path) : `${basename(path)}.pub`;
+    byId.set(keyId(key), { name, pem });
+  }
+  for (const path of privateKeys) {
+    await loadPrivateKey(path);
+    const pub = createPublicKey(createPrivateKey(await readFile(path)));
+    const id = keyId(pub);
+    if (!byId.has(id))
+      byId.set(id, {
+        name: `release-${id.slice(0, 12)}.pub`,
+        pem: pub.export({ format: "pem", type: "spki" }).toString(),
+      });
+  }
+  const out = new Map<string, string>();
+  for (const { name, pem } of byId.values()) {
+    if (out.has(name)) throw new EosError("CONFIG", `two trusted keys are both named ${name}`);
+    out.set(name, pem);
+  }
+  return out;
+}
+
+export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildResult> {
+  const log = (line: string) => ctx.stderr.write(`eos build: ${line}\n`);
+  const descPath = resolve(o.description);
+  const base = dirname(descPath);
+  const parsed = await loadDescription(descPath);
+  const desc: ImageDescription = o.version ? { ...parsed, version: o.version } : parsed;
+  if (o.version && !/^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$/.test(o.version))
+    throw new EosError("USAGE", `--version ${o.version}: letters, digits and . _ + ~ - only`);
+  if (process.getuid?.() !== 0) {
+    throw new EosError("BUILD", "eos build needs root for the root tree (mmdebstrap --mode=root, chroot)", {
+      hint: "run it as root or with sudo; the disk assembly itself is rootless",
+    });
+  }
+  const epoch = sourceDateEpoch(ctx);
+  const layout = planLayout(desc, o.profile);
+  const outDir = resolve(o.outDir);
+  await mkdir(outDir, { recursive: true });
+  const work = resolve(o.workDir ?? join(outDir, `.work-${desc.name}`));
+  await rm(work, { recursive: true, force: true });
+  await mkdir(work, { recursive: true });
+  const overlays = desc.files.map((f) => (isAbsolute(f) ? f : resolve(base, f)));
+  const keys = await trustedKeys(desc, base, o.keys);
+  const distDir = o.distDir ?? defaultDistDir();
+  const seconds: Record<string, number> = {};
+  const step = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+    const t0 = performance.now();
+    const value = await fn();
+    seconds[name] = Math.round((performance.now() - t0) / 100) / 10;
+    log(`${name}: done in ${seconds[name]} s`);
+    return value;
+  };
+  log(`${desc.name} ${desc.version}, profile ${o.profile}, SOURCE_DATE_EPOCH=${epoch}, work ${work}`);
+  if (keys.size === 0)
+    log("warning: no trusted release keys (update.keys or --key): os-update will refuse updates");
+  const tree = join(work, "tree");
+  const updateCommitUnit = await repoUpdateCommitUnit();
+  const { kernel, commands } = await step("root tree", () =>
+    buildRootTree({
+      desc,
+      tree,
+      overlays,
+      keys,
+      distDir,
+      hostNode: process.execPath,
+      updateCommitUnit,
+      sourceDateEpoch: epoch,
+      log,
+      signal: ctx.signal,
+    }),
+  );
+  log(`root tree: kernel ${kernel}; EOS commands: ${commands.length > 0 ? commands.join(", ") : "none"}`);
+  const rootImg = join(work, "root.img");
+  const rootFsBytes = await step(`root file system (squashfs ${desc.root.compression})`, () =>
+    makeRootImage(desc, tree, rootImg, epoch, ctx.signal),
+  );
+  log(
+    `root file system: ${(rootFsBytes / 1048576).toFixed(1)} MiB of a ${layout.slotA.size / 1048576} MiB slot`,
+  );
+  if (rootFsBytes > layout.slotA.size) {
+    throw new EosError(
+      "BUILD",
+      `the root file system (${rootFsBytes} bytes) does not fit partitions.root (${layout.slotA.size} bytes)`,
+      { hint: `raise partitions.root in ${descPath} or drop packages` },
+    );
+  }
+  const rootSha256 = await step("root slot hash", () => hashPadded(rootImg, layout.slotA.size));
+  const espImg = join(work, "esp.img");
+  await step("ESP (GRUB EFI, grub.cfg, grubenv)", () =>
+    makeEsp(desc, layout, work, espImg, epoch, {
+      version: desc.version,
+      sha256: rootSha256,
+      size: layout.slotA.size,
+    }),
+  );
+  const raw = join(outDir, `${desc.name}.raw`);
+  await step("GPT disk", () => assembleDisk(layout, espImg, rootImg, raw));
+  let xz: string | undefined;
+  if (!o.noXz) {
+    xz = `${raw}.xz`;
+    await step("xz", () => compressXz(raw, xz as string, ctx.signal));
+  }
+  let manifest: string | undefined;
+  if (o.keys.length > 0 && o.writeManifest) {
+    const write = o.writeManifest;
+    manifest = await step("signed manifest", () => write(raw, o.keys, desc.name, desc.version));
+    const written = JSON.parse(await readFile(manifest, "utf8")) as {
+      partitions?: { root?: { sha256?: string } };
+    };
+    if (written.partitions?.root?.sha256 !== rootSha256) {
+      throw new EosError(
+        "BUILD",
+        `${manifest}: root sha256 differs from the one recorded in grubenv (${rootSha256})`,
+      );
+    }
+  } else {
+    log("no --key: no signed manifest written");
+  }
+  if (!o.keepWork) await rm(work, { recursive: true, force: true });
+  const result: BuildResult = {
+    name: desc.name,
+    version: desc.version,
+    profile: o.profile,
+    raw,
+    xz,
+    manifest,
+    rootFsBytes,
+    rootSlotBytes: layout.slotA.size,
+    rootSha256,
+    rawBytes: (await stat(raw)).size,
+    xzBytes: xz ? (await stat(xz)).size : undefined,
+    kernel,
+    commands,
+    sourceDateEpoch: epoch,
+    seconds,
+  };
+  await writeFile(join(outDir, `${desc.name}.build.json`), `${JSON.stringify(result, null, 2)}\n`);
+  return result;
+}

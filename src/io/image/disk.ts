@@ -1,0 +1,207 @@
+/**
+ * Disk assembly, all rootless: the root slot file system from the tree
+ * (mksquashfs), the ESP as a FAT file (mkfs.fat -C + mtools) with GRUB EFI,
+ * grub.cfg and grubenv, the GPT written by our own codec, partitions copied
+ * in at their offsets, and the .xz.
+ */
+import { createHash } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
+import { open, rename, rm, stat, writeFile } from "node:fs/promises";
+import { availableParallelism } from "node:os";
+import { join } from "node:path";
+import { pipeline } from "node:stream/promises";
+import { spawn } from "node:child_process";
+import { EosError } from "../../core/errors.ts";
+import { encodeGpt } from "../../core/gpt.ts";
+import { earlyGrubCfg, generateGrubCfg, initialGrubenv } from "../../core/image/grubcfg.ts";
+import { baseCmdline, type DiskLayout, type ImageDescription } from "../../core/image/description.ts";
+import { run } from "./exec.ts";
+
+export const GRUB_MODULES = [
+  "part_gpt",
+  "part_msdos",
+  "fat",
+  "squash4",
+  "xzio",
+  "gzio",
+  "lzopio",
+  "normal",
+  "linux",
+  "boot",
+  "configfile",
+  "loadenv",
+  "test",
+  "echo",
+  "serial",
+  "terminal",
+  "efi_gop",
+  "all_video",
+  "reboot",
+  "halt",
+  "sleep",
+  "ls",
+  "cat",
+  "search",
+  "regexp",
+];
+
+function withoutEpoch(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const copy = { ...env };
+  delete copy.SOURCE_DATE_EPOCH;
+  return copy;
+}
+
+export async function makeRootImage(
+  desc: ImageDescription,
+  tree: string,
+  out: string,
+  sourceDateEpoch: number,
+  signal?: AbortSignal,
+): Promise<number> {
+  await rm(out, { force: true });
+  const processors = Math.max(1, Math.min(8, availableParallelism()));
+  await run(
+    [
+      "mksquashfs",
+      tree,
+      out,
+      "-noappend",
+      "-comp",
+      desc.root.compression,
+      "-reproducible",
+      "-mkfs-time",
+      String(sourceDateEpoch),
+      "-all-time",
+      String(sourceDateEpoch),
+      "-processors",
+      String(processors),
+      "-no-progress",
+      "-quiet",
+    ],
+    // mksquashfs refuses SOURCE_DATE_EPOCH together with -all-time: the options carry it.
+    { capture: false, env: withoutEpoch(process.env), ...(signal ? { signal } : {}) },
+  );
+  return (await stat(out)).size;
+}
+
+/**
+ * sha256 of a file padded with zeros to `size` bytes: the hash of the slot
+ * partition it will fill (the manifest's root hash), known before the disk exists.
+ */
+export async function hashPadded(file: string, size: number): Promise<string> {
+  const hash = createHash("sha256");
+  let seen = 0;
+  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
+    hash.update(chunk);
+    seen += chunk.length;
+  }
+  if (seen > size)
+    throw new EosError("BUILD", `${file} (${seen} bytes) is larger than its ${size}-byte partition`);
+  const zeros = Buffer.alloc(1 << 20);
+  for (let left = size - seen; left > 0; left -= zeros.length)
+    hash.update(left >= zeros.length ? zeros : zeros.subarray(0, left));
+  return hash.digest("hex");
+}
+
+/** The ESP image: FAT with EFI/BOOT/{BOOTX64.EFI,grub.cfg,grubenv}. */
+export async function makeEsp(
+  desc: ImageDescription,
+  layout: DiskLayout,
+  work: string,
+  out: string,
+  sourceDateEpoch: number,
+  slotA: { version: string; sha256: string; size: number },
+): Promise<void> {
+  const env: NodeJS.ProcessEnv = {
+    PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin",
+    SOURCE_DATE_EPOCH: String(sourceDateEpoch),
+    MTOOLS_SKIP_CHECK: "1",
+  };
+  const early = join(work, "early.cfg");
+  const efi = join(work, "BOOTX64.EFI");
+  const cfg = join(work, "grub.cfg");
+  const envblk = join(work, "grubenv");
+  await writeFile(early, earlyGrubCfg());
+  await writeFile(cfg, generateGrubCfg());
+  await writeFile(
+    envblk,
+    initialGrubenv({
+      aPart: layout.slotA.grubName,
+      aUuid: layout.slotA.uuid,
+      bPart: layout.slotB?.grubName,
+      bUuid: layout.slotB?.uuid,
+      cmdline: baseCmdline(desc),
+      aRecord: slotA,
+    }),
+  );
+  await run(
+    ["grub-mkimage", "-O", "x86_64-efi", "-p", "/EFI/BOOT", "-c", early, "-o", efi, ...GRUB_MODULES],
+    { env },
+  );
+  await rm(out, { force: true });
+  const volid = layout.esp.uuid.replace(/-/g, "").slice(0, 8);
+  await run(
+    ["mkfs.fat", "-C", "-n", "EOS-ESP", "-i", volid, "--invariant", out, String(layout.esp.size / 1024)],
+    { env, capture: false },
+  );
+  await run(["mmd", "-i", out, "::EFI", "::EFI/BOOT"], { env });
+  await run(["mcopy", "-i", out, efi, cfg, envblk, "::EFI/BOOT/"], { env });
+}
+
+async function copyInto(
+  fd: Awaited<ReturnType<typeof open>>,
+  src: string,
+  offset: number,
+  max: number,
+  what: string,
+) {
+  const size = (await stat(src)).size;
+  if (size > max) {
+    throw new EosError("BUILD", `${what} is ${size} bytes, larger than its partition (${max} bytes)`, {
+      hint: "raise partitions.root (or partitions.esp) in the image description, or drop packages",
+    });
+  }
+  const stream = createWriteStream("", { fd: fd.fd, start: offset, autoClose: false });
+  await pipeline(createReadStream(src, { highWaterMark: 1 << 20 }), stream);
+}
+
+/** The raw GPT disk: sparse file, GPT, ESP and slot A copied in; slot B and p.spare left blank. */
+export async function assembleDisk(
+  layout: DiskLayout,
+  esp: string,
+  root: string,
+  out: string,
+): Promise<void> {
+  await rm(out, { force: true });
+  const fd = await open(out, "w+");
+  try {
+    await fd.truncate(layout.diskSize);
+    for (const w of encodeGpt(layout.table, layout.diskSize))
+      await fd.write(w.data, 0, w.data.length, w.offset);
+    await copyInto(fd, esp, layout.esp.offset, layout.esp.size, "the ESP");
+    await copyInto(fd, root, layout.slotA.offset, layout.slotA.size, "the root file system");
+    await fd.sync();
+  } finally {
+    await fd.close();
+  }
+}
+
+/** NAME.raw.xz. The root slot is already compressed, so a fast level loses nothing. */
+export async function compressXz(raw: string, out: string, signal?: AbortSignal): Promise<void> {
+  await rm(out, { force: true });
+  const tmp = `${out}.tmp`;
+  const child = spawn("xz", ["-T0", "-1", "-c", "--", raw], {
+    stdio: ["ignore", "pipe", "pipe"],
+    ...(signal ? { signal } : {}),
+  });
+  let err = "";
+  child.stderr.on("data", (c: Buffer) => (err += c.toString()));
+  const done = new Promise<number | null>((resolve, reject) => {
+    child.once("error", reject);
+    child.once("close", resolve);
+  });
+  await pipeline(child.stdout, createWriteStream(tmp));
+  const code = await done;
+  if (code !== 0) throw new EosError("BUILD", `xz ${raw}: exit status ${code}: ${err.trim()}`);
+  await rename(tmp, out);
+}

@@ -1,0 +1,236 @@
+/**
+ * The root tree: mmdebstrap (bookworm, minbase) into a directory, then the
+ * EOS customisation done from here with argv-only tools: generated files,
+ * overlay directories, keys, the Node runtime and the EOS bundles, services,
+ * the initramfs with the overlay hook, and a clean-up so that two builds with
+ * the same SOURCE_DATE_EPOCH give the same tree. Needs root (dpkg in a
+ * chroot, file ownership); see README "Images".
+ */
+import {
+  chmod,
+  copyFile,
+  mkdir,
+  readdir,
+  readlink,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+  lstat,
+} from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { EosError } from "../../core/errors.ts";
+import { packageList, rootFiles, type ImageDescription } from "../../core/image/description.ts";
+import { run } from "./exec.ts";
+
+export interface RootTreeOptions {
+  desc: ImageDescription;
+  tree: string;
+  /** Overlay directories, already resolved to absolute paths. */
+  overlays: string[];
+  /** Trusted release public keys: file name in /usr/share/eos/keys → PEM. */
+  keys: Map<string, string>;
+  /** Directory holding the EOS bundles (dist/*.mjs); undefined skips them. */
+  distDir: string | undefined;
+  /** The Node binary to ship when desc.eos.node is "host". */
+  hostNode: string;
+  /** update_commit.service as os-update ships it (systemd/ in the checkout); default: the builder's own. */
+  updateCommitUnit?: string | undefined;
+  sourceDateEpoch: number;
+  log: (line: string) => void;
+  signal?: AbortSignal;
+}
+
+/** Name in /usr/share/eos/keys and in the wrappers: letters, digits and . _ - only. */
+const SAFE_FILE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$/;
+
+/** Bundles that belong on a device (the build host's `eos` does not). */
+export async function deviceCommands(distDir: string | undefined): Promise<string[]> {
+  if (!distDir) return [];
+  const names = await readdir(distDir).catch(() => [] as string[]);
+  return names
+    .filter((n) => n.endsWith(".mjs"))
+    .map((n) => n.slice(0, -4))
+    .filter((n) => n !== "eos" && SAFE_FILE.test(n))
+    .sort();
+}
+
+function inTree(tree: string, path: string): string {
+  if (!path.startsWith("/") || path.split("/").includes("..")) {
+    throw new EosError("INTERNAL", `image path ${path} is not absolute or has ..`);
+  }
+  return join(tree, path);
+}
+
+async function mmdebstrap(o: RootTreeOptions, env: NodeJS.ProcessEnv): Promise<void> {
+  const { desc } = o;
+  const argv = [
+    "mmdebstrap",
+    "--mode=root",
+    "--variant=minbase",
+    "--format=directory",
+    `--components=${desc.distribution.components.join(",")}`,
+    `--include=${packageList(desc).join(",")}`,
+    '--aptopt=APT::Install-Recommends "false"',
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+    "--dpkgopt=path-exclude=/usr/share/man/*",
+    "--dpkgopt=path-exclude=/usr/share/info/*",
+    "--dpkgopt=path-exclude=/usr/share/locale/*",
+    "--dpkgopt=path-include=/usr/share/locale/locale.alias",
+    "--dpkgopt=path-exclude=/usr/share/lintian/*",
+    desc.distribution.suite,
+    o.tree,
+    desc.distribution.mirror,
+  ];
+  await run(argv, {
+    env,
+    capture: false,
+    onLine: (l) => {
+      if (/^(I|W|E): /.test(l)) o.log(`mmdebstrap: ${l}`);
+    },
+    ...(o.signal ? { signal: o.signal } : {}),
+  });
+}
+
+async function copyOverlay(src: string, tree: string, env: NodeJS.ProcessEnv): Promise<void> {
+  const st = await stat(src).catch(() => undefined);
+  if (!st?.isDirectory()) throw new EosError("CONFIG", `overlay directory ${src} does not exist`);
+  // Ownership becomes root (the build runs as root); modes and symlinks are kept.
+  await run(["cp", "-R", "--no-dereference", "--preserve=mode,links", "--", `${src}/.`, `${tree}/`], { env });
+}
+
+async function kernelVersion(tree: string): Promise<string> {
+  const names = (await readdir(join(tree, "boot"))).filter((n) => n.startsWith("vmlinuz-")).sort();
+  if (names.length !== 1) {
+    throw new EosError("BUILD", `expected one kernel in the root tree's /boot, found ${names.length}`, {
+      hint: "list exactly one linux-image package (the description always adds linux-image-cloud-amd64)",
+    });
+  }
+  return (names[0] as string).slice("vmlinuz-".length);
+}
+
+async function replaceSymlink(target: string, path: string): Promise<void> {
+  await rm(path, { force: true });
+  await symlink(target, path);
+}
+
+/** Files that differ from one build to the next, or that a device must make itself. */
+const VOLATILE = [
+  "/etc/ssh/ssh_host_*",
+  "/var/lib/apt/lists/*",
+  "/var/cache/apt/*.bin",
+  "/var/cache/apt/archives/*.deb",
+  "/var/cache/ldconfig/aux-cache",
+  "/var/log/*.log",
+  "/var/log/apt/*",
+  "/var/lib/dpkg/*-old",
+  "/var/cache/debconf/*-old",
+  "/var/lib/systemd/random-seed",
+  "/var/lib/dbus/machine-id",
+  "/etc/.pwd.lock",
+  "/etc/*-",
+  "/etc/initramfs-tools/.eos-*",
+];
+
+async function removeVolatile(tree: string): Promise<void> {
+  for (const pattern of VOLATILE) {
+    const dir = inTree(tree, dirname(pattern));
+    const base = pattern.slice(pattern.lastIndexOf("/") + 1);
+    const re = new RegExp(`^${base.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*")}$`);
+    const names = await readdir(dir).catch(() => [] as string[]);
+    for (const n of names) if (re.test(n)) await rm(join(dir, n), { recursive: true, force: true });
+  }
+}
+
+export async function buildRootTree(o: RootTreeOptions): Promise<{ kernel: string; commands: string[] }> {
+  const { desc, tree } = o;
+  const env: NodeJS.ProcessEnv = {
+    PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin",
+    LC_ALL: "C.UTF-8",
+    SOURCE_DATE_EPOCH: String(o.sourceDateEpoch),
+    DEBIAN_FRONTEND: "noninteractive",
+    ...(process.env.TMPDIR ? { TMPDIR: process.env.TMPDIR } : {}),
+  };
+  await rm(tree, { recursive: true, force: true });
+  o.log(
+    `root tree: mmdebstrap ${desc.distribution.suite} (${packageList(desc).length} packages and their dependencies)`,
+  );
+  await mmdebstrap(o, env);
+
+  o.log("root tree: EOS files, overlays, keys, commands");
+  for (const overlay of o.overlays) await copyOverlay(overlay, tree, env);
+
+  // The Node runtime and the EOS bundles.
+  let nodePath: string | undefined;
+  await mkdir(join(tree, "usr/lib/eos"), { recursive: true });
+  if (desc.eos.node === "host") {
+    nodePath = "/usr/lib/eos/node";
+    await copyFile(o.hostNode, inTree(tree, nodePath));
+    await chmod(inTree(tree, nodePath), 0o755);
+    const usrBinNode = inTree(tree, "/usr/bin/node");
+    if (!(await lstat(usrBinNode).catch(() => undefined))) await symlink("../lib/eos/node", usrBinNode);
+  } else if (desc.eos.node === "debian") {
+    nodePath = "/usr/bin/node";
+  }
+  const commands = desc.eos.commands && nodePath ? await deviceCommands(o.distDir) : [];
+  for (const name of commands) {
+    const target = inTree(tree, `/usr/lib/eos/${name}.mjs`);
+    await copyFile(join(o.distDir as string, `${name}.mjs`), target);
+    await chmod(target, 0o755);
+  }
+
+  const keyDir = inTree(tree, "/usr/share/eos/keys");
+  await mkdir(keyDir, { recursive: true });
+  for (const [name, pem] of o.keys) {
+    if (!SAFE_FILE.test(name)) throw new EosError("CONFIG", `release key file name ${name} is not safe`);
+    await writeFile(join(keyDir, name), pem, { mode: 0o644 });
+  }
+
+  for (const f of rootFiles(desc, {
+    keyNames: [...o.keys.keys()].sort(),
+    commands,
+    nodePath,
+    updateCommitUnit: o.updateCommitUnit,
+  })) {
+    const path = inTree(tree, f.path);
+    await mkdir(dirname(path), { recursive: true });
+    await rm(path, { force: true });
+    await writeFile(path, f.content, { mode: f.mode });
+    await chmod(path, f.mode);
+  }
+  await chmod(inTree(tree, "/root"), 0o700);
+  if (desc.users.root.ssh_authorized_keys.length > 0) await chmod(inTree(tree, "/root/.ssh"), 0o700);
+  // Debian points /etc/os-release at /usr/lib/os-release; keep it that way.
+  await replaceSymlink("../usr/lib/os-release", inTree(tree, "/etc/os-release"));
+  for (const dir of ["/boot/efi", "/media/root-ro", "/media/root-rw"]) {
+    await mkdir(inTree(tree, dir), { recursive: true });
+  }
+
+  // The kernel and initrd where GRUB and os-update (kexec) look: /boot/vmlinuz, /boot/initrd.img.
+  const kernel = await kernelVersion(tree);
+  await replaceSymlink(`vmlinuz-${kernel}`, inTree(tree, "/boot/vmlinuz"));
+  await replaceSymlink(`initrd.img-${kernel}`, inTree(tree, "/boot/initrd.img"));
+
+  o.log("root tree: services");
+  const enable = ["update_commit.service", ...desc.services.enable];
+  await run(["systemctl", `--root=${tree}`, "enable", ...enable], { env });
+  await run(["systemctl", `--root=${tree}`, "set-default", "multi-user.target"], { env });
+  if (desc.services.disable.length > 0)
+    await run(["systemctl", `--root=${tree}`, "disable", ...desc.services.disable], { env });
+  if (desc.services.mask.length > 0)
+    await run(["systemctl", `--root=${tree}`, "mask", ...desc.services.mask], { env });
+
+  o.log(`root tree: initramfs for ${kernel} (squashfs, overlay, tmpfs root hook)`);
+  await run(["chroot", tree, "update-initramfs", "-u", "-k", kernel], {
+    env,
+    capture: false,
+    ...(o.signal ? { signal: o.signal } : {}),
+  });
+  const initrd = await readlink(inTree(tree, "/boot/initrd.img"));
+  if (!(await stat(inTree(tree, `/boot/${initrd}`)).catch(() => undefined))) {
+    throw new EosError("BUILD", `update-initramfs did not write /boot/${initrd}`);
+  }
+  await removeVolatile(tree);
+  return { kernel, commands };
+}

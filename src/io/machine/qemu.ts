@@ -1,0 +1,483 @@
+/**
+ * Booting an EOS disk image in QEMU: a qcow2 overlay over the image (the
+ * image itself is never written), OVMF with its own copy of the variables,
+ * KVM when it really works and TCG otherwise, the serial console on a pipe
+ * (kept in memory and in a log file) or on the terminal, SSH forwarded to a
+ * local port, an extra registry disk and an optional swtpm TPM. Used by
+ * `eos run` and by the vm-tier tests (wait for a console line or for SSH,
+ * run a command over SSH, power off, kill).
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { createWriteStream, existsSync, type WriteStream } from "node:fs";
+import { access, constants, copyFile, mkdir, stat } from "node:fs/promises";
+import { createServer } from "node:net";
+import { join, resolve } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { EosError } from "../../core/errors.ts";
+import { run } from "../image/exec.ts";
+
+export const OVMF_CODE = "/usr/share/OVMF/OVMF_CODE.fd";
+export const OVMF_VARS = "/usr/share/OVMF/OVMF_VARS.fd";
+export const QEMU = "qemu-system-x86_64";
+
+export type Accel = "kvm" | "tcg";
+
+export interface VmOptions {
+  /** The disk image (raw); a qcow2 overlay in workDir takes the writes. */
+  image: string;
+  /** Overlay disk, OVMF variables, registry disk, TPM state and console log live here. */
+  workDir: string;
+  memoryMiB?: number;
+  cpus?: number;
+  /** Host port forwarded to the guest's SSH (127.0.0.1 only); 0 or undefined picks a free one. */
+  sshPort?: number;
+  /** Private key for `ssh`/`waitForSsh`. */
+  sshKey?: string;
+  tpm?: boolean;
+  accel?: "auto" | Accel;
+  /** Size of the extra registry disk (bytes); 0 for none. */
+  registryDiskBytes?: number;
+  /** Virtual size of the working disk (bytes): larger than the image leaves room to grow p.spare. */
+  diskBytes?: number;
+  /** Console on the caller's terminal (interactive `eos run`) instead of a pipe. */
+  interactive?: boolean;
+  /** Console log file (default WORKDIR/console.log). */
+  consoleLog?: string;
+  /** Called with each console line (headless only). */
+  onConsoleLine?: (line: string) => void;
+  /** Reuse the existing working disk and OVMF variables in workDir (a second boot of the same machine). */
+  reuseDisk?: boolean;
+}
+
+let accelCache: Accel | undefined;
+
+/**
+ * KVM only when QEMU can actually start a vCPU with it: /dev/kvm may exist
+ * and still fail (`-cpu host`: "failed to set MSR"). EOS_QEMU_ACCEL=kvm|tcg
+ * overrides the probe.
+ */
+export async function detectAccel(env: NodeJS.ProcessEnv = process.env): Promise<Accel> {
+  const forced = env.EOS_QEMU_ACCEL;
+  if (forced === "kvm" || forced === "tcg") return forced;
+  if (accelCache) return accelCache;
+  accelCache = await probeKvm();
+  return accelCache;
+}
+
+async function probeKvm(): Promise<Accel> {
+  try {
+    await access("/dev/kvm", constants.R_OK | constants.W_OK);
+  } catch {
+    return "tcg";
+  }
+  // Start a bare machine under KVM; a broken KVM fails at vCPU reset within a
+  // second or two. A machine still running after 4 s is taken as working.
+  const child = spawn(
+    QEMU,
+    ["-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "64", "-nodefaults", "-display", "none", "-S"],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
+  const exited = new Promise<number | null>((res) => {
+    child.once("error", () => res(-1));
+    child.once("close", (code) => res(code));
+  });
+  const outcome = await Promise.race([
+    exited,
+    sleep(4000, undefined, { ref: false }).then(() => "running" as const),
+  ]);
+  if (outcome === "running") {
+    child.kill("SIGKILL");
+    await exited;
+    return "kvm";
+  }
+  return "tcg";
+}
+
+/** A free TCP port on 127.0.0.1 (bound and released; good enough for tests). */
+export async function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const server = createServer();
+    server.once("error", rej);
+    server.listen(0, "127.0.0.1", () => {
+      const addr = server.address();
+      const port = typeof addr === "object" && addr ? addr.port : 0;
+      server.close(() => res(port));
+    });
+  });
+}
+
+/** POSIX shell quoting for the remote side of `ssh` (which always hands its command to a shell). */
+export function shellQuote(arg: string): string {
+  if (/^[A-Za-z0-9_@%+=:,./-]+$/.test(arg)) return arg;
+  return `'${arg.replace(/'/g, "'\\''")}'`;
+}
+
+export interface SshResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export class Vm {
+  readonly accel: Accel;
+  readonly sshPort: number;
+  readonly workDir: string;
+  readonly consoleLog: string;
+  readonly startedAt: number;
+  readonly exited: Promise<number | null>;
+  private readonly qemu: ChildProcess;
+  private readonly swtpm: ChildProcess | undefined;
+  private readonly sshKey: string | undefined;
+  private consoleText = "";
+  private waiters: Array<() => void> = [];
+  private exitCode: number | null | undefined;
+  private log: WriteStream | undefined;
+
+  private constructor(init: {
+    accel: Accel;
+    sshPort: number;
+    workDir: string;
+    consoleLog: string;
+    qemu: ChildProcess;
+    swtpm: ChildProcess | undefined;
+    sshKey: string | undefined;
+    log: WriteStream | undefined;
+    onConsoleLine: ((line: string) => void) | undefined;
+  }) {
+    this.accel = init.accel;
+    this.sshPort = init.sshPort;
+    this.workDir = init.workDir;
+    this.consoleLog = init.consoleLog;
+    this.qemu = init.qemu;
+    this.swtpm = init.swtpm;
+    this.sshKey = init.sshKey;
+    this.log = init.log;
+    this.startedAt = performance.now();
+    let partial = "";
+    const onData = (chunk: Buffer) => {
+      const text = chunk.toString("utf8");
+      this.consoleText += text;
+      this.log?.write(chunk);
+      if (init.onConsoleLine) {
+        const lines = (partial + text).split(/\r?\n/);
+        partial = lines.pop() ?? "";
+        for (const l of lines) init.onConsoleLine(l);
+      }
+      this.wake();
+    };
+    this.qemu.stdout?.on("data", onData);
+    this.qemu.stderr?.on("data", onData);
+    this.exited = new Promise((res) => {
+      this.qemu.once("close", (code, signal) => {
+        this.exitCode = code ?? (signal ? -1 : null);
+        this.log?.end();
+        this.log = undefined;
+        this.swtpm?.kill("SIGTERM");
+        this.wake();
+        res(this.exitCode);
+      });
+    });
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  /** Starts QEMU (and swtpm) and returns at once; the guest boots in the background. */
+  static async start(options: VmOptions): Promise<Vm> {
+    const workDir = resolve(options.workDir);
+    await mkdir(workDir, { recursive: true });
+    const image = resolve(options.image);
+    const imageStat = await stat(image).catch(() => undefined);
+    if (!imageStat?.isFile()) throw new EosError("NOT_FOUND", `image ${image} does not exist`);
+    for (const f of [OVMF_CODE, OVMF_VARS]) {
+      if (!existsSync(f))
+        throw new EosError("VM", `${f} is missing`, { hint: "apt-get install ovmf (scripts/setup.sh)" });
+    }
+    const accel = options.accel && options.accel !== "auto" ? options.accel : await detectAccel();
+    const disk = join(workDir, "disk.qcow2");
+    const vars = join(workDir, "OVMF_VARS.fd");
+    if (!options.reuseDisk || !existsSync(disk)) {
+      const size = Math.max(options.diskBytes ?? 0, imageStat.size);
+      await run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", image, disk, String(size)], {
+        code: "VM",
+      });
+      await copyFile(OVMF_VARS, vars);
+    }
+    const registryBytes = options.registryDiskBytes ?? 2 * 1024 * 1024 * 1024;
+    const registry = join(workDir, "registry.qcow2");
+    if (registryBytes > 0 && (!options.reuseDisk || !existsSync(registry))) {
+      await run(["qemu-img", "create", "-q", "-f", "qcow2", registry, String(registryBytes)], { code: "VM" });
+    }
+    const sshPort = options.sshPort && options.sshPort > 0 ? options.sshPort : await freePort();
+    const cpus = options.cpus ?? 2;
+    const args = [
+      "-machine",
+      "q35",
+      "-accel",
+      accel === "kvm" ? "kvm" : "tcg,thread=multi",
+      "-cpu",
+      accel === "kvm" ? "host" : "max",
+      "-smp",
+      String(cpus),
+      "-m",
+      String(options.memoryMiB ?? 1024),
+      "-nodefaults",
+      "-no-user-config",
+      "-display",
+      "none",
+      "-drive",
+      `if=pflash,format=raw,unit=0,readonly=on,file=${OVMF_CODE}`,
+      "-drive",
+      `if=pflash,format=raw,unit=1,file=${vars}`,
+      "-drive",
+      `if=none,id=disk0,format=qcow2,file=${disk},cache=unsafe,discard=unmap`,
+      "-device",
+      "virtio-blk-pci,drive=disk0,bootindex=0",
+      "-netdev",
+      `user,id=net0,hostfwd=tcp:127.0.0.1:${sshPort}-:22`,
+      "-device",
+      "virtio-net-pci,netdev=net0",
+      "-device",
+      "virtio-rng-pci",
+      "-chardev",
+      options.interactive ? "stdio,id=con0,mux=on,signal=off" : "stdio,id=con0,signal=off",
+      "-serial",
+      "chardev:con0",
+    ];
+    if (options.interactive) args.push("-mon", "chardev=con0,mode=readline");
+    if (registryBytes > 0) {
+      args.push(
+        "-drive",
+        `if=none,id=disk1,format=qcow2,file=${registry},cache=unsafe`,
+        "-device",
+        "virtio-blk-pci,drive=disk1,serial=eos-registry",
+      );
+    }
+    let swtpm: ChildProcess | undefined;
+    if (options.tpm) {
+      const stateDir = join(workDir, "tpm");
+      await mkdir(stateDir, { recursive: true });
+      const sock = join(workDir, "swtpm.sock");
+      swtpm = spawn(
+        "swtpm",
+        [
+          "socket",
+          "--tpm2",
+          "--tpmstate",
+          `dir=${stateDir}`,
+          "--ctrl",
+          `type=unixio,path=${sock}`,
+          "--terminate",
+        ],
+        { stdio: ["ignore", "ignore", "pipe"] },
+      );
+      const failed = new Promise<Error>((res) => swtpm?.once("error", res));
+      for (let i = 0; i < 50 && !existsSync(sock); i++) {
+        const e = await Promise.race([failed, sleep(100)]);
+        if (e instanceof Error)
+          throw new EosError("TPM", `swtpm: ${e.message}`, { hint: "apt-get install swtpm" });
+      }
+      if (!existsSync(sock)) throw new EosError("TPM", `swtpm did not create ${sock}`);
+      args.push(
+        "-chardev",
+        `socket,id=chrtpm,path=${sock}`,
+        "-tpmdev",
+        "emulator,id=tpm0,chardev=chrtpm",
+        "-device",
+        "tpm-tis,tpmdev=tpm0",
+      );
+    }
+    const consoleLog = options.consoleLog ? resolve(options.consoleLog) : join(workDir, "console.log");
+    const qemu = spawn(QEMU, args, {
+      stdio: options.interactive ? "inherit" : ["pipe", "pipe", "pipe"],
+    });
+    const log = options.interactive ? undefined : createWriteStream(consoleLog, { flags: "a" });
+    const vm = new Vm({
+      accel,
+      sshPort,
+      workDir,
+      consoleLog,
+      qemu,
+      swtpm,
+      sshKey: options.sshKey,
+      log,
+      onConsoleLine: options.onConsoleLine,
+    });
+    qemu.once("error", (error) => {
+      vm.consoleText += `\n[eos: cannot start ${QEMU}: ${error.message}]\n`;
+    });
+    return vm;
+  }
+
+  get running(): boolean {
+    return this.exitCode === undefined;
+  }
+
+  /** Everything the console printed so far. */
+  console(): string {
+    return this.consoleText;
+  }
+
+  /** Position in the console text, to wait only for lines printed after it. */
+  mark(): number {
+    return this.consoleText.length;
+  }
+
+  /** Seconds since QEMU started. */
+  uptime(): number {
+    return (performance.now() - this.startedAt) / 1000;
+  }
+
+  /** Waits until the console (after `since`) matches; returns the match. */
+  async waitForConsole(
+    pattern: RegExp,
+    options: { timeoutMs: number; since?: number },
+  ): Promise<RegExpMatchArray> {
+    const deadline = performance.now() + options.timeoutMs;
+    for (;;) {
+      const m = this.consoleText.slice(options.since ?? 0).match(pattern);
+      if (m) return m;
+      if (!this.running) {
+        throw new EosError("VM", `QEMU exited (${this.exitCode}) before the console showed ${pattern}`, {
+          hint: `console log: ${this.consoleLog}`,
+        });
+      }
+      const left = deadline - performance.now();
+      if (left <= 0) {
+        throw new EosError(
+          "VM",
+          `timed out after ${options.timeoutMs / 1000} s waiting for ${pattern} on the console`,
+          {
+            hint: `last console lines:\n${this.consoleText.slice(-1500)}`,
+          },
+        );
+      }
+      await Promise.race([
+        new Promise<void>((res) => this.waiters.push(res)),
+        sleep(Math.min(left, 1000), undefined, { ref: false }),
+      ]);
+    }
+  }
+
+  /** Types into the serial console (headless only). */
+  sendConsole(text: string): void {
+    this.qemu.stdin?.write(text);
+  }
+
+  private sshArgv(command: string[], connectTimeout: number): string[] {
+    if (!this.sshKey) throw new EosError("VM", "no SSH key given to the VM (sshKey)");
+    return [
+      "-i",
+      this.sshKey,
+      "-p",
+      String(this.sshPort),
+      "-o",
+      "StrictHostKeyChecking=no",
+      "-o",
+      "UserKnownHostsFile=/dev/null",
+      "-o",
+      "BatchMode=yes",
+      "-o",
+      "IdentitiesOnly=yes",
+      "-o",
+      "LogLevel=ERROR",
+      "-o",
+      `ConnectTimeout=${connectTimeout}`,
+      "-o",
+      "ServerAliveInterval=5",
+      "-o",
+      "ServerAliveCountMax=6",
+      "root@127.0.0.1",
+      "--",
+      command.map(shellQuote).join(" "),
+    ];
+  }
+
+  /** Runs a command in the guest as root; argv elements are quoted for the remote shell. */
+  async ssh(
+    command: string[],
+    options: { timeoutMs?: number; input?: string | Buffer; connectTimeout?: number } = {},
+  ): Promise<SshResult> {
+    const child = spawn("ssh", this.sshArgv(command, options.connectTimeout ?? 10), {
+      stdio: [options.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
+      timeout: options.timeoutMs ?? 120_000,
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout?.on("data", (c: Buffer) => (stdout += c.toString()));
+    child.stderr?.on("data", (c: Buffer) => (stderr += c.toString()));
+    if (options.input !== undefined) child.stdin?.end(options.input);
+    const code = await new Promise<number>((res) => {
+      child.once("error", (e) => {
+        stderr += e.message;
+        res(255);
+      });
+      child.once("close", (c) => res(c ?? 255));
+    });
+    return { code, stdout, stderr };
+  }
+
+  /** Like ssh() but throws unless the command exits 0; returns stdout. */
+  async sshOk(
+    command: string[],
+    options: { timeoutMs?: number; input?: string | Buffer } = {},
+  ): Promise<string> {
+    const r = await this.ssh(command, options);
+    if (r.code !== 0) {
+      throw new EosError(
+        "VM",
+        `guest command ${command.join(" ")} failed (${r.code}): ${r.stderr.trim() || r.stdout.trim()}`,
+      );
+    }
+    return r.stdout;
+  }
+
+  /** Polls until SSH answers (sshd up, key accepted). */
+  async waitForSsh(options: { timeoutMs: number }): Promise<void> {
+    const deadline = performance.now() + options.timeoutMs;
+    let last = "";
+    while (performance.now() < deadline) {
+      if (!this.running) throw new EosError("VM", `QEMU exited (${this.exitCode}) before SSH answered`);
+      const r = await this.ssh(["true"], { timeoutMs: 20_000, connectTimeout: 5 });
+      if (r.code === 0) return;
+      last = r.stderr.trim();
+      await sleep(2000);
+    }
+    throw new EosError(
+      "VM",
+      `SSH on 127.0.0.1:${this.sshPort} did not answer within ${options.timeoutMs / 1000} s (${last})`,
+      {
+        hint: `console log: ${this.consoleLog}`,
+      },
+    );
+  }
+
+  /** Clean shutdown from inside (systemctl poweroff); falls back to SIGTERM, then SIGKILL. */
+  async powerOff(options: { timeoutMs?: number } = {}): Promise<number | null> {
+    if (!this.running) return this.exitCode ?? null;
+    if (this.sshKey) await this.ssh(["systemctl", "poweroff"], { timeoutMs: 15_000, connectTimeout: 5 });
+    const timeout = options.timeoutMs ?? 60_000;
+    const done = await Promise.race([
+      this.exited.then(() => true),
+      sleep(timeout, undefined, { ref: false }).then(() => false),
+    ]);
+    if (done) return this.exitCode ?? null;
+    this.qemu.kill("SIGTERM");
+    const done2 = await Promise.race([
+      this.exited.then(() => true),
+      sleep(10_000, undefined, { ref: false }).then(() => false),
+    ]);
+    if (!done2) return this.kill();
+    return this.exitCode ?? null;
+  }
+
+  /** Pulls the plug: SIGKILL to QEMU (a power cut for the guest). */
+  async kill(): Promise<number | null> {
+    if (this.running) this.qemu.kill("SIGKILL");
+    await this.exited;
+    return this.exitCode ?? null;
+  }
+}

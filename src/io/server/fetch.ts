@@ -1,0 +1,204 @@
+/**
+ * One image's fetch: the original os-update-daemon's job without loop
+ * devices or root. Checks the origin with one conditional request, downloads
+ * and decompresses as a stream, verifies signature and partition hashes, and
+ * publishes atomically. Any failure leaves the published version as it was.
+ */
+import { createHash, type KeyObject } from "node:crypto";
+import { createWriteStream } from "node:fs";
+import { Transform } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import type { ServerImage } from "../../core/config.ts";
+import { EosError } from "../../core/errors.ts";
+import {
+  decodeManifest,
+  decodeSignatures,
+  encodeManifest,
+  verifyManifestSignature,
+  MANIFEST_SCHEMA,
+  type Manifest,
+} from "../../core/manifest.ts";
+import { decompressStream } from "../decompress.ts";
+import { hashImagePartitions } from "../disk-image.ts";
+import type { ImageStore } from "./published.ts";
+import type { Logger } from "../log.ts";
+import { fetchSmall, openOrigin, type Validators } from "../origin.ts";
+import type { Progress } from "../progress.ts";
+
+export interface FetchState {
+  manifest?: Validators;
+  image?: Validators;
+  vid?: string;
+  checked?: string;
+}
+
+export type FetchOutcome = { name: string; status: "unchanged" | "published"; version: string | undefined };
+
+export function defaultManifestUrl(imageUrl: string): string {
+  return `${imageUrl.replace(/\.(xz|zst|zstd|gz)$/, "")}.manifest.json`;
+}
+
+export interface FetchOptions {
+  trustedKeys: KeyObject[];
+  logger: Logger;
+  signal?: AbortSignal;
+  now: () => Date;
+  progress?: (label: string, total: number | undefined) => Progress;
+}
+
+async function download(
+  url: string,
+  rawPath: string,
+  validators: Validators | undefined,
+  options: FetchOptions,
+): Promise<{ status: "unchanged" } | { status: "ok"; sha256: string; validators: Validators }> {
+  const origin = await openOrigin(url, {
+    ...(validators ? { validators } : {}),
+    ...(options.signal ? { signal: options.signal } : {}),
+  });
+  if (origin.status === "unchanged") return { status: "unchanged" };
+  const { stream } = await decompressStream(origin.body);
+  const hash = createHash("sha256");
+  const bar = options.progress?.(`fetch ${url.split("/").pop() ?? url}`, undefined);
+  const hashing = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      hash.update(chunk);
+      bar?.add(chunk.length);
+      cb(null, chunk);
+    },
+  });
+  await pipeline(
+    stream,
+    hashing,
+    createWriteStream(rawPath, { flags: "wx", mode: 0o644, highWaterMark: 1 << 20 }),
+    {
+      ...(options.signal ? { signal: options.signal } : {}),
+    },
+  );
+  bar?.done();
+  return { status: "ok", sha256: hash.digest("hex"), validators: origin.validators };
+}
+
+function samePartition(
+  a: { size: number; sha256: string } | undefined,
+  b: { size: number; sha256: string } | undefined,
+) {
+  return a?.size === b?.size && a?.sha256 === b?.sha256;
+}
+
+export async function fetchImage(
+  store: ImageStore,
+  image: ServerImage,
+  options: FetchOptions,
+): Promise<FetchOutcome> {
+  const { name } = image;
+  const log = options.logger;
+  const lock = await store.lock(name);
+  try {
+    const state = (await store.readState<FetchState>(name)) ?? {};
+    const published = await store.current(name).catch(() => undefined);
+    const checked = options.now().toISOString();
+    const manifestUrl = image.manifest ?? defaultManifestUrl(image.image);
+    let manifestBytes: Buffer | undefined;
+    let signatureBytes: Buffer | undefined;
+    let manifest: Manifest | undefined;
+    let manifestValidators: Validators | undefined;
+
+    if (!image.insecure) {
+      const res = await fetchSmall(manifestUrl, {
+        ...(published && state.manifest ? { validators: state.manifest } : {}),
+        ...(options.signal ? { signal: options.signal } : {}),
+      });
+      if (res.status === "unchanged") {
+        await store.writeState(name, { ...state, checked });
+        log.info("origin unchanged", { image: name, version: published?.manifest.version });
+        return { name, status: "unchanged", version: published?.manifest.version };
+      }
+      manifestBytes = res.bytes;
+      manifestValidators = res.validators;
+      const sig = await fetchSmall(
+        image.signature ?? `${manifestUrl}.sig`,
+        options.signal ? { signal: options.signal } : {},
+      );
+      if (sig.status !== "ok") throw new EosError("SIGNATURE", `${name}: no signature at the origin`);
+      signatureBytes = sig.bytes;
+      const keyid = verifyManifestSignature(
+        manifestBytes,
+        decodeSignatures(signatureBytes, `${name} signature`),
+        options.trustedKeys,
+      );
+      manifest = decodeManifest(manifestBytes, `${name} manifest`);
+      log.info("manifest verified", { image: name, version: manifest.version, keyid: keyid.slice(0, 16) });
+      if (published && published.manifestBytes.equals(manifestBytes)) {
+        await store.writeState(name, { ...state, manifest: manifestValidators, checked });
+        log.info("already published", { image: name, version: manifest.version });
+        return { name, status: "unchanged", version: manifest.version };
+      }
+    }
+
+    const staging = await store.stage(name);
+    try {
+      const got = await download(
+        image.image,
+        staging.rawPath,
+        image.insecure && published ? state.image : undefined,
+        options,
+      );
+      if (got.status === "unchanged") {
+        await store.discard(staging);
+        await store.writeState(name, { ...state, checked });
+        log.info("origin unchanged", { image: name, version: published?.manifest.version });
+        return { name, status: "unchanged", version: published?.manifest.version };
+      }
+      const parts = await hashImagePartitions(staging.rawPath);
+      if (manifest) {
+        if (!samePartition(parts.root, manifest.partitions.root)) {
+          throw new EosError("HASH_MISMATCH", `${name}: root partition does not match the signed manifest`, {
+            hint: `manifest says ${manifest.partitions.root.sha256}, image has ${parts.root.sha256}`,
+          });
+        }
+        if (manifest.partitions.firmware && !samePartition(parts.firmware, manifest.partitions.firmware)) {
+          throw new EosError(
+            "HASH_MISMATCH",
+            `${name}: firmware partition does not match the signed manifest`,
+          );
+        }
+      } else {
+        // insecure: true: no signature to check, but devices still get hashes to verify their writes.
+        manifest = {
+          schema: MANIFEST_SCHEMA,
+          name,
+          version: options.now().toISOString().replace(/[-:]/g, "").replace("T", ".").slice(0, 15),
+          architecture: "unknown",
+          created: options.now().toISOString(),
+          partitions: parts.firmware ? { root: parts.root, firmware: parts.firmware } : { root: parts.root },
+        };
+        manifestBytes = encodeManifest(manifest);
+        log.warn("publishing an unsigned image (insecure: true)", { image: name });
+      }
+      const vid = await store.publish(name, staging, {
+        manifestBytes: manifestBytes as Buffer,
+        signatureBytes,
+        rawSha256: got.sha256,
+        version: manifest.version,
+      });
+      await store.writeState(name, {
+        ...(manifestValidators ? { manifest: manifestValidators } : {}),
+        image: got.validators,
+        vid,
+        checked,
+      } satisfies FetchState);
+      log.info("published", {
+        image: name,
+        version: manifest.version,
+        root_sha256: manifest.partitions.root.sha256,
+      });
+      return { name, status: "published", version: manifest.version };
+    } catch (error) {
+      await store.discard(staging);
+      throw error;
+    }
+  } finally {
+    await lock.release();
+  }
+}

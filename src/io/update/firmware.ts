@@ -1,0 +1,120 @@
+/**
+ * Firmware update of the ESP (the original --firmware): the image's p.UEFI
+ * stream is verified against the signed manifest, its files are written
+ * beside the current ones and then switched in by rename, one file at a time.
+ * EFI/ (the running OS's loader, grub.cfg and the boot control block) is
+ * never touched, so a power cut at any point leaves a bootable ESP.
+ */
+import { createHash } from "node:crypto";
+import { execFile } from "node:child_process";
+import { createWriteStream } from "node:fs";
+import { mkdir, mkdtemp, readdir, rename, rm, copyFile, open, lstat } from "node:fs/promises";
+import { dirname, join, relative } from "node:path";
+import { Transform } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { promisify } from "node:util";
+import { EosError } from "../../core/errors.ts";
+import type { ManifestPartition } from "../../core/manifest.ts";
+import type { UpdateSource } from "./source.ts";
+
+const execFileP = promisify(execFile);
+const NEW_SUFFIX = ".eos-new";
+
+/** Every regular file under dir, as paths relative to it. */
+async function listFiles(dir: string, base = dir): Promise<string[]> {
+  const out: string[] = [];
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const full = join(dir, entry.name);
+    if (entry.isDirectory()) out.push(...(await listFiles(full, base)));
+    else if (entry.isFile()) out.push(relative(base, full));
+  }
+  return out;
+}
+
+function kept(path: string): boolean {
+  return path.split("/")[0]?.toUpperCase() === "EFI";
+}
+
+async function fsyncFile(path: string): Promise<void> {
+  const handle = await open(path, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+export interface FirmwareResult {
+  updated: string[];
+  removed: string[];
+}
+
+export async function updateFirmware(options: {
+  source: UpdateSource;
+  firmware: ManifestPartition;
+  esp: string;
+  workDir: string;
+}): Promise<FirmwareResult> {
+  await mkdir(options.workDir, { recursive: true, mode: 0o700 });
+  const work = await mkdtemp(join(options.workDir, "firmware-"));
+  try {
+    const image = join(work, "esp.img");
+    const hash = createHash("sha256");
+    let size = 0;
+    const { stream } = await options.source.openStream("firmware", 0, undefined);
+    await pipeline(
+      stream,
+      new Transform({
+        transform(chunk: Buffer, _enc, cb) {
+          hash.update(chunk);
+          size += chunk.length;
+          cb(null, chunk);
+        },
+      }),
+      createWriteStream(image, { mode: 0o600 }),
+    );
+    const sha = hash.digest("hex");
+    if (size !== options.firmware.size || sha !== options.firmware.sha256) {
+      throw new EosError(
+        "HASH_MISMATCH",
+        `firmware stream (${size} bytes, sha256 ${sha}) does not match the signed manifest`,
+      );
+    }
+    const tree = join(work, "tree");
+    await mkdir(tree);
+    try {
+      await execFileP("mcopy", ["-s", "-n", "-m", "-i", image, "::/*", `${tree}/`], {
+        env: { ...process.env, MTOOLS_SKIP_CHECK: "1" },
+      });
+    } catch (error) {
+      const stderr = (error as { stderr?: string }).stderr ?? "";
+      // An empty FAT has nothing to copy; anything else is an error.
+      if (!/no match|not found/i.test(stderr))
+        throw new EosError("IO", `cannot read the firmware image: ${stderr.trim()}`);
+    }
+    const incoming = (await listFiles(tree)).filter((f) => !kept(f));
+    // 1. Beside the old files: every new file as NAME.eos-new, flushed.
+    for (const file of incoming) {
+      const target = join(options.esp, `${file}${NEW_SUFFIX}`);
+      await mkdir(dirname(target), { recursive: true });
+      await copyFile(join(tree, file), target);
+      await fsyncFile(target);
+    }
+    // 2. Switch each file in by rename.
+    for (const file of incoming)
+      await rename(join(options.esp, `${file}${NEW_SUFFIX}`), join(options.esp, file));
+    // 3. Files the new firmware no longer has go, as the original's whole-partition copy would drop them.
+    const wanted = new Set(incoming);
+    const removed: string[] = [];
+    for (const file of await listFiles(options.esp)) {
+      if (kept(file) || wanted.has(file)) continue;
+      if ((await lstat(join(options.esp, file))).isFile()) {
+        await rm(join(options.esp, file));
+        removed.push(file);
+      }
+    }
+    return { updated: incoming, removed };
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}

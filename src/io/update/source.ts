@@ -1,0 +1,203 @@
+/**
+ * Where a device gets its update from: the update server over HTTPS (bearer
+ * token) or, as the original did, over SSH with the fleet key against
+ * `os-update-server restricted`. Both give the manifest, its signatures and
+ * the partition streams from a byte offset, so an interrupted download resumes.
+ */
+import { spawn } from "node:child_process";
+import { request as httpRequest, type IncomingMessage } from "node:http";
+import { request as httpsRequest } from "node:https";
+import { PassThrough, type Readable } from "node:stream";
+import { EosError } from "../../core/errors.ts";
+
+export type StreamKind = "root" | "firmware";
+
+export interface StreamResponse {
+  stream: Readable;
+  /** First byte the stream carries: the requested offset, or 0 when the server restarted it. */
+  offset: number;
+}
+
+export interface UpdateSource {
+  describe: string;
+  fetchManifest(): Promise<{ manifest: Buffer; signature: Buffer }>;
+  openStream(kind: StreamKind, offset: number, etag: string | undefined): Promise<StreamResponse>;
+}
+
+export interface HttpSourceOptions {
+  url: string;
+  name: string;
+  token: string | undefined;
+  ca: Buffer | undefined;
+  timeoutMs?: number;
+}
+
+function httpGet(
+  url: URL,
+  headers: Record<string, string>,
+  ca: Buffer | undefined,
+  timeoutMs: number,
+): Promise<IncomingMessage> {
+  const request = url.protocol === "https:" ? httpsRequest : httpRequest;
+  return new Promise((resolve, reject) => {
+    const req = request(url, { headers, agent: false, ...(ca ? { ca } : {}) }, resolve);
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer within ${timeoutMs / 1000} s`)));
+    req.on("error", (error: NodeJS.ErrnoException) =>
+      reject(
+        new EosError("NETWORK", `${url.origin}: ${error.code ?? error.message}`, {
+          hint: "is the update server reachable? check update.url in /etc/os-update.yml",
+        }),
+      ),
+    );
+    req.end();
+  });
+}
+
+async function readAll(res: IncomingMessage, max: number, what: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of res as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > max) throw new EosError("MANIFEST", `${what} is larger than ${max} bytes`);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
+function statusError(res: IncomingMessage, what: string): EosError {
+  res.resume();
+  if (res.statusCode === 401 || res.statusCode === 403) {
+    return new EosError("AUTH", `${what}: the server refused this device's token (HTTP ${res.statusCode})`, {
+      hint: "run `fleet --getkey`, or check update.token",
+    });
+  }
+  if (res.statusCode === 404)
+    return new EosError("NOT_FOUND", `${what}: not published on the server (HTTP 404)`);
+  return new EosError("HTTP", `${what}: HTTP ${res.statusCode}`);
+}
+
+export function httpSource(options: HttpSourceOptions): UpdateSource {
+  const base = options.url.replace(/\/+$/, "");
+  const timeout = options.timeoutMs ?? 30_000;
+  const headers = (): Record<string, string> => ({
+    "user-agent": "eos-os-update",
+    ...(options.token ? { authorization: `Bearer ${options.token}` } : {}),
+  });
+  const url = (suffix: string) => new URL(`${base}/v1/images/${encodeURIComponent(options.name)}/${suffix}`);
+  const small = async (suffix: string) => {
+    const res = await httpGet(url(suffix), headers(), options.ca, timeout);
+    if (res.statusCode !== 200) throw statusError(res, `${options.name} ${suffix}`);
+    return readAll(res, 1 << 20, `${options.name} ${suffix}`);
+  };
+  return {
+    describe: base,
+    async fetchManifest() {
+      return { manifest: await small("manifest.json"), signature: await small("manifest.json.sig") };
+    },
+    async openStream(kind, offset, etag) {
+      const h = headers();
+      if (offset > 0) {
+        h.range = `bytes=${offset}-`;
+        if (etag) h["if-range"] = etag;
+      }
+      const res = await httpGet(url(kind), h, options.ca, timeout);
+      if (res.statusCode === 206) return { stream: res, offset };
+      if (res.statusCode === 200) return { stream: res, offset: 0 };
+      throw statusError(res, `${options.name} ${kind}`);
+    },
+  };
+}
+
+export interface SshSourceOptions {
+  server: string;
+  name: string;
+  pkey: string | undefined;
+  port: number | undefined;
+  knownHosts: string | undefined;
+}
+
+export function sshArgs(
+  options: Pick<SshSourceOptions, "server" | "pkey" | "port" | "knownHosts">,
+  command: string,
+): string[] {
+  return [
+    ...(options.pkey ? ["-i", options.pkey, "-o", "IdentitiesOnly=yes"] : []),
+    ...(options.port ? ["-p", String(options.port)] : []),
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "ConnectTimeout=30",
+    "-o",
+    "ServerAliveInterval=15",
+    ...(options.knownHosts
+      ? ["-o", "StrictHostKeyChecking=yes", "-o", `UserKnownHostsFile=${options.knownHosts}`]
+      : ["-o", "StrictHostKeyChecking=accept-new"]),
+    "-o",
+    "LogLevel=ERROR",
+    "--",
+    options.server,
+    command,
+  ];
+}
+
+/** Runs one remote read; the stream errors if ssh or the remote side fails. */
+function sshStream(options: SshSourceOptions, command: string): Readable {
+  const child = spawn("ssh", sshArgs(options, command), { stdio: ["ignore", "pipe", "pipe"] });
+  const out = new PassThrough({ highWaterMark: 1 << 20 });
+  let stderr = "";
+  child.stderr.setEncoding("utf8").on("data", (s: string) => (stderr += s.slice(0, 4096)));
+  child.stdout.pipe(out, { end: false });
+  child.on("error", (error) =>
+    out.destroy(
+      new EosError("NETWORK", `cannot run ssh: ${error.message}`, { hint: "install openssh-client" }),
+    ),
+  );
+  child.on("close", (code) => {
+    if (code === 0) out.end();
+    else if (/restricted: refused/.test(stderr))
+      out.destroy(new EosError("AUTH", `${options.server}: ${stderr.trim()}`));
+    else out.destroy(new EosError("NETWORK", `ssh ${options.server} exited ${code}: ${stderr.trim()}`));
+  });
+  out.on("close", () => {
+    if (child.exitCode === null) child.kill("SIGTERM");
+  });
+  return out;
+}
+
+async function collect(stream: Readable, max: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of stream as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > max) {
+      stream.destroy();
+      throw new EosError("MANIFEST", `answer larger than ${max} bytes`);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
+export function sshSource(options: SshSourceOptions): UpdateSource {
+  return {
+    describe: `ssh://${options.server}`,
+    async fetchManifest() {
+      const manifest = await collect(sshStream(options, `eos-read ${options.name} manifest`), 1 << 20);
+      const signature = await collect(sshStream(options, `eos-read ${options.name} signature`), 1 << 20);
+      return { manifest, signature };
+    },
+    async openStream(kind, offset) {
+      return { stream: sshStream(options, `eos-read ${options.name} ${kind} ${offset}`), offset };
+    },
+  };
+}
+
+/** The original `--read`: the raw stream as the original client asked for it. */
+export function sshOriginalRead(
+  options: Omit<SshSourceOptions, "name">,
+  name: string,
+  kind: StreamKind,
+): Readable {
+  const suffix = kind === "root" ? "raw.dev" : "raw.firmware";
+  return sshStream({ ...options, name }, `sudo cat /srv/www/fleet/os-images/${name}.${suffix}`);
+}

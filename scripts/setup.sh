@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 packages=(
   gdisk dosfstools mtools squashfs-tools erofs-utils e2fsprogs xfsprogs fdisk xz-utils zstd
   openssh-server openssh-client
-  podman runc uidmap slirp4netns fuse-overlayfs
+  podman runc uidmap slirp4netns fuse-overlayfs catatonit
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools tpm2-tools cryptsetup-bin
   mmdebstrap kexec-tools grub-efi-amd64-bin busybox-static gcc libc6-dev iproute2
   curl

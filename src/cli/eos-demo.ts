@@ -12,7 +12,6 @@ import { existsSync } from "node:fs";
 import { chmod, mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import type { Server } from "node:http";
 import { dirname, join, resolve } from "node:path";
-import { spawnSync } from "node:child_process";
 import type { Command } from "commander";
 import { parse, stringify } from "yaml";
 import { EosError } from "../core/errors.ts";
@@ -66,12 +65,6 @@ export interface DemoResult {
 }
 
 const BOOT_MS = 8 * 60_000;
-
-function sh(args: string[]): string {
-  const r = spawnSync(args[0] as string, args.slice(1), { encoding: "utf8" });
-  if (r.status !== 0) throw new EosError("INTERNAL", `${args.join(" ")}: ${r.stderr}`);
-  return r.stdout;
-}
 
 async function buildVersion(
   ctx: Context,
@@ -166,7 +159,7 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
   if (!existsSync(releaseKey)) await generateReleaseKeys(keysDir, true);
   const sshKey = join(keysDir, "id_ed25519");
   if (!existsSync(sshKey))
-    sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "eos-demo", "-f", sshKey]);
+    await ctx.proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "eos-demo", "-f", sshKey]);
 
   // The device's fleet credential: a bearer token, baked into the image, its hash on the server.
   const tokensDir = join(o.workDir, "tokens");
@@ -180,6 +173,7 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
   }
 
   const base = parse(await readFile(o.description, "utf8")) as Record<string, unknown>;
+  const sshPub = (await readFile(`${sshKey}.pub`, "utf8")).trim();
   const descDir = dirname(resolve(o.description));
   const descFor = (version: string, extra: string[]): Record<string, unknown> => {
     const d = structuredClone(base);
@@ -188,7 +182,7 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
     d.files = [...((d.files as string[] | undefined) ?? []).map((f) => resolve(descDir, f)), fleetDir];
     d.packages = [...((d.packages as string[] | undefined) ?? []), ...extra];
     d.users = {
-      root: { ssh_authorized_keys: [sh(["cat", `${sshKey}.pub`]).trim()], autologin_serial: true },
+      root: { ssh_authorized_keys: [sshPub], autologin_serial: true },
     };
     const update = (d.update as Record<string, unknown> | undefined) ?? {};
     d.update = { ...update, url: `http://10.0.2.2:${o.port}` };
@@ -226,6 +220,7 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
         trustedKeys: await loadTrustedKeys([join(keysDir, "release.pub")]),
         logger: silentLogger(),
         now: ctx.now,
+        proc: ctx.proc,
       },
     );
     const srv = createUpdateServer({

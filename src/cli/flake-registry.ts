@@ -65,6 +65,7 @@ export async function flakeRegistryMain(argv: string[], ctx: Context): Promise<n
   if (opts.force && !opts.setup) throw usageError("--force applies to --setup only");
   const o: RegistryOptions = {
     log: (line) => ctx.stderr.write(`flake-registry: ${line}\n`),
+    proc: ctx.proc,
     pcrs: parsePcrs(opts.pcrs ?? ""),
     ...(opts.keyFile ? { keyFile: opts.keyFile } : {}),
     ...(opts.tpm ? { provider: "tpm2" as const } : {}),

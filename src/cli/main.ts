@@ -3,21 +3,15 @@
  * return exit codes and throw typed errors; this prints errors uniformly.
  */
 import { Command, CommanderError } from "commander";
-import { EosError, errorMessage, isEosError } from "../core/errors.ts";
+import { EosError, describeError, errorMessage } from "../core/errors.ts";
 import { processContext, type Context } from "../io/context.ts";
 
 export type Main = (argv: string[], ctx: Context) => Promise<number>;
 
 export function reportError(ctx: Context, command: string, error: unknown): number {
-  if (isEosError(error)) {
-    ctx.stderr.write(`${command}: error [${error.code}]: ${error.message}\n`);
-    if (error.hint) ctx.stderr.write(`${command}: hint: ${error.hint}\n`);
-    return error.exitCode;
-  }
-  ctx.stderr.write(
-    `${command}: internal error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-  );
-  return 70;
+  const { text, exitCode } = describeError(command, error);
+  ctx.stderr.write(text);
+  return exitCode;
 }
 
 /**

@@ -98,6 +98,7 @@ async function runFetch(ctx: Context, opts: FetchOpts): Promise<number> {
     now: ctx.now,
     progress: (label: string, total: number | undefined) =>
       progress(ctx.stderr, label, total, { interactive: ctx.interactive, plainEverySeconds: 10 }),
+    proc: ctx.proc,
   };
   const runOne = async (
     image: ServerImage,

@@ -57,3 +57,13 @@ export function errorMessage(value: unknown): string {
   if (value instanceof Error) return value.message;
   return String(value);
 }
+
+/** What a command prints for an error, and the exit code it returns. */
+export function describeError(command: string, error: unknown): { text: string; exitCode: number } {
+  if (isEosError(error)) {
+    const hint = error.hint ? `${command}: hint: ${error.hint}\n` : "";
+    return { text: `${command}: error [${error.code}]: ${error.message}\n${hint}`, exitCode: error.exitCode };
+  }
+  const detail = error instanceof Error ? (error.stack ?? error.message) : String(error);
+  return { text: `${command}: internal error: ${detail}\n`, exitCode: 70 };
+}

@@ -3,10 +3,10 @@
  * always honest about suffixes. Node 20 has no xz or zstd in zlib, so the
  * Debian `xz` and `zstd` programs do the work on a pipe; gzip stays in-process.
  */
-import { spawn } from "node:child_process";
-import { PassThrough, Readable, Transform } from "node:stream";
+import { Readable, Transform } from "node:stream";
 import { createGunzip } from "node:zlib";
 import { EosError } from "../core/errors.ts";
+import { pipeThrough, type ProcessRunner } from "./process.ts";
 
 export type Compression = "xz" | "zstd" | "gzip" | "none";
 
@@ -40,39 +40,18 @@ async function peek(input: Readable, want: number): Promise<{ head: Buffer; rest
   return { head, rest: Readable.from(replay(), { objectMode: false }) };
 }
 
-function external(program: "xz" | "zstd", input: Readable): Readable {
-  const child = spawn(program, ["-d", "-c", "-q"], { stdio: ["pipe", "pipe", "pipe"] });
-  const out = new PassThrough({ highWaterMark: 1 << 20 });
-  let stderr = "";
-  child.stderr.setEncoding("utf8").on("data", (s: string) => (stderr += s));
-  let inputError: Error | undefined;
-  input.on("error", (error) => {
-    inputError = error;
-    child.stdin.destroy();
-    child.kill("SIGTERM");
-  });
-  child.stdin.on("error", () => undefined); // EPIPE when the decompressor gives up early
-  input.pipe(child.stdin);
-  child.stdout.pipe(out, { end: false });
-  child.on("error", (error) => {
-    out.destroy(
+function external(proc: ProcessRunner, program: "xz" | "zstd", input: Readable): Readable {
+  return pipeThrough(proc, [program, "-d", "-c", "-q"], {
+    input,
+    fail: (code, stderr) => new EosError("DECOMPRESS", `${program}: ${stderr || `exit ${code}`}`),
+    notStarted: (error) =>
       new EosError("DECOMPRESS", `cannot run ${program}: ${error.message}`, { hint: `install ${program}` }),
-    );
   });
-  child.on("close", (code) => {
-    if (inputError) out.destroy(inputError);
-    else if (code !== 0)
-      out.destroy(new EosError("DECOMPRESS", `${program}: ${stderr.trim() || `exit ${code}`}`));
-    else out.end();
-  });
-  out.on("close", () => {
-    if (child.exitCode === null) child.kill("SIGTERM");
-  });
-  return out;
 }
 
 /** Returns the decompressed stream and what compression was found. */
 export async function decompressStream(
+  proc: ProcessRunner,
   input: Readable,
 ): Promise<{ stream: Readable; compression: Compression }> {
   const { head, rest } = await peek(input, 6);
@@ -80,7 +59,7 @@ export async function decompressStream(
   switch (compression) {
     case "xz":
     case "zstd":
-      return { stream: external(compression, rest), compression };
+      return { stream: external(proc, compression, rest), compression };
     case "gzip": {
       const gunzip = createGunzip();
       rest.on("error", (error) => gunzip.destroy(error));

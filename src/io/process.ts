@@ -12,6 +12,8 @@ import { PassThrough, type Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { EosError, type ErrorCode } from "../core/errors.ts";
 
+export type { ChildProcess, StdioOptions };
+
 export interface RunOptions {
   cwd?: string;
   env?: NodeJS.ProcessEnv;
@@ -51,8 +53,9 @@ export interface StartOptions {
   detached?: boolean;
   /** Let the caller exit while it runs (a VM kept for later calls). */
   unref?: boolean;
-  /** stdout (and stderr unless `stdio` says otherwise) appended to this file. */
+  /** stdout appended to this file (stderr too with `stderrToLog`; else stderr is kept). */
   logFile?: string;
+  stderrToLog?: boolean;
 }
 
 export interface Started {
@@ -96,9 +99,13 @@ function exitCodeOf(code: number | null, signal: NodeJS.Signals | null): number 
 function notStarted(argv: string[], error: Error, code: ErrorCode, hint: string | undefined): EosError {
   const cmd = argv[0] ?? "";
   const enoent = (error as NodeJS.ErrnoException).code === "ENOENT";
-  return new EosError(code, `${cmd}: ${enoent ? "not installed (not found in PATH)" : error.message}`, {
-    ...(enoent ? { hint: hint ?? "run scripts/setup.sh to install the tools EOS needs" } : {}),
-  });
+  return new EosError(
+    code,
+    enoent ? `${cmd} is not installed (not found in PATH)` : `${cmd}: ${error.message}`,
+    {
+      ...(enoent ? { hint: hint ?? "run scripts/setup.sh to install the tools EOS needs" } : {}),
+    },
+  );
 }
 
 function tail(text: string, lines: number): string {
@@ -184,7 +191,7 @@ export function systemRunner(): ProcessRunner {
       let logFd: number | undefined;
       if (options.logFile) {
         logFd = openSync(options.logFile, "a");
-        stdio = options.stdio ?? ["ignore", logFd, "pipe"];
+        stdio = options.stdio ?? ["ignore", logFd, options.stderrToLog ? logFd : "pipe"];
       }
       let child: ChildProcess;
       try {

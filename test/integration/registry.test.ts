@@ -19,6 +19,7 @@ import { flakeRegistryMain } from "../../src/cli/flake-registry.ts";
 import { reportError } from "../../src/cli/main.ts";
 import { openBlockSource } from "../../src/io/files.ts";
 import { luksTokens } from "../../src/io/registry/luks.ts";
+import { systemRunner } from "../../src/io/process.ts";
 import { setupRegistry, unlockKey } from "../../src/io/registry/registry.ts";
 import { freePort } from "../../src/io/machine/qemu.ts";
 
@@ -55,6 +56,7 @@ async function cli(argv: string[]) {
 }
 
 const log = () => undefined;
+const proc = systemRunner();
 
 async function keyFile(name: string, bytes = 64): Promise<string> {
   const path = join(dir, name);
@@ -112,7 +114,7 @@ describe("flake-registry --setup refuses what it must not destroy", { skip: tool
   test("a LUKS header (an existing registry) and a device too small", async () => {
     const dev = await blank("luks.img", 320 * MiB);
     const k = await keyFile("k22");
-    await setupRegistry(dev, { keyFile: k, mkfs: false, log });
+    await setupRegistry(dev, { keyFile: k, mkfs: false, log, proc });
     const r = await cli(["--setup", dev, "--key-file", k]);
     assert.equal(r.code, 3);
     assert.match(r.stderr, /holds a LUKS2 header/);
@@ -144,18 +146,18 @@ describe("flake-registry --setup refuses what it must not destroy", { skip: tool
     const dev = await blank("force.img", 320 * MiB);
     assert.equal(spawnSync("mkfs.xfs", ["-q", dev]).status, 0);
     const k = await keyFile("k333");
-    const r = await setupRegistry(dev, { keyFile: k, force: true, mkfs: false, log });
+    const r = await setupRegistry(dev, { keyFile: k, force: true, mkfs: false, log, proc });
     assert.match(r.found ?? "", /xfs file system/);
     assert.equal(
       spawnSync("blkid", ["-p", "-s", "TYPE", "-o", "value", dev]).stdout.toString().trim(),
       "crypto_LUKS",
     );
-    const tokens = await luksTokens(dev);
+    const tokens = await luksTokens(proc, dev);
     assert.deepEqual(
       tokens.map((t) => JSON.parse(t.json).type),
       ["eos-keyfile"],
     );
-    const { key } = await unlockKey(dev, { keyFile: k, log });
+    const { key } = await unlockKey(dev, { keyFile: k, log, proc });
     assert.ok(opens(dev, key));
     assert.ok(!opens(dev, Buffer.alloc(64, 9)), "another key does not open it");
   });
@@ -204,13 +206,13 @@ describe("TPM-sealed keys (swtpm)", { skip: toolsMissing ?? tpmMissing }, () => 
     const tcti = await startTpm("tpm-a");
     const dev = await blank("tpm.img", 320 * MiB);
     const runDir = join(dir, "run");
-    const r = await setupRegistry(dev, { provider: "tpm2", tpm: { tcti, runDir }, mkfs: false, log });
+    const r = await setupRegistry(dev, { provider: "tpm2", tpm: { tcti, runDir }, mkfs: false, log, proc });
     assert.equal(r.provider, "tpm2");
-    const [token] = await luksTokens(dev);
+    const [token] = await luksTokens(proc, dev);
     const parsed = JSON.parse(token?.json ?? "{}");
     assert.equal(parsed.type, "eos-tpm2");
     assert.deepEqual(parsed.keyslots, ["0"]);
-    const { key, provider } = await unlockKey(dev, { tpm: { tcti, runDir }, log });
+    const { key, provider } = await unlockKey(dev, { tpm: { tcti, runDir }, log, proc });
     assert.equal(provider, "tpm2");
     assert.equal(key.length, 64);
     assert.ok(opens(dev, key), "the unsealed key opens the LUKS header");
@@ -222,14 +224,14 @@ describe("TPM-sealed keys (swtpm)", { skip: toolsMissing ?? tpmMissing }, () => 
 
     const other = await startTpm("tpm-b");
     await assert.rejects(
-      unlockKey(dev, { tpm: { tcti: other, runDir }, log }),
+      unlockKey(dev, { tpm: { tcti: other, runDir }, log, proc }),
       (e: Error & { code?: string }) => {
         assert.equal(e.code, "TPM");
         assert.match(e.message, /sealed by another TPM/);
         return true;
       },
     );
-    assert.equal((await luksTokens(dev)).length, 1);
+    assert.equal((await luksTokens(proc, dev)).length, 1);
     assert.ok(opens(dev, key));
   });
 
@@ -237,7 +239,7 @@ describe("TPM-sealed keys (swtpm)", { skip: toolsMissing ?? tpmMissing }, () => 
     const tcti = await startTpm("tpm-pcr");
     const env = { ...process.env, TPM2TOOLS_TCTI: tcti };
     const dev = await blank("pcr.img", 320 * MiB);
-    const o = { tpm: { tcti, runDir: join(dir, "run") }, log };
+    const o = { tpm: { tcti, runDir: join(dir, "run") }, log, proc };
     await setupRegistry(dev, { ...o, provider: "tpm2", pcrs: [16], mkfs: false });
     assert.ok(opens(dev, (await unlockKey(dev, o)).key));
     assert.equal(spawnSync("tpm2_pcrextend", [`16:sha256=${"ab".repeat(32)}`], { env }).status, 0);

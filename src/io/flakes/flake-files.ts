@@ -17,9 +17,9 @@ import {
   symlink,
   unlink,
 } from "node:fs/promises";
-import { homedir } from "node:os";
+import { homedir, userInfo } from "node:os";
 import { dirname, join } from "node:path";
-import { EosError, errorMessage } from "../../core/errors.ts";
+import { EosError } from "../../core/errors.ts";
 import {
   DEFAULT_FLAKES_CONFIG_PATH,
   FLAKES_CONFIG_DEFAULTS,
@@ -360,42 +360,31 @@ export async function readTextFile(path: string): Promise<string | undefined> {
 }
 
 /**
- * Registration's last step for any kind of flake: the flake file, its
- * NAME.d directory, then the app's link to the pilot. If the link cannot be
- * placed, the file (and a directory made here) are put back as they were, so
- * nothing is left half-registered.
+ * `flake-ctl init`: the flake directories, and with `user` (unless
+ * FLAKES_CONFIG names another file) a ~/.config/flakes.yml whose directories
+ * the user can write. Returns what it made.
  */
-export async function installFlake(
-  setup: FlakesSetup,
-  name: string,
-  file: string,
-  text: string,
-  app: string,
-  pilot: string,
-): Promise<void> {
-  const fragmentDir = flakeFragmentDir(setup, name);
-  const hadFragmentDir = (await pathKind(fragmentDir)) === "dir";
-  const previous = await readTextFile(file);
-  await writeFlakeFile(file, text);
-  try {
-    await ensureDir(fragmentDir);
-    await placeSymlink(app, pilot);
-  } catch (error) {
-    if (previous === undefined) await removePath(file);
-    else await writeFlakeFile(file, previous);
-    if (!hadFragmentDir) await removePath(fragmentDir, { recursive: true });
-    throw new EosError("IO", `cannot register ${app}: ${errorMessage(error)}`);
+export async function initFlakes(ctx: Pick<Context, "env" | "root">, user: boolean): Promise<string[]> {
+  const made: string[] = [];
+  if (user && !ctx.env.FLAKES_CONFIG) {
+    const path = userFlakesConfigPath(ctx.env);
+    if (!existsSync(path)) {
+      const { renderYaml } = await import("../../core/flakes/flake-yaml.ts");
+      const home = ctx.env.HOME ?? userInfo().homedir;
+      const data = join(ctx.env.XDG_DATA_HOME ?? join(home, ".local", "share"), "flakes");
+      const ids = join(ctx.env.XDG_RUNTIME_DIR ?? `/tmp/flakes-${userInfo().uid}`, "flakes");
+      await ensureDir(dirname(path));
+      await atomicWriteFile(
+        path,
+        renderYaml({ generic: { flakes_dir: data, podman_ids_dir: ids, firecracker_ids_dir: ids } }),
+      );
+      made.push(`wrote ${path}`);
+    }
   }
-}
-
-/** Is `target` (a link's target) one of our pilots, or an older install's? */
-export function isPilotLink(target: string | undefined, setup: FlakesSetup): boolean {
-  if (target === undefined) return false;
-  const name = (target.split("/").pop() ?? target).replace(/\.(mjs|js)$/, "");
-  return (
-    target === setup.config.podmanPilot ||
-    target === setup.config.firecrackerPilot ||
-    name === "podman-pilot" ||
-    name === "firecracker-pilot"
-  );
+  const setup = await loadFlakesSetup(ctx, { user });
+  for (const dir of [setup.config.flakesDir, setup.config.podmanIdsDir]) {
+    await ensureDir(dir);
+    made.push(`ready: ${dir}`);
+  }
+  return made;
 }

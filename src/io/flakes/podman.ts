@@ -3,10 +3,12 @@
  * through here, so `PILOT_DEBUG=1` can print each one and a missing podman
  * is one clear error.
  */
-import { spawn, type StdioOptions } from "node:child_process";
-import { constants } from "node:os";
 import type { Writable } from "node:stream";
 import { EosError } from "../../core/errors.ts";
+import type { Context } from "../context.ts";
+import { formatArgv, launch, type ProcessRunner, type StdioOptions } from "../process.ts";
+import { pathExistsSync, type FlakesSetup } from "./flake-files.ts";
+import { isDebug } from "./pilot.ts";
 
 export interface PodmanResult {
   code: number;
@@ -23,22 +25,10 @@ export interface PodmanOptions {
   label: string;
   /** Run podman as another user (`runas`): prefixes `sudo -n -u USER --preserve-env=…`. */
   runas?: string | undefined;
+  proc: ProcessRunner;
 }
 
-const FORWARDED_SIGNALS: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2"];
-
-function quote(arg: string): string {
-  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
-}
-
-function notInstalled(error: unknown, command: string): EosError | undefined {
-  if ((error as NodeJS.ErrnoException).code === "ENOENT") {
-    return new EosError("PODMAN", `${command} is not installed (not found in PATH)`, {
-      hint: "install podman (Debian: apt-get install podman runc)",
-    });
-  }
-  return undefined;
-}
+const INSTALL_HINT = "install podman (Debian: apt-get install podman runc)";
 
 export class Podman {
   readonly env: NodeJS.ProcessEnv;
@@ -64,7 +54,7 @@ export class Podman {
     this.calls++;
     if (this.options.debug) {
       const [cmd, argv] = this.command(args);
-      this.options.log.write(`${this.options.label}: debug: ${[cmd, ...argv].map(quote).join(" ")}\n`);
+      this.options.log.write(`${this.options.label}: debug: ${formatArgv([cmd, ...argv])}\n`);
     }
   }
 
@@ -75,27 +65,18 @@ export class Podman {
   ): Promise<PodmanResult> {
     this.trace(args);
     const [cmd, argv] = this.command(args);
-    return new Promise((resolve, reject) => {
-      const child = spawn(cmd, argv, { env: this.env, stdio: [opts.stdin ?? "ignore", "pipe", "pipe"] });
-      const out: Buffer[] = [];
-      const err: Buffer[] = [];
-      child.stdout.on("data", (b: Buffer) => out.push(b));
-      child.stderr.on("data", (b: Buffer) => err.push(b));
-      child.on("error", (error) => reject(notInstalled(error, cmd) ?? error));
-      child.on("close", (code, signal) => {
-        const result = {
-          code: code ?? 128 + (signal ? (constants.signals[signal] ?? 0) : 0),
-          stdout: Buffer.concat(out).toString("utf8"),
-          stderr: Buffer.concat(err).toString("utf8"),
-        };
-        if (result.code !== 0 && !opts.allowFailure) {
-          const detail = result.stderr.trim().split("\n").slice(-3).join(" / ") || `exit ${result.code}`;
-          reject(new EosError("PODMAN", `podman ${args[0] ?? ""} failed: ${detail}`));
-          return;
-        }
-        resolve(result);
-      });
+    const result = await this.options.proc.run([cmd, ...argv], {
+      env: this.env,
+      stdin: opts.stdin ?? "ignore",
+      check: false,
+      code: "PODMAN",
+      hint: INSTALL_HINT,
     });
+    if (result.code !== 0 && !opts.allowFailure) {
+      const detail = result.stderr.split("\n").slice(-3).join(" / ") || `exit ${result.code}`;
+      throw new EosError("PODMAN", `podman ${args[0] ?? ""} failed: ${detail}`);
+    }
+    return { code: result.code, stdout: result.stdout, stderr: result.stderr };
   }
 
   /**
@@ -108,30 +89,12 @@ export class Podman {
   async launch(args: string[], opts: { stdio?: StdioOptions; ownGroup?: boolean } = {}): Promise<number> {
     this.trace(args);
     const [cmd, argv] = this.command(args);
-    return new Promise((resolve, reject) => {
-      const child = spawn(cmd, argv, {
-        env: this.env,
-        stdio: opts.stdio ?? "inherit",
-        detached: opts.ownGroup ?? false,
-      });
-      const handlers = FORWARDED_SIGNALS.map((sig) => {
-        const handler = () => {
-          if (child.exitCode === null && child.signalCode === null) child.kill(sig);
-        };
-        process.on(sig, handler);
-        return [sig, handler] as const;
-      });
-      const cleanup = () => {
-        for (const [sig, handler] of handlers) process.off(sig, handler);
-      };
-      child.on("error", (error) => {
-        cleanup();
-        reject(notInstalled(error, cmd) ?? error);
-      });
-      child.on("exit", (code, signal) => {
-        cleanup();
-        resolve(code ?? 128 + (signal ? (constants.signals[signal] ?? 0) : 0));
-      });
+    return launch(this.options.proc, [cmd, ...argv], {
+      env: this.env,
+      stdio: opts.stdio ?? "inherit",
+      ownGroup: opts.ownGroup ?? false,
+      code: "PODMAN",
+      hint: INSTALL_HINT,
     });
   }
 
@@ -184,4 +147,22 @@ export class Podman {
       await this.output(["image", "unmount", image], { allowFailure: true });
     }
   }
+}
+
+/** podman's environment for flakes: the flake storage.conf applies unless the caller chose one. */
+export function podmanEnv(env: NodeJS.ProcessEnv, setup: FlakesSetup): NodeJS.ProcessEnv {
+  if (env.CONTAINERS_STORAGE_CONF || !pathExistsSync(setup.config.podmanStorageConf)) return env;
+  return { ...env, CONTAINERS_STORAGE_CONF: setup.config.podmanStorageConf };
+}
+
+/** The podman adapter for flake-ctl and podman-pilot (PILOT_DEBUG prints every call). */
+export function flakePodman(ctx: Context, setup: FlakesSetup, label: string, runas?: string): Podman {
+  return new Podman({
+    env: podmanEnv(ctx.env, setup),
+    debug: isDebug(ctx.env),
+    log: ctx.stderr,
+    label,
+    runas,
+    proc: ctx.proc,
+  });
 }

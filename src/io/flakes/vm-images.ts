@@ -4,13 +4,13 @@
  * it (members, sha256), and only then renames it into place, so a failed or
  * interrupted pull leaves the store as it was.
  */
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { pipeline } from "node:stream/promises";
-import type { Readable } from "node:stream";
+import type { Readable, Writable } from "node:stream";
+import type { ProcessRunner } from "../process.ts";
 import { EosError } from "../../core/errors.ts";
 import {
   assertVmImageName,
@@ -94,30 +94,25 @@ async function openSource(
 }
 
 /** Unpacks a (compressed) tar stream into `dir` with GNU tar: no absolute names, no `..`, no owners. */
-async function untar(input: Readable, dir: string, source: string): Promise<void> {
-  const child = spawn(
-    "tar",
-    ["-x", "-f", "-", "-C", dir, "--no-same-owner", "--no-same-permissions", "--no-overwrite-dir"],
-    {
-      stdio: ["pipe", "ignore", "pipe"],
-    },
+async function untar(proc: ProcessRunner, input: Readable, dir: string, source: string): Promise<void> {
+  const tar = proc.start(
+    ["tar", "-x", "-f", "-", "-C", dir, "--no-same-owner", "--no-same-permissions", "--no-overwrite-dir"],
+    { stdio: ["pipe", "ignore", "pipe"] },
   );
-  let stderr = "";
-  child.stderr.setEncoding("utf8").on("data", (s: string) => (stderr += s));
-  const exited = new Promise<number>((resolve, reject) => {
-    child.on("error", (error) =>
-      reject(new EosError("VM", `cannot run tar: ${error.message}`, { hint: "install tar" })),
-    );
-    child.on("close", (code) => resolve(code ?? 1));
-  });
-  child.stdin.on("error", () => undefined);
+  let startError: Error | undefined;
+  tar.child.once("error", (error) => (startError = error));
+  const stdin = tar.child.stdin as Writable;
+  stdin.on("error", () => undefined);
   let inputError: unknown;
   try {
-    await pipeline(input, child.stdin);
+    await pipeline(input, stdin);
   } catch (error) {
     inputError = error;
   }
-  const code = await exited;
+  const { code: exit } = await tar.exited;
+  if (startError) throw new EosError("VM", `cannot run tar: ${startError.message}`, { hint: "install tar" });
+  const code = exit ?? 1;
+  const stderr = tar.stderr();
   // A broken download or decompression is the error to report, whatever tar made of it.
   if (inputError instanceof EosError) throw inputError;
   if (code !== 0)
@@ -198,8 +193,8 @@ export async function pullImage(
       const unpack = join(staging, "unpack");
       await mkdir(unpack);
       const body = await openSource(opts.kisImage, "--kis-image", ctx.env, ctx.signal);
-      const { stream } = await decompressStream(body);
-      await untar(stream, unpack, opts.kisImage);
+      const { stream } = await decompressStream(ctx.proc, body);
+      await untar(ctx.proc, stream, unpack, opts.kisImage);
       const files = await walkFiles(unpack);
       const members = classifyKisMembers(files, opts.kisImage);
       if (members.sha256) {
@@ -235,7 +230,7 @@ export async function pullImage(
       for (const [file, src, decompress] of parts) {
         if (src === undefined) continue;
         const body = await openSource(src, `--${file}`, ctx.env, ctx.signal);
-        const stream = decompress ? (await decompressStream(body)).stream : body;
+        const stream = decompress ? (await decompressStream(ctx.proc, body)).stream : body;
         await pipeline(stream, createWriteStream(join(staging, file), { mode: 0o644 }));
       }
     }

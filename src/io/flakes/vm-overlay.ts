@@ -9,33 +9,17 @@
  * sparse); each launch gets a sparse copy of it, which costs milliseconds
  * instead of a mkfs on every launch.
  */
-import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, rename, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { EosError } from "../../core/errors.ts";
+import type { ProcessRunner } from "../process.ts";
 
-function run(cmd: string, args: string[], what: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ["ignore", "ignore", "pipe"] });
-    let stderr = "";
-    child.stderr.setEncoding("utf8").on("data", (s: string) => (stderr += s));
-    child.on("error", (error) =>
-      reject(
-        new EosError("VM", `${what}: cannot run ${cmd}: ${error.message}`, {
-          hint: cmd === "mke2fs" ? "install e2fsprogs" : undefined,
-        }),
-      ),
-    );
-    child.on("close", (code) => {
-      if (code === 0) resolve();
-      else
-        reject(
-          new EosError(
-            "VM",
-            `${what}: ${cmd} failed: ${stderr.trim().split("\n").slice(-2).join(" / ") || `exit ${code}`}`,
-          ),
-        );
-    });
+async function run(proc: ProcessRunner, argv: string[], what: string): Promise<void> {
+  await proc.run(argv, {
+    code: "VM",
+    what: `${what}: ${argv[0] ?? ""}`,
+    capture: false,
+    ...(argv[0] === "mke2fs" ? { hint: "install e2fsprogs" } : {}),
   });
 }
 
@@ -61,7 +45,12 @@ export interface OverlaySpec {
 }
 
 /** Makes (or finds) the template for `spec` in `dir`; returns its path. */
-export async function overlayTemplate(dir: string, key: string, spec: OverlaySpec): Promise<string> {
+export async function overlayTemplate(
+  proc: ProcessRunner,
+  dir: string,
+  key: string,
+  spec: OverlaySpec,
+): Promise<string> {
   const stamps = [String(spec.bytes)];
   for (const p of [...spec.includeTar, ...spec.includePath]) stamps.push(await stampOf(p));
   const file = join(dir, `${key}.overlay-${fnv(stamps.join("\0"))}.img`);
@@ -73,16 +62,21 @@ export async function overlayTemplate(dir: string, key: string, spec: OverlaySpe
     await mkdir(join(tree, "upper"), { mode: 0o755 });
     await mkdir(join(tree, "work"), { mode: 0o755 });
     for (const tar of spec.includeTar) {
-      await run("tar", ["-x", "-f", tar, "-C", join(tree, "upper"), "--no-same-owner"], `include ${tar}`);
+      await run(
+        proc,
+        ["tar", "-x", "-f", tar, "-C", join(tree, "upper"), "--no-same-owner"],
+        `include ${tar}`,
+      );
     }
     for (const path of spec.includePath) {
       const dest = join(tree, "upper", path);
       await mkdir(dirname(dest), { recursive: true });
-      await run("cp", ["-a", "--", path, dest], `include ${path}`);
+      await run(proc, ["cp", "-a", "--", path, dest], `include ${path}`);
     }
     await run(
-      "mke2fs",
+      proc,
       [
+        "mke2fs",
         "-q",
         "-F",
         "-t",
@@ -115,6 +109,6 @@ export async function overlayTemplate(dir: string, key: string, spec: OverlaySpe
 }
 
 /** A sparse copy of the template (reflink where the file system can). */
-export async function copyOverlay(template: string, dest: string): Promise<void> {
-  await run("cp", ["--sparse=always", "--reflink=auto", "--", template, dest], "overlay copy");
+export async function copyOverlay(proc: ProcessRunner, template: string, dest: string): Promise<void> {
+  await run(proc, ["cp", "--sparse=always", "--reflink=auto", "--", template, dest], "overlay copy");
 }

@@ -179,12 +179,13 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
       sourceDateEpoch: epoch,
       log,
       signal: ctx.signal,
+      proc: ctx.proc,
     }),
   );
   log(`root tree: kernel ${kernel}; EOS commands: ${commands.length > 0 ? commands.join(", ") : "none"}`);
   const rootImg = join(work, "root.img");
   const rootFsBytes = await step(`root file system (squashfs ${desc.root.compression})`, () =>
-    makeRootImage(desc, tree, rootImg, epoch, ctx.signal),
+    makeRootImage(ctx.proc, desc, tree, rootImg, epoch, ctx.signal),
   );
   log(
     `root file system: ${(rootFsBytes / 1048576).toFixed(1)} MiB of a ${layout.slotA.size / 1048576} MiB slot`,
@@ -199,7 +200,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
   const rootSha256 = await step("root slot hash", () => hashPadded(rootImg, layout.slotA.size));
   const espImg = join(work, "esp.img");
   await step("ESP (GRUB EFI, grub.cfg, grubenv)", () =>
-    makeEsp(desc, layout, work, espImg, epoch, {
+    makeEsp(ctx.proc, desc, layout, work, espImg, epoch, {
       version: desc.version,
       sha256: rootSha256,
       size: layout.slotA.size,
@@ -210,7 +211,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
   let xz: string | undefined;
   if (!o.noXz) {
     xz = `${raw}.xz`;
-    await step("xz", () => compressXz(raw, xz as string, ctx.signal));
+    await step("xz", () => compressXz(ctx.proc, raw, xz as string, ctx.signal));
   }
   let manifest: string | undefined;
   if (o.keys.length > 0 && o.writeManifest) {

@@ -10,12 +10,14 @@ import { open, rename, rm, stat, writeFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
-import { spawn } from "node:child_process";
 import { EosError } from "../../core/errors.ts";
 import { encodeGpt } from "../../core/gpt.ts";
 import { earlyGrubCfg, generateGrubCfg, initialGrubenv } from "../../core/image/grubcfg.ts";
 import { baseCmdline, type DiskLayout, type ImageDescription } from "../../core/image/description.ts";
-import { run } from "./exec.ts";
+import { pipeThrough, type ProcessRunner, type RunOptions } from "../process.ts";
+
+const build = (proc: ProcessRunner, argv: string[], o: RunOptions = {}) =>
+  proc.run(argv, { code: "BUILD", ...o });
 
 export const GRUB_MODULES = [
   "part_gpt",
@@ -52,6 +54,7 @@ function withoutEpoch(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
 }
 
 export async function makeRootImage(
+  proc: ProcessRunner,
   desc: ImageDescription,
   tree: string,
   out: string,
@@ -60,7 +63,8 @@ export async function makeRootImage(
 ): Promise<number> {
   await rm(out, { force: true });
   const processors = Math.max(1, Math.min(8, availableParallelism()));
-  await run(
+  await build(
+    proc,
     [
       "mksquashfs",
       tree,
@@ -105,6 +109,7 @@ export async function hashPadded(file: string, size: number): Promise<string> {
 
 /** The ESP image: FAT with EFI/BOOT/{BOOTX64.EFI,grub.cfg,grubenv}. */
 export async function makeEsp(
+  proc: ProcessRunner,
   desc: ImageDescription,
   layout: DiskLayout,
   work: string,
@@ -134,18 +139,20 @@ export async function makeEsp(
       aRecord: slotA,
     }),
   );
-  await run(
+  await build(
+    proc,
     ["grub-mkimage", "-O", "x86_64-efi", "-p", "/EFI/BOOT", "-c", early, "-o", efi, ...GRUB_MODULES],
     { env },
   );
   await rm(out, { force: true });
   const volid = layout.esp.uuid.replace(/-/g, "").slice(0, 8);
-  await run(
+  await build(
+    proc,
     ["mkfs.fat", "-C", "-n", "EOS-ESP", "-i", volid, "--invariant", out, String(layout.esp.size / 1024)],
     { env, capture: false },
   );
-  await run(["mmd", "-i", out, "::EFI", "::EFI/BOOT"], { env });
-  await run(["mcopy", "-i", out, efi, cfg, envblk, "::EFI/BOOT/"], { env });
+  await build(proc, ["mmd", "-i", out, "::EFI", "::EFI/BOOT"], { env });
+  await build(proc, ["mcopy", "-i", out, efi, cfg, envblk, "::EFI/BOOT/"], { env });
 }
 
 async function copyInto(
@@ -187,21 +194,19 @@ export async function assembleDisk(
 }
 
 /** NAME.raw.xz. The root slot is already compressed, so a fast level loses nothing. */
-export async function compressXz(raw: string, out: string, signal?: AbortSignal): Promise<void> {
+export async function compressXz(
+  proc: ProcessRunner,
+  raw: string,
+  out: string,
+  signal?: AbortSignal,
+): Promise<void> {
   await rm(out, { force: true });
   const tmp = `${out}.tmp`;
-  const child = spawn("xz", ["-T0", "-1", "-c", "--", raw], {
-    stdio: ["ignore", "pipe", "pipe"],
-    ...(signal ? { signal } : {}),
+  const xz = pipeThrough(proc, ["xz", "-T0", "-1", "-c", "--", raw], {
+    fail: (code, stderr) => new EosError("BUILD", `xz ${raw}: exit status ${code}: ${stderr}`),
+    notStarted: (error) =>
+      new EosError("BUILD", `cannot run xz: ${error.message}`, { hint: "install xz-utils" }),
   });
-  let err = "";
-  child.stderr.on("data", (c: Buffer) => (err += c.toString()));
-  const done = new Promise<number | null>((resolve, reject) => {
-    child.once("error", reject);
-    child.once("close", resolve);
-  });
-  await pipeline(child.stdout, createWriteStream(tmp));
-  const code = await done;
-  if (code !== 0) throw new EosError("BUILD", `xz ${raw}: exit status ${code}: ${err.trim()}`);
+  await pipeline(xz, createWriteStream(tmp), ...(signal ? [{ signal }] : []));
   await rename(tmp, out);
 }

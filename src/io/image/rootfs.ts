@@ -21,7 +21,7 @@ import {
 import { dirname, join } from "node:path";
 import { EosError } from "../../core/errors.ts";
 import { packageList, rootFiles, type ImageDescription } from "../../core/image/description.ts";
-import { run } from "./exec.ts";
+import type { ProcessRunner, RunOptions } from "../process.ts";
 
 export interface RootTreeOptions {
   desc: ImageDescription;
@@ -39,6 +39,11 @@ export interface RootTreeOptions {
   sourceDateEpoch: number;
   log: (line: string) => void;
   signal?: AbortSignal;
+  proc: ProcessRunner;
+}
+
+function run(o: RootTreeOptions, argv: string[], options: RunOptions = {}) {
+  return o.proc.run(argv, { code: "BUILD", ...options });
 }
 
 /** Name in /usr/share/eos/keys and in the wrappers: letters, digits and . _ - only. */
@@ -83,7 +88,7 @@ async function mmdebstrap(o: RootTreeOptions, env: NodeJS.ProcessEnv): Promise<v
     o.tree,
     desc.distribution.mirror,
   ];
-  await run(argv, {
+  await run(o, argv, {
     env,
     capture: false,
     onLine: (l) => {
@@ -93,11 +98,18 @@ async function mmdebstrap(o: RootTreeOptions, env: NodeJS.ProcessEnv): Promise<v
   });
 }
 
-async function copyOverlay(src: string, tree: string, env: NodeJS.ProcessEnv): Promise<void> {
+async function copyOverlay(
+  o: RootTreeOptions,
+  src: string,
+  tree: string,
+  env: NodeJS.ProcessEnv,
+): Promise<void> {
   const st = await stat(src).catch(() => undefined);
   if (!st?.isDirectory()) throw new EosError("CONFIG", `overlay directory ${src} does not exist`);
   // Ownership becomes root (the build runs as root); modes and symlinks are kept.
-  await run(["cp", "-R", "--no-dereference", "--preserve=mode,links", "--", `${src}/.`, `${tree}/`], { env });
+  await run(o, ["cp", "-R", "--no-dereference", "--preserve=mode,links", "--", `${src}/.`, `${tree}/`], {
+    env,
+  });
 }
 
 async function kernelVersion(tree: string): Promise<string> {
@@ -159,7 +171,7 @@ export async function buildRootTree(o: RootTreeOptions): Promise<{ kernel: strin
   await mmdebstrap(o, env);
 
   o.log("root tree: EOS files, overlays, keys, commands");
-  for (const overlay of o.overlays) await copyOverlay(overlay, tree, env);
+  for (const overlay of o.overlays) await copyOverlay(o, overlay, tree, env);
 
   // The Node runtime and the EOS bundles.
   let nodePath: string | undefined;
@@ -214,15 +226,15 @@ export async function buildRootTree(o: RootTreeOptions): Promise<{ kernel: strin
 
   o.log("root tree: services");
   const enable = ["update_commit.service", ...desc.services.enable];
-  await run(["systemctl", `--root=${tree}`, "enable", ...enable], { env });
-  await run(["systemctl", `--root=${tree}`, "set-default", "multi-user.target"], { env });
+  await run(o, ["systemctl", `--root=${tree}`, "enable", ...enable], { env });
+  await run(o, ["systemctl", `--root=${tree}`, "set-default", "multi-user.target"], { env });
   if (desc.services.disable.length > 0)
-    await run(["systemctl", `--root=${tree}`, "disable", ...desc.services.disable], { env });
+    await run(o, ["systemctl", `--root=${tree}`, "disable", ...desc.services.disable], { env });
   if (desc.services.mask.length > 0)
-    await run(["systemctl", `--root=${tree}`, "mask", ...desc.services.mask], { env });
+    await run(o, ["systemctl", `--root=${tree}`, "mask", ...desc.services.mask], { env });
 
   o.log(`root tree: initramfs for ${kernel} (squashfs, overlay, tmpfs root hook)`);
-  await run(["chroot", tree, "update-initramfs", "-u", "-k", kernel], {
+  await run(o, ["chroot", tree, "update-initramfs", "-u", "-k", kernel], {
     env,
     capture: false,
     ...(o.signal ? { signal: o.signal } : {}),

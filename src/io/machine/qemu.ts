@@ -7,14 +7,14 @@
  * `eos run` and by the vm-tier tests (wait for a console line or for SSH,
  * run a command over SSH, power off, kill).
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { createWriteStream, existsSync, type WriteStream } from "node:fs";
-import { access, constants, copyFile, mkdir, stat } from "node:fs/promises";
+import { copyFile, mkdir, stat } from "node:fs/promises";
 import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { EosError } from "../../core/errors.ts";
-import { run } from "../image/exec.ts";
+import { kvmWorks, shellQuote, systemRunner, type ProcessRunner } from "../process.ts";
 
 export const OVMF_CODE = "/usr/share/OVMF/OVMF_CODE.fd";
 export const OVMF_VARS = "/usr/share/OVMF/OVMF_VARS.fd";
@@ -47,6 +47,8 @@ export interface VmOptions {
   onConsoleLine?: (line: string) => void;
   /** Reuse the existing working disk and OVMF variables in workDir (a second boot of the same machine). */
   reuseDisk?: boolean;
+  /** Starts QEMU, swtpm, qemu-img and ssh (default: the system's). */
+  proc?: ProcessRunner;
 }
 
 let accelCache: Accel | undefined;
@@ -56,41 +58,15 @@ let accelCache: Accel | undefined;
  * and still fail (`-cpu host`: "failed to set MSR"). EOS_QEMU_ACCEL=kvm|tcg
  * overrides the probe.
  */
-export async function detectAccel(env: NodeJS.ProcessEnv = process.env): Promise<Accel> {
+export async function detectAccel(
+  env: NodeJS.ProcessEnv = process.env,
+  proc: ProcessRunner = systemRunner(),
+): Promise<Accel> {
   const forced = env.EOS_QEMU_ACCEL;
   if (forced === "kvm" || forced === "tcg") return forced;
   if (accelCache) return accelCache;
-  accelCache = await probeKvm();
+  accelCache = (await kvmWorks(proc, QEMU, 4000)) ? "kvm" : "tcg";
   return accelCache;
-}
-
-async function probeKvm(): Promise<Accel> {
-  try {
-    await access("/dev/kvm", constants.R_OK | constants.W_OK);
-  } catch {
-    return "tcg";
-  }
-  // Start a bare machine under KVM; a broken KVM fails at vCPU reset within a
-  // second or two. A machine still running after 4 s is taken as working.
-  const child = spawn(
-    QEMU,
-    ["-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "64", "-nodefaults", "-display", "none", "-S"],
-    { stdio: ["ignore", "ignore", "pipe"] },
-  );
-  const exited = new Promise<number | null>((res) => {
-    child.once("error", () => res(-1));
-    child.once("close", (code) => res(code));
-  });
-  const outcome = await Promise.race([
-    exited,
-    sleep(4000, undefined, { ref: false }).then(() => "running" as const),
-  ]);
-  if (outcome === "running") {
-    child.kill("SIGKILL");
-    await exited;
-    return "kvm";
-  }
-  return "tcg";
 }
 
 /** A free TCP port on 127.0.0.1 (bound and released; good enough for tests). */
@@ -104,12 +80,6 @@ export async function freePort(): Promise<number> {
       server.close(() => res(port));
     });
   });
-}
-
-/** POSIX shell quoting for the remote side of `ssh` (which always hands its command to a shell). */
-export function shellQuote(arg: string): string {
-  if (/^[A-Za-z0-9_@%+=:,./-]+$/.test(arg)) return arg;
-  return `'${arg.replace(/'/g, "'\\''")}'`;
 }
 
 export interface SshResult {
@@ -128,6 +98,7 @@ export class Vm {
   private readonly qemu: ChildProcess;
   private readonly swtpm: ChildProcess | undefined;
   private readonly sshKey: string | undefined;
+  private readonly proc: ProcessRunner;
   private consoleText = "";
   private waiters: Array<() => void> = [];
   private exitCode: number | null | undefined;
@@ -141,6 +112,7 @@ export class Vm {
     qemu: ChildProcess;
     swtpm: ChildProcess | undefined;
     sshKey: string | undefined;
+    proc: ProcessRunner;
     log: WriteStream | undefined;
     onConsoleLine: ((line: string) => void) | undefined;
   }) {
@@ -151,6 +123,7 @@ export class Vm {
     this.qemu = init.qemu;
     this.swtpm = init.swtpm;
     this.sshKey = init.sshKey;
+    this.proc = init.proc;
     this.log = init.log;
     this.startedAt = performance.now();
     let partial = "";
@@ -196,20 +169,25 @@ export class Vm {
       if (!existsSync(f))
         throw new EosError("VM", `${f} is missing`, { hint: "apt-get install ovmf (scripts/setup.sh)" });
     }
-    const accel = options.accel && options.accel !== "auto" ? options.accel : await detectAccel();
+    const proc = options.proc ?? systemRunner();
+    const accel =
+      options.accel && options.accel !== "auto" ? options.accel : await detectAccel(process.env, proc);
     const disk = join(workDir, "disk.qcow2");
     const vars = join(workDir, "OVMF_VARS.fd");
     if (!options.reuseDisk || !existsSync(disk)) {
       const size = Math.max(options.diskBytes ?? 0, imageStat.size);
-      await run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", image, disk, String(size)], {
-        code: "VM",
-      });
+      await proc.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", image, disk, String(size)],
+        { code: "VM" },
+      );
       await copyFile(OVMF_VARS, vars);
     }
     const registryBytes = options.registryDiskBytes ?? 2 * 1024 * 1024 * 1024;
     const registry = join(workDir, "registry.qcow2");
     if (registryBytes > 0 && (!options.reuseDisk || !existsSync(registry))) {
-      await run(["qemu-img", "create", "-q", "-f", "qcow2", registry, String(registryBytes)], { code: "VM" });
+      await proc.run(["qemu-img", "create", "-q", "-f", "qcow2", registry, String(registryBytes)], {
+        code: "VM",
+      });
     }
     const sshPort = options.sshPort && options.sshPort > 0 ? options.sshPort : await freePort();
     const cpus = options.cpus ?? 2;
@@ -261,9 +239,9 @@ export class Vm {
       const stateDir = join(workDir, "tpm");
       await mkdir(stateDir, { recursive: true });
       const sock = join(workDir, "swtpm.sock");
-      swtpm = spawn(
-        "swtpm",
+      const tpm = proc.start(
         [
+          "swtpm",
           "socket",
           "--tpm2",
           "--tpmstate",
@@ -274,11 +252,13 @@ export class Vm {
         ],
         { stdio: ["ignore", "ignore", "pipe"] },
       );
-      const failed = new Promise<Error>((res) => swtpm?.once("error", res));
+      swtpm = tpm.child;
+      let ended = false;
+      void tpm.exited.then(() => (ended = true));
       for (let i = 0; i < 50 && !existsSync(sock); i++) {
-        const e = await Promise.race([failed, sleep(100)]);
-        if (e instanceof Error)
-          throw new EosError("TPM", `swtpm: ${e.message}`, { hint: "apt-get install swtpm" });
+        if (ended)
+          throw new EosError("TPM", `swtpm: ${tpm.stderr().trim()}`, { hint: "apt-get install swtpm" });
+        await sleep(100);
       }
       if (!existsSync(sock)) throw new EosError("TPM", `swtpm did not create ${sock}`);
       args.push(
@@ -291,9 +271,9 @@ export class Vm {
       );
     }
     const consoleLog = options.consoleLog ? resolve(options.consoleLog) : join(workDir, "console.log");
-    const qemu = spawn(QEMU, args, {
+    const qemu = proc.start([QEMU, ...args], {
       stdio: options.interactive ? "inherit" : ["pipe", "pipe", "pipe"],
-    });
+    }).child;
     const log = options.interactive ? undefined : createWriteStream(consoleLog, { flags: "a" });
     const vm = new Vm({
       accel,
@@ -303,6 +283,7 @@ export class Vm {
       qemu,
       swtpm,
       sshKey: options.sshKey,
+      proc,
       log,
       onConsoleLine: options.onConsoleLine,
     });
@@ -401,23 +382,16 @@ export class Vm {
     command: string[],
     options: { timeoutMs?: number; input?: string | Buffer; connectTimeout?: number } = {},
   ): Promise<SshResult> {
-    const child = spawn("ssh", this.sshArgv(command, options.connectTimeout ?? 10), {
-      stdio: [options.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
-      timeout: options.timeoutMs ?? 120_000,
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout?.on("data", (c: Buffer) => (stdout += c.toString()));
-    child.stderr?.on("data", (c: Buffer) => (stderr += c.toString()));
-    if (options.input !== undefined) child.stdin?.end(options.input);
-    const code = await new Promise<number>((res) => {
-      child.once("error", (e) => {
-        stderr += e.message;
-        res(255);
+    try {
+      const r = await this.proc.run(["ssh", ...this.sshArgv(command, options.connectTimeout ?? 10)], {
+        check: false,
+        timeoutMs: options.timeoutMs ?? 120_000,
+        ...(options.input === undefined ? {} : { input: options.input }),
       });
-      child.once("close", (c) => res(c ?? 255));
-    });
-    return { code, stdout, stderr };
+      return { code: r.signal ? 255 : r.code, stdout: r.stdout, stderr: r.stderr };
+    } catch (error) {
+      return { code: 255, stdout: "", stderr: (error as Error).message };
+    }
   }
 
   /** Like ssh() but throws unless the command exits 0; returns stdout. */

@@ -3,8 +3,8 @@
  * argv only. Keys go to cryptsetup on stdin (`--key-file=-`), never on a
  * command line or in a file.
  */
-import { spawn } from "node:child_process";
 import { EosError, type ErrorCode } from "../../core/errors.ts";
+import type { ProcessRunner } from "../process.ts";
 
 export interface ToolResult {
   code: number;
@@ -14,41 +14,22 @@ export interface ToolResult {
 
 /** Runs a tool; never throws for a non-zero exit (the caller decides), only when it cannot start. */
 export async function runTool(
+  proc: ProcessRunner,
   argv: string[],
   options: { input?: Buffer | string; env?: NodeJS.ProcessEnv; code?: ErrorCode; timeoutMs?: number } = {},
 ): Promise<ToolResult> {
-  const [cmd, ...args] = argv;
-  if (!cmd) throw new EosError("INTERNAL", "runTool: empty argv");
-  const child = spawn(cmd, args, {
-    env: options.env ?? process.env,
-    stdio: [options.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
-    ...(options.timeoutMs ? { timeout: options.timeoutMs } : {}),
+  const r = await proc.run(argv, {
+    ...options,
+    code: options.code ?? "REGISTRY",
+    check: false,
+    hint: `install ${argv[0] ?? "it"} (cryptsetup-bin, xfsprogs, tpm2-tools)`,
   });
-  const out: Buffer[] = [];
-  let err = "";
-  child.stdout?.on("data", (c: Buffer) => out.push(c));
-  child.stderr?.on("data", (c: Buffer) => (err = (err + c.toString()).slice(-16 * 1024)));
-  child.stdin?.on("error", () => undefined);
-  if (options.input !== undefined) child.stdin?.end(options.input);
-  const status = await new Promise<{ code: number | null; error?: Error }>((resolve) => {
-    child.once("error", (error) => resolve({ code: null, error }));
-    child.once("close", (code) => resolve({ code }));
-  });
-  if (status.error) {
-    const enoent = (status.error as NodeJS.ErrnoException).code === "ENOENT";
-    throw new EosError(
-      options.code ?? "REGISTRY",
-      `${cmd}: ${enoent ? "not installed" : status.error.message}`,
-      {
-        ...(enoent ? { hint: `install ${cmd} (cryptsetup-bin, xfsprogs, tpm2-tools)` } : {}),
-      },
-    );
-  }
-  return { code: status.code ?? 255, stdout: Buffer.concat(out), stderr: err.trim() };
+  return { code: r.code, stdout: r.stdoutBytes, stderr: r.stderr };
 }
 
 /** Like runTool but throws EosError(code) naming the command and its stderr. */
 export async function mustRun(
+  proc: ProcessRunner,
   argv: string[],
   options: {
     input?: Buffer | string;
@@ -58,7 +39,7 @@ export async function mustRun(
     hint?: string;
   } = {},
 ): Promise<ToolResult> {
-  const r = await runTool(argv, options);
+  const r = await runTool(proc, argv, options);
   if (r.code !== 0) {
     throw new EosError(
       options.code ?? "REGISTRY",
@@ -72,28 +53,32 @@ export async function mustRun(
 /** Fast key derivation: our keys are 64 random bytes, so a slow PBKDF adds nothing (as systemd-cryptenroll does). */
 const PBKDF = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
 
-export async function luksFormat(device: string, key: Buffer): Promise<void> {
+export async function luksFormat(proc: ProcessRunner, device: string, key: Buffer): Promise<void> {
   await mustRun(
+    proc,
     ["cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", ...PBKDF, "--key-file=-", device],
     { input: key, what: `cryptsetup luksFormat ${device}` },
   );
 }
 
-export async function isLuks(device: string): Promise<boolean> {
-  return (await runTool(["cryptsetup", "isLuks", device])).code === 0;
+export async function isLuks(proc: ProcessRunner, device: string): Promise<boolean> {
+  return (await runTool(proc, ["cryptsetup", "isLuks", device])).code === 0;
 }
 
 /** Imports a token (JSON) for a keyslot; returns its id. */
-export async function luksTokenImport(device: string, json: string): Promise<void> {
-  await mustRun(["cryptsetup", "token", "import", "--json-file=-", device], {
+export async function luksTokenImport(proc: ProcessRunner, device: string, json: string): Promise<void> {
+  await mustRun(proc, ["cryptsetup", "token", "import", "--json-file=-", device], {
     input: json,
     what: `cryptsetup token import ${device}`,
   });
 }
 
 /** All tokens' JSON (ids 0..31 that exist). */
-export async function luksTokens(device: string): Promise<Array<{ id: number; json: string }>> {
-  const dump = await mustRun(["cryptsetup", "luksDump", device], {
+export async function luksTokens(
+  proc: ProcessRunner,
+  device: string,
+): Promise<Array<{ id: number; json: string }>> {
+  const dump = await mustRun(proc, ["cryptsetup", "luksDump", device], {
     what: `cryptsetup luksDump ${device}`,
     hint: `${device} has no readable LUKS2 header (corrupt, or not a registry)`,
   });
@@ -102,15 +87,20 @@ export async function luksTokens(device: string): Promise<Array<{ id: number; js
   const ids = [...section.matchAll(/^\s+(\d+): /gm)].map((m) => Number(m[1]));
   const out: Array<{ id: number; json: string }> = [];
   for (const id of ids) {
-    const r = await mustRun(["cryptsetup", "token", "export", "--token-id", String(id), device]);
+    const r = await mustRun(proc, ["cryptsetup", "token", "export", "--token-id", String(id), device]);
     out.push({ id, json: r.stdout.toString() });
   }
   return out;
 }
 
 /** Opens DEVICE as /dev/mapper/NAME with the key on stdin; false when the key is wrong. */
-export async function luksOpen(device: string, name: string, key: Buffer): Promise<void> {
-  const r = await runTool(["cryptsetup", "open", "--type", "luks2", "--key-file=-", device, name], {
+export async function luksOpen(
+  proc: ProcessRunner,
+  device: string,
+  name: string,
+  key: Buffer,
+): Promise<void> {
+  const r = await runTool(proc, ["cryptsetup", "open", "--type", "luks2", "--key-file=-", device, name], {
     input: key,
   });
   if (r.code === 0) return;
@@ -127,13 +117,16 @@ export async function luksOpen(device: string, name: string, key: Buffer): Promi
   throw new EosError("REGISTRY", `cryptsetup open ${device} failed (exit ${r.code}): ${r.stderr}`);
 }
 
-export async function luksClose(name: string): Promise<void> {
-  await mustRun(["cryptsetup", "close", name], { what: `cryptsetup close ${name}` });
+export async function luksClose(proc: ProcessRunner, name: string): Promise<void> {
+  await mustRun(proc, ["cryptsetup", "close", name], { what: `cryptsetup close ${name}` });
 }
 
 /** `cryptsetup status NAME`: undefined when the mapping is not active; else its backing device. */
-export async function luksStatus(name: string): Promise<{ device: string; size: number } | undefined> {
-  const r = await runTool(["cryptsetup", "status", name]);
+export async function luksStatus(
+  proc: ProcessRunner,
+  name: string,
+): Promise<{ device: string; size: number } | undefined> {
+  const r = await runTool(proc, ["cryptsetup", "status", name]);
   if (r.code !== 0) return undefined;
   const text = r.stdout.toString();
   const device = /^\s*device:\s*(\S+)/m.exec(text)?.[1] ?? "?";
@@ -142,8 +135,8 @@ export async function luksStatus(name: string): Promise<{ device: string; size: 
 }
 
 /** Low-level signature probe (`blkid -p`): empty map when the device holds nothing blkid knows. */
-export async function probeSignatures(device: string): Promise<string> {
-  const r = await runTool(["blkid", "-p", "-o", "export", device]);
+export async function probeSignatures(proc: ProcessRunner, device: string): Promise<string> {
+  const r = await runTool(proc, ["blkid", "-p", "-o", "export", device]);
   if (r.code === 2) return "";
   if (r.code !== 0) throw new EosError("REGISTRY", `blkid -p ${device} failed (exit ${r.code}): ${r.stderr}`);
   return r.stdout.toString();

@@ -32,6 +32,7 @@ import {
 } from "../../core/registry/registry.ts";
 import { sysPath, type Context } from "../context.ts";
 import { openBlockSource } from "../files.ts";
+import type { ProcessRunner } from "../process.ts";
 import {
   isLuks,
   luksClose,
@@ -55,6 +56,7 @@ export interface RegistryOptions {
   mapper?: string;
   mountPoint?: string;
   log: (line: string) => void;
+  proc: ProcessRunner;
 }
 
 function mapperOf(o: RegistryOptions): string {
@@ -85,7 +87,7 @@ export async function checkDevice(device: string): Promise<{ path: string; block
 }
 
 /** Mounted, or held by device-mapper/md: in use, never touched. */
-export async function inUseReason(device: string): Promise<string | undefined> {
+export async function inUseReason(proc: ProcessRunner, device: string): Promise<string | undefined> {
   const d = await checkDevice(device);
   if (!d.block) return undefined;
   const majMin = `${Math.floor(d.rdev / 256)}:${d.rdev % 256}`;
@@ -102,10 +104,10 @@ export async function inUseReason(device: string): Promise<string | undefined> {
 }
 
 /** What the device holds ("an xfs file system labelled X"), or undefined when blank. */
-export async function foundOn(device: string): Promise<string | undefined> {
-  const probe = describeSignature(parseBlkidExport(await probeSignatures(device)));
+export async function foundOn(proc: ProcessRunner, device: string): Promise<string | undefined> {
+  const probe = describeSignature(parseBlkidExport(await probeSignatures(proc, device)));
   if (probe) return probe;
-  if (await isLuks(device)) return "a LUKS header";
+  if (await isLuks(proc, device)) return "a LUKS header";
   return undefined;
 }
 
@@ -155,9 +157,9 @@ export async function setupRegistry(
   o: RegistryOptions & { force?: boolean; mkfs?: boolean },
 ): Promise<SetupResult> {
   await checkDevice(device);
-  const busy = await inUseReason(device);
+  const busy = await inUseReason(o.proc, device);
   if (busy) throw new EosError("REFUSED", busy, { hint: "flake-registry --stop, or umount it first" });
-  const found = await foundOn(device);
+  const found = await foundOn(o.proc, device);
   if (found && !o.force) {
     throw new EosError("REFUSED", `${device} holds ${found}: not formatting it`, {
       hint: "flake-registry --setup --force DEV destroys what is on it",
@@ -169,26 +171,26 @@ export async function setupRegistry(
   try {
     let token: RegistryToken = { provider: "keyfile" };
     if (provider === "tpm2") {
-      const sealed = await tpmSeal(key, o.pcrs ?? [], o.tpm);
+      const sealed = await tpmSeal(o.proc, key, o.pcrs ?? [], o.tpm);
       token = { provider: "tpm2", ...sealed };
     }
     if (found) {
       o.log(`${device}: --force: wiping ${found}`);
-      await mustRun(["wipefs", "--all", "--quiet", device], { what: `wipefs ${device}` });
+      await mustRun(o.proc, ["wipefs", "--all", "--quiet", device], { what: `wipefs ${device}` });
     }
     o.log(`${device}: LUKS2 (key ${provider === "tpm2" ? "sealed in the TPM" : `from ${o.keyFile}`})`);
-    await luksFormat(device, key);
-    await luksTokenImport(device, encodeToken(token, 0));
+    await luksFormat(o.proc, device, key);
+    await luksTokenImport(o.proc, device, encodeToken(token, 0));
     if (o.mkfs ?? true) {
       const mapper = mapperOf(o);
-      await luksOpen(device, mapper, key);
+      await luksOpen(o.proc, device, mapper, key);
       try {
         o.log(`${device}: XFS labelled ${REGISTRY_FS_LABEL}`);
-        await mustRun(["mkfs.xfs", "-q", "-L", REGISTRY_FS_LABEL, `/dev/mapper/${mapper}`], {
+        await mustRun(o.proc, ["mkfs.xfs", "-q", "-L", REGISTRY_FS_LABEL, `/dev/mapper/${mapper}`], {
           what: "mkfs.xfs",
         });
       } finally {
-        await luksClose(mapper);
+        await luksClose(o.proc, mapper);
       }
     }
   } finally {
@@ -202,8 +204,8 @@ export async function unlockKey(
   device: string,
   o: RegistryOptions,
 ): Promise<{ key: Buffer; provider: KeyProviderName }> {
-  if (!(await isLuks(device))) {
-    const what = await foundOn(device);
+  if (!(await isLuks(o.proc, device))) {
+    const what = await foundOn(o.proc, device);
     throw new EosError(
       "REGISTRY",
       `${device} has no LUKS header${what ? ` (it holds ${what})` : " (blank or corrupt)"}`,
@@ -213,12 +215,14 @@ export async function unlockKey(
     );
   }
   if (o.keyFile) return { key: await readKeyFile(o.keyFile), provider: "keyfile" };
-  const tokens = (await luksTokens(device)).map((t) => decodeToken(t.json, `${device} token ${t.id}`));
+  const tokens = (await luksTokens(o.proc, device)).map((t) =>
+    decodeToken(t.json, `${device} token ${t.id}`),
+  );
   const tpm = tokens.find((t): t is Extract<RegistryToken, { provider: "tpm2" }> => t?.provider === "tpm2");
   if (tpm) {
     const missing = tpmMissingReason(o.tpm);
     if (missing) throw new EosError("TPM", `${device}: its key is sealed in a TPM, and there is ${missing}`);
-    return { key: await tpmUnseal(tpm, o.tpm), provider: "tpm2" };
+    return { key: await tpmUnseal(o.proc, tpm, o.tpm), provider: "tpm2" };
   }
   throw new EosError("REGISTRY", `${device}: no TPM-sealed key in its LUKS2 header`, {
     hint: "its key comes from a key file: flake-registry --activate DEV --key-file FILE",
@@ -265,7 +269,7 @@ export async function activateRegistry(
   const mountPoint = mountOf(o);
   const mapperPath = `/dev/mapper/${mapper}`;
   let provider: ActivateResult["provider"] = "already-open";
-  const status = await luksStatus(mapper);
+  const status = await luksStatus(o.proc, mapper);
   if (status) {
     if (!(await sameDevice(status.device, d.path))) {
       throw new EosError("REGISTRY", `the mapping ${mapper} is open on ${status.device}, not ${device}`, {
@@ -273,11 +277,11 @@ export async function activateRegistry(
       });
     }
   } else {
-    const busy = await inUseReason(device);
+    const busy = await inUseReason(o.proc, device);
     if (busy) throw new EosError("REFUSED", busy);
     const { key, provider: p } = await unlockKey(device, o);
     try {
-      await luksOpen(device, mapper, key);
+      await luksOpen(o.proc, device, mapper, key);
     } finally {
       key.fill(0);
     }
@@ -289,7 +293,7 @@ export async function activateRegistry(
     o.log(`${mapperPath} is already mounted on ${mountPoint}`);
   } else {
     if (src) throw new EosError("REGISTRY", `${mountPoint} already has ${src} mounted on it`);
-    const r = await runTool(["mount", "-t", "xfs", "-o", "noatime", mapperPath, mountPoint]);
+    const r = await runTool(o.proc, ["mount", "-t", "xfs", "-o", "noatime", mapperPath, mountPoint]);
     if (r.code !== 0) {
       throw new EosError(
         "REGISTRY",
@@ -303,7 +307,7 @@ export async function activateRegistry(
   let grownBytes: number | undefined;
   if (o.growFs) {
     const before = await deviceFsBytes(mountPoint);
-    await mustRun(["xfs_growfs", "-d", mountPoint], { what: `xfs_growfs ${mountPoint}` }).catch(
+    await mustRun(o.proc, ["xfs_growfs", "-d", mountPoint], { what: `xfs_growfs ${mountPoint}` }).catch(
       (e: unknown) => o.log(`xfs_growfs: ${errorMessage(e)} (the registry stays usable at its old size)`),
     );
     const after = await deviceFsBytes(mountPoint);
@@ -326,15 +330,15 @@ export async function stopRegistry(o: RegistryOptions): Promise<{ unmounted: boo
   const src = await mountedSource(mountPoint);
   if (src && (await sameDevice(src, `/dev/mapper/${mapper}`))) {
     // podman's overlay driver bind-mounts its own directory below: -R takes those too.
-    await mustRun(["umount", "--recursive", mountPoint], {
+    await mustRun(o.proc, ["umount", "--recursive", mountPoint], {
       what: `umount ${mountPoint}`,
       hint: "stop the containers using it first (podman stop --all)",
     });
     unmounted = true;
   }
   let closed = false;
-  if (await luksStatus(mapper)) {
-    await luksClose(mapper);
+  if (await luksStatus(o.proc, mapper)) {
+    await luksClose(o.proc, mapper);
     closed = true;
   }
   return { unmounted, closed };
@@ -354,7 +358,7 @@ export interface RegistryStatus {
 export async function registryStatus(ctx: Context, o: RegistryOptions): Promise<RegistryStatus> {
   const mapper = mapperOf(o);
   const mountPoint = mountOf(o);
-  const st = await luksStatus(mapper);
+  const st = await luksStatus(o.proc, mapper);
   const src = await mountedSource(mountPoint);
   const mounted = Boolean(src && (await sameDevice(src, `/dev/mapper/${mapper}`)));
   const out: RegistryStatus = { mapper, open: Boolean(st), mounted, mountPoint };
@@ -390,6 +394,7 @@ async function parentDisk(partition: string): Promise<{ disk: string; number: nu
  * so dm-crypt maps the whole partition and only XFS needs to grow.
  */
 export async function growPartition(
+  proc: ProcessRunner,
   partition: string,
   log: (l: string) => void,
 ): Promise<number | undefined> {
@@ -413,7 +418,9 @@ export async function growPartition(
   } finally {
     await src.close();
   }
-  await mustRun(["partx", "--update", "--nr", String(number), disk], { what: `partx --update ${disk}` });
+  await mustRun(proc, ["partx", "--update", "--nr", String(number), disk], {
+    what: `partx --update ${disk}`,
+  });
   const mib = (n: number) => `${Math.round(n / 1024 / 1024)} MiB`;
   log(
     plan.headerOnly
@@ -444,10 +451,10 @@ export async function bootRegistry(
   if (!existsSync(dev))
     return { code: 0, report: `no ${REGISTRY_LABEL} partition: running without a registry` };
   try {
-    if ((await growPartition(dev, o.log)) !== undefined) {
+    if ((await growPartition(o.proc, dev, o.log)) !== undefined) {
       // partx makes the kernel drop and re-add the partition: wait until udev has put
       // /dev/disk/by-partlabel back before anything opens it (slow under emulation).
-      await mustRun(["udevadm", "settle", "--timeout=120"], { what: "udevadm settle" }).catch(
+      await mustRun(o.proc, ["udevadm", "settle", "--timeout=120"], { what: "udevadm settle" }).catch(
         () => undefined,
       );
       const back = Date.now() + 120_000;
@@ -460,7 +467,7 @@ export async function bootRegistry(
   if (!o.tpm?.tcti && existsSync("/sys/class/tpm/tpm0")) {
     for (let i = 0; i < 20 && !existsSync("/dev/tpmrm0"); i++) await sleep(250);
   }
-  const found = await foundOn(dev);
+  const found = await foundOn(o.proc, dev);
   if (!found) {
     const bytes = await deviceBytes(dev);
     try {
@@ -477,7 +484,7 @@ export async function bootRegistry(
     }
     o.log(`${dev} is blank: first boot, setting up the registry`);
     await setupRegistry(dev, o);
-  } else if (!(await isLuks(dev))) {
+  } else if (!(await isLuks(o.proc, dev))) {
     return {
       code: 1,
       report: `${dev} holds ${found}, not a registry: left untouched, running without a registry`,

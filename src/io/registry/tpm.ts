@@ -11,6 +11,7 @@ import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { EosError } from "../../core/errors.ts";
+import type { ProcessRunner } from "../process.ts";
 import { mustRun, runTool } from "./luks.ts";
 
 export interface TpmOptions {
@@ -61,41 +62,46 @@ async function withWorkDir<T>(o: TpmOptions, f: (dir: string) => Promise<T>): Pr
 }
 
 /** Without the kernel's resource manager (swtpm's own TCTI) transient objects stay loaded: flush them. */
-async function flush(o: TpmOptions): Promise<void> {
+async function flush(proc: ProcessRunner, o: TpmOptions): Promise<void> {
   if (tcti(o).includes("tpmrm")) return;
-  await runTool(["tpm2_flushcontext", "-t"], { env: env(o), code: "TPM" });
+  await runTool(proc, ["tpm2_flushcontext", "-t"], { env: env(o), code: "TPM" });
 }
 
-async function primary(o: TpmOptions, dir: string): Promise<string> {
+async function primary(proc: ProcessRunner, o: TpmOptions, dir: string): Promise<string> {
   const ctx = join(dir, "primary.ctx");
-  await mustRun(["tpm2_createprimary", "-Q", "-C", "o", "-g", "sha256", "-G", "ecc", "-c", ctx], {
+  await mustRun(proc, ["tpm2_createprimary", "-Q", "-C", "o", "-g", "sha256", "-G", "ecc", "-c", ctx], {
     env: env(o),
     code: "TPM",
     what: "tpm2_createprimary (owner hierarchy)",
     hint: "is the TPM's owner hierarchy protected by a password? EOS needs it open",
   });
-  await flush(o);
+  await flush(proc, o);
   return ctx;
 }
 
-export async function tpmSeal(key: Buffer, pcrs: number[], o: TpmOptions = {}): Promise<SealedKey> {
+export async function tpmSeal(
+  proc: ProcessRunner,
+  key: Buffer,
+  pcrs: number[],
+  o: TpmOptions = {},
+): Promise<SealedKey> {
   return withWorkDir(o, async (dir) => {
-    const p = await primary(o, dir);
+    const p = await primary(proc, o, dir);
     const pub = join(dir, "seal.pub");
     const priv = join(dir, "seal.priv");
     const argv = ["tpm2_create", "-Q", "-C", p, "-g", "sha256", "-u", pub, "-r", priv, "-i", "-"];
     if (pcrs.length > 0) {
       const policy = join(dir, "pcr.policy");
-      await mustRun(["tpm2_createpolicy", "-Q", "--policy-pcr", "-l", pcrSpec(pcrs), "-L", policy], {
+      await mustRun(proc, ["tpm2_createpolicy", "-Q", "--policy-pcr", "-l", pcrSpec(pcrs), "-L", policy], {
         env: env(o),
         code: "TPM",
         what: "tpm2_createpolicy",
       });
-      await flush(o);
+      await flush(proc, o);
       argv.push("-L", policy);
     }
-    await mustRun(argv, { env: env(o), code: "TPM", input: key, what: "tpm2_create (seal)" });
-    await flush(o);
+    await mustRun(proc, argv, { env: env(o), code: "TPM", input: key, what: "tpm2_create (seal)" });
+    await flush(proc, o);
     return {
       pub: (await readFile(pub)).toString("base64"),
       priv: (await readFile(priv)).toString("base64"),
@@ -104,19 +110,19 @@ export async function tpmSeal(key: Buffer, pcrs: number[], o: TpmOptions = {}): 
   });
 }
 
-export async function tpmUnseal(sealed: SealedKey, o: TpmOptions = {}): Promise<Buffer> {
+export async function tpmUnseal(proc: ProcessRunner, sealed: SealedKey, o: TpmOptions = {}): Promise<Buffer> {
   return withWorkDir(o, async (dir) => {
-    const p = await primary(o, dir);
+    const p = await primary(proc, o, dir);
     const pub = join(dir, "seal.pub");
     const priv = join(dir, "seal.priv");
     await writeFile(pub, Buffer.from(sealed.pub, "base64"), { mode: 0o600 });
     await writeFile(priv, Buffer.from(sealed.priv, "base64"), { mode: 0o600 });
     const obj = join(dir, "seal.ctx");
-    const load = await runTool(["tpm2_load", "-Q", "-C", p, "-u", pub, "-r", priv, "-c", obj], {
+    const load = await runTool(proc, ["tpm2_load", "-Q", "-C", p, "-u", pub, "-r", priv, "-c", obj], {
       env: env(o),
       code: "TPM",
     });
-    await flush(o);
+    await flush(proc, o);
     if (load.code !== 0) {
       throw new EosError(
         "TPM",
@@ -128,8 +134,8 @@ export async function tpmUnseal(sealed: SealedKey, o: TpmOptions = {}): Promise<
     }
     const argv = ["tpm2_unseal", "-c", obj];
     if (sealed.pcrs.length > 0) argv.push("-p", `pcr:${pcrSpec(sealed.pcrs)}`);
-    const r = await runTool(argv, { env: env(o), code: "TPM" });
-    await flush(o);
+    const r = await runTool(proc, argv, { env: env(o), code: "TPM" });
+    await flush(proc, o);
     if (r.code !== 0) {
       throw new EosError(
         "TPM",

@@ -18,6 +18,7 @@ import {
   MANIFEST_SCHEMA,
   type Manifest,
 } from "../../core/manifest.ts";
+import type { ProcessRunner } from "../process.ts";
 import { decompressStream } from "../decompress.ts";
 import { hashImagePartitions } from "../disk-image.ts";
 import type { ImageStore } from "./published.ts";
@@ -44,6 +45,7 @@ export interface FetchOptions {
   signal?: AbortSignal;
   now: () => Date;
   progress?: (label: string, total: number | undefined) => Progress;
+  proc: ProcessRunner;
 }
 
 async function download(
@@ -57,7 +59,7 @@ async function download(
     ...(options.signal ? { signal: options.signal } : {}),
   });
   if (origin.status === "unchanged") return { status: "unchanged" };
-  const { stream } = await decompressStream(origin.body);
+  const { stream } = await decompressStream(options.proc, origin.body);
   const hash = createHash("sha256");
   const bar = options.progress?.(`fetch ${url.split("/").pop() ?? url}`, undefined);
   const hashing = new Transform({

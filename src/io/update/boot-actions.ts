@@ -3,14 +3,11 @@
  * jump into it, or reboot. Behind an interface so that the integration tier
  * records these calls while the VM tier runs them for real.
  */
-import { execFile } from "node:child_process";
 import { lstat, mkdir, mkdtemp, readlink, rmdir } from "node:fs/promises";
 import { isAbsolute, join, normalize, dirname } from "node:path";
-import { promisify } from "node:util";
 import type { ByteRange } from "../../core/gpt.ts";
 import { EosError } from "../../core/errors.ts";
-
-const execFileP = promisify(execFile);
+import type { ProcessRunner } from "../process.ts";
 
 export interface BootActions {
   kexecLoad(kernel: string, initrd: string | undefined, cmdline: string): Promise<void>;
@@ -18,32 +15,30 @@ export interface BootActions {
   reboot(): Promise<void>;
 }
 
-async function runTool(program: string, args: string[], what: string): Promise<void> {
-  try {
-    await execFileP(program, args);
-  } catch (error) {
-    const stderr = (error as { stderr?: string }).stderr?.trim();
-    throw new EosError("IO", `${what} failed: ${stderr || (error as Error).message}`);
-  }
+async function runTool(proc: ProcessRunner, argv: string[], what: string): Promise<void> {
+  await proc.run(argv, { what });
 }
 
-export function systemBootActions(): BootActions {
+export function systemBootActions(proc: ProcessRunner): BootActions {
   return {
     kexecLoad: (kernel, initrd, cmdline) =>
       runTool(
-        "kexec",
-        ["-l", kernel, ...(initrd ? [`--initrd=${initrd}`] : []), `--append=${cmdline}`],
+        proc,
+        ["kexec", "-l", kernel, ...(initrd ? [`--initrd=${initrd}`] : []), `--append=${cmdline}`],
         "kexec -l",
       ),
     // systemctl kexec stops services cleanly before jumping; plain kexec -e only where systemd is absent.
     kexecExec: () =>
-      runTool("systemctl", ["kexec"], "systemctl kexec").catch(() => runTool("kexec", ["-e"], "kexec -e")),
-    reboot: () => runTool("systemctl", ["reboot"], "systemctl reboot"),
+      runTool(proc, ["systemctl", "kexec"], "systemctl kexec").catch(() =>
+        runTool(proc, ["kexec", "-e"], "kexec -e"),
+      ),
+    reboot: () => runTool(proc, ["systemctl", "reboot"], "systemctl reboot"),
   };
 }
 
 /** Mounts a slot's file system read-only (loop over the disk at the slot's offset) for the duration of fn. */
 export async function withSlotMounted<T>(
+  proc: ProcessRunner,
   disk: string,
   range: ByteRange,
   workDir: string,
@@ -53,15 +48,15 @@ export async function withSlotMounted<T>(
   const dir = await mkdtemp(join(workDir, "slot-"));
   try {
     await runTool(
-      "mount",
-      ["-o", `ro,loop,offset=${range.offset},sizelimit=${range.length}`, disk, dir],
+      proc,
+      ["mount", "-o", `ro,loop,offset=${range.offset},sizelimit=${range.length}`, disk, dir],
       `mounting the new slot`,
     );
     try {
       return await fn(dir);
     } finally {
-      await runTool("umount", [dir], "unmounting the new slot").catch(() =>
-        runTool("umount", ["-l", dir], "umount -l"),
+      await runTool(proc, ["umount", dir], "unmounting the new slot").catch(() =>
+        runTool(proc, ["umount", "-l", dir], "umount -l"),
       );
     }
   } finally {

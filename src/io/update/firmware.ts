@@ -6,18 +6,16 @@
  * never touched, so a power cut at any point leaves a bootable ESP.
  */
 import { createHash } from "node:crypto";
-import { execFile } from "node:child_process";
 import { createWriteStream } from "node:fs";
 import { mkdir, mkdtemp, readdir, rename, rm, copyFile, open, lstat } from "node:fs/promises";
 import { dirname, join, relative } from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { promisify } from "node:util";
 import { EosError } from "../../core/errors.ts";
 import type { ManifestPartition } from "../../core/manifest.ts";
+import type { ProcessRunner } from "../process.ts";
 import type { UpdateSource } from "./source.ts";
 
-const execFileP = promisify(execFile);
 const NEW_SUFFIX = ".eos-new";
 
 /** Every regular file under dir, as paths relative to it. */
@@ -54,6 +52,7 @@ export async function updateFirmware(options: {
   firmware: ManifestPartition;
   esp: string;
   workDir: string;
+  proc: ProcessRunner;
 }): Promise<FirmwareResult> {
   await mkdir(options.workDir, { recursive: true, mode: 0o700 });
   const work = await mkdtemp(join(options.workDir, "firmware-"));
@@ -82,16 +81,13 @@ export async function updateFirmware(options: {
     }
     const tree = join(work, "tree");
     await mkdir(tree);
-    try {
-      await execFileP("mcopy", ["-s", "-n", "-m", "-i", image, "::/*", `${tree}/`], {
-        env: { ...process.env, MTOOLS_SKIP_CHECK: "1" },
-      });
-    } catch (error) {
-      const stderr = (error as { stderr?: string }).stderr ?? "";
-      // An empty FAT has nothing to copy; anything else is an error.
-      if (!/no match|not found/i.test(stderr))
-        throw new EosError("IO", `cannot read the firmware image: ${stderr.trim()}`);
-    }
+    const copy = await options.proc.run(["mcopy", "-s", "-n", "-m", "-i", image, "::/*", `${tree}/`], {
+      env: { ...process.env, MTOOLS_SKIP_CHECK: "1" },
+      check: false,
+    });
+    // An empty FAT has nothing to copy; anything else is an error.
+    if (copy.code !== 0 && !/no match|not found/i.test(copy.stderr))
+      throw new EosError("IO", `cannot read the firmware image: ${copy.stderr}`);
     const incoming = (await listFiles(tree)).filter((f) => !kept(f));
     // 1. Beside the old files: every new file as NAME.eos-new, flushed.
     for (const file of incoming) {

@@ -6,16 +6,14 @@
  * once, over what is on the device, not over what went by on the wire: that
  * is the check that matters, and doing it once keeps --apply close to dd.
  */
-import { execFile } from "node:child_process";
 import { open, type FileHandle } from "node:fs/promises";
-import { promisify } from "node:util";
 import type { ByteRange } from "../../core/gpt.ts";
 import { EosError, errorMessage } from "../../core/errors.ts";
 import { hashRange } from "../hash.ts";
+import type { ProcessRunner } from "../process.ts";
 import type { Progress } from "../progress.ts";
 import type { StreamKind, UpdateSource } from "./source.ts";
 
-const execFileP = promisify(execFile);
 const BLOCK = 4 * 1024 * 1024;
 
 export interface WriteSlotOptions {
@@ -30,6 +28,7 @@ export interface WriteSlotOptions {
   retryDelayMs?: number;
   log?: (line: string) => void;
   signal?: AbortSignal;
+  proc: ProcessRunner;
 }
 
 async function writeFully(
@@ -138,7 +137,7 @@ export async function writeSlot(options: WriteSlotOptions): Promise<WriteSlotRes
     const wroteAt = performance.now();
     // Drop the block device's cached pages so the re-read comes from the device itself.
     if ((await handle.stat()).isBlockDevice())
-      await execFileP("blockdev", ["--flushbufs", options.disk]).catch(() => undefined);
+      await options.proc.run(["blockdev", "--flushbufs", options.disk]).catch(() => undefined);
     const onDisk = await hashRange(handle, range.offset, size);
     if (onDisk !== options.sha256) {
       throw new EosError(

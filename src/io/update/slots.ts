@@ -3,10 +3,8 @@
  * kernel's root=PARTUUID= on a live system, or the default slot of the boot
  * control block for a disk that is not running (--root-device).
  */
-import { execFile } from "node:child_process";
 import { realpath } from "node:fs/promises";
 import { basename } from "node:path";
-import { promisify } from "node:util";
 import { SLOT_LABEL, type KernelCommandLine, type Slot } from "../../core/update/bootctl.ts";
 import { EosError } from "../../core/errors.ts";
 import {
@@ -19,8 +17,6 @@ import {
 } from "../../core/gpt.ts";
 import { sysPath, type Context } from "../context.ts";
 import { openBlockSource } from "../files.ts";
-
-const execFileP = promisify(execFile);
 
 export interface SlotInfo {
   slot: Slot;
@@ -47,7 +43,7 @@ async function diskOfPartition(ctx: Context, partuuid: string): Promise<string> 
     });
   }
   try {
-    const { stdout } = await execFileP("lsblk", ["-ndo", "PKNAME", device]);
+    const { stdout } = await ctx.proc.run(["lsblk", "-ndo", "PKNAME", device]);
     const parent = stdout.trim();
     if (!parent) throw new Error("no parent disk");
     return `/dev/${basename(parent)}`;

@@ -4,11 +4,11 @@
  * `os-update-server restricted`. Both give the manifest, its signatures and
  * the partition streams from a byte offset, so an interrupted download resumes.
  */
-import { spawn } from "node:child_process";
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import { request as httpsRequest } from "node:https";
-import { PassThrough, type Readable } from "node:stream";
+import type { Readable } from "node:stream";
 import { EosError } from "../../core/errors.ts";
+import { pipeThrough, type ProcessRunner } from "../process.ts";
 
 export type StreamKind = "root" | "firmware";
 
@@ -114,6 +114,7 @@ export interface SshSourceOptions {
   pkey: string | undefined;
   port: number | undefined;
   knownHosts: string | undefined;
+  proc: ProcessRunner;
 }
 
 export function sshArgs(
@@ -142,26 +143,14 @@ export function sshArgs(
 
 /** Runs one remote read; the stream errors if ssh or the remote side fails. */
 function sshStream(options: SshSourceOptions, command: string): Readable {
-  const child = spawn("ssh", sshArgs(options, command), { stdio: ["ignore", "pipe", "pipe"] });
-  const out = new PassThrough({ highWaterMark: 1 << 20 });
-  let stderr = "";
-  child.stderr.setEncoding("utf8").on("data", (s: string) => (stderr += s.slice(0, 4096)));
-  child.stdout.pipe(out, { end: false });
-  child.on("error", (error) =>
-    out.destroy(
+  return pipeThrough(options.proc, ["ssh", ...sshArgs(options, command)], {
+    fail: (code, stderr) =>
+      /restricted: refused/.test(stderr)
+        ? new EosError("AUTH", `${options.server}: ${stderr}`)
+        : new EosError("NETWORK", `ssh ${options.server} exited ${code}: ${stderr}`),
+    notStarted: (error) =>
       new EosError("NETWORK", `cannot run ssh: ${error.message}`, { hint: "install openssh-client" }),
-    ),
-  );
-  child.on("close", (code) => {
-    if (code === 0) out.end();
-    else if (/restricted: refused/.test(stderr))
-      out.destroy(new EosError("AUTH", `${options.server}: ${stderr.trim()}`));
-    else out.destroy(new EosError("NETWORK", `ssh ${options.server} exited ${code}: ${stderr.trim()}`));
   });
-  out.on("close", () => {
-    if (child.exitCode === null) child.kill("SIGTERM");
-  });
-  return out;
 }
 
 async function collect(stream: Readable, max: number): Promise<Buffer> {

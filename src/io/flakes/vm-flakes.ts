@@ -1,8 +1,8 @@
 /**
- * `flake-ctl firecracker register/remove/show`: VM flake files (NAME.yaml
- * with a `vm:` section) and their links to firecracker-pilot. Everything is
- * checked before the first file is written, and a failed registration
- * removes what it wrote.
+ * VM flakes: register (NAME.yaml with a `vm:` section and a link to
+ * firecracker-pilot), remove (with the flake's resume VMs) and show.
+ * Everything is checked before the first file is written, and a failed
+ * registration removes what it wrote.
  */
 import { userInfo } from "node:os";
 import { EosError } from "../../core/errors.ts";
@@ -21,21 +21,10 @@ import {
   type VmFlake,
 } from "../../core/flakes/vm.ts";
 import type { Context } from "../context.ts";
-import {
-  flakeFilePath,
-  flakeFragmentDir,
-  idsDirFor,
-  installFlake,
-  isPilotLink,
-  listFlakeNames,
-  pathKind,
-  readFlakeSources,
-  readLinkOrUndefined,
-  readTextFile,
-  removePath,
-  type FlakesSetup,
-} from "./flake-files.ts";
+import { idsDirFor, readFlakeSources, type FlakesSetup } from "./flake-files.ts";
 import { fileExists } from "../files.ts";
+import { checkRegistrable, installFlake, listFlakes, unregisterFlake } from "./registration.ts";
+import { removeVmInstances } from "./vm-instance.ts";
 import { imagesDir, requireImage } from "./vm-images.ts";
 
 export interface VmRegisterOptions {
@@ -123,105 +112,36 @@ export async function registerVmFlake(
     "register",
   );
 
-  // Refuse to replace what is not ours.
-  const file = flakeFilePath(setup, name);
-  const kind = await pathKind(app);
-  const linkTarget = kind === "symlink" ? await readLinkOrUndefined(app) : undefined;
-  if (kind !== "missing" && !isPilotLink(linkTarget, setup) && !opts.force) {
-    throw new EosError("REFUSED", `${app} exists and is not a flake`, {
-      hint: "choose another --app, or pass --force to replace it",
-    });
-  }
-  const previous = await readTextFile(file);
-  if (previous !== undefined && !opts.force) {
-    let other: unknown;
-    try {
-      const data = parseYamlMapping(previous, file);
-      other =
-        (data.vm as Record<string, unknown> | undefined)?.host_app_path ??
-        (data.container as Record<string, unknown> | undefined)?.host_app_path;
-    } catch {
-      other = undefined;
-    }
-    if (other !== undefined && other !== app) {
-      throw new EosError("REFUSED", `flake ${name} is already registered for ${String(other)} (${file})`, {
-        hint: "remove it first (flake-ctl firecracker remove --app …) or pass --force",
-      });
-    }
-  }
+  await checkRegistrable(setup, name, app, "firecracker", Boolean(opts.force));
 
   const text = renderYaml(vmFlakeDocument(flake));
-  vmFlakeFromDocuments([{ file, data: parseYamlMapping(text, file) }]);
-  await installFlake(setup, name, file, text, app, setup.config.firecrackerPilot);
+  vmFlakeFromDocuments([{ file: `${name}.yaml`, data: parseYamlMapping(text, `${name}.yaml`) }]);
+  const file = await installFlake(setup, name, text, app, setup.config.firecrackerPilot);
   return { name, file, link: app, flake };
 }
 
-function vmSection(setup: FlakesSetup, name: string): Record<string, unknown> | undefined {
-  try {
-    const sources = readFlakeSources(setup, name);
-    let vm: Record<string, unknown> | undefined;
-    for (const s of sources) {
-      const data = parseYamlMapping(s.text, s.file);
-      if (data.vm && typeof data.vm === "object")
-        vm = { ...(vm ?? {}), ...(data.vm as Record<string, unknown>) };
-    }
-    return vm;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Names of the registered VM flakes (optionally only those on image `vm`). */
+/** The registered VM flakes (optionally only those on image `vm`). */
 export async function listVmFlakes(
   setup: FlakesSetup,
   vm?: string,
 ): Promise<Array<{ name: string; image: string; app: string | undefined }>> {
-  const out: Array<{ name: string; image: string; app: string | undefined }> = [];
-  for (const name of await listFlakeNames(setup)) {
-    const section = vmSection(setup, name);
-    if (!section) continue;
-    const image = String(section.name ?? "");
-    if (vm !== undefined && image !== vm) continue;
-    out.push({
-      name,
-      image,
-      app: typeof section.host_app_path === "string" ? section.host_app_path : undefined,
-    });
-  }
-  return out;
+  const flakes = await listFlakes(setup, {
+    engine: "firecracker",
+    ...(vm === undefined ? {} : { image: vm }),
+  });
+  return flakes.map((f) => ({ name: f.name, image: f.image ?? "", app: f.host_app_path ?? undefined }));
 }
 
-/**
- * Removes a VM flake: its link, NAME.yaml, NAME.d/, its resume VMs and their
- * overlays (`stopInstances` does that part).
- */
+/** Removes a VM flake: its resume VMs and their overlays, its link, NAME.yaml and NAME.d/. */
 export async function removeVmFlake(
+  ctx: Context,
   setup: FlakesSetup,
   app: string,
   force: boolean,
-  stopInstances: (idsDir: string, name: string) => Promise<string[]>,
 ): Promise<{ name: string }> {
-  assertHostPath(app, "--app");
-  const name = assertFlakeName(baseName(app), "flake name");
-  const file = flakeFilePath(setup, name);
-  const kind = await pathKind(app);
-  const target = kind === "symlink" ? await readLinkOrUndefined(app) : undefined;
-  if (!(await fileExists(file)) && kind === "missing") {
-    throw new EosError("NOT_FOUND", `no flake registered for ${app} (${file} does not exist)`);
-  }
-  if ((await fileExists(file)) && !vmSection(setup, name) && !force) {
-    throw new EosError("REFUSED", `${name} is not a VM flake (${file}); use flake-ctl podman remove`);
-  }
-  if (kind !== "missing" && !isPilotLink(target, setup) && !force) {
-    throw new EosError("REFUSED", `${app} is not a link to a pilot; not removing it`, {
-      hint: "pass --force",
-    });
-  }
-  await stopInstances(idsDirFor(setup.config.firecrackerIdsDir), name);
-  if (kind !== "missing") await removePath(app);
-  await removePath(file);
-  await removePath(flakeFragmentDir(setup, name), { recursive: true });
-  return { name };
+  return unregisterFlake(setup, app, "firecracker", force, async (name) => {
+    await removeVmInstances(ctx.proc, idsDirFor(setup.config.firecrackerIdsDir), name);
+  });
 }
 
 /** The merged VM flake for `show`. */

@@ -1,0 +1,75 @@
+/**
+ * A device's update settings: /etc/os-update.yml (the original map shape),
+ * the transport it names (HTTPS with a token, or SSH with the fleet key) and
+ * the release keys it trusts.
+ */
+import { readFile } from "node:fs/promises";
+import { deviceConfigSchema, parseYamlConfig, type DeviceConfig } from "../../core/config.ts";
+import { EosError } from "../../core/errors.ts";
+import {
+  decodeManifest,
+  decodeSignatures,
+  verifyManifestSignature,
+  type Manifest,
+} from "../../core/manifest.ts";
+import { sysPath, type Context } from "../context.ts";
+import { loadTrustedKeys } from "../keys.ts";
+import { httpSource, sshSource, type UpdateSource } from "./source.ts";
+
+const DEFAULT_KEYS = "/usr/share/eos/keys";
+const DEFAULT_TOKEN = "/run/eos/fleet-token";
+
+export interface DeviceSetup {
+  config: DeviceConfig;
+  /** The file the configuration came from (named in errors). */
+  path: string;
+}
+
+export async function loadDeviceConfig(ctx: Context, file: string | undefined): Promise<DeviceSetup> {
+  const path = file ?? sysPath(ctx, "/etc/os-update.yml");
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch {
+    throw new EosError("CONFIG", `${path}: cannot read the configuration`, { hint: "pass --config FILE" });
+  }
+  return { config: parseYamlConfig(text, path, deviceConfigSchema), path };
+}
+
+export async function openUpdateSource(ctx: Context, setup: DeviceSetup): Promise<UpdateSource> {
+  const u = setup.config.update;
+  if (u.url) {
+    const tokenFile = u.token ?? sysPath(ctx, DEFAULT_TOKEN);
+    const token = (await readFile(tokenFile, "utf8").catch(() => undefined))?.trim();
+    if (u.token && token === undefined) {
+      throw new EosError("AUTH", `${setup.path}: update.token: cannot read ${tokenFile}`, {
+        hint: "run `fleet --getkey`",
+      });
+    }
+    const ca = u.ca ? await readFile(u.ca) : undefined;
+    return httpSource({ url: u.url, name: u.name, token, ca });
+  }
+  if (u.server) {
+    return sshSource({
+      server: u.server,
+      name: u.name,
+      pkey: u.pkey,
+      port: u.port,
+      knownHosts: u.known_hosts,
+      proc: ctx.proc,
+    });
+  }
+  throw new EosError("CONFIG", `${setup.path}: update: needs url (HTTPS) or server (SSH)`);
+}
+
+/** The server's manifest, accepted only with a signature by a key this device trusts. */
+export async function fetchVerifiedManifest(
+  ctx: Context,
+  setup: DeviceSetup,
+  source: UpdateSource,
+): Promise<Manifest> {
+  const keys = await loadTrustedKeys(setup.config.update.keys ?? [sysPath(ctx, DEFAULT_KEYS)]);
+  const { manifest, signature } = await source.fetchManifest();
+  verifyManifestSignature(manifest, decodeSignatures(signature, `${source.describe} signature`), keys);
+  return decodeManifest(manifest, `${source.describe} manifest`);
+}

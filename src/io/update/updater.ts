@@ -1,0 +1,372 @@
+/**
+ * How an update happens on a device: check, apply, commit, rollback and
+ * firmware as plain functions that return what they did. Every step that
+ * changes the disk follows one rule: the boot configuration only ever points
+ * at a slot whose bytes were verified against the signed manifest, so a
+ * failure at any point leaves the running system and its boot state as they
+ * were (a slot being written is marked invalid first).
+ */
+import { mkdir, open, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import {
+  commitSlot,
+  DEFAULT_TRIES,
+  kexecCommandLine,
+  markInvalid,
+  markTrial,
+  otherSlot,
+  parseKernelCommandLine,
+  readBootState,
+  rollbackTo,
+  SLOT_LABEL,
+  type KernelCommandLine,
+  type Slot,
+} from "../../core/update/bootctl.ts";
+import { EosError } from "../../core/errors.ts";
+import { compareVersions, type Manifest } from "../../core/manifest.ts";
+import { sysPath, type Context } from "../context.ts";
+import { atomicWriteFile } from "../files.ts";
+import { hashRange } from "../hash.ts";
+import { acquireLock } from "../lock.ts";
+import { progress } from "../progress.ts";
+import { findKernel, withSlotMounted, type BootActions } from "./boot-actions.ts";
+import { readBootControl, writeBootControl } from "./boot-control.ts";
+import {
+  fetchVerifiedManifest,
+  loadDeviceConfig,
+  openUpdateSource,
+  type DeviceSetup,
+} from "./device-config.ts";
+import { updateFirmware, type FirmwareResult } from "./firmware.ts";
+import { writeSlot, type WriteSlotResult } from "./slot-writer.ts";
+import { locateSlots, type SlotLayout } from "./slots.ts";
+import type { UpdateSource } from "./source.ts";
+
+const DEFAULT_ESP = "/boot/efi";
+
+export interface UpdaterOptions {
+  ctx: Context;
+  /** /etc/os-update.yml unless given. */
+  config?: string | undefined;
+  /** Act on this disk instead of the running system (no kexec; the trial starts at its next boot). */
+  rootDevice?: string | undefined;
+  /** Where the ESP is mounted (default /boot/efi). */
+  esp?: string | undefined;
+  allowDowngrade?: boolean | undefined;
+  boot: BootActions;
+  /** First retry delay of an interrupted download (doubles each time). */
+  retryDelayMs?: number | undefined;
+  /** Lines that tell a person what is happening (the CLI prints them unless --json). */
+  say(line: string): void;
+}
+
+export interface Device {
+  layout: SlotLayout;
+  esp: string;
+  cmdline: KernelCommandLine;
+}
+
+async function kernelCommandLine(ctx: Context): Promise<KernelCommandLine> {
+  return parseKernelCommandLine(await readFile(sysPath(ctx, "/proc/cmdline"), "utf8").catch(() => ""));
+}
+
+export async function openDevice(o: UpdaterOptions): Promise<Device> {
+  if (o.rootDevice !== undefined && o.esp === undefined) {
+    throw new EosError("USAGE", "--root-device needs --esp PATH (where that disk's ESP is mounted)");
+  }
+  const esp = o.esp ?? sysPath(o.ctx, DEFAULT_ESP);
+  const cmdline = await kernelCommandLine(o.ctx);
+  const layout = await locateSlots(o.ctx, {
+    rootDevice: o.rootDevice,
+    cmdline,
+    bootDefault: async () => readBootState(await readBootControl(esp)).defaultSlot,
+  });
+  return { layout, esp, cmdline };
+}
+
+/**
+ * sha256 of the running slot over `size` bytes, computed once per boot: the
+ * root is read-only, so its identity cannot change until the next boot.
+ */
+async function runningRootHash(ctx: Context, device: Device, size: number): Promise<string> {
+  const info = device.layout.slots[device.layout.running];
+  if (!info) throw new EosError("SLOT", "running slot not found");
+  const length = Math.min(size, info.range.length);
+  const bootId = (
+    await readFile(sysPath(ctx, "/proc/sys/kernel/random/boot_id"), "utf8").catch(() => "")
+  ).trim();
+  const cacheDir = sysPath(ctx, "/run/os-update");
+  const cacheFile = join(cacheDir, `root-${info.partition.uniqueGuid.toLowerCase()}.json`);
+  const cacheable = device.layout.online && bootId !== "";
+  if (cacheable) {
+    let cached: { bootId?: unknown; size?: unknown; sha256?: unknown } = {};
+    try {
+      cached = JSON.parse(await readFile(cacheFile, "utf8")) as typeof cached;
+    } catch {
+      // no cache yet, or a broken one: hash again
+    }
+    if (cached.bootId === bootId && cached.size === length && typeof cached.sha256 === "string")
+      return cached.sha256;
+  }
+  const handle = await open(device.layout.disk, "r");
+  let sha256: string;
+  try {
+    const bar = ctx.interactive
+      ? progress(ctx.stderr, `hashing slot ${device.layout.running}`, length, { interactive: true })
+      : undefined;
+    sha256 = await hashRange(handle, info.range.offset, length, (n) => bar?.add(n));
+    bar?.done();
+  } finally {
+    await handle.close();
+  }
+  if (cacheable) {
+    await mkdir(cacheDir, { recursive: true, mode: 0o755 });
+    await atomicWriteFile(cacheFile, JSON.stringify({ bootId, size: length, sha256 }));
+  }
+  return sha256;
+}
+
+export interface CheckResult {
+  setup: DeviceSetup & { source: UpdateSource };
+  manifest: Manifest;
+  device: Device;
+  runningSha: string;
+  runningVersion: string | undefined;
+  upToDate: boolean;
+  /** The server's version is older than the running one. */
+  downgrade: boolean;
+  /** An update this device would install (not up to date; a downgrade only when allowed). */
+  available: boolean;
+}
+
+export async function check(o: UpdaterOptions): Promise<CheckResult> {
+  const setup = await loadDeviceConfig(o.ctx, o.config);
+  const source = await openUpdateSource(o.ctx, setup);
+  const manifest = await fetchVerifiedManifest(o.ctx, setup, source);
+  const device = await openDevice(o);
+  const runningSha = await runningRootHash(o.ctx, device, manifest.partitions.root.size);
+  const state = await readBootControl(device.esp)
+    .then(readBootState)
+    .catch(() => undefined);
+  const runningVersion = state?.slots[device.layout.running].version;
+  const upToDate = runningSha === manifest.partitions.root.sha256;
+  const downgrade =
+    !upToDate && runningVersion !== undefined && compareVersions(manifest.version, runningVersion) < 0;
+  const available = !upToDate && (!downgrade || Boolean(o.allowDowngrade));
+  return {
+    setup: { ...setup, source },
+    manifest,
+    device,
+    runningSha,
+    runningVersion,
+    upToDate,
+    downgrade,
+    available,
+  };
+}
+
+/** One os-update at a time: a second run fails at once instead of queueing. */
+export async function withUpdateLock<T>(ctx: Context, fn: () => Promise<T>): Promise<T> {
+  const dir = sysPath(ctx, "/run");
+  await mkdir(dir, { recursive: true });
+  const lock = await acquireLock(join(dir, "os-update.lock"), "another os-update");
+  try {
+    return await fn();
+  } finally {
+    await lock.release();
+  }
+}
+
+export type ApplyResult =
+  | { status: "up-to-date"; version: string }
+  | {
+      status: "trial" | "rebooting" | "kexec";
+      version: string;
+      slot: Slot;
+      tries: number;
+      timing: WriteSlotResult;
+      size: number;
+      sha256: string;
+      cmdline?: string;
+    };
+
+export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Promise<ApplyResult> {
+  return withUpdateLock(o.ctx, async () => {
+    const r = await check(o);
+    const { manifest, device, setup } = r;
+    if (r.upToDate) return { status: "up-to-date", version: manifest.version };
+    if (r.downgrade && !o.allowDowngrade) {
+      throw new EosError(
+        "DOWNGRADE",
+        `the server offers ${manifest.version}, older than the running ${r.runningVersion}`,
+        { hint: "pass --allow-downgrade to install it anyway" },
+      );
+    }
+    const target = otherSlot(device.layout.running);
+    const slot = device.layout.slots[target];
+    if (!slot)
+      throw new EosError(
+        "SLOT",
+        `${device.layout.disk} has no ${SLOT_LABEL[target]}: this image has a single root slot`,
+      );
+    const root = manifest.partitions.root;
+    if (root.size > slot.range.length) {
+      throw new EosError(
+        "SLOT",
+        `the new root (${root.size} bytes) does not fit slot ${target} (${slot.range.length} bytes)`,
+      );
+    }
+    // Invalidate the target first: a write cut short must never be bootable.
+    await writeBootControl(device.esp, markInvalid(await readBootControl(device.esp), target));
+    o.say(
+      `writing ${manifest.version} into slot ${target} (${SLOT_LABEL[target]}) from ${setup.source.describe}`,
+    );
+    const timing = await writeSlot({
+      disk: device.layout.disk,
+      range: slot.range,
+      size: root.size,
+      sha256: root.sha256,
+      source: setup.source,
+      kind: "root",
+      progress: progress(o.ctx.stderr, `slot ${target}`, root.size, { interactive: o.ctx.interactive }),
+      log: (line) => o.ctx.stderr.write(`os-update: ${line}\n`),
+      signal: o.ctx.signal,
+      proc: o.ctx.proc,
+      ...(o.retryDelayMs === undefined ? {} : { retryDelayMs: o.retryDelayMs }),
+    });
+    const tries = setup.config.update.tries ?? DEFAULT_TRIES;
+    const record = { version: manifest.version, sha256: root.sha256, size: root.size };
+    await writeBootControl(device.esp, markTrial(await readBootControl(device.esp), target, record, tries));
+    const done = {
+      version: manifest.version,
+      slot: target,
+      tries,
+      timing,
+      size: root.size,
+      sha256: root.sha256,
+    };
+    const mib = root.size / 2 ** 20;
+    o.say(
+      `wrote ${mib.toFixed(1)} MiB in ${timing.writeSeconds.toFixed(2)} s (${(mib / timing.writeSeconds).toFixed(0)} MiB/s), verified in ${timing.verifySeconds.toFixed(2)} s`,
+    );
+    o.say(
+      `slot ${target} verified (sha256 ${root.sha256.slice(0, 16)}…) and marked for ${tries} trial boots`,
+    );
+    if (!device.layout.online) {
+      o.say(`${device.layout.disk} boots ${manifest.version} on trial at its next start`);
+      return { status: "trial", ...done };
+    }
+    if (options.reboot) {
+      o.say("rebooting into the trial slot");
+      await o.boot.reboot();
+      return { status: "rebooting", ...done };
+    }
+    const current = await readFile(sysPath(o.ctx, "/proc/cmdline"), "utf8");
+    const cmdline = kexecCommandLine(current, slot.partition.uniqueGuid, target);
+    await withSlotMounted(
+      o.ctx.proc,
+      device.layout.disk,
+      slot.range,
+      sysPath(o.ctx, "/run/os-update"),
+      async (dir) => {
+        const { kernel, initrd } = await findKernel(dir);
+        await o.boot.kexecLoad(kernel, initrd, cmdline);
+      },
+    );
+    o.say(`kexec into slot ${target}: ${cmdline}`);
+    await o.boot.kexecExec();
+    return { status: "kexec", ...done, cmdline };
+  });
+}
+
+export type CommitResult =
+  | { status: "not-trial" | "no-trial"; defaultSlot?: Slot }
+  | { status: "committed" | "already-default"; slot: Slot; version: string | undefined };
+
+export async function commit(o: UpdaterOptions, options: { reboot: boolean }): Promise<CommitResult> {
+  if (o.rootDevice === undefined && !(await kernelCommandLine(o.ctx)).commitUpdate) {
+    return { status: "not-trial" };
+  }
+  return withUpdateLock(o.ctx, async () => {
+    const device = await openDevice(o);
+    const vars = await readBootControl(device.esp);
+    const state = readBootState(vars);
+    let running: Slot;
+    if (device.layout.online) running = device.layout.running;
+    else if (state.trial) running = state.trial;
+    else return { status: "no-trial", defaultSlot: state.defaultSlot };
+    const { vars: next, changed } = commitSlot(vars, running);
+    if (changed) await writeBootControl(device.esp, next);
+    const result: CommitResult = {
+      status: changed ? "committed" : "already-default",
+      slot: running,
+      version: state.slots[running].version,
+    };
+    if (options.reboot) await o.boot.reboot();
+    return result;
+  });
+}
+
+export interface RollbackResult {
+  slot: Slot;
+  version: string | undefined;
+}
+
+export async function rollback(o: UpdaterOptions, options: { reboot: boolean }): Promise<RollbackResult> {
+  return withUpdateLock(o.ctx, async () => {
+    const device = await openDevice(o);
+    const vars = await readBootControl(device.esp);
+    const state = readBootState(vars);
+    const from = device.layout.online ? device.layout.running : state.defaultSlot;
+    const target = otherSlot(from);
+    const slot = device.layout.slots[target];
+    const record = state.slots[target];
+    if (!slot)
+      throw new EosError("SLOT", `${device.layout.disk} has no ${SLOT_LABEL[target]} to roll back to`);
+    if (!record.sha256 || !record.size) {
+      throw new EosError("SLOT", `slot ${target} holds no verified root (it was never completely written)`, {
+        hint: "nothing to roll back to",
+      });
+    }
+    const handle = await open(device.layout.disk, "r");
+    let sha: string;
+    try {
+      sha = await hashRange(handle, slot.range.offset, record.size);
+    } finally {
+      await handle.close();
+    }
+    if (sha !== record.sha256) {
+      throw new EosError(
+        "HASH_MISMATCH",
+        `slot ${target} does not verify (sha256 ${sha}, recorded ${record.sha256}): refusing to roll back`,
+      );
+    }
+    await writeBootControl(device.esp, rollbackTo(vars, target));
+    o.say(
+      `slot ${target} (${record.version ?? "?"}) verified and made the default${options.reboot ? "; rebooting" : "; reboot to use it"}`,
+    );
+    if (options.reboot) await o.boot.reboot();
+    return { slot: target, version: record.version };
+  });
+}
+
+export async function firmware(o: UpdaterOptions): Promise<FirmwareResult & { version: string }> {
+  return withUpdateLock(o.ctx, async () => {
+    const setup = await loadDeviceConfig(o.ctx, o.config);
+    const source = await openUpdateSource(o.ctx, setup);
+    const manifest = await fetchVerifiedManifest(o.ctx, setup, source);
+    const part = manifest.partitions.firmware;
+    if (!part)
+      throw new EosError("MANIFEST", `${manifest.name} ${manifest.version} has no firmware partition`);
+    const esp = o.esp ?? sysPath(o.ctx, DEFAULT_ESP);
+    await readBootControl(esp); // the ESP must be the mounted one, with its boot control block
+    const result = await updateFirmware({
+      source,
+      firmware: part,
+      esp,
+      workDir: sysPath(o.ctx, "/run/os-update"),
+      proc: o.ctx.proc,
+    });
+    return { version: manifest.version, ...result };
+  });
+}

@@ -1,78 +1,67 @@
-/** `eos`: release keys and signed manifests (build, run and demo arrive with the image issue). */
-import { basename } from "node:path";
-import {
-  encodeManifest,
-  encodeSignatures,
-  signManifest,
-  MANIFEST_SCHEMA,
-  type Manifest,
-} from "../core/manifest.ts";
+/**
+ * `eos`: the image tooling. keygen and manifest (release keys, signed
+ * manifests), build (a bootable A/B disk image from a description), run
+ * (boot it in QEMU) and demo (build, serve, boot, update, roll back).
+ */
+import { resolve } from "node:path";
 import { EosError } from "../core/errors.ts";
+import { PROFILES, parseSize, type Profile } from "../core/image/description.ts";
 import type { Context } from "../io/context.ts";
-import { atomicWriteFile } from "../io/files.ts";
-import { hashImagePartitions } from "../io/disk-image.ts";
-import { generateReleaseKeys, loadPrivateKey } from "../io/keys.ts";
-import { progress } from "../io/progress.ts";
-import { newProgram, parseProgram } from "./main.ts";
-import { registerBuild } from "./eos-build.ts";
-import { registerRun } from "./eos-run.ts";
-import { registerDemo } from "./eos-demo.ts";
-import { stat } from "node:fs/promises";
+import { runDemo } from "../io/demo.ts";
+import { buildImage, repoRoot } from "../io/image/build.ts";
+import { generateReleaseKeys } from "../io/keys.ts";
+import { runImage } from "../io/machine/run.ts";
+import { formatBytes } from "../io/progress.ts";
+import { writeManifest } from "../io/release.ts";
+import { newProgram, parseProgram, usageError } from "./main.ts";
 
-const ARCH: Record<string, string> = { x64: "x86_64", arm64: "aarch64", arm: "armv7l", riscv64: "riscv64" };
-
-export function defaultVersion(created: Date): string {
-  // A sortable, monotonic default: the creation time, so downgrade checks work without a scheme.
-  return created
-    .toISOString()
-    .replace(/[-:]/g, "")
-    .replace("T", ".")
-    .replace(/\..*Z$/, "")
-    .replace(/Z$/, "");
+function wholeNumber(name: string, value: string, min: number, max: number): number {
+  if (!/^\d+$/.test(value) || Number(value) < min || Number(value) > max)
+    throw usageError(`${name} ${value}: must be a whole number from ${min} to ${max}`);
+  return Number(value);
 }
 
-export function creationTime(ctx: Context): Date {
-  const epoch = ctx.env.SOURCE_DATE_EPOCH;
-  if (epoch !== undefined) {
-    if (!/^\d+$/.test(epoch))
-      throw new EosError("USAGE", `SOURCE_DATE_EPOCH must be seconds since 1970, got ${epoch}`);
-    return new Date(Number(epoch) * 1000);
-  }
-  return ctx.now();
-}
-
-export async function writeManifest(
-  ctx: Context,
-  image: string,
-  options: { keys: string[]; name?: string; version?: string; arch?: string; quiet?: boolean },
-): Promise<{ manifestPath: string; manifest: Manifest }> {
-  const keys = await Promise.all(options.keys.map((k) => loadPrivateKey(k)));
-  const st = await stat(image).catch(() => undefined);
-  if (!st) throw new EosError("NOT_FOUND", `image ${image} does not exist`);
-  const bar = options.quiet
-    ? undefined
-    : progress(ctx.stderr, `hashing ${basename(image)}`, st.size, { interactive: ctx.interactive });
-  const parts = await hashImagePartitions(image, (n) => bar?.add(n));
-  bar?.done();
-  const created = creationTime(ctx);
-  const manifest: Manifest = {
-    schema: MANIFEST_SCHEMA,
-    name: options.name ?? basename(image).replace(/\.raw$/, ""),
-    version: options.version ?? defaultVersion(created),
-    architecture: options.arch ?? ARCH[process.arch] ?? process.arch,
-    created: created.toISOString(),
-    partitions: parts.firmware ? { root: parts.root, firmware: parts.firmware } : { root: parts.root },
-  };
-  let bytes: Buffer;
+function size(name: string, value: string): number {
   try {
-    bytes = encodeManifest(manifest);
+    return value === "0" ? 0 : parseSize(value);
   } catch (error) {
-    throw new EosError("USAGE", `invalid manifest field: ${(error as Error).message.split("\n")[0]}`);
+    throw usageError(`${name} ${value}: ${(error as Error).message}`);
   }
-  const manifestPath = `${image}.manifest.json`;
-  await atomicWriteFile(manifestPath, bytes);
-  await atomicWriteFile(`${manifestPath}.sig`, encodeSignatures(signManifest(bytes, keys)));
-  return { manifestPath, manifest };
+}
+
+interface BuildOpts {
+  profile: string;
+  out: string;
+  key?: string[];
+  version?: string;
+  dist?: string;
+  work?: string;
+  keepWork?: boolean;
+  xz: boolean;
+  json?: boolean;
+}
+
+interface RunOpts {
+  sshPort?: string;
+  sshKey?: string;
+  tpm?: boolean;
+  headless?: boolean;
+  consoleLog?: string;
+  memory: string;
+  cpus: string;
+  accel: string;
+  work?: string;
+  registrySize: string;
+  diskSize?: string;
+  waitSsh?: boolean;
+}
+
+interface DemoOpts {
+  work: string;
+  description?: string;
+  port: string;
+  package: string;
+  rebuild?: boolean;
 }
 
 export async function eosMain(argv: string[], ctx: Context): Promise<number> {
@@ -80,6 +69,8 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
     "EOS image tooling: release keys, signed manifests, image builds, QEMU runs and the demo",
   );
   let result = 0;
+  const out = (s: string): void => void ctx.stdout.write(s);
+
   program
     .command("keygen")
     .description("write an ed25519 release key pair: DIR/release.key (0600) and DIR/release.pub")
@@ -87,8 +78,9 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
     .option("--force", "replace an existing key pair")
     .action(async (opts: { out: string; force?: boolean }) => {
       const { key, pub } = await generateReleaseKeys(opts.out, Boolean(opts.force));
-      ctx.stdout.write(`private key: ${key}\npublic key:  ${pub}\n`);
+      out(`private key: ${key}\npublic key:  ${pub}\n`);
     });
+
   program
     .command("manifest")
     .description("write IMAGE.manifest.json and its detached signature IMAGE.manifest.json.sig")
@@ -103,34 +95,148 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
         image: string,
         opts: { key: string[]; name?: string; version?: string; arch?: string; json?: boolean },
       ) => {
-        const { manifestPath, manifest } = await writeManifest(ctx, image, {
-          keys: opts.key,
-          ...(opts.name === undefined ? {} : { name: opts.name }),
-          ...(opts.version === undefined ? {} : { version: opts.version }),
-          ...(opts.arch === undefined ? {} : { arch: opts.arch }),
-        });
-        if (opts.json) ctx.stdout.write(`${JSON.stringify(manifest, null, 2)}\n`);
+        const { manifestPath, manifest } = await writeManifest(ctx, image, { ...opts, keys: opts.key });
+        if (opts.json) out(`${JSON.stringify(manifest, null, 2)}\n`);
         else
-          ctx.stdout.write(
+          out(
             `${manifestPath}: ${manifest.name} ${manifest.version} root ${manifest.partitions.root.sha256}\n`,
           );
-        result = 0;
       },
     );
-  registerBuild(program, ctx, {
-    writeManifest: async (raw, keys, name, version) =>
-      (await writeManifest(ctx, raw, { keys, name, version, quiet: !ctx.interactive })).manifestPath,
-  });
-  registerRun(program, ctx, (code) => (result = code));
-  registerDemo(
-    program,
-    ctx,
-    {
-      writeManifest: async (raw, keys, name, version) =>
-        (await writeManifest(ctx, raw, { keys, name, version, quiet: !ctx.interactive })).manifestPath,
-    },
-    (code) => (result = code),
-  );
+
+  program
+    .command("build")
+    .description(
+      "build a bootable GPT disk image (NAME.raw, NAME.raw.xz, signed manifest) from an image description",
+    )
+    .argument("<description>", "image description (YAML), e.g. images/default.yaml")
+    .option("--profile <profile>", "AB (two root slots) or Static (slot A only)", "AB")
+    .option("--out <dir>", "output directory", "out")
+    .option(
+      "--key <file...>",
+      "release private key(s): sign the manifest; their public keys are trusted in the image",
+    )
+    .option("--version <version>", "image version (overrides the description's)")
+    .option("--dist <dir>", "directory with the EOS command bundles (default: this checkout's dist/)")
+    .option("--work <dir>", "scratch directory (default: OUT/.work-NAME)")
+    .option("--keep-work", "keep the root tree and partition images")
+    .option("--no-xz", "skip NAME.raw.xz")
+    .option("--json", "print the build result as JSON")
+    .action(async (description: string, opts: BuildOpts) => {
+      if (!(PROFILES as readonly string[]).includes(opts.profile))
+        throw usageError(`--profile ${opts.profile}: must be one of ${PROFILES.join(", ")}`);
+      const r = await buildImage(ctx, {
+        description,
+        profile: opts.profile as Profile,
+        outDir: opts.out,
+        keys: opts.key ?? [],
+        noXz: !opts.xz,
+        keepWork: Boolean(opts.keepWork),
+        ...(opts.version === undefined ? {} : { version: opts.version }),
+        ...(opts.dist === undefined ? {} : { distDir: opts.dist }),
+        ...(opts.work === undefined ? {} : { workDir: opts.work }),
+      });
+      if (opts.json) {
+        out(`${JSON.stringify(r, null, 2)}\n`);
+        return;
+      }
+      const total = Object.values(r.seconds).reduce((a, b) => a + b, 0);
+      out(
+        [
+          `image:     ${r.raw} (${formatBytes(r.rawBytes)})`,
+          ...(r.xz ? [`xz:        ${r.xz} (${formatBytes(r.xzBytes ?? 0)})`] : []),
+          `root:      ${formatBytes(r.rootFsBytes)} in a ${formatBytes(r.rootSlotBytes)} slot`,
+          `manifest:  ${r.manifest ?? "(none: pass --key)"}`,
+          `version:   ${r.name} ${r.version} (${r.profile})`,
+          `build:     ${total.toFixed(1)} s`,
+          "",
+        ].join("\n"),
+      );
+    });
+
+  program
+    .command("run")
+    .description("boot a disk image in QEMU: the image stays untouched, writes go to a working disk")
+    .argument("<image>", "disk image (NAME.raw) made by eos build")
+    .option(
+      "--ssh-port <port>",
+      "host port (127.0.0.1) forwarded to the guest's SSH port; default: a free one",
+    )
+    .option("--ssh-key <file>", "private key for the SSH hint and --wait-ssh")
+    .option("--tpm", "give the guest a TPM 2.0 (swtpm)")
+    .option("--headless", "no terminal: log the console to a file (--console-log) and wait for QEMU to exit")
+    .option(
+      "--console-log <file>",
+      "console log in headless mode (default: WORK/console.log with --work, else ./NAME.console.log)",
+    )
+    .option("--memory <MiB>", "guest memory in MiB", "1024")
+    .option("--cpus <n>", "guest CPUs", "2")
+    .option("--accel <accel>", "auto, kvm or tcg (auto: KVM only if it really works here)", "auto")
+    .option(
+      "--work <dir>",
+      "working directory (disk overlay, firmware variables, TPM state); kept when given",
+    )
+    .option("--registry-size <size>", "size of the extra registry disk (0 for none)", "2G")
+    .option("--disk-size <size>", "virtual size of the working disk (default: the image's size)")
+    .option("--wait-ssh", "headless: print when SSH answers (needs --ssh-key)")
+    .action(async (image: string, opts: RunOpts) => {
+      if (!["auto", "kvm", "tcg"].includes(opts.accel))
+        throw usageError(`--accel ${opts.accel}: auto, kvm or tcg`);
+      result = await runImage(ctx, {
+        image,
+        work: opts.work,
+        headless: Boolean(opts.headless),
+        consoleLog: opts.consoleLog,
+        waitSsh: Boolean(opts.waitSsh),
+        sshPort: opts.sshPort === undefined ? 0 : wholeNumber("--ssh-port", opts.sshPort, 1, 65535),
+        memoryMiB: wholeNumber("--memory", opts.memory, 128, 65536),
+        cpus: wholeNumber("--cpus", opts.cpus, 1, 64),
+        accel: opts.accel as "auto" | "kvm" | "tcg",
+        tpm: Boolean(opts.tpm),
+        registryDiskBytes: size("--registry-size", opts.registrySize),
+        ...(opts.diskSize ? { diskBytes: size("--disk-size", opts.diskSize) } : {}),
+        ...(opts.sshKey ? { sshKey: opts.sshKey } : {}),
+      });
+    });
+
+  program
+    .command("demo")
+    .description("build v1 and v2, serve v2, boot v1 in QEMU, update to v2 (kexec, commit), roll back to v1")
+    .option("--work <dir>", "working directory (images, keys, VM); reused between runs", ".tmp/demo")
+    .option("--description <file>", "image description (default: the repository's images/default.yaml)")
+    .option("--port <port>", "update server port on 127.0.0.1", "8080")
+    .option("--package <name>", "the package v2 adds", "tree")
+    .option("--rebuild", "build both images even if the previous run's are current")
+    .action(async (opts: DemoOpts) => {
+      const repo = repoRoot();
+      const description = opts.description ?? (repo ? resolve(repo, "images/default.yaml") : undefined);
+      if (!description) throw usageError("--description is required outside a checkout");
+      if (process.getuid?.() !== 0)
+        throw new EosError("REFUSED", "eos demo builds images with mmdebstrap and chroot: run it as root");
+      const port = wholeNumber("--port", opts.port, 1, 65535);
+      if (!/^[a-z0-9][a-z0-9+.-]*$/.test(opts.package))
+        throw usageError(`--package: not a Debian package name: ${opts.package}`);
+      const r = await runDemo(ctx, {
+        workDir: resolve(opts.work),
+        description,
+        port,
+        extraPackage: opts.package,
+        rebuild: Boolean(opts.rebuild),
+        log: (line) => out(`${line}\n`),
+      });
+      const s = r.states;
+      const ok =
+        s.booted.version === "1.0.0" &&
+        s.booted.checkExit === 1 &&
+        s.updated.version === "2.0.0" &&
+        s.updated.grubenv.eos_default === "B" &&
+        s.rolledBack.version === "1.0.0";
+      out(
+        ok ? "demo: every step did what it should\n" : "demo: a step did not end as expected (see above)\n",
+      );
+      result = ok ? 0 : 1;
+    });
+
   const early = await parseProgram(program, argv);
   return early ?? result;
 }

@@ -3,17 +3,17 @@ import { FIRMWARE_LABEL, ROOT_LABEL, type ManifestPartition } from "../core/mani
 import { openBlockSource } from "./files.ts";
 import { hashRange } from "./hash.ts";
 
-export interface ImagePartitions {
+export interface DiskPartitions {
   table: GptTable;
   root: ManifestPartition;
   firmware: ManifestPartition | undefined;
 }
 
 /** Size and sha256 of the updatable partitions of a disk image, found by label. */
-export async function hashImagePartitions(
+export async function hashDiskPartitions(
   path: string,
   onBytes?: (n: number) => void,
-): Promise<ImagePartitions> {
+): Promise<DiskPartitions> {
   const source = await openBlockSource(path);
   try {
     const { table } = await readGpt(source);

@@ -14,7 +14,6 @@ import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { spawnSync } from "node:child_process";
 import { parse, stringify } from "yaml";
-import { writeManifest } from "../../src/cli/eos.ts";
 import type { Profile } from "../../src/core/image/description.ts";
 import { buildImage, type BuildResult } from "../../src/io/image/build.ts";
 import type { Context } from "../../src/io/context.ts";
@@ -172,8 +171,6 @@ export async function testImage(options: TestImageOptions = {}): Promise<TestIma
     keys: [keys.releaseKey],
     workDir: join(VM_TMP, "work", key),
     noXz: !options.xz,
-    writeManifest: async (image, k, n, v) =>
-      (await writeManifest(ctx, image, { keys: k, name: n, version: v, quiet: true })).manifestPath,
   });
   await pruneImages(8);
   return { ...keys, raw, dir, description, build, cached: false };

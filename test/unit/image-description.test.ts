@@ -6,10 +6,10 @@ import {
   packageList,
   parseImageDescription,
   parseSize,
-  planLayout,
-  rootFiles,
   REQUIRED_PACKAGES,
 } from "../../src/core/image/description.ts";
+import { planLayout } from "../../src/core/image/layout.ts";
+import { rootFiles } from "../../src/core/image/root-files.ts";
 import { EosError } from "../../src/core/errors.ts";
 import { encodeGpt, readGpt } from "../../src/core/gpt.ts";
 import { memDisk } from "../helpers/memdisk.ts";
@@ -156,6 +156,7 @@ test("root files: os-release VERSION, os-update.yml, update_commit.service, wrap
       keyNames: ["release.pub"],
       commands: ["os-update", "fleet"],
       nodePath: "/usr/lib/eos/node",
+      updateCommitUnit: readFileSync(new URL("../../systemd/update_commit.service", import.meta.url), "utf8"),
     }).map((f) => [f.path, f]),
   );
   assert.match(files.get("/usr/lib/os-release")?.content ?? "", /^VERSION="1\.0"$/m);

@@ -8,8 +8,7 @@ import { consoleContext } from "../helpers/context.ts";
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { runDemo, type DemoResult, type GuestState } from "../../src/cli/eos-demo.ts";
-import { writeManifest } from "../../src/cli/eos.ts";
+import { runDemo, type DemoResult, type GuestState } from "../../src/io/demo.ts";
 import { Vm } from "../../src/io/machine/qemu.ts";
 import { vmSkipReason, VM_TMP, REPO } from "../helpers/vm-image.ts";
 
@@ -29,8 +28,6 @@ describe("update cycle in a real VM (the demo, asserted)", { skip, timeout: 75 *
       port: 18080,
       extraPackage: "tree",
       rebuild: false,
-      writeManifest: async (raw, keys, name, version) =>
-        (await writeManifest(ctx, raw, { keys, name, version, quiet: true })).manifestPath,
       log: (line) => process.stdout.write(`# ${line}\n`),
       keepVm: true,
     });

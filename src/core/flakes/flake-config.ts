@@ -345,3 +345,15 @@ export function flakeNameFromInvocation(
   }
   return { name: assertFlakeName(invoked), args };
 }
+
+/** flake-ctl's flags as flake-pilot also spelled them (with underscores), in today's spelling. */
+export function normaliseFlakeCtlArgv(argv: string[]): string[] {
+  return argv.map((a) =>
+    a === "--check_host_dependencies"
+      ? "--check-host-dependencies"
+      : a.replace(
+          /^--(include_tar|include_path)(=|$)/,
+          (_m, k: string, eq: string) => `--${k.replace("_", "-")}${eq}`,
+        ),
+  );
+}

@@ -25,7 +25,7 @@ import { idsDirFor, readFlakeSources, type FlakesSetup } from "./flake-files.ts"
 import { fileExists } from "../files.ts";
 import { checkRegistrable, installFlake, listFlakes, unregisterFlake } from "./registration.ts";
 import { removeVmInstances } from "./vm-instance.ts";
-import { imagesDir, requireImage } from "./vm-images.ts";
+import { imagesDir, removeImage, requireImage } from "./vm-images.ts";
 
 export interface VmRegisterOptions {
   vm: string;
@@ -151,4 +151,20 @@ export function loadVmFlake(setup: FlakesSetup, name: string): { files: string[]
     sources.map((s) => ({ file: s.file, data: parseYamlMapping(s.text, s.file) })),
   );
   return { files: sources.map((s) => s.file), flake };
+}
+
+/** `remove --vm IMAGE`: every flake on the image, then the pulled image. */
+export async function removeVmImageAndFlakes(
+  ctx: Context,
+  setup: FlakesSetup,
+  vm: string,
+): Promise<string[]> {
+  const removed: string[] = [];
+  for (const f of await listVmFlakes(setup, vm)) {
+    if (f.app) await removeVmFlake(ctx, setup, f.app, true);
+    removed.push(f.name);
+  }
+  if (!(await removeImage(imagesDir(ctx), vm)))
+    throw new EosError("NOT_FOUND", `VM image ${vm} is not pulled`);
+  return removed;
 }

@@ -9,15 +9,12 @@ import { mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { EosError } from "../../core/errors.ts";
-import {
-  parseImageDescription,
-  planLayout,
-  type ImageDescription,
-  type Profile,
-} from "../../core/image/description.ts";
+import { parseImageDescription, type ImageDescription, type Profile } from "../../core/image/description.ts";
+import { planLayout } from "../../core/image/layout.ts";
 import { keyId } from "../../core/manifest.ts";
 import type { Context } from "../context.ts";
 import { loadPrivateKey, loadPublicKey } from "../keys.ts";
+import { sourceDateEpoch, writeManifest } from "../release.ts";
 import { assembleDisk, compressXz, hashPadded, makeEsp, makeRootImage } from "./disk.ts";
 import { buildRootTree } from "./rootfs.ts";
 
@@ -36,8 +33,6 @@ export interface BuildOptions {
   noXz?: boolean;
   /** Overrides the description's version (v1/v2 of one description). */
   version?: string;
-  /** Writes the manifest with writeManifest from the eos command (injected to keep io free of cli). */
-  writeManifest?: (raw: string, keys: string[], name: string, version: string) => Promise<string>;
 }
 
 export interface BuildResult {
@@ -75,11 +70,20 @@ export function defaultDistDir(): string | undefined {
   return root && existsSync(join(root, "dist")) ? join(root, "dist") : undefined;
 }
 
-/** The repository's unit file for update_commit.service (owned by os-update), when there is one. */
-async function repoUpdateCommitUnit(): Promise<string | undefined> {
+/**
+ * A unit file as the project ships it (systemd/ in a checkout, or where the
+ * package installs them): the one source an image's copy is made from.
+ */
+export async function projectUnit(name: string): Promise<string> {
   const root = repoRoot();
-  if (!root) return undefined;
-  return readFile(join(root, "systemd/update_commit.service"), "utf8").catch(() => undefined);
+  const places = [...(root ? [join(root, "systemd", name)] : []), join("/usr/share/eos/systemd", name)];
+  for (const place of places) {
+    const text = await readFile(place, "utf8").catch(() => undefined);
+    if (text !== undefined) return text;
+  }
+  throw new EosError("BUILD", `the unit ${name} is missing (looked in ${places.join(", ")})`, {
+    hint: "run eos build from a checkout or an installed eos package",
+  });
 }
 
 export async function loadDescription(path: string): Promise<ImageDescription> {
@@ -90,13 +94,6 @@ export async function loadDescription(path: string): Promise<ImageDescription> {
     throw new EosError("NOT_FOUND", `image description ${path} does not exist`);
   }
   return parseImageDescription(text, path);
-}
-
-function sourceDateEpoch(ctx: Context): number {
-  const v = ctx.env.SOURCE_DATE_EPOCH;
-  if (v === undefined) return Math.floor(ctx.now().getTime() / 1000);
-  if (!/^\d+$/.test(v)) throw new EosError("USAGE", `SOURCE_DATE_EPOCH must be seconds since 1970, got ${v}`);
-  return Number(v);
 }
 
 /** Trusted keys for the image: the description's files plus the public halves of --key. */
@@ -144,7 +141,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
       hint: "run it as root or with sudo; the disk assembly itself is rootless",
     });
   }
-  const epoch = sourceDateEpoch(ctx);
+  const epoch = sourceDateEpoch(ctx.env) ?? Math.floor(ctx.now().getTime() / 1000);
   const layout = planLayout(desc, o.profile);
   const outDir = resolve(o.outDir);
   await mkdir(outDir, { recursive: true });
@@ -166,7 +163,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
   if (keys.size === 0)
     log("warning: no trusted release keys (update.keys or --key): os-update will refuse updates");
   const tree = join(work, "tree");
-  const updateCommitUnit = await repoUpdateCommitUnit();
+  const updateCommitUnit = await projectUnit("update_commit.service");
   const { kernel, commands } = await step("root tree", () =>
     buildRootTree({
       desc,
@@ -214,9 +211,17 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
     await step("xz", () => compressXz(ctx.proc, raw, xz as string, ctx.signal));
   }
   let manifest: string | undefined;
-  if (o.keys.length > 0 && o.writeManifest) {
-    const write = o.writeManifest;
-    manifest = await step("signed manifest", () => write(raw, o.keys, desc.name, desc.version));
+  if (o.keys.length > 0) {
+    manifest = await step("signed manifest", async () => {
+      const env = { ...ctx.env, SOURCE_DATE_EPOCH: String(epoch) };
+      const written = await writeManifest({ ...ctx, env }, raw, {
+        keys: o.keys,
+        name: desc.name,
+        version: desc.version,
+        quiet: !ctx.interactive,
+      });
+      return written.manifestPath;
+    });
     const written = JSON.parse(await readFile(manifest, "utf8")) as {
       partitions?: { root?: { sha256?: string } };
     };

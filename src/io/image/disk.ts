@@ -13,7 +13,8 @@ import { pipeline } from "node:stream/promises";
 import { EosError } from "../../core/errors.ts";
 import { encodeGpt } from "../../core/gpt.ts";
 import { earlyGrubCfg, generateGrubCfg, initialGrubenv } from "../../core/image/grubcfg.ts";
-import { baseCmdline, type DiskLayout, type ImageDescription } from "../../core/image/description.ts";
+import { baseCmdline, type ImageDescription } from "../../core/image/description.ts";
+import type { DiskLayout } from "../../core/image/layout.ts";
 import { pipeThrough, type ProcessRunner, type RunOptions } from "../process.ts";
 
 const build = (proc: ProcessRunner, argv: string[], o: RunOptions = {}) =>

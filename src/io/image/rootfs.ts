@@ -20,7 +20,8 @@ import {
 } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { EosError } from "../../core/errors.ts";
-import { packageList, rootFiles, type ImageDescription } from "../../core/image/description.ts";
+import { packageList, type ImageDescription } from "../../core/image/description.ts";
+import { rootFiles } from "../../core/image/root-files.ts";
 import type { ProcessRunner, RunOptions } from "../process.ts";
 
 export interface RootTreeOptions {
@@ -35,7 +36,7 @@ export interface RootTreeOptions {
   /** The Node binary to ship when desc.eos.node is "host". */
   hostNode: string;
   /** update_commit.service as os-update ships it (systemd/ in the checkout); default: the builder's own. */
-  updateCommitUnit?: string | undefined;
+  updateCommitUnit: string;
   sourceDateEpoch: number;
   log: (line: string) => void;
   signal?: AbortSignal;

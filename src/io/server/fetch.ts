@@ -20,7 +20,7 @@ import {
 } from "../../core/manifest.ts";
 import type { ProcessRunner } from "../process.ts";
 import { decompressStream } from "../decompress.ts";
-import { hashImagePartitions } from "../disk-image.ts";
+import { hashDiskPartitions } from "../disk-image.ts";
 import type { ImageStore } from "./published.ts";
 import type { Logger } from "../log.ts";
 import { fetchSmall, openOrigin, type Validators } from "../origin.ts";
@@ -152,7 +152,7 @@ export async function fetchImage(
         log.info("origin unchanged", { image: name, version: published?.manifest.version });
         return { name, status: "unchanged", version: published?.manifest.version };
       }
-      const parts = await hashImagePartitions(staging.rawPath);
+      const parts = await hashDiskPartitions(staging.rawPath);
       if (manifest) {
         if (!samePartition(parts.root, manifest.partitions.root)) {
           throw new EosError("HASH_MISMATCH", `${name}: root partition does not match the signed manifest`, {

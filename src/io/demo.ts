@@ -12,18 +12,17 @@ import { existsSync } from "node:fs";
 import { chmod, mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import type { Server } from "node:http";
 import { dirname, join, resolve } from "node:path";
-import type { Command } from "commander";
 import { parse, stringify } from "yaml";
 import { EosError } from "../core/errors.ts";
-import { buildImage, repoRoot, type BuildResult } from "../io/image/build.ts";
-import type { Context } from "../io/context.ts";
-import { fetchImage } from "../io/server/fetch.ts";
-import { ImageStore } from "../io/server/published.ts";
-import { generateReleaseKeys, loadTrustedKeys } from "../io/keys.ts";
-import { jsonLogger, silentLogger } from "../io/log.ts";
-import { Vm } from "../io/machine/qemu.ts";
-import { TokenStore } from "../io/server/tokens.ts";
-import { createUpdateServer } from "../io/server/http.ts";
+import { buildImage, repoRoot, type BuildResult } from "./image/build.ts";
+import type { Context } from "./context.ts";
+import { fetchImage } from "./server/fetch.ts";
+import { ImageStore } from "./server/published.ts";
+import { generateReleaseKeys, loadTrustedKeys } from "./keys.ts";
+import { jsonLogger, silentLogger } from "./log.ts";
+import { Vm } from "./machine/qemu.ts";
+import { TokenStore } from "./server/tokens.ts";
+import { createUpdateServer } from "./server/http.ts";
 
 export interface DemoOptions {
   workDir: string;
@@ -32,7 +31,6 @@ export interface DemoOptions {
   /** Extra package that makes v2 visibly different. */
   extraPackage: string;
   rebuild: boolean;
-  writeManifest: (raw: string, keys: string[], name: string, version: string) => Promise<string>;
   log: (line: string) => void;
   /** Stop after showing v2 committed (the test adds its own steps then). */
   keepVm?: boolean;
@@ -97,7 +95,6 @@ async function buildVersion(
     keys: [releaseKey],
     noXz: true,
     workDir: join(o.workDir, "work", version),
-    writeManifest: o.writeManifest,
   });
   await writeFile(stamp, digest);
   return { result, cached: false };
@@ -311,60 +308,4 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
     await close();
     throw error;
   }
-}
-
-export function registerDemo(
-  program: Command,
-  ctx: Context,
-  deps: { writeManifest: DemoOptions["writeManifest"] },
-  setResult: (code: number) => void,
-): void {
-  program
-    .command("demo")
-    .description("build v1 and v2, serve v2, boot v1 in QEMU, update to v2 (kexec, commit), roll back to v1")
-    .option("--work <dir>", "working directory (images, keys, VM); reused between runs", ".tmp/demo")
-    .option("--description <file>", "image description (default: the repository's images/default.yaml)")
-    .option("--port <port>", "update server port on 127.0.0.1", "8080")
-    .option("--package <name>", "the package v2 adds", "tree")
-    .option("--rebuild", "build both images even if the previous run's are current")
-    .action(
-      async (opts: {
-        work: string;
-        description?: string;
-        port: string;
-        package: string;
-        rebuild?: boolean;
-      }) => {
-        const repo = repoRoot();
-        const description = opts.description ?? (repo ? join(repo, "images/default.yaml") : undefined);
-        if (!description) throw new EosError("USAGE", "--description is required outside a checkout");
-        if (process.getuid?.() !== 0) {
-          throw new EosError("REFUSED", "eos demo builds images with mmdebstrap and chroot: run it as root");
-        }
-        const port = Number(opts.port);
-        if (!Number.isInteger(port) || port < 1 || port > 65535)
-          throw new EosError("USAGE", `--port: not a port: ${opts.port}`);
-        if (!/^[a-z0-9][a-z0-9+.-]*$/.test(opts.package))
-          throw new EosError("USAGE", `--package: not a Debian package name: ${opts.package}`);
-        const result = await runDemo(ctx, {
-          workDir: resolve(opts.work),
-          description,
-          port,
-          extraPackage: opts.package,
-          rebuild: Boolean(opts.rebuild),
-          writeManifest: deps.writeManifest,
-          log: (line) => ctx.stdout.write(`${line}\n`),
-        });
-        const ok =
-          result.states.booted.version === "1.0.0" &&
-          result.states.booted.checkExit === 1 &&
-          result.states.updated.version === "2.0.0" &&
-          result.states.updated.grubenv.eos_default === "B" &&
-          result.states.rolledBack.version === "1.0.0";
-        ctx.stdout.write(
-          ok ? "demo: every step did what it should\n" : "demo: a step did not end as expected (see above)\n",
-        );
-        setResult(ok ? 0 : 1);
-      },
-    );
 }

@@ -1,0 +1,134 @@
+/**
+ * The files eos build lays over a Debian root so that it boots and updates
+ * as EOS: the initramfs overlay hook, fstab, os-release, os-update.yml,
+ * update_commit.service, the command wrappers and root's access.
+ */
+import type { ImageDescription } from "./description.ts";
+
+export interface RootFile {
+  path: string;
+  mode: number;
+  content: string;
+}
+
+function yamlString(value: string): string {
+  return JSON.stringify(value);
+}
+
+const INITRAMFS_OVERLAY_HOOK = `#!/bin/sh
+# EOS: the read-only root slot becomes the lower layer of an overlay whose
+# upper layer is tmpfs, like overlayroot=tmpfs. The lower and upper mounts
+# move under the new root (/run/eos/...), or run-init refuses to switch.
+PREREQ=""
+prereqs() { echo "$PREREQ"; }
+case "$1" in
+prereqs) prereqs; exit 0 ;;
+esac
+. /scripts/functions
+grep -qw eos.overlay=off /proc/cmdline && exit 0
+mkdir -p /eos.lower /eos.rw
+mount -n -o move "\${rootmnt}" /eos.lower || panic "EOS: cannot move the root slot aside"
+mount -n -t tmpfs -o mode=0755 eos-rw /eos.rw || panic "EOS: cannot mount the tmpfs upper layer"
+mkdir -p /eos.rw/upper /eos.rw/work
+if ! mount -n -t overlay -o lowerdir=/eos.lower,upperdir=/eos.rw/upper,workdir=/eos.rw/work eos-root "\${rootmnt}"; then
+  panic "EOS: cannot mount the overlay root"
+fi
+mkdir -p "\${rootmnt}/media/root-ro" "\${rootmnt}/media/root-rw"
+mount -n -o move /eos.lower "\${rootmnt}/media/root-ro"
+mount -n -o move /eos.rw "\${rootmnt}/media/root-rw"
+exit 0
+`;
+
+/**
+ * Files every EOS root carries, generated from the description: boot
+ * (initramfs overlay hook and modules, fstab), identity (os-release,
+ * hostname), update (os-update.yml, update_commit.service), access (root's
+ * SSH keys, serial autologin for development images).
+ */
+export function rootFiles(
+  desc: ImageDescription,
+  options: {
+    keyNames: string[];
+    commands: string[];
+    nodePath: string | undefined;
+    /** systemd/update_commit.service as the project ships it. */
+    updateCommitUnit: string;
+  },
+): RootFile[] {
+  const files: RootFile[] = [];
+  const add = (path: string, content: string, mode = 0o644) => files.push({ path, mode, content });
+  const modules = ["squashfs", "overlay", ...desc.kernel.modules];
+  add(
+    "/etc/initramfs-tools/modules",
+    `# EOS: the root slot is ${desc.root.filesystem}, the running root an overlay\n${[...new Set(modules)].join("\n")}\n`,
+  );
+  add("/etc/initramfs-tools/scripts/init-bottom/eos-overlay", INITRAMFS_OVERLAY_HOOK, 0o755);
+  add(
+    "/etc/fstab",
+    "# EOS: / is an overlay of the read-only root slot and tmpfs (set up in the initramfs)\n" +
+      "PARTLABEL=p.UEFI /boot/efi vfat umask=0077,nofail,x-systemd.device-timeout=30s 0 0\n",
+  );
+  const pretty = desc.pretty_name ?? `EOS ${desc.version}`;
+  add(
+    "/usr/lib/os-release",
+    [
+      `PRETTY_NAME="${pretty}"`,
+      `NAME="EOS"`,
+      `VERSION_ID="${desc.version}"`,
+      `VERSION="${desc.version}"`,
+      `ID=eos`,
+      `ID_LIKE=debian`,
+      `IMAGE_ID="${desc.name}"`,
+      `IMAGE_VERSION="${desc.version}"`,
+      `HOME_URL="https://github.com/OSInside/eos"`,
+      "",
+    ].join("\n"),
+  );
+  add("/etc/hostname", `${desc.hostname}\n`);
+  add("/etc/issue", `${pretty} \\n \\l\n\n`);
+  add("/etc/issue.net", `${pretty}\n`);
+  add(
+    "/etc/hosts",
+    `127.0.0.1\tlocalhost\n127.0.1.1\t${desc.hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n`,
+  );
+  add("/usr/lib/systemd/system/update_commit.service", options.updateCommitUnit);
+  add("/etc/eos/image", `NAME=${desc.name}\nVERSION=${desc.version}\n`);
+
+  // The device's update configuration, in the original map shape.
+  const u = desc.update;
+  const lines = ["# EOS device update configuration (written by eos build)", "update:"];
+  lines.push(`  name: ${yamlString(u.name ?? desc.name)}`);
+  if (u.url) lines.push(`  url: ${yamlString(u.url)}`);
+  if (u.server) lines.push(`  server: ${yamlString(u.server)}`);
+  if (u.token) lines.push(`  token: ${yamlString(u.token)}`);
+  if (u.tries !== undefined) lines.push(`  tries: ${u.tries}`);
+  if (options.keyNames.length > 0) {
+    lines.push("  keys:");
+    for (const k of options.keyNames) lines.push(`    - ${yamlString(`/usr/share/eos/keys/${k}`)}`);
+  }
+  add("/etc/os-update.yml", `${lines.join("\n")}\n`, u.token ? 0o600 : 0o644);
+
+  // The EOS commands: node bundles behind small wrappers in /usr/bin.
+  if (options.nodePath) {
+    for (const name of options.commands) {
+      add(`/usr/bin/${name}`, `#!/bin/sh\nexec ${options.nodePath} /usr/lib/eos/${name}.mjs "$@"\n`, 0o755);
+    }
+  }
+
+  const keys = desc.users.root.ssh_authorized_keys;
+  if (keys.length > 0) {
+    add("/root/.ssh/authorized_keys", `${keys.join("\n")}\n`, 0o600);
+    // Host keys are made at boot (in the tmpfs overlay): an image never ships them.
+    add(
+      "/etc/systemd/system/ssh.service.d/eos-host-keys.conf",
+      "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n",
+    );
+  }
+  if (desc.users.root.autologin_serial) {
+    add(
+      "/etc/systemd/system/serial-getty@ttyS0.service.d/eos-autologin.conf",
+      "[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --keep-baud 115200,57600,38400,9600 %I $TERM\n",
+    );
+  }
+  return files;
+}

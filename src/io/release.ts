@@ -1,0 +1,94 @@
+/**
+ * Releasing a disk image: its manifest (name, version, architecture,
+ * creation time, and size + sha256 of each updatable partition found by
+ * label), in canonical form, with a detached signature by each release key.
+ */
+import { stat } from "node:fs/promises";
+import { basename } from "node:path";
+import { EosError } from "../core/errors.ts";
+import {
+  encodeManifest,
+  encodeSignatures,
+  signManifest,
+  MANIFEST_SCHEMA,
+  type Manifest,
+} from "../core/manifest.ts";
+import type { Context } from "./context.ts";
+import { hashDiskPartitions } from "./disk-image.ts";
+import { atomicWriteFile } from "./files.ts";
+import { loadPrivateKey } from "./keys.ts";
+import { progress } from "./progress.ts";
+
+const ARCH: Record<string, string> = { x64: "x86_64", arm64: "aarch64", arm: "armv7l", riscv64: "riscv64" };
+
+/** The architecture of this machine, as manifests name it. */
+export function hostArchitecture(): string {
+  return ARCH[process.arch] ?? process.arch;
+}
+
+/** SOURCE_DATE_EPOCH from the environment (seconds since 1970), or undefined when unset. */
+export function sourceDateEpoch(env: NodeJS.ProcessEnv): number | undefined {
+  const v = env.SOURCE_DATE_EPOCH;
+  if (v === undefined || v === "") return undefined;
+  if (!/^\d+$/.test(v)) throw new EosError("USAGE", `SOURCE_DATE_EPOCH must be seconds since 1970, got ${v}`);
+  return Number(v);
+}
+
+/** When a release was made: SOURCE_DATE_EPOCH for reproducible builds, else now. */
+export function creationTime(ctx: Context): Date {
+  const epoch = sourceDateEpoch(ctx.env);
+  return epoch === undefined ? ctx.now() : new Date(epoch * 1000);
+}
+
+export function defaultVersion(created: Date): string {
+  // A sortable, monotonic default: the creation time, so downgrade checks work without a scheme.
+  return created
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace("T", ".")
+    .replace(/\..*Z$/, "")
+    .replace(/Z$/, "");
+}
+
+export interface ManifestOptions {
+  keys: string[];
+  name?: string | undefined;
+  version?: string | undefined;
+  arch?: string | undefined;
+  quiet?: boolean | undefined;
+}
+
+/** Writes IMAGE.manifest.json and IMAGE.manifest.json.sig beside the image. */
+export async function writeManifest(
+  ctx: Context,
+  image: string,
+  options: ManifestOptions,
+): Promise<{ manifestPath: string; manifest: Manifest }> {
+  const keys = await Promise.all(options.keys.map((k) => loadPrivateKey(k)));
+  const st = await stat(image).catch(() => undefined);
+  if (!st) throw new EosError("NOT_FOUND", `image ${image} does not exist`);
+  const bar = options.quiet
+    ? undefined
+    : progress(ctx.stderr, `hashing ${basename(image)}`, st.size, { interactive: ctx.interactive });
+  const parts = await hashDiskPartitions(image, (n) => bar?.add(n));
+  bar?.done();
+  const created = creationTime(ctx);
+  const manifest: Manifest = {
+    schema: MANIFEST_SCHEMA,
+    name: options.name ?? basename(image).replace(/\.raw$/, ""),
+    version: options.version ?? defaultVersion(created),
+    architecture: options.arch ?? hostArchitecture(),
+    created: created.toISOString(),
+    partitions: parts.firmware ? { root: parts.root, firmware: parts.firmware } : { root: parts.root },
+  };
+  let bytes: Buffer;
+  try {
+    bytes = encodeManifest(manifest);
+  } catch (error) {
+    throw new EosError("USAGE", `invalid manifest field: ${(error as Error).message.split("\n")[0]}`);
+  }
+  const manifestPath = `${image}.manifest.json`;
+  await atomicWriteFile(manifestPath, bytes);
+  await atomicWriteFile(`${manifestPath}.sig`, encodeSignatures(signManifest(bytes, keys)));
+  return { manifestPath, manifest };
+}

@@ -92,7 +92,7 @@ export const deviceConfigSchema = z.strictObject({
       .optional(),
     token: z.string().optional(),
     keys: z.array(z.string()).optional(),
-    tries: z.number().int().min(1).max(10).optional(),
+    tries: z.number().int().min(1).max(9).optional(),
     ca: z.string().optional(),
     port: z.number().int().min(1).max(65535).optional(),
     known_hosts: z.string().optional(),

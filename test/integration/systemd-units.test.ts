@@ -7,6 +7,23 @@ import { DIST, REPO, run, runEos } from "../helpers/run.ts";
 
 const UNITS = join(REPO, "systemd");
 
+/** Every unit the repository ships: a unit that goes missing (or appears untested) fails here. */
+const SHIPPED_UNITS = [
+  "os-fetch.service",
+  "os-update-daemon@.service",
+  "os-update-daemon@.timer",
+  "os-update-fetchd.service",
+  "os-update-server.service",
+  "update_commit.service",
+];
+/** The units whose ExecStart runs os-update-server. */
+const SERVER_EXEC_UNITS = [
+  "os-fetch.service",
+  "os-update-daemon@.service",
+  "os-update-fetchd.service",
+  "os-update-server.service",
+];
+
 /** A throwaway root with the system's own units, so systemd-analyze can resolve dependencies. */
 async function unitRoot(): Promise<string> {
   const root = await mkdtemp(join(tmpdir(), "eos-units-"));
@@ -22,13 +39,15 @@ async function unitRoot(): Promise<string> {
 test("the shipped units pass systemd-analyze verify", async (t) => {
   const root = await unitRoot();
   t.after(() => rm(root, { recursive: true, force: true }));
-  const units = await readdir(UNITS);
-  assert.ok(units.includes("update_commit.service") && units.length >= 6, units.join());
+  const units = (await readdir(UNITS)).sort();
+  assert.deepEqual(units, SHIPPED_UNITS);
+  assert.equal(units.length, 6);
   const args: string[] = [];
   for (const unit of units) {
     await copyFile(join(UNITS, unit), join(root, "etc/systemd/system", unit));
     args.push(join("etc/systemd/system", unit.replace("@.", "@EOS.x86_64.")));
   }
+  assert.equal(args.length, SHIPPED_UNITS.length, "every shipped unit is verified");
   const r = await run("systemd-analyze", [`--root=${root}`, "verify", ...args], { cwd: root });
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stderr.trim(), "");
@@ -65,14 +84,20 @@ test("update_commit.service commits only on a trial boot, after the system is up
 });
 
 test("every ExecStart in the server units is a command line the server accepts", async () => {
-  for (const unit of (await readdir(UNITS)).filter((u) => u.endsWith(".service") && u.startsWith("os-"))) {
+  const checked: string[] = [];
+  for (const unit of (await readdir(UNITS))
+    .filter((u) => u.endsWith(".service") && u.startsWith("os-"))
+    .sort()) {
     const text = await readFile(join(UNITS, unit), "utf8");
     const exec = /^ExecStart=\/usr\/bin\/os-update-server (.+)$/m.exec(text);
     if (!exec) continue;
+    checked.push(unit);
     const args = (exec[1] as string).replace("%i", "EOS").split(" ");
     // Point at a config that does not exist: a usage error would exit 2, a config error exits 3.
     const r = await runEos("os-update-server", [...args, "--config", "/nonexistent/os-update.yml"]);
     assert.equal(r.code, 3, `${unit}: ${r.stderr}`);
     assert.match(r.stderr, /nonexistent\/os-update.yml/);
   }
+  assert.deepEqual(checked, SERVER_EXEC_UNITS);
+  assert.equal(checked.length, 4);
 });

@@ -60,7 +60,7 @@ export function readBootState(vars: Map<string, string>): BootState {
       uuid: vars.get(slotVar(slot, "uuid")) || undefined,
       version: vars.get(slotVar(slot, "version")) || undefined,
       sha256: vars.get(slotVar(slot, "sha256")) || undefined,
-      size: size ? Number(size) : undefined,
+      size: size && /^[0-9]+$/.test(size) ? Number(size) : undefined,
     };
   };
   return {

@@ -13,9 +13,9 @@ import {
   SLOT_LABEL,
   slotOfLabel,
   type Slot,
-} from "../../src/core/bootctl.ts";
-import { decodeGrubenv, encodeGrubenv, GRUBENV_SIZE } from "../../src/core/grubenv.ts";
-import { generateGrubCfg, initialGrubenv, MAX_TRIES } from "../../src/core/grubcfg.ts";
+} from "../../src/core/update/bootctl.ts";
+import { decodeGrubenv, encodeGrubenv, GRUBENV_SIZE } from "../../src/core/update/grubenv.ts";
+import { generateGrubCfg, initialGrubenv, MAX_TRIES } from "../../src/core/image/grubcfg.ts";
 import { EosError } from "../../src/core/errors.ts";
 
 const A_UUID = "0F1E2D3C-4B5A-4978-8695-A4B3C2D1E0F9";

@@ -8,10 +8,11 @@
  *
  *   node --import tsx bench/apply.ts [ROOT_MiB]   (default 256)
  */
+import { startServer } from "../test/helpers/serve.ts";
 import { copyFile, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
-import { DIST, runEos, startEos, waitForLog, mustRun } from "../test/helpers/run.ts";
+import { DIST, runEos, mustRun } from "../test/helpers/run.ts";
 import { makeWorld, releaseImage, writeServerConfig } from "../test/helpers/server-world.ts";
 import { makeDevice } from "../test/helpers/device.ts";
 
@@ -44,18 +45,8 @@ try {
   });
   const fetched = await runEos("os-update-server", ["fetch", "--config", world.config]);
   if (fetched.code !== 0) throw new Error(fetched.stderr);
-  const child = startEos("os-update-server", [
-    "serve",
-    "--config",
-    world.config,
-    "--listen",
-    "127.0.0.1",
-    "--port",
-    "0",
-    "--no-auth",
-  ]);
+  const { child, url } = await startServer({ config: world.config });
   server.kill = (s) => child.kill(s as NodeJS.Signals);
-  const url = String((await waitForLog(child, "listening")).url);
   child.stdout?.resume();
   const device = await makeDevice(join(world.dir, "device.raw"), v1Manifest, {
     config: `update:\n  name: ${NAME}\n  url: ${url}\n`,

@@ -4,10 +4,11 @@
  * `os-update-server fetch`, serves them with `os-update-server serve` and
  * downloads the root stream as a device would, verifying it.
  */
+import { startServer } from "../test/helpers/serve.ts";
 import { createHash } from "node:crypto";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { runEos, startEos, waitForLog, run } from "../test/helpers/run.ts";
+import { runEos, run } from "../test/helpers/run.ts";
 import { makeWorld, releaseImage, writeServerConfig } from "../test/helpers/server-world.ts";
 
 const started = performance.now();
@@ -43,19 +44,8 @@ try {
     .toString()
     .trim();
   step("token created for device demo-device");
-  const child = startEos("os-update-server", [
-    "serve",
-    "--config",
-    world.config,
-    "--listen",
-    "127.0.0.1",
-    "--port",
-    "0",
-    "--tokens-dir",
-    join(world.dir, "tokens"),
-  ]);
+  const { child, url } = await startServer({ config: world.config, tokensDir: join(world.dir, "tokens") });
   Object.assign(server, { kill: (s: string) => child.kill(s as NodeJS.Signals) });
-  const url = String((await waitForLog(child, "listening")).url);
   step(`os-update-server serve listening on ${url}`);
   const auth = ["-H", `Authorization: Bearer ${token}`];
   const manifest = JSON.parse(

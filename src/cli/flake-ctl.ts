@@ -21,7 +21,7 @@ import {
 import { initFlakes, loadFlakesSetup, type FlakesSetup } from "../io/flakes/flake-files.ts";
 import { flakePodman } from "../io/flakes/podman.ts";
 import { listFlakes } from "../io/flakes/registration.ts";
-import { imagesDir, listImages, pullImage } from "../io/flakes/vm-images.ts";
+import { vmImagesDir, listVmImages, pullVmImage } from "../io/flakes/vm-images.ts";
 import {
   listVmFlakes,
   loadVmFlake,
@@ -181,8 +181,8 @@ export async function flakeCtlMain(argv: string[], ctx: Context): Promise<number
 
   const fc = engine("firecracker", "VM flakes (Firecracker, or QEMU with the same images)");
   sub(fc.cmd, "pull", VM_PULL).action(
-    async (opts: Omit<Parameters<typeof pullImage>[2], "force"> & { force?: boolean }) => {
-      const done = await pullImage(ctx, imagesDir(ctx), { ...opts, force: Boolean(opts.force) });
+    async (opts: Omit<Parameters<typeof pullVmImage>[2], "force"> & { force?: boolean }) => {
+      const done = await pullVmImage(ctx, vmImagesDir(ctx), { ...opts, force: Boolean(opts.force) });
       const checked = done.verified.length > 0 ? ` (sha256 verified: ${done.verified.join(", ")})` : "";
       out(`pulled ${opts.name} into ${done.dir}${checked}\n`);
     },
@@ -219,7 +219,7 @@ export async function flakeCtlMain(argv: string[], ctx: Context): Promise<number
       const setup = await fc.setup();
       const name = shownName(nameArg, opts);
       if (name) return print({ name, ...loadVmFlake(setup, name) }, opts.json);
-      const view = { images: await listImages(imagesDir(ctx)), flakes: await listVmFlakes(setup) };
+      const view = { images: await listVmImages(vmImagesDir(ctx)), flakes: await listVmFlakes(setup) };
       if (opts.json) return print(view, true);
       for (const i of view.images) out(`image\t${i}\n`);
       for (const f of view.flakes) out(`flake\t${f.name}\t${f.image}\t${String(f.app)}\n`);

@@ -16,8 +16,8 @@ import { parse, stringify } from "yaml";
 import { EosError } from "../core/errors.ts";
 import { buildImage, repoRoot, type BuildResult } from "./image/build.ts";
 import type { Context } from "./context.ts";
-import { fetchImage } from "./server/fetch.ts";
-import { ImageStore } from "./server/published.ts";
+import { fetchAndPublish } from "./server/fetch.ts";
+import { PublishedImages } from "./server/published.ts";
 import { generateReleaseKeys, loadTrustedKeys } from "./keys.ts";
 import { jsonLogger, silentLogger } from "./log.ts";
 import { Vm } from "./machine/qemu.ts";
@@ -207,10 +207,10 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
     ];
   });
 
-  const store = new ImageStore(join(o.workDir, "os-images"));
+  const store = new PublishedImages(join(o.workDir, "os-images"));
   const server = await step(`publish v2 and serve it on 127.0.0.1:${o.port} (guest: 10.0.2.2)`, async () => {
     const name = v2.name;
-    const outcome = await fetchImage(
+    const outcome = await fetchAndPublish(
       store,
       { name, image: `file://${v2.raw}`, manifest: `file://${v2.raw}.manifest.json` },
       {

@@ -7,6 +7,7 @@ import { stat } from "node:fs/promises";
 import { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { EosError } from "../core/errors.ts";
+import { readBounded } from "./read-bounded.ts";
 
 export interface Validators {
   etag?: string;
@@ -130,16 +131,6 @@ export async function fetchSmall(
 > {
   const res = await openOrigin(url, options);
   if (res.status === "unchanged") return res;
-  const max = options.maxBytes ?? 1 << 20;
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of res.body as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > max) {
-      res.body.destroy();
-      throw new EosError("MANIFEST", `${describe(url)}: larger than ${max} bytes`);
-    }
-    chunks.push(chunk);
-  }
-  return { status: "ok", bytes: Buffer.concat(chunks), validators: res.validators };
+  const bytes = await readBounded(res.body, options.maxBytes ?? 1 << 20, describe(url));
+  return { status: "ok", bytes, validators: res.validators };
 }

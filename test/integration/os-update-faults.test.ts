@@ -1,3 +1,4 @@
+import { startServer } from "../helpers/serve.ts";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
@@ -5,7 +6,7 @@ import { copyFile, readFile, stat, writeFile } from "node:fs/promises";
 import { writeBootControl } from "../../src/io/update/boot-control.ts";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { DIST, runEos, startEos, waitForLog } from "../helpers/run.ts";
+import { DIST, runEos } from "../helpers/run.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
 import { makeDevice, type TestDevice } from "../helpers/device.ts";
 import { startFlakyProxy } from "../helpers/flaky-proxy.ts";
@@ -41,18 +42,9 @@ describe("os-update under faults", () => {
     token = (await runEos("os-update-server", ["token", "add", "dev", "--tokens-dir", tokens])).stdout
       .toString()
       .trim();
-    server = startEos("os-update-server", [
-      "serve",
-      "--config",
-      world.config,
-      "--listen",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--tokens-dir",
-      tokens,
-    ]);
-    serverPort = Number(new URL(String((await waitForLog(server, "listening")).url)).port);
+    const running = await startServer({ config: world.config, tokensDir: tokens });
+    server = running.child;
+    serverPort = running.port;
     server.stdout?.on("data", (s: string) => {
       for (const line of s.split("\n").filter(Boolean))
         serverLog.push(JSON.parse(line) as Record<string, unknown>);

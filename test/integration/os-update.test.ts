@@ -1,10 +1,11 @@
+import { makeTestCert, startServer } from "../helpers/serve.ts";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { copyFile, readFile, rm, truncate, writeFile, readlink } from "node:fs/promises";
 import { join } from "node:path";
 import type { ChildProcess } from "node:child_process";
-import { DIST, mustRun, runEos, startEos, waitForLog } from "../helpers/run.ts";
+import { DIST, runEos } from "../helpers/run.ts";
 import { partitionBytes, flipByte } from "../helpers/sample-image.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
 import { makeDevice, type TestDevice } from "../helpers/device.ts";
@@ -58,47 +59,15 @@ describe("os-update: the full cycle over HTTPS and SSH", () => {
     const v2 = await releaseImage(world, NAME, "2.0.0", { payloadBytes: 12 * 1024 * 1024 });
     v2Manifest = await manifestOf(v2);
     await publish(world);
-    cert = join(world.dir, "cert.pem");
-    const key = join(world.dir, "key.pem");
-    await mustRun("openssl", [
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-nodes",
-      "-days",
-      "1",
-      "-subj",
-      "/CN=localhost",
-      "-addext",
-      "subjectAltName=IP:127.0.0.1",
-      "-keyout",
-      key,
-      "-out",
-      cert,
-    ]);
+    const tls = await makeTestCert(world.dir);
+    cert = tls.cert;
     const tokens = join(world.dir, "tokens");
     token = (await runEos("os-update-server", ["token", "add", "device-1", "--tokens-dir", tokens])).stdout
       .toString()
       .trim();
-    server = startEos("os-update-server", [
-      "serve",
-      "--config",
-      world.config,
-      "--listen",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--tokens-dir",
-      tokens,
-      "--cert",
-      cert,
-      "--tls-key",
-      key,
-    ]);
-    url = String((await waitForLog(server, "listening")).url);
+    const running = await startServer({ config: world.config, tokensDir: tokens, tls });
+    server = running.child;
+    url = running.url;
     sshd = await startSshd(join(world.dir, "ssh"), [
       process.execPath,
       join(DIST, "os-update-server.mjs"),
@@ -344,17 +313,9 @@ describe("os-update: firmware, offline disks and unsigned images", () => {
     await releaseImage(world, NAME, "2.0.0");
     await releaseImage(world, "Unsigned", "9.0.0");
     await publish(world);
-    server = startEos("os-update-server", [
-      "serve",
-      "--config",
-      world.config,
-      "--listen",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--no-auth",
-    ]);
-    url = String((await waitForLog(server, "listening")).url);
+    const running = await startServer({ config: world.config });
+    server = running.child;
+    url = running.url;
   });
   after(async () => {
     server?.kill("SIGTERM");

@@ -1,3 +1,4 @@
+import { makeTestCert, startServer } from "../helpers/serve.ts";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
@@ -6,7 +7,7 @@ import { request as httpsRequest } from "node:https";
 import { readFile, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { ChildProcess } from "node:child_process";
-import { runEos, startEos, waitForLog, mustRun } from "../helpers/run.ts";
+import { runEos } from "../helpers/run.ts";
 import { partitionBytes } from "../helpers/sample-image.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
 
@@ -63,18 +64,9 @@ describe("os-update-server serve", () => {
     const added = await runEos("os-update-server", ["token", "add", "device-1", "--tokens-dir", tokensDir()]);
     assert.equal(added.code, 0, added.stderr);
     token = added.stdout.toString().trim();
-    server = startEos("os-update-server", [
-      "serve",
-      "--config",
-      world.config,
-      "--listen",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--tokens-dir",
-      tokensDir(),
-    ]);
-    base = String((await waitForLog(server, "listening")).url);
+    const running = await startServer({ config: world.config, tokensDir: tokensDir() });
+    server = running.child;
+    base = running.url;
   });
 
   after(async () => {
@@ -257,43 +249,11 @@ describe("os-update-server serve over TLS", () => {
     await writeServerConfig(world, [{ image: `${world.origin.url}/${name}.raw.xz`, name }]);
     await releaseImage(world, name, "1");
     assert.equal((await runEos("os-update-server", ["fetch", "--config", world.config])).code, 0);
-    const cert = join(world.dir, "cert.pem");
-    const key = join(world.dir, "key.pem");
-    await mustRun("openssl", [
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-nodes",
-      "-days",
-      "1",
-      "-subj",
-      "/CN=localhost",
-      "-addext",
-      "subjectAltName=IP:127.0.0.1",
-      "-keyout",
-      key,
-      "-out",
-      cert,
-    ]);
-    const server = startEos("os-update-server", [
-      "serve",
-      "--config",
-      world.config,
-      "--listen",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--cert",
-      cert,
-      "--tls-key",
-      key,
-      "--no-auth",
-    ]);
+    const { cert, key } = await makeTestCert(world.dir);
+    const running = await startServer({ config: world.config, tls: { cert, key } });
+    const server = running.child;
     try {
-      const url = String((await waitForLog(server, "listening")).url);
+      const url = running.url;
       assert.match(url, /^https:/);
       const r = await get(`${url}/v1/images/${name}/root`, {}, { ca: await readFile(cert) });
       assert.equal(r.status, 200);

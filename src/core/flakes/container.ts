@@ -11,6 +11,7 @@ import {
   scalarString,
   stringList,
   type FlakeDocument,
+  INCLUDE_SPEC,
   type Spec,
 } from "./flake-config.ts";
 
@@ -61,13 +62,7 @@ export const containerFlakeSpec: Spec = {
         },
       },
     },
-    include: {
-      type: "map",
-      fields: {
-        tar: { type: "list", item: absolute },
-        path: { type: "list", item: absolute },
-      },
-    },
+    include: INCLUDE_SPEC,
   },
 };
 

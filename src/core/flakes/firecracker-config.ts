@@ -8,7 +8,7 @@
  * bzImage: `kernelFormat` tells which one a file is.
  */
 import { EosError } from "../errors.ts";
-import type { CacheType } from "./vm.ts";
+import type { CacheType, VmPlan } from "./vm.ts";
 
 export interface FirecrackerBootSource {
   kernel_image_path: string;
@@ -55,16 +55,7 @@ export interface FirecrackerConfig {
   };
 }
 
-export interface FirecrackerPlan {
-  kernel: string;
-  initrd?: string | undefined;
-  bootArgs: string;
-  rootfs: string;
-  /** The writable overlay drive (vdb); none: sci keeps the upper layer in memory. */
-  overlay?: string | undefined;
-  cacheType: CacheType;
-  vcpuCount: number;
-  memSizeMib: number;
+export interface FirecrackerPlan extends VmPlan {
   /** Host side of the vsock device: Firecracker listens on this Unix socket. */
   vsockUds: string;
   guestCid?: number;

@@ -93,6 +93,15 @@ export function deepMerge(base: unknown, override: unknown): unknown {
 
 // ---------------------------------------------------------------- schema
 
+/** The `include:` section both flake kinds share: files added to the container or the VM's overlay. */
+export const INCLUDE_SPEC = {
+  type: "map",
+  fields: {
+    tar: { type: "list", item: { type: "string", absolute: true } },
+    path: { type: "list", item: { type: "string", absolute: true } },
+  },
+} as const;
+
 export type Spec =
   | { type: "string"; absolute?: boolean; pattern?: RegExp; patternText?: string }
   | { type: "boolean" }

@@ -6,20 +6,12 @@
  * which hosts often lack; a serial port needs nothing).
  */
 import { EosError } from "../errors.ts";
-import { SCI_PORT_NAME, type CacheType } from "./vm.ts";
+import { SCI_PORT_NAME, type VmPlan } from "./vm.ts";
 
-export interface QemuPlan {
+export interface QemuPlan extends VmPlan {
   name: string;
   machine: "q35" | "pc" | "microvm";
   accel: "kvm" | "tcg";
-  kernel: string;
-  initrd?: string | undefined;
-  bootArgs: string;
-  rootfs: string;
-  overlay?: string | undefined;
-  cacheType: CacheType;
-  vcpuCount: number;
-  memSizeMib: number;
   /** QEMU listens here for the pilot (sci's channel). */
   socket: string;
   /** The serial console goes into this file. */

@@ -8,6 +8,7 @@
  */
 import { EosError } from "../errors.ts";
 import {
+  INCLUDE_SPEC,
   checkSpec,
   mergeFlakeDocuments,
   scalarString,
@@ -38,6 +39,19 @@ export const SCI_PORT_NAME = "sci.0";
 
 export type VmEngine = "firecracker" | "qemu";
 export type CacheType = "Unsafe" | "Writeback";
+
+/** What a VM boots, whichever engine runs it. */
+export interface VmPlan {
+  kernel: string;
+  initrd?: string | undefined;
+  bootArgs: string;
+  rootfs: string;
+  /** The writable overlay drive (vdb); none: sci keeps the upper layer in memory. */
+  overlay?: string | undefined;
+  cacheType: CacheType;
+  vcpuCount: number;
+  memSizeMib: number;
+}
 
 const targetPath: Spec = {
   type: "string",
@@ -112,13 +126,7 @@ export const vmFlakeSpec: Spec = {
         },
       },
     },
-    include: {
-      type: "map",
-      fields: {
-        tar: { type: "list", item: absolute },
-        path: { type: "list", item: absolute },
-      },
-    },
+    include: INCLUDE_SPEC,
   },
 };
 

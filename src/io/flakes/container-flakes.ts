@@ -27,7 +27,13 @@ import type { Context } from "../context.ts";
 import { fileExists } from "../files.ts";
 import { idsDirFor, readFlakeSources, readTextFile, removePath, type FlakesSetup } from "./flake-files.ts";
 import { flakePodman } from "./podman.ts";
-import { checkRegistrable, installFlake, listFlakes, unregisterFlake } from "./registration.ts";
+import {
+  checkRegistrable,
+  installFlake,
+  listFlakes,
+  unregisterFlake,
+  type FlakeRemover,
+} from "./registration.ts";
 
 const IMAGE_REF = /^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$/;
 
@@ -127,13 +133,8 @@ function provisionRecord(setup: FlakesSetup, name: string): string {
 }
 
 /** Removes a container flake: its provisioned image (best effort), link, NAME.yaml and NAME.d/. */
-export async function removeContainerFlake(
-  ctx: Context,
-  setup: FlakesSetup,
-  app: string,
-  force: boolean,
-): Promise<{ name: string }> {
-  return unregisterFlake(setup, app, "podman", force, async (name) => {
+export const removeContainerFlake: FlakeRemover = (ctx, setup, app, force) =>
+  unregisterFlake(setup, app, "podman", force, async (name) => {
     const record = provisionRecord(setup, name);
     const recorded = await readTextFile(record);
     if (!recorded) return;
@@ -146,7 +147,6 @@ export async function removeContainerFlake(
     }
     await removePath(record);
   });
-}
 
 /** `remove --container IMAGE`: every flake on the image, then the image. */
 export async function removeImageAndFlakes(

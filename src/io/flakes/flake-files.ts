@@ -20,6 +20,7 @@ import {
 import { homedir, userInfo } from "node:os";
 import { dirname, join } from "node:path";
 import { EosError } from "../../core/errors.ts";
+import { fnv1a } from "../../core/fnv.ts";
 import {
   DEFAULT_FLAKES_CONFIG_PATH,
   FLAKES_CONFIG_DEFAULTS,
@@ -102,15 +103,6 @@ function cacheDir(ctx: Pick<Context, "env" | "root">): string | undefined {
   const uid = process.getuid?.();
   if (uid === 0) return "/run/eos-flakes";
   return ctx.env.XDG_RUNTIME_DIR ? join(ctx.env.XDG_RUNTIME_DIR, "eos-flakes") : undefined;
-}
-
-function fnv1a(text: string): string {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) {
-    h ^= text.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h.toString(16).padStart(8, "0");
 }
 
 function stampOf(path: string): string {

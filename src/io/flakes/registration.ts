@@ -5,6 +5,7 @@
  * the read-only view of what is registered that `list` and `show` print.
  */
 import { EosError, errorMessage } from "../../core/errors.ts";
+import type { Context } from "../context.ts";
 import {
   assertFlakeName,
   assertHostPath,
@@ -29,6 +30,14 @@ import {
 } from "./flake-files.ts";
 
 export type FlakeEngine = "podman" | "firecracker";
+
+/** `flake-ctl ENGINE remove --app APP [--force]` for one engine. */
+export type FlakeRemover = (
+  ctx: Context,
+  setup: FlakesSetup,
+  app: string,
+  force: boolean,
+) => Promise<{ name: string }>;
 const SECTION: Record<FlakeEngine, "container" | "vm"> = { podman: "container", firecracker: "vm" };
 
 /** Is `target` (a link's target) one of our pilots, or an older install's? */

@@ -23,9 +23,15 @@ import {
 import type { Context } from "../context.ts";
 import { idsDirFor, readFlakeSources, type FlakesSetup } from "./flake-files.ts";
 import { fileExists } from "../files.ts";
-import { checkRegistrable, installFlake, listFlakes, unregisterFlake } from "./registration.ts";
+import {
+  type FlakeRemover,
+  checkRegistrable,
+  installFlake,
+  listFlakes,
+  unregisterFlake,
+} from "./registration.ts";
 import { removeVmInstances } from "./vm-instance.ts";
-import { imagesDir, removeImage, requireImage } from "./vm-images.ts";
+import { vmImagesDir, removeVmImage, requireVmImage } from "./vm-images.ts";
 
 export interface VmRegisterOptions {
   vm: string;
@@ -79,7 +85,7 @@ export async function registerVmFlake(
     assertHostPath(p, "--include-tar/--include-path");
     if (!(await fileExists(p))) throw new EosError("NOT_FOUND", `include ${p} does not exist`);
   }
-  const image = await requireImage(imagesDir(ctx), imageName);
+  const image = await requireVmImage(vmImagesDir(ctx), imageName);
 
   const flake = vmFlakeFromData(
     vmFlakeDocument({
@@ -133,16 +139,10 @@ export async function listVmFlakes(
 }
 
 /** Removes a VM flake: its resume VMs and their overlays, its link, NAME.yaml and NAME.d/. */
-export async function removeVmFlake(
-  ctx: Context,
-  setup: FlakesSetup,
-  app: string,
-  force: boolean,
-): Promise<{ name: string }> {
-  return unregisterFlake(setup, app, "firecracker", force, async (name) => {
+export const removeVmFlake: FlakeRemover = (ctx, setup, app, force) =>
+  unregisterFlake(setup, app, "firecracker", force, async (name) => {
     await removeVmInstances(ctx.proc, idsDirFor(setup.config.firecrackerIdsDir), name);
   });
-}
 
 /** The merged VM flake for `show`. */
 export function loadVmFlake(setup: FlakesSetup, name: string): { files: string[]; flake: VmFlake } {
@@ -164,7 +164,7 @@ export async function removeVmImageAndFlakes(
     if (f.app) await removeVmFlake(ctx, setup, f.app, true);
     removed.push(f.name);
   }
-  if (!(await removeImage(imagesDir(ctx), vm)))
+  if (!(await removeVmImage(vmImagesDir(ctx), vm)))
     throw new EosError("NOT_FOUND", `VM image ${vm} is not pulled`);
   return removed;
 }

@@ -32,11 +32,11 @@ export interface VmImagePaths {
 }
 
 /** The store: EOS_FIRECRACKER_IMAGES_DIR, or /var/lib/firecracker/images under the context root. */
-export function imagesDir(ctx: Pick<Context, "env" | "root">): string {
+export function vmImagesDir(ctx: Pick<Context, "env" | "root">): string {
   return ctx.env.EOS_FIRECRACKER_IMAGES_DIR || sysPath(ctx, DEFAULT_IMAGES_DIR);
 }
 
-export function imagePaths(store: string, name: string): VmImagePaths {
+export function vmImagePaths(store: string, name: string): VmImagePaths {
   const dir = join(store, assertVmImageName(name, "VM image name"));
   return { dir, rootfs: join(dir, "rootfs"), kernel: join(dir, "kernel"), initrd: join(dir, "initrd") };
 }
@@ -46,11 +46,11 @@ async function isFile(path: string): Promise<boolean> {
 }
 
 /** The pulled image, or NOT_FOUND naming what is missing. */
-export async function requireImage(
+export async function requireVmImage(
   store: string,
   name: string,
 ): Promise<VmImagePaths & { hasInitrd: boolean }> {
-  const paths = imagePaths(store, name);
+  const paths = vmImagePaths(store, name);
   if (!(await isFile(paths.rootfs)) || !(await isFile(paths.kernel))) {
     throw new EosError(
       "NOT_FOUND",
@@ -63,7 +63,7 @@ export async function requireImage(
   return { ...paths, hasInitrd: await isFile(paths.initrd) };
 }
 
-export async function listImages(store: string): Promise<string[]> {
+export async function listVmImages(store: string): Promise<string[]> {
   const entries = await readdir(store, { withFileTypes: true }).catch(() => []);
   return entries
     .filter((e) => e.isDirectory() && !e.name.startsWith("."))
@@ -147,13 +147,13 @@ export interface PullOptions {
 }
 
 /** Pulls an image into the store. Nothing changes in the store unless it all worked. */
-export async function pullImage(
+export async function pullVmImage(
   ctx: Context,
   store: string,
   opts: PullOptions,
 ): Promise<VmImagePaths & { verified: string[] }> {
   const name = assertVmImageName(opts.name);
-  const target = imagePaths(store, name);
+  const target = vmImagePaths(store, name);
   if (
     opts.kisImage !== undefined &&
     (opts.rootfs !== undefined || opts.kernel !== undefined || opts.initrd !== undefined)
@@ -252,8 +252,8 @@ export async function pullImage(
   return { ...target, verified };
 }
 
-export async function removeImage(store: string, name: string): Promise<boolean> {
-  const paths = imagePaths(store, name);
+export async function removeVmImage(store: string, name: string): Promise<boolean> {
+  const paths = vmImagePaths(store, name);
   if (!(await stat(paths.dir).catch(() => undefined))) return false;
   await rm(paths.dir, { recursive: true, force: true });
   return true;

@@ -18,6 +18,7 @@ import {
   VM_PILOT_OPTIONS,
   type VmEngine,
   type VmFlake,
+  type VmPlan,
 } from "../../core/flakes/vm.ts";
 import { qemuArgv, QEMU_USER_NET } from "../../core/flakes/vm-qemu.ts";
 import type { Context } from "../context.ts";
@@ -158,6 +159,16 @@ async function bootVm(launch: Launch, vm: VmDir, detached: boolean): Promise<VmP
     vsockPort: launch.vsockPort,
     net: network && launch.engine === "qemu" ? QEMU_USER_NET : undefined,
   });
+  const plan: VmPlan = {
+    kernel: fc.kernelImagePath,
+    initrd: fc.initrdPath,
+    bootArgs: cmdline,
+    rootfs: fc.rootfsImagePath,
+    overlay: vm.overlay,
+    cacheType: fc.cacheType,
+    vcpuCount: fc.vcpuCount,
+    memSizeMib: fc.memSizeMib,
+  };
   let argv: string[];
   if (launch.engine === "qemu") {
     const q = launch.flake.runtime.qemu;
@@ -169,17 +180,10 @@ async function bootVm(launch: Launch, vm: VmDir, detached: boolean): Promise<VmP
       join(launch.idsDir, "qemu-accel"),
     );
     argv = qemuArgv({
+      ...plan,
       name: launch.key,
       machine: q.machine,
       accel,
-      kernel: fc.kernelImagePath,
-      initrd: fc.initrdPath,
-      bootArgs: cmdline,
-      rootfs: fc.rootfsImagePath,
-      overlay: vm.overlay,
-      cacheType: fc.cacheType,
-      vcpuCount: fc.vcpuCount,
-      memSizeMib: fc.memSizeMib,
       socket: vm.socket,
       consoleLog: vm.consoleLog,
       network,
@@ -190,14 +194,7 @@ async function bootVm(launch: Launch, vm: VmDir, detached: boolean): Promise<VmP
       await createTap(launch.ctx.proc, vm.tap);
     }
     const config = firecrackerConfig({
-      kernel: fc.kernelImagePath,
-      initrd: fc.initrdPath,
-      bootArgs: cmdline,
-      rootfs: fc.rootfsImagePath,
-      overlay: vm.overlay,
-      cacheType: fc.cacheType,
-      vcpuCount: fc.vcpuCount,
-      memSizeMib: fc.memSizeMib,
+      ...plan,
       vsockUds: vm.socket,
       tap: vm.tap ? { name: vm.tap, mac: guestMac(vm.tap) } : undefined,
     });

@@ -12,6 +12,7 @@
 import { mkdir, mkdtemp, rename, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { EosError } from "../../core/errors.ts";
+import { fnv1a } from "../../core/fnv.ts";
 import type { ProcessRunner } from "../process.ts";
 
 async function run(proc: ProcessRunner, argv: string[], what: string): Promise<void> {
@@ -29,15 +30,6 @@ async function stampOf(path: string): Promise<string> {
   return `${path}:${st.size}:${st.mtimeMs}`;
 }
 
-function fnv(text: string): string {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) {
-    h ^= text.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h.toString(16).padStart(8, "0");
-}
-
 export interface OverlaySpec {
   bytes: number;
   includeTar: string[];
@@ -53,7 +45,7 @@ export async function overlayTemplate(
 ): Promise<string> {
   const stamps = [String(spec.bytes)];
   for (const p of [...spec.includeTar, ...spec.includePath]) stamps.push(await stampOf(p));
-  const file = join(dir, `${key}.overlay-${fnv(stamps.join("\0"))}.img`);
+  const file = join(dir, `${key}.overlay-${fnv1a(stamps.join("\0"))}.img`);
   if ((await stat(file).catch(() => undefined))?.isFile()) return file;
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const tree = await mkdtemp(join(dir, `.${key}.tree-`));

@@ -7,14 +7,13 @@
  * `eos run` and by the vm-tier tests (wait for a console line or for SSH,
  * run a command over SSH, power off, kill).
  */
-import type { ChildProcess } from "node:child_process";
 import { createWriteStream, existsSync, type WriteStream } from "node:fs";
 import { copyFile, mkdir, stat } from "node:fs/promises";
 import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { EosError } from "../../core/errors.ts";
-import { kvmWorks, shellQuote, systemRunner, type ProcessRunner } from "../process.ts";
+import { kvmWorks, shellQuote, systemRunner, type ChildProcess, type ProcessRunner } from "../process.ts";
 
 export const OVMF_CODE = "/usr/share/OVMF/OVMF_CODE.fd";
 export const OVMF_VARS = "/usr/share/OVMF/OVMF_VARS.fd";

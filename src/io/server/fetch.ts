@@ -21,7 +21,7 @@ import {
 import type { ProcessRunner } from "../process.ts";
 import { decompressStream } from "../decompress.ts";
 import { hashDiskPartitions } from "../disk-image.ts";
-import type { ImageStore } from "./published.ts";
+import type { PublishedImages } from "./published.ts";
 import type { Logger } from "../log.ts";
 import { fetchSmall, openOrigin, type Validators } from "../origin.ts";
 import type { Progress } from "../progress.ts";
@@ -88,8 +88,8 @@ function samePartition(
   return a?.size === b?.size && a?.sha256 === b?.sha256;
 }
 
-export async function fetchImage(
-  store: ImageStore,
+export async function fetchAndPublish(
+  store: PublishedImages,
   image: ServerImage,
   options: FetchOptions,
 ): Promise<FetchOutcome> {

@@ -19,12 +19,12 @@ import {
 import { createServer as createHttpsServer } from "node:https";
 import { parseRange } from "../../core/http-range.ts";
 import { isSafeImageName } from "../../core/config.ts";
-import type { ImageStore, StreamKind } from "./published.ts";
+import type { PublishedImages, StreamKind } from "./published.ts";
 import type { Logger } from "../log.ts";
 import type { TokenStore } from "./tokens.ts";
 
 export interface UpdateServerOptions {
-  store: ImageStore;
+  store: PublishedImages;
   /** undefined: no authentication (only when the operator said so). */
   tokens: TokenStore | undefined;
   logger: Logger;

@@ -50,7 +50,7 @@ async function fsyncPath(path: string, directory = false): Promise<void> {
   }
 }
 
-export class ImageStore {
+export class PublishedImages {
   readonly dir: string;
   private readonly cache = new Map<string, PublishedVersion>();
 

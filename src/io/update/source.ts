@@ -9,6 +9,7 @@ import { request as httpsRequest } from "node:https";
 import type { Readable } from "node:stream";
 import { EosError } from "../../core/errors.ts";
 import { pipeThrough, type ProcessRunner } from "../process.ts";
+import { readBounded } from "../read-bounded.ts";
 
 export type StreamKind = "root" | "firmware";
 
@@ -53,17 +54,6 @@ function httpGet(
   });
 }
 
-async function readAll(res: IncomingMessage, max: number, what: string): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of res as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > max) throw new EosError("MANIFEST", `${what} is larger than ${max} bytes`);
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
-}
-
 function statusError(res: IncomingMessage, what: string): EosError {
   res.resume();
   if (res.statusCode === 401 || res.statusCode === 403) {
@@ -87,7 +77,7 @@ export function httpSource(options: HttpSourceOptions): UpdateSource {
   const small = async (suffix: string) => {
     const res = await httpGet(url(suffix), headers(), options.ca, timeout);
     if (res.statusCode !== 200) throw statusError(res, `${options.name} ${suffix}`);
-    return readAll(res, 1 << 20, `${options.name} ${suffix}`);
+    return readBounded(res, 1 << 20, `${options.name} ${suffix}`);
   };
   return {
     describe: base,
@@ -153,26 +143,20 @@ function sshStream(options: SshSourceOptions, command: string): Readable {
   });
 }
 
-async function collect(stream: Readable, max: number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of stream as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > max) {
-      stream.destroy();
-      throw new EosError("MANIFEST", `answer larger than ${max} bytes`);
-    }
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
-}
-
 export function sshSource(options: SshSourceOptions): UpdateSource {
   return {
     describe: `ssh://${options.server}`,
     async fetchManifest() {
-      const manifest = await collect(sshStream(options, `eos-read ${options.name} manifest`), 1 << 20);
-      const signature = await collect(sshStream(options, `eos-read ${options.name} signature`), 1 << 20);
+      const manifest = await readBounded(
+        sshStream(options, `eos-read ${options.name} manifest`),
+        1 << 20,
+        "manifest",
+      );
+      const signature = await readBounded(
+        sshStream(options, `eos-read ${options.name} signature`),
+        1 << 20,
+        "signature",
+      );
       return { manifest, signature };
     },
     async openStream(kind, offset) {

@@ -1,0 +1,100 @@
+/**
+ * The update server's fetch job over every configured image: once (the
+ * original os-fetch), or as a daemon that fetches each image at its own
+ * interval (the original os-update-daemon timers) until a signal stops it.
+ * A failure of one image is logged with its name and never stops another.
+ */
+import type { ServerImage } from "../../core/config.ts";
+import { EosError, errorMessage } from "../../core/errors.ts";
+import { sysPath, type Context } from "../context.ts";
+import { loadTrustedKeys } from "../keys.ts";
+import { jsonLogger } from "../log.ts";
+import { progress } from "../progress.ts";
+import { fetchAndPublish, type FetchOptions, type FetchOutcome } from "./fetch.ts";
+import { PublishedImages } from "./published.ts";
+import { DEFAULT_KEYS_DIR, loadServerConfig, publishedDir } from "./server-config.ts";
+
+const DEFAULT_INTERVAL_S = 3600;
+
+export type FetchResult = FetchOutcome | { name: string; status: "failed"; error: string };
+
+export interface FetchAllOptions {
+  config?: string | undefined;
+  imagesDir?: string | undefined;
+  /** Only these images (names as configured, `.raw` optional). */
+  images?: string[] | undefined;
+  daemon?: boolean | undefined;
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+/** Fetches the configured images; with `daemon`, keeps fetching until ctx.signal aborts (then returns []). */
+export async function fetchAll(ctx: Context, o: FetchAllOptions): Promise<FetchResult[]> {
+  const setup = await loadServerConfig(ctx, o.config, true);
+  const { config, path } = setup;
+  let images: ServerImage[] = config.update;
+  if (o.images?.length) {
+    const wanted = new Set(o.images.map((n) => n.replace(/\.raw$/, "")));
+    images = images.filter((i) => wanted.has(i.name));
+    const missing = [...wanted].filter((n) => !images.some((i) => i.name === n));
+    if (missing.length)
+      throw new EosError("CONFIG", `${path}: no image named ${missing.join(", ")} under update:`);
+  }
+  if (images.length === 0) throw new EosError("CONFIG", `${path}: update: lists no images`);
+  const needKeys = images.some((i) => !i.insecure);
+  const keyPaths = config.keys ?? [sysPath(ctx, DEFAULT_KEYS_DIR)];
+  const trustedKeys = needKeys ? await loadTrustedKeys(keyPaths) : [];
+  if (needKeys && trustedKeys.length === 0) {
+    throw new EosError("CONFIG", `${path}: keys: no trusted release keys found in ${keyPaths.join(", ")}`, {
+      hint: "list release.pub files under keys:, or set insecure: true on an image to publish it unsigned",
+    });
+  }
+  const store = new PublishedImages(publishedDir(ctx, setup, o.imagesDir));
+  const logger = jsonLogger(ctx.stderr, ctx.now);
+  const options: FetchOptions = {
+    trustedKeys,
+    logger,
+    signal: ctx.signal,
+    now: ctx.now,
+    progress: (label, total) =>
+      progress(ctx.stderr, label, total, { interactive: ctx.interactive, plainEverySeconds: 10 }),
+    proc: ctx.proc,
+  };
+  const fetchOne = async (image: ServerImage): Promise<FetchResult> => {
+    try {
+      return await fetchAndPublish(store, image, options);
+    } catch (error) {
+      const code = error instanceof EosError ? error.code : "INTERNAL";
+      logger.error("fetch failed", { image: image.name, code, error: errorMessage(error) });
+      return { name: image.name, status: "failed", error: errorMessage(error) };
+    }
+  };
+  if (!o.daemon) {
+    const results: FetchResult[] = [];
+    for (const image of images) results.push(await fetchOne(image));
+    return results;
+  }
+  logger.info("fetch daemon started", { images: images.length });
+  await Promise.all(
+    images.map(async (image) => {
+      const interval = (image.interval ?? config.interval ?? DEFAULT_INTERVAL_S) * 1000;
+      while (!ctx.signal.aborted) {
+        await fetchOne(image);
+        await sleep(interval, ctx.signal);
+      }
+    }),
+  );
+  logger.info("fetch daemon stopped");
+  return [];
+}

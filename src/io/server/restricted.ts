@@ -1,0 +1,51 @@
+/**
+ * `os-update-server restricted`, the SSH forced command: the request in
+ * SSH_ORIGINAL_COMMAND is parsed against a whitelist (core) and answered
+ * from published images only. Nothing reaches a shell.
+ */
+import { createReadStream } from "node:fs";
+import { pipeline } from "node:stream/promises";
+import { parseRestrictedCommand } from "../../core/server/restricted-command.ts";
+import type { Context } from "../context.ts";
+import { DEFAULT_IMAGES_DIR, PublishedImages } from "./published.ts";
+import { loadServerConfig, publishedDir } from "./server-config.ts";
+
+/** Answers one forced-command request; returns its exit code (1 and a message on stderr for a refusal). */
+export async function answerRestricted(
+  ctx: Context,
+  o: { config?: string | undefined; imagesDir?: string | undefined },
+): Promise<number> {
+  const setup = await loadServerConfig(ctx, o.config, false);
+  const dir = publishedDir(ctx, setup, o.imagesDir);
+  const refuse = (reason: string) => {
+    ctx.stderr.write(`os-update-server restricted: refused: ${reason}\n`);
+    return 1;
+  };
+  const parsed = parseRestrictedCommand(ctx.env.SSH_ORIGINAL_COMMAND, [dir, DEFAULT_IMAGES_DIR]);
+  if (!parsed.ok) return refuse(parsed.reason);
+  const { request } = parsed;
+  const store = new PublishedImages(dir);
+  const version = await store.current(request.name).catch(() => undefined);
+  if (request.kind === "test") return version ? 0 : 1;
+  if (!version) return refuse(`image ${request.name} is not published`);
+  if (request.what === "manifest" || request.what === "signature") {
+    const bytes = request.what === "manifest" ? version.manifestBytes : version.signatureBytes;
+    if (!bytes) return refuse(`image ${request.name} is unsigned`);
+    ctx.stdout.write(bytes.subarray(request.offset));
+    return 0;
+  }
+  const range = version.ranges[request.what];
+  if (!range) return refuse(`image ${request.name} has no ${request.what} partition`);
+  if (request.offset > range.length) return refuse("OFFSET is past the end of the stream");
+  if (request.offset === range.length) return 0;
+  await pipeline(
+    createReadStream(version.rawPath, {
+      start: range.offset + request.offset,
+      end: range.offset + range.length - 1,
+      highWaterMark: 1 << 20,
+    }),
+    ctx.stdout,
+    { end: false },
+  );
+  return 0;
+}

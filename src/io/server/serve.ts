@@ -1,0 +1,69 @@
+/**
+ * `os-update-server serve`: the update HTTP(S) server on its address with
+ * its tokens, until a signal stops it.
+ */
+import { once } from "node:events";
+import { readFile } from "node:fs/promises";
+import type { AddressInfo } from "node:net";
+import { EosError, errorMessage } from "../../core/errors.ts";
+import { sysPath, type Context } from "../context.ts";
+import { jsonLogger } from "../log.ts";
+import { createUpdateServer } from "./http.ts";
+import { PublishedImages } from "./published.ts";
+import { DEFAULT_TOKENS_DIR, loadServerConfig, publishedDir } from "./server-config.ts";
+import { TokenStore } from "./tokens.ts";
+
+export interface ServeOptions {
+  config?: string | undefined;
+  imagesDir?: string | undefined;
+  listen?: string | undefined;
+  port?: string | undefined;
+  cert?: string | undefined;
+  tlsKey?: string | undefined;
+  tokensDir?: string | undefined;
+  auth: boolean;
+}
+
+export async function serve(ctx: Context, o: ServeOptions): Promise<void> {
+  const setup = await loadServerConfig(ctx, o.config, false);
+  const conf = setup.config.serve ?? {};
+  const certPath = o.cert ?? conf.cert;
+  const keyPath = o.tlsKey ?? conf.key;
+  if ((certPath === undefined) !== (keyPath === undefined)) {
+    throw new EosError("USAGE", "TLS needs both a certificate (--cert) and a key (--tls-key)");
+  }
+  const tls =
+    certPath && keyPath ? { cert: await readFile(certPath), key: await readFile(keyPath) } : undefined;
+  const logger = jsonLogger(ctx.stdout, ctx.now);
+  let tokens: TokenStore | undefined;
+  if (o.auth) {
+    tokens = new TokenStore(o.tokensDir ?? conf.tokens_dir ?? sysPath(ctx, DEFAULT_TOKENS_DIR));
+    await tokens.list();
+  } else {
+    logger.warn("serving without authentication (--no-auth)");
+  }
+  const port = o.port !== undefined ? Number(o.port) : (conf.port ?? (tls ? 8443 : 8080));
+  if (!Number.isInteger(port) || port < 0 || port > 65535)
+    throw new EosError("USAGE", `--port: not a port: ${o.port}`);
+  const host = o.listen ?? conf.listen ?? "0.0.0.0";
+  const store = new PublishedImages(publishedDir(ctx, setup, o.imagesDir));
+  const server = createUpdateServer({ store, tokens, logger, ...(tls ? { tls } : {}) });
+  server.listen(port, host);
+  await Promise.race([
+    once(server, "listening"),
+    once(server, "error").then(([e]) => Promise.reject(e as Error)),
+  ]).catch((error: unknown) => {
+    throw new EosError("IO", `cannot listen on ${host}:${port}: ${errorMessage(error)}`);
+  });
+  const address = server.address() as AddressInfo;
+  const shown = address.family === "IPv6" ? `[${address.address}]` : address.address;
+  const url = `${tls ? "https" : "http"}://${shown}:${address.port}`;
+  logger.info("listening", { url, images_dir: store.dir, auth: Boolean(tokens) });
+  await new Promise<void>((resolve) => {
+    if (ctx.signal.aborted) resolve();
+    ctx.signal.addEventListener("abort", () => resolve(), { once: true });
+  });
+  server.close();
+  server.closeAllConnections();
+  logger.info("stopped");
+}

@@ -10,13 +10,12 @@
 import { EosError } from "../core/errors.ts";
 import { parsePcrs } from "../core/registry/registry.ts";
 import type { Context } from "../io/context.ts";
+import { bootRegistry, writeBootReport } from "../io/registry/boot.ts";
 import {
   activateRegistry,
-  bootRegistry,
   registryStatus,
   setupRegistry,
   stopRegistry,
-  writeBootReport,
   type RegistryOptions,
 } from "../io/registry/registry.ts";
 import { newProgram, parseProgram, usageError } from "./main.ts";

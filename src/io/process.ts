@@ -11,6 +11,7 @@ import { constants as osConstants } from "node:os";
 import { PassThrough, type Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { EosError, type ErrorCode } from "../core/errors.ts";
+import { formatArgv, shellQuote } from "../core/shell-quote.ts";
 
 export type { ChildProcess, StdioOptions };
 
@@ -295,7 +296,8 @@ export function pipeThrough(
   }
   child.stdout?.pipe(out, { end: false });
   child.once("error", (error) => (startError = error));
-  void started.exited.then(({ code, signal }) => {
+  // "close", not "exit": only then has everything the program wrote reached `out`.
+  child.once("close", (code: number | null, signal: NodeJS.Signals | null) => {
     if (startError) out.destroy(options.notStarted(startError));
     else if (inputError) out.destroy(inputError);
     else if (code !== 0) out.destroy(options.fail(exitCodeOf(code, signal), started.stderr().trim()));
@@ -392,11 +394,4 @@ export async function kvmWorks(proc: ProcessRunner, qemuBinary: string, waitMs =
   return false;
 }
 
-/** POSIX shell quoting, for showing a command line in a log (and for ssh's remote side, which is a shell). */
-export function shellQuote(arg: string): string {
-  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
-}
-
-export function formatArgv(argv: string[]): string {
-  return argv.map(shellQuote).join(" ");
-}
+export { formatArgv, shellQuote };

@@ -21,7 +21,7 @@ import { openBlockSource } from "../../src/io/files.ts";
 import { luksTokens } from "../../src/io/registry/luks.ts";
 import { systemRunner } from "../../src/io/process.ts";
 import { setupRegistry, unlockKey } from "../../src/io/registry/registry.ts";
-import { freePort } from "../../src/io/machine/qemu.ts";
+import { freePort } from "../../src/io/machine/host.ts";
 
 const MiB = 1024 * 1024;
 const have = (cmd: string) => spawnSync("sh", ["-c", 'command -v "$1"', "sh", cmd]).status === 0;

@@ -10,7 +10,7 @@ import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { freePort } from "../../src/io/machine/qemu.ts";
+import { freePort } from "../../src/io/machine/host.ts";
 import { shellQuote } from "../../src/io/process.ts";
 import { BOOT_TIMEOUT_MS } from "../helpers/vm.ts";
 import { REPO, testImage, vmSkipReason, VM_TMP } from "../helpers/vm-image.ts";

@@ -179,3 +179,6 @@ export function checkMapperName(name: string): string {
   }
   return name;
 }
+
+/** Where the boot service leaves its one-line outcome (tmpfs). */
+export const REGISTRY_BOOT_REPORT = "/run/eos-registry/boot-report";

@@ -9,17 +9,14 @@
  */
 import { createWriteStream, existsSync, type WriteStream } from "node:fs";
 import { copyFile, mkdir, stat } from "node:fs/promises";
-import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { EosError } from "../../core/errors.ts";
-import { kvmWorks, shellQuote, systemRunner, type ChildProcess, type ProcessRunner } from "../process.ts";
+import { guestSshArgv, machineArgv, type Accel } from "../../core/machine/qemu-machine.ts";
+import { systemRunner, type ChildProcess, type ProcessRunner } from "../process.ts";
+import { detectAccel, freePort, OVMF_CODE, OVMF_VARS, QEMU } from "./host.ts";
 
-export const OVMF_CODE = "/usr/share/OVMF/OVMF_CODE.fd";
-export const OVMF_VARS = "/usr/share/OVMF/OVMF_VARS.fd";
-export const QEMU = "qemu-system-x86_64";
-
-export type Accel = "kvm" | "tcg";
+export type { Accel };
 
 export interface VmOptions {
   /** The disk image (raw); a qcow2 overlay in workDir takes the writes. */
@@ -48,37 +45,6 @@ export interface VmOptions {
   reuseDisk?: boolean;
   /** Starts QEMU, swtpm, qemu-img and ssh (default: the system's). */
   proc?: ProcessRunner;
-}
-
-let accelCache: Accel | undefined;
-
-/**
- * KVM only when QEMU can actually start a vCPU with it: /dev/kvm may exist
- * and still fail (`-cpu host`: "failed to set MSR"). EOS_QEMU_ACCEL=kvm|tcg
- * overrides the probe.
- */
-export async function detectAccel(
-  env: NodeJS.ProcessEnv = process.env,
-  proc: ProcessRunner = systemRunner(),
-): Promise<Accel> {
-  const forced = env.EOS_QEMU_ACCEL;
-  if (forced === "kvm" || forced === "tcg") return forced;
-  if (accelCache) return accelCache;
-  accelCache = (await kvmWorks(proc, QEMU, 4000)) ? "kvm" : "tcg";
-  return accelCache;
-}
-
-/** A free TCP port on 127.0.0.1 (bound and released; good enough for tests). */
-export async function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const server = createServer();
-    server.once("error", rej);
-    server.listen(0, "127.0.0.1", () => {
-      const addr = server.address();
-      const port = typeof addr === "object" && addr ? addr.port : 0;
-      server.close(() => res(port));
-    });
-  });
 }
 
 export interface SshResult {
@@ -189,87 +155,26 @@ export class Vm {
       });
     }
     const sshPort = options.sshPort && options.sshPort > 0 ? options.sshPort : await freePort();
-    const cpus = options.cpus ?? 2;
-    const args = [
-      "-machine",
-      "q35",
-      "-accel",
-      accel === "kvm" ? "kvm" : "tcg,thread=multi",
-      "-cpu",
-      accel === "kvm" ? "host" : "max",
-      "-smp",
-      String(cpus),
-      "-m",
-      String(options.memoryMiB ?? 1024),
-      "-nodefaults",
-      "-no-user-config",
-      "-display",
-      "none",
-      "-drive",
-      `if=pflash,format=raw,unit=0,readonly=on,file=${OVMF_CODE}`,
-      "-drive",
-      `if=pflash,format=raw,unit=1,file=${vars}`,
-      "-drive",
-      `if=none,id=disk0,format=qcow2,file=${disk},cache=unsafe,discard=unmap`,
-      "-device",
-      "virtio-blk-pci,drive=disk0,bootindex=0",
-      "-netdev",
-      `user,id=net0,hostfwd=tcp:127.0.0.1:${sshPort}-:22`,
-      "-device",
-      "virtio-net-pci,netdev=net0",
-      "-device",
-      "virtio-rng-pci",
-      "-chardev",
-      options.interactive ? "stdio,id=con0,mux=on,signal=off" : "stdio,id=con0,signal=off",
-      "-serial",
-      "chardev:con0",
-    ];
-    if (options.interactive) args.push("-mon", "chardev=con0,mode=readline");
-    if (registryBytes > 0) {
-      args.push(
-        "-drive",
-        `if=none,id=disk1,format=qcow2,file=${registry},cache=unsafe`,
-        "-device",
-        "virtio-blk-pci,drive=disk1,serial=eos-registry",
-      );
-    }
     let swtpm: ChildProcess | undefined;
+    let tpmSocket: string | undefined;
     if (options.tpm) {
-      const stateDir = join(workDir, "tpm");
-      await mkdir(stateDir, { recursive: true });
-      const sock = join(workDir, "swtpm.sock");
-      const tpm = proc.start(
-        [
-          "swtpm",
-          "socket",
-          "--tpm2",
-          "--tpmstate",
-          `dir=${stateDir}`,
-          "--ctrl",
-          `type=unixio,path=${sock}`,
-          "--terminate",
-        ],
-        { stdio: ["ignore", "ignore", "pipe"] },
-      );
+      const tpm = await startSwtpm(proc, workDir);
       swtpm = tpm.child;
-      let ended = false;
-      void tpm.exited.then(() => (ended = true));
-      for (let i = 0; i < 50 && !existsSync(sock); i++) {
-        if (ended)
-          throw new EosError("TPM", `swtpm: ${tpm.stderr().trim()}`, { hint: "apt-get install swtpm" });
-        await sleep(100);
-      }
-      if (!existsSync(sock)) throw new EosError("TPM", `swtpm did not create ${sock}`);
-      args.push(
-        "-chardev",
-        `socket,id=chrtpm,path=${sock}`,
-        "-tpmdev",
-        "emulator,id=tpm0,chardev=chrtpm",
-        "-device",
-        "tpm-tis,tpmdev=tpm0",
-      );
+      tpmSocket = tpm.socket;
     }
     const consoleLog = options.consoleLog ? resolve(options.consoleLog) : join(workDir, "console.log");
+    const args = machineArgv({
+      accel,
+      cpus: options.cpus ?? 2,
+      memoryMiB: options.memoryMiB ?? 1024,
+      firmwareCode: OVMF_CODE,
+      firmwareVars: vars,
+      disk,
+      sshPort,
+      interactive: Boolean(options.interactive),
+      registryDisk: registryBytes > 0 ? registry : undefined,
+      tpmSocket,
+    });
     const qemu = proc.start([QEMU, ...args], {
       stdio: options.interactive ? "inherit" : ["pipe", "pipe", "pipe"],
     }).child;
@@ -347,33 +252,9 @@ export class Vm {
     this.qemu.stdin?.write(text);
   }
 
-  private sshArgv(command: string[], connectTimeout: number): string[] {
+  private requireSshKey(): string {
     if (!this.sshKey) throw new EosError("VM", "no SSH key given to the VM (sshKey)");
-    return [
-      "-i",
-      this.sshKey,
-      "-p",
-      String(this.sshPort),
-      "-o",
-      "StrictHostKeyChecking=no",
-      "-o",
-      "UserKnownHostsFile=/dev/null",
-      "-o",
-      "BatchMode=yes",
-      "-o",
-      "IdentitiesOnly=yes",
-      "-o",
-      "LogLevel=ERROR",
-      "-o",
-      `ConnectTimeout=${connectTimeout}`,
-      "-o",
-      "ServerAliveInterval=5",
-      "-o",
-      "ServerAliveCountMax=6",
-      "root@127.0.0.1",
-      "--",
-      command.map(shellQuote).join(" "),
-    ];
+    return this.sshKey;
   }
 
   /** Runs a command in the guest as root; argv elements are quoted for the remote shell. */
@@ -382,11 +263,14 @@ export class Vm {
     options: { timeoutMs?: number; input?: string | Buffer; connectTimeout?: number } = {},
   ): Promise<SshResult> {
     try {
-      const r = await this.proc.run(["ssh", ...this.sshArgv(command, options.connectTimeout ?? 10)], {
-        check: false,
-        timeoutMs: options.timeoutMs ?? 120_000,
-        ...(options.input === undefined ? {} : { input: options.input }),
-      });
+      const r = await this.proc.run(
+        ["ssh", ...guestSshArgv(this.requireSshKey(), this.sshPort, command, options.connectTimeout ?? 10)],
+        {
+          check: false,
+          timeoutMs: options.timeoutMs ?? 120_000,
+          ...(options.input === undefined ? {} : { input: options.input }),
+        },
+      );
       return { code: r.signal ? 255 : r.code, stdout: r.stdout, stderr: r.stderr };
     } catch (error) {
       return { code: 255, stdout: "", stderr: (error as Error).message };
@@ -453,4 +337,35 @@ export class Vm {
     await this.exited;
     return this.exitCode ?? null;
   }
+}
+
+/** swtpm for one machine: its state in WORKDIR/tpm, its control socket beside; it ends with QEMU. */
+async function startSwtpm(
+  proc: ProcessRunner,
+  workDir: string,
+): Promise<{ child: ChildProcess; socket: string }> {
+  const stateDir = join(workDir, "tpm");
+  await mkdir(stateDir, { recursive: true });
+  const socket = join(workDir, "swtpm.sock");
+  const tpm = proc.start(
+    [
+      "swtpm",
+      "socket",
+      "--tpm2",
+      "--tpmstate",
+      `dir=${stateDir}`,
+      "--ctrl",
+      `type=unixio,path=${socket}`,
+      "--terminate",
+    ],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
+  let ended = false;
+  void tpm.exited.then(() => (ended = true));
+  for (let i = 0; i < 50 && !existsSync(socket); i++) {
+    if (ended) throw new EosError("TPM", `swtpm: ${tpm.stderr().trim()}`, { hint: "apt-get install swtpm" });
+    await sleep(100);
+  }
+  if (!existsSync(socket)) throw new EosError("TPM", `swtpm did not create ${socket}`);
+  return { child: tpm.child, socket };
 }

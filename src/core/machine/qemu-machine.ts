@@ -1,0 +1,105 @@
+/**
+ * The QEMU command line of an EOS machine (`eos run`, the vm tier): UEFI
+ * firmware with its own variables, the disk as virtio-blk behind a qcow2
+ * overlay, user networking with SSH forwarded to loopback, the serial
+ * console on stdio, and optionally a registry disk and a TPM 2.0 (swtpm).
+ */
+import { formatArgv } from "../shell-quote.ts";
+
+export type Accel = "kvm" | "tcg";
+
+export interface MachinePlan {
+  accel: Accel;
+  cpus: number;
+  memoryMiB: number;
+  firmwareCode: string;
+  firmwareVars: string;
+  disk: string;
+  sshPort: number;
+  /** Console and QEMU monitor on the caller's terminal. */
+  interactive: boolean;
+  registryDisk?: string | undefined;
+  tpmSocket?: string | undefined;
+}
+
+export function machineArgv(p: MachinePlan): string[] {
+  const args = [
+    "-machine",
+    "q35",
+    "-accel",
+    p.accel === "kvm" ? "kvm" : "tcg,thread=multi",
+    "-cpu",
+    p.accel === "kvm" ? "host" : "max",
+    "-smp",
+    String(p.cpus),
+    "-m",
+    String(p.memoryMiB),
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-drive",
+    `if=pflash,format=raw,unit=0,readonly=on,file=${p.firmwareCode}`,
+    "-drive",
+    `if=pflash,format=raw,unit=1,file=${p.firmwareVars}`,
+    "-drive",
+    `if=none,id=disk0,format=qcow2,file=${p.disk},cache=unsafe,discard=unmap`,
+    "-device",
+    "virtio-blk-pci,drive=disk0,bootindex=0",
+    "-netdev",
+    `user,id=net0,hostfwd=tcp:127.0.0.1:${p.sshPort}-:22`,
+    "-device",
+    "virtio-net-pci,netdev=net0",
+    "-device",
+    "virtio-rng-pci",
+    "-chardev",
+    p.interactive ? "stdio,id=con0,mux=on,signal=off" : "stdio,id=con0,signal=off",
+    "-serial",
+    "chardev:con0",
+  ];
+  if (p.interactive) args.push("-mon", "chardev=con0,mode=readline");
+  if (p.registryDisk) {
+    args.push(
+      "-drive",
+      `if=none,id=disk1,format=qcow2,file=${p.registryDisk},cache=unsafe`,
+      "-device",
+      "virtio-blk-pci,drive=disk1,serial=eos-registry",
+    );
+  }
+  if (p.tpmSocket) {
+    args.push(
+      "-chardev",
+      `socket,id=chrtpm,path=${p.tpmSocket}`,
+      "-tpmdev",
+      "emulator,id=tpm0,chardev=chrtpm",
+      "-device",
+      "tpm-tis,tpmdev=tpm0",
+    );
+  }
+  return args;
+}
+
+/** ssh into the machine as root through the forwarded port; the command is quoted for the remote shell. */
+export function guestSshArgv(key: string, port: number, command: string[], connectTimeout: number): string[] {
+  return [
+    "-i",
+    key,
+    "-p",
+    String(port),
+    ...[
+      "StrictHostKeyChecking=no",
+      "UserKnownHostsFile=/dev/null",
+      "BatchMode=yes",
+      "IdentitiesOnly=yes",
+    ].flatMap((o) => ["-o", o]),
+    ...[
+      "LogLevel=ERROR",
+      `ConnectTimeout=${connectTimeout}`,
+      "ServerAliveInterval=5",
+      "ServerAliveCountMax=6",
+    ].flatMap((o) => ["-o", o]),
+    "root@127.0.0.1",
+    "--",
+    formatArgv(command),
+  ];
+}

@@ -14,7 +14,8 @@ import type { Server } from "node:http";
 import { dirname, join, resolve } from "node:path";
 import { spawnSync } from "node:child_process";
 import type { Command } from "commander";
-import { parse, stringify } from "yaml";
+import { stringify } from "yaml";
+import { parseYamlData } from "../core/yaml-input.ts";
 import { EosError } from "../core/errors.ts";
 import { buildImage, repoRoot, type BuildResult } from "../io/build/build.ts";
 import type { Context } from "../io/context.ts";
@@ -179,7 +180,7 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
     await chmod(tokenFile, 0o600);
   }
 
-  const base = parse(await readFile(o.description, "utf8")) as Record<string, unknown>;
+  const base = parseYamlData(await readFile(o.description, "utf8"), o.description) as Record<string, unknown>;
   const descDir = dirname(resolve(o.description));
   const descFor = (version: string, extra: string[]): Record<string, unknown> => {
     const d = structuredClone(base);

@@ -3,9 +3,9 @@
  * a list of images to fetch; on a device it is a map naming the server. Keys
  * beyond the original ones are additive and optional.
  */
-import { parseDocument } from "yaml";
 import { z } from "zod";
 import { EosError } from "./errors.ts";
+import { parseYamlData } from "./yaml-input.ts";
 
 export const IMAGE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/;
 
@@ -110,12 +110,7 @@ function describePath(path: PropertyKey[]): string {
 
 /** Parses YAML and validates it; errors name the file and the key. */
 export function parseYamlConfig<T extends z.ZodType>(text: string, file: string, schema: T): z.infer<T> {
-  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
-  if (doc.errors.length > 0) {
-    const first = doc.errors[0];
-    throw new EosError("CONFIG", `${file}: invalid YAML: ${first?.message.split("\n")[0] ?? "parse error"}`);
-  }
-  const data: unknown = doc.toJS();
+  const data = parseYamlData(text, file);
   const result = schema.safeParse(data ?? {});
   if (!result.success) {
     const lines = result.error.issues.map((issue) => {

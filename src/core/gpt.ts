@@ -13,6 +13,14 @@ export const GPT_REVISION = 0x00010000;
 export const GPT_HEADER_SIZE = 92;
 export const DEFAULT_ENTRY_COUNT = 128;
 export const ENTRY_SIZE = 128;
+/** UEFI: the entry size is 128·2ⁿ bytes; we take up to 4096. */
+export const MAX_ENTRY_SIZE = 4096;
+/**
+ * Largest partition entry array read from a disk (the usual one is 16 KiB):
+ * the header is only CRC-checked, not signed, so its sizes are bounded before
+ * anything is allocated or read.
+ */
+export const MAX_ENTRY_ARRAY_BYTES = 1024 * 1024;
 
 /** Well-known partition type GUIDs. */
 export const PartitionType = {
@@ -102,7 +110,12 @@ function u64(buf: Buffer, offset: number): number {
   return Number(v);
 }
 
-export function decodeHeader(sector: Buffer, expectedLba: number): GptHeader {
+/**
+ * Decodes and checks the header at `expectedLba`. With `diskSectors`, the
+ * usable range and the entry array must also lie on a disk of that many
+ * sectors.
+ */
+export function decodeHeader(sector: Buffer, expectedLba: number, diskSectors?: number): GptHeader {
   if (sector.length < GPT_HEADER_SIZE || sector.toString("latin1", 0, 8) !== GPT_SIGNATURE) {
     throw new EosError("GPT", `no GPT header signature at LBA ${expectedLba}`);
   }
@@ -131,13 +144,64 @@ export function decodeHeader(sector: Buffer, expectedLba: number): GptHeader {
   if (header.currentLba !== expectedLba) {
     throw new EosError("GPT", `GPT header at LBA ${expectedLba} claims to be at LBA ${header.currentLba}`);
   }
-  if (header.entrySize < ENTRY_SIZE || header.entrySize % 8 !== 0 || header.entryCount > 4096) {
-    throw new EosError("GPT", `GPT header at LBA ${expectedLba} has an invalid entry array shape`);
-  }
+  checkHeaderBounds(header, expectedLba, diskSectors, sector.length);
   return header;
 }
 
+/** Is `n` 128·2ⁿ and at most MAX_ENTRY_SIZE (UEFI 2.10 §5.3.2, SizeOfPartitionEntry)? */
+export function isValidEntrySize(n: number): boolean {
+  return Number.isInteger(n) && n >= ENTRY_SIZE && n <= MAX_ENTRY_SIZE && (n & (n - 1)) === 0;
+}
+
+/**
+ * The header's sizes and LBAs as the spec bounds them, checked before the
+ * entry array is read: the array must be small, lie on the disk, and stay out
+ * of the usable range and the header's own sector.
+ */
+function checkHeaderBounds(
+  header: GptHeader,
+  lba: number,
+  diskSectors: number | undefined,
+  sectorSize: number,
+): void {
+  const fail = (what: string): never => {
+    throw new EosError("GPT", `GPT header at LBA ${lba}: ${what}`);
+  };
+  if (!isValidEntrySize(header.entrySize)) {
+    fail(`partition entry size ${header.entrySize} is not 128·2ⁿ bytes up to ${MAX_ENTRY_SIZE}`);
+  }
+  const arrayBytes = header.entryCount * header.entrySize;
+  if (arrayBytes > MAX_ENTRY_ARRAY_BYTES) {
+    fail(
+      `${header.entryCount} entries of ${header.entrySize} bytes (${arrayBytes} bytes) exceed the ${MAX_ENTRY_ARRAY_BYTES}-byte limit of an entry array`,
+    );
+  }
+  const { firstUsableLba: first, lastUsableLba: last, entriesLba } = header;
+  if (first < 1 || first > last) fail(`usable range LBA ${first}..${last} is empty or covers the MBR`);
+  if (lba >= first && lba <= last) fail(`the header lies inside the usable range LBA ${first}..${last}`);
+  const arrayEnd = entriesLba + Math.ceil(arrayBytes / sectorSize) - 1;
+  if (entriesLba < 1 || (arrayBytes > 0 && entriesLba <= lba && arrayEnd >= lba)) {
+    fail(`entry array at LBA ${entriesLba} overlaps the MBR or the header`);
+  }
+  if (arrayBytes > 0 && entriesLba <= last && arrayEnd >= first) {
+    fail(`entry array LBA ${entriesLba}..${arrayEnd} overlaps the usable range LBA ${first}..${last}`);
+  }
+  if (diskSectors !== undefined) {
+    if (last >= diskSectors)
+      fail(`usable range ends at LBA ${last}, past the disk's last LBA ${diskSectors - 1}`);
+    if (arrayEnd >= diskSectors)
+      fail(`entry array ends at LBA ${arrayEnd}, past the disk's last LBA ${diskSectors - 1}`);
+  }
+}
+
+/** A string with a UTF-16 surrogate that is not part of a pair cannot be a label. */
+function hasLoneSurrogate(text: string): boolean {
+  return /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(text);
+}
+
 export function decodeEntries(array: Buffer, header: GptHeader): GptPartition[] {
+  if (array.length < header.entryCount * header.entrySize)
+    throw new EosError("GPT", "GPT partition entry array is shorter than its header says");
   if (crc32(array) !== header.entriesCrc)
     throw new EosError("GPT", "GPT partition entry array fails its CRC32");
   const partitions: GptPartition[] = [];
@@ -148,7 +212,7 @@ export function decodeEntries(array: Buffer, header: GptHeader): GptPartition[] 
     const nameBytes = array.subarray(at + 56, at + 128);
     let end = 0;
     while (end < nameBytes.length && nameBytes.readUInt16LE(end) !== 0) end += 2;
-    partitions.push({
+    const partition: GptPartition = {
       number: i + 1,
       typeGuid,
       uniqueGuid: guidFromBytes(array, at + 16),
@@ -156,7 +220,34 @@ export function decodeEntries(array: Buffer, header: GptHeader): GptPartition[] 
       lastLba: u64(array, at + 40),
       attributes: array.readBigUInt64LE(at + 48),
       name: nameBytes.subarray(0, end).toString("utf16le"),
-    });
+    };
+    const what = `GPT partition entry ${partition.number}`;
+    if (hasLoneSurrogate(partition.name)) {
+      throw new EosError("GPT", `${what}: its label is not valid UTF-16 (a lone surrogate)`);
+    }
+    if (partition.lastLba < partition.firstLba) {
+      throw new EosError(
+        "GPT",
+        `${what} (${partition.name}): ends at LBA ${partition.lastLba}, before it starts at LBA ${partition.firstLba}`,
+      );
+    }
+    if (partition.firstLba < header.firstUsableLba || partition.lastLba > header.lastUsableLba) {
+      throw new EosError(
+        "GPT",
+        `${what} (${partition.name}): LBA ${partition.firstLba}..${partition.lastLba} lies outside the usable range LBA ${header.firstUsableLba}..${header.lastUsableLba}`,
+      );
+    }
+    partitions.push(partition);
+  }
+  const sorted = [...partitions].sort((a, b) => a.firstLba - b.firstLba);
+  for (let i = 1; i < sorted.length; i++) {
+    const [a, b] = [sorted[i - 1] as GptPartition, sorted[i] as GptPartition];
+    if (b.firstLba <= a.lastLba) {
+      throw new EosError(
+        "GPT",
+        `GPT partition entries ${a.number} and ${b.number} overlap at LBA ${b.firstLba}`,
+      );
+    }
   }
   return partitions;
 }
@@ -174,7 +265,8 @@ function tableFrom(header: GptHeader, partitions: GptPartition[], sectorSize: nu
 }
 
 async function readSide(source: BlockSource, lba: number, sectorSize: number): Promise<GptTable> {
-  const header = decodeHeader(await source.read(lba * sectorSize, sectorSize), lba);
+  const diskSectors = Math.floor(source.size / sectorSize);
+  const header = decodeHeader(await source.read(lba * sectorSize, sectorSize), lba, diskSectors);
   const array = await source.read(header.entriesLba * sectorSize, header.entryCount * header.entrySize);
   return tableFrom(header, decodeEntries(array, header), sectorSize);
 }
@@ -238,6 +330,8 @@ function encodeEntries(table: GptTable): Buffer {
     array.writeBigUInt64LE(BigInt(p.firstLba), at + 32);
     array.writeBigUInt64LE(BigInt(p.lastLba), at + 40);
     array.writeBigUInt64LE(p.attributes, at + 48);
+    if (hasLoneSurrogate(p.name))
+      throw new EosError("GPT", `partition ${p.number}: its label is not valid UTF-16 (a lone surrogate)`);
     const name = Buffer.from(p.name, "utf16le");
     if (name.length > 72)
       throw new EosError("GPT", `partition name ${JSON.stringify(p.name)} is longer than 36 characters`);
@@ -309,6 +403,12 @@ export function encodeGpt(table: GptTable, diskSize: number): BlockWrite[] {
   const { sectorSize } = table;
   const totalSectors = Math.floor(diskSize / sectorSize);
   const lastLba = totalSectors - 1;
+  if (!isValidEntrySize(table.entrySize) || table.entryCount * table.entrySize > MAX_ENTRY_ARRAY_BYTES) {
+    throw new EosError(
+      "GPT",
+      `entry array of ${table.entryCount} × ${table.entrySize} bytes: entries must be 128·2ⁿ bytes up to ${MAX_ENTRY_SIZE}, the array at most ${MAX_ENTRY_ARRAY_BYTES} bytes`,
+    );
+  }
   const arraySectors = entryArraySectors(table);
   if (table.lastUsableLba > lastLba - 1 - arraySectors || table.firstUsableLba < 2 + arraySectors) {
     throw new EosError("GPT", "usable range overlaps the GPT structures");

@@ -14,7 +14,8 @@ export function parseRange(header: string | undefined, size: number): RangeResul
   if (first === "" && last === "") return { kind: "none" };
   if (first === "") {
     const suffix = Number(last);
-    if (suffix === 0) return { kind: "unsatisfiable" };
+    // RFC 9110 §14.1.1: a suffix of zero bytes, or of an empty representation, is unsatisfiable.
+    if (suffix === 0 || size === 0) return { kind: "unsatisfiable" };
     return { kind: "range", start: Math.max(0, size - suffix), end: size - 1 };
   }
   const start = Number(first);

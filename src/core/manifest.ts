@@ -61,7 +61,8 @@ export function decodeManifest(bytes: Buffer, source = "manifest"): Manifest {
   }
   const result = manifestSchema.safeParse(parsed);
   if (!result.success) throw new EosError("MANIFEST", `${source}: ${issues(result.error)}`);
-  if (canonicalize(parsed) !== bytes.toString("utf8")) {
+  // Compared as bytes: text decoding would hide invalid UTF-8 or a BOM.
+  if (!Buffer.from(canonicalize(parsed), "utf8").equals(bytes)) {
     throw new EosError("MANIFEST", `${source}: not in canonical form`, {
       hint: "manifests are written by `eos manifest`; do not edit them by hand",
     });

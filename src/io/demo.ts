@@ -12,7 +12,8 @@ import { existsSync } from "node:fs";
 import { chmod, mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import type { Server } from "node:http";
 import { dirname, join, resolve } from "node:path";
-import { parse, stringify } from "yaml";
+import { stringify } from "yaml";
+import { parseYamlData } from "../core/yaml-input.ts";
 import { EosError } from "../core/errors.ts";
 import { buildImage, repoRoot, type BuildResult } from "./image/build.ts";
 import type { Context } from "./context.ts";
@@ -169,7 +170,7 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
     await chmod(tokenFile, 0o600);
   }
 
-  const base = parse(await readFile(o.description, "utf8")) as Record<string, unknown>;
+  const base = parseYamlData(await readFile(o.description, "utf8"), o.description) as Record<string, unknown>;
   const sshPub = (await readFile(`${sshKey}.pub`, "utf8")).trim();
   const descDir = dirname(resolve(o.description));
   const descFor = (version: string, extra: string[]): Record<string, unknown> => {

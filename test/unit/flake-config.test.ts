@@ -49,12 +49,12 @@ test("deep merge: mappings merge, lists and scalars are replaced, later wins", (
     include: { tar: ["/t"] },
   };
   const over = { container: { runtime: { podman: ["-e A=1"] } } };
-  assert.deepEqual(deepMerge(base, over), {
+  assert.deepEqual(structuredClone(deepMerge(base, over)), {
     container: { name: "a", runtime: { resume: false, podman: ["-e A=1"] } },
     include: { tar: ["/t"] },
   });
-  assert.deepEqual(deepMerge({ a: { b: 1 } }, { a: null }), { a: null });
-  assert.deepEqual(deepMerge({ a: 1 }, { b: 2 }), { a: 1, b: 2 });
+  assert.deepEqual(structuredClone(deepMerge({ a: { b: 1 } }, { a: null })), { a: null });
+  assert.deepEqual(structuredClone(deepMerge({ a: 1 }, { b: 2 })), { a: 1, b: 2 });
 });
 
 const spec: Spec = {
@@ -83,7 +83,7 @@ test("schema: unknown key in a fragment names that fragment; required keys check
     ],
     spec,
   );
-  assert.deepEqual(merged, { top: { name: "x", on: true } });
+  assert.deepEqual(structuredClone(merged), { top: { name: "x", on: true } });
   assert.throws(() => checkSpec({ top: { on: "yes" } }, spec, "f", ""), /top\.on: must be true or false/);
   try {
     checkSpec({ top: 3 }, spec, "f", "");

@@ -82,14 +82,19 @@ export function isPlainObject(value: unknown): value is Record<string, unknown> 
  */
 export function deepMerge(base: unknown, override: unknown): unknown {
   if (isPlainObject(base) && isPlainObject(override)) {
-    const out: Record<string, unknown> = { ...base };
+    // Null-prototype objects and own keys only: no key (`__proto__` included) reaches a prototype.
+    const out: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
+    for (const [key, value] of Object.entries(base)) out[key] = value;
     for (const [key, value] of Object.entries(override)) {
-      out[key] = key in base ? deepMerge(base[key], value) : value;
+      out[key] = Object.hasOwn(base, key) ? deepMerge(base[key], value) : value;
     }
     return out;
   }
   return override;
 }
+
+/** Keys that reach an object's prototype machinery: refused in every flake file. */
+const FORBIDDEN_KEYS = ["__proto__", "constructor", "prototype"];
 
 // ---------------------------------------------------------------- schema
 
@@ -162,14 +167,19 @@ export function checkSpec(
       return;
     case "dict":
       if (!isPlainObject(value)) fail("must be a mapping");
-      for (const [k, v] of Object.entries(value as Record<string, unknown>))
+      for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
+        if (FORBIDDEN_KEYS.includes(k))
+          throw new EosError("CONFIG", `${file}: key ${keyPath(path, k)} is not allowed`);
         checkSpec(v, spec.value, file, keyPath(path, k), checkRequired);
+      }
       return;
     case "map": {
       if (!isPlainObject(value)) fail("must be a mapping");
       const obj = value as Record<string, unknown>;
       for (const [k, v] of Object.entries(obj)) {
-        const field = spec.fields[k];
+        if (FORBIDDEN_KEYS.includes(k))
+          throw new EosError("CONFIG", `${file}: key ${keyPath(path, k)} is not allowed`);
+        const field = Object.hasOwn(spec.fields, k) ? spec.fields[k] : undefined;
         if (!field) {
           throw new EosError(
             "CONFIG",
@@ -180,7 +190,8 @@ export function checkSpec(
       }
       if (checkRequired) {
         for (const k of spec.required ?? []) {
-          if (obj[k] === undefined || obj[k] === null) fail(`missing required key ${keyPath(path, k)}`);
+          if (!Object.hasOwn(obj, k) || obj[k] === undefined || obj[k] === null)
+            fail(`missing required key ${keyPath(path, k)}`);
         }
       }
       return;
@@ -218,7 +229,7 @@ export interface FlakeDocument {
  */
 export function mergeFlakeDocuments(docs: FlakeDocument[], spec: Spec): Record<string, unknown> {
   if (docs.length === 0) throw new EosError("INTERNAL", "no flake file given");
-  let merged: unknown = {};
+  let merged: unknown = Object.create(null);
   for (const doc of docs) {
     checkSpec(doc.data, spec, doc.file, "");
     merged = deepMerge(merged, doc.data);

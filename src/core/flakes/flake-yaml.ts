@@ -3,8 +3,9 @@
  * the pilots load the YAML library only when their cache of the parsed files
  * is stale (its first parse costs several ms of a launch).
  */
-import { parseDocument, stringify } from "yaml";
+import { stringify } from "yaml";
 import { EosError } from "../errors.ts";
+import { parseYamlData } from "../yaml-input.ts";
 import {
   flakesConfigFromData,
   isPlainObject,
@@ -17,16 +18,7 @@ import { containerFlakeDocument, containerFlakeFromDocuments, type ContainerFlak
 
 /** Parses a YAML document whose top level must be a mapping (an empty file is `{}`). */
 export function parseYamlMapping(text: string, file: string): Record<string, unknown> {
-  const doc = parseDocument(text, { uniqueKeys: true });
-  if (doc.errors.length > 0) {
-    const first = doc.errors[0];
-    const line = first?.linePos?.[0]?.line;
-    throw new EosError(
-      "CONFIG",
-      `${file}: invalid YAML${line ? ` at line ${line}` : ""}: ${first?.message.split("\n")[0] ?? "parse error"}`,
-    );
-  }
-  const data: unknown = doc.toJS();
+  const data = parseYamlData(text, file);
   if (data === null || data === undefined) return {};
   if (!isPlainObject(data)) throw new EosError("CONFIG", `${file}: the top level must be a mapping of keys`);
   return data;

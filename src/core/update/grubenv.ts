@@ -34,6 +34,9 @@ export function encodeGrubenv(vars: Map<string, string>): Buffer {
       throw new EosError("BOOT_CONTROL", `invalid GRUB variable name ${name}`);
     if (/[\n\\]/.test(value))
       throw new EosError("BOOT_CONTROL", `GRUB variable ${name} has a newline or backslash`);
+    // The block is bytes: anything but printable ASCII would not read back as written.
+    if (/[^\x20-\x7e]/.test(value))
+      throw new EosError("BOOT_CONTROL", `GRUB variable ${name} has characters other than printable ASCII`);
     body += `${name}=${value}\n`;
   }
   if (body.length > GRUBENV_SIZE)

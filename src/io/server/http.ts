@@ -184,7 +184,12 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     }
     const m = /^\/v1\/images\/([^/]+)\/(manifest\.json|manifest\.json\.sig|root|firmware)$/.exec(path);
     if (!m) throw new HttpError(404, "no such resource");
-    const name = decodeURIComponent(m[1] as string);
+    let name: string;
+    try {
+      name = decodeURIComponent(m[1] as string);
+    } catch {
+      throw new HttpError(400, "invalid image name: bad percent-encoding");
+    }
     if (!isSafeImageName(name)) throw new HttpError(400, "invalid image name");
     const what = m[2] as string;
     if (what === "root" || what === "firmware") return stream(req, res, name, what);

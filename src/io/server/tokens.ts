@@ -19,6 +19,8 @@ function digest(token: string): Buffer {
 export class TokenStore {
   private readonly dir: string;
   private loadedAt = -1;
+  /** Date.now() of the last full read, to bound re-reads on unknown tokens. */
+  private readAt = -Infinity;
   private entries: Array<{ device: string; hash: Buffer }> = [];
 
   constructor(dir: string) {
@@ -26,29 +28,55 @@ export class TokenStore {
   }
 
   private async refresh(): Promise<void> {
-    // Re-read only when the directory changed (adding or deleting a file bumps its mtime).
+    // Re-read all when the directory changed (adding or deleting a file bumps its mtime).
     const st = await stat(this.dir).catch(() => undefined);
     if (!st) throw new EosError("CONFIG", `tokens directory ${this.dir} does not exist`);
     if (st.mtimeMs === this.loadedAt) return;
+    await this.load(st.mtimeMs);
+  }
+
+  private async load(dirMtimeMs: number): Promise<void> {
     const entries: Array<{ device: string; hash: Buffer }> = [];
     for (const device of await readdir(this.dir)) {
       if (!DEVICE_NAME.test(device)) continue;
-      const text = (await readFile(join(this.dir, device), "utf8").catch(() => "")).trim();
-      if (/^[0-9a-f]{64}$/.test(text)) entries.push({ device, hash: Buffer.from(text, "hex") });
+      const hash = await this.readHash(device);
+      if (hash) entries.push({ device, hash });
     }
     this.entries = entries;
-    this.loadedAt = st.mtimeMs;
+    this.loadedAt = dirMtimeMs;
+    this.readAt = Date.now();
+  }
+
+  private async readHash(device: string): Promise<Buffer | undefined> {
+    const text = (await readFile(join(this.dir, device), "utf8").catch(() => "")).trim();
+    return /^[0-9a-f]{64}$/.test(text) ? Buffer.from(text, "hex") : undefined;
+  }
+
+  private match(hash: Buffer): string | undefined {
+    let found: string | undefined;
+    for (const entry of this.entries) {
+      if (timingSafeEqual(entry.hash, hash)) found = entry.device;
+    }
+    return found;
   }
 
   /** The device a bearer token belongs to, or undefined. */
   async authenticate(token: string): Promise<string | undefined> {
     await this.refresh();
     const hash = digest(token);
-    let found: string | undefined;
-    for (const entry of this.entries) {
-      if (timingSafeEqual(entry.hash, hash)) found = entry.device;
+    const found = this.match(hash);
+    if (found !== undefined) {
+      // A file edited in place leaves the directory's mtime alone: the device's
+      // own file (65 bytes) is read again for every request it makes.
+      const current = await this.readHash(found);
+      if (current && timingSafeEqual(current, hash)) return found;
+      await this.load(this.loadedAt);
+      return this.match(hash);
     }
-    return found;
+    // An unknown token may have been written into a file in place: re-read, at most once a second.
+    if (Date.now() - this.readAt < 1000) return undefined;
+    await this.load(this.loadedAt);
+    return this.match(hash);
   }
 
   async add(device: string): Promise<string> {

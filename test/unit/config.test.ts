@@ -223,12 +223,12 @@ test("server: unknown and mistyped keys name their path, list items by index", (
 // --------------------------------------------------------------------------------------------- YAML
 
 test("YAML errors and duplicate keys name the file", () => {
-  assert.throws(() => device("update: {name: EOS"), configError(/^invalid YAML: /));
+  assert.throws(() => device("update: {name: EOS"), configError(/^invalid YAML at line \d+: /));
   assert.throws(
     () => device("update:\n  name: EOS\n  name: OTHER\n"),
-    configError(/^invalid YAML: .*unique/i),
+    configError(/^invalid YAML at line \d+: .*unique/i),
   );
-  assert.throws(() => device("update:\n\tname: EOS\n"), configError(/^invalid YAML: /));
+  assert.throws(() => device("update:\n\tname: EOS\n"), configError(/^invalid YAML at line \d+: /));
   // The file name in messages is whatever the caller passes (e.g. --config).
   assert.throws(() => parseYamlConfig("update: {name: EOS, x: 1}", "/tmp/my.yml", deviceConfigSchema), {
     message: "/tmp/my.yml: unknown key update.x",

@@ -492,3 +492,47 @@ export const rangeHeader = fc.oneof(
     .map((parts) => parts.join("")),
   anyString(20),
 );
+
+/** Values that probe a field's check: separators, traversal, option-like and odd scalars. */
+const probeValue = fc.oneof(
+  fc.constantFrom(
+    "",
+    "..",
+    "../x",
+    "a/b",
+    "-x",
+    "--privileged",
+    ".x",
+    "a b",
+    "x".repeat(200),
+    "/",
+    "%2e",
+    "~",
+    0,
+    -1,
+    1e21,
+    true,
+    null,
+  ),
+  anyString(20),
+  fc.integer(),
+);
+
+/** The YAML text of `valid` with one value (at any depth) replaced by a probing value. */
+export function mutatedData(valid: unknown): fc.Arbitrary<string> {
+  const paths: Array<Array<string | number>> = [];
+  const walk = (value: unknown, path: Array<string | number>) => {
+    if (path.length > 0) paths.push(path);
+    if (Array.isArray(value)) value.forEach((v, i) => walk(v, [...path, i]));
+    else if (typeof value === "object" && value !== null)
+      for (const [k, v] of Object.entries(value)) walk(v, [...path, k]);
+  };
+  walk(valid, []);
+  return fc.tuple(fc.constantFrom(...paths), probeValue).map(([path, value]) => {
+    const copy = structuredClone(valid) as Record<string | number, unknown>;
+    let at: Record<string | number, unknown> = copy;
+    for (const key of path.slice(0, -1)) at = at[key] as Record<string | number, unknown>;
+    at[path[path.length - 1] as string | number] = value;
+    return stringify(copy);
+  });
+}

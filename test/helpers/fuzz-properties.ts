@@ -10,6 +10,7 @@ import { crc32 } from "node:zlib";
 import { join, resolve } from "node:path";
 import assert from "node:assert/strict";
 import fc from "fast-check";
+import { parse as parseYaml } from "yaml";
 import { EosError, type ErrorCode } from "../../src/core/errors.ts";
 import {
   decodeEntries,
@@ -35,6 +36,8 @@ import {
   isSafeImageName,
   parseYamlConfig,
   serverConfigSchema,
+  type DeviceConfig,
+  type ServerConfig,
 } from "../../src/core/config.ts";
 import {
   parseContainerFlake,
@@ -66,6 +69,7 @@ import {
   manifest,
   manifestLikeJson,
   mutatedBytes,
+  mutatedData,
   mutatedText,
   rangeHeader,
   yamlDocument,
@@ -462,19 +466,38 @@ const DESCRIPTION_KEYS = [
 
 const IMAGE_REF = /^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$/;
 
+const VALID_DEVICE =
+  "update:\n  server: fleet@updates.example\n  name: EOS.x86_64-AB\n  url: https://updates.example:8443\n  tries: 3\n  keys: [/usr/share/eos/keys/release.pub]\n";
+const VALID_SERVER =
+  "update:\n  - image: https://origin.example/EOS.raw.xz\n    name: EOS.x86_64-AB.raw\n    interval: 15m\nimages_dir: /srv/eos/images\nkeys:\n  - /etc/eos/release.pub\nserve:\n  port: 8080\n  tokens_dir: /etc/eos/tokens\n";
+const VALID_FLAKES = "generic:\n  flakes_dir: /usr/share/flakes\n  podman_ids_dir: ~\n";
+const VALID_DESCRIPTION = "name: EOS\nversion: '1.0'\npackages: [podman]\npartitions:\n  root: 300M\n";
+
 function yamlCheck(
   name: string,
   keys: string[],
   parse: (text: string, file: string) => unknown,
+  valid: string,
+  accepted: (value: never) => void = () => undefined,
 ): FuzzProperty {
   return property(name, () =>
     fc.property(
-      fc.oneof({ weight: 6, arbitrary: yamlDocument(keys) }, { weight: 1, arbitrary: aliasTrouble }),
+      fc.oneof(
+        { weight: 3, arbitrary: yamlDocument(keys) },
+        // A valid file and small edits of it, so that accepted files are checked too.
+        { weight: 2, arbitrary: mutatedText(fc.constant(valid)) },
+        { weight: 3, arbitrary: mutatedData(parseYaml(valid)) },
+        { weight: 1, arbitrary: fc.constant(valid) },
+        { weight: 1, arbitrary: aliasTrouble },
+      ),
       (text) => {
         const result = typed(["CONFIG"], () => parse(text, "/etc/x.yml"));
         assertPrototypesIntact();
         if (result instanceof EosError) assert.match(result.message, /^\/etc\/x\.yml[: ]/);
-        else assertNoPrototypeKeys(result);
+        else {
+          assertNoPrototypeKeys(result);
+          accepted(result as never);
+        }
       },
     ),
   );
@@ -483,10 +506,25 @@ function yamlCheck(
 const BASE_FLAKE = "container:\n  name: registry.example/app:1\n  host_app_path: /usr/bin/app\n";
 
 const configProperties: FuzzProperty[] = [
-  yamlCheck("config-device", DEVICE_KEYS, (t, f) => parseYamlConfig(t, f, deviceConfigSchema)),
-  yamlCheck("config-server", SERVER_KEYS, (t, f) => parseYamlConfig(t, f, serverConfigSchema)),
-  yamlCheck("config-flakes-yml", FLAKES_KEYS, parseFlakesConfig),
-  yamlCheck("image-description", DESCRIPTION_KEYS, parseImageDescription),
+  yamlCheck(
+    "config-device",
+    DEVICE_KEYS,
+    (t, f) => parseYamlConfig(t, f, deviceConfigSchema),
+    VALID_DEVICE,
+    (c: DeviceConfig) =>
+      assert.ok(isSafeImageName(c.update.name), "the image name reaches paths and URLs only when safe"),
+  ),
+  yamlCheck(
+    "config-server",
+    SERVER_KEYS,
+    (t, f) => parseYamlConfig(t, f, serverConfigSchema),
+    VALID_SERVER,
+    (c: ServerConfig) => {
+      for (const image of c.update) assert.ok(isSafeImageName(image.name), "image names are safe file names");
+    },
+  ),
+  yamlCheck("config-flakes-yml", FLAKES_KEYS, parseFlakesConfig, VALID_FLAKES),
+  yamlCheck("image-description", DESCRIPTION_KEYS, parseImageDescription, VALID_DESCRIPTION),
   property("flake-merge", () =>
     fc.property(
       fc.oneof(

@@ -3,11 +3,13 @@
  * server and device. The manifest file holds canonical JSON; the detached
  * signature file holds one or more ed25519 signatures over those exact bytes,
  * so a release can be signed by the old and the new key during a rotation.
+ * Both documents are checked strictly (every key known, every value in
+ * range) by hand: a device decodes one on every check, and a schema library
+ * would be most of its start-up time.
  */
 import { createHash, createPublicKey, sign, verify, type KeyObject } from "node:crypto";
-import { z } from "zod";
 import { canonicalize } from "./canonical-json.ts";
-import { EosError } from "./errors.ts";
+import { EosError, type ErrorCode } from "./errors.ts";
 
 export const MANIFEST_SCHEMA = 1;
 export const ROOT_LABEL = "p.lxreadonly";
@@ -15,41 +17,120 @@ export const ROOT_CLONE_LABEL = "p.lxrootclone1";
 export const FIRMWARE_LABEL = "p.UEFI";
 export const REGISTRY_LABEL = "p.spare";
 
-const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, "must be 64 lowercase hex digits");
-
-const partitionSchema = z.strictObject({
-  label: z.string().min(1),
-  size: z.number().int().positive(),
-  sha256: sha256Hex,
+export interface ManifestPartition {
+  label: string;
+  size: number;
+  sha256: string;
   /** Reserved for delta transfer: fixed-size chunks and their hashes. */
-  chunks: z.strictObject({ size: z.number().int().positive(), sha256: z.array(sha256Hex) }).optional(),
-});
+  chunks?: { size: number; sha256: string[] } | undefined;
+}
 
-export const manifestSchema = z.strictObject({
-  schema: z.literal(MANIFEST_SCHEMA),
-  name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._+-]*$/, "letters, digits and . _ + - only"),
-  version: z.string().min(1).max(64),
-  architecture: z.string().min(1),
-  created: z.string().datetime(),
-  partitions: z.strictObject({ root: partitionSchema, firmware: partitionSchema.optional() }),
-});
+export interface Manifest {
+  schema: typeof MANIFEST_SCHEMA;
+  name: string;
+  version: string;
+  architecture: string;
+  created: string;
+  partitions: { root: ManifestPartition; firmware?: ManifestPartition | undefined };
+}
 
-export type Manifest = z.infer<typeof manifestSchema>;
-export type ManifestPartition = z.infer<typeof partitionSchema>;
+export interface SignatureDoc {
+  signatures: Array<{ keyid: string; sig: string }>;
+}
 
-const signatureDocSchema = z.strictObject({
-  signatures: z
-    .array(z.strictObject({ keyid: z.string().regex(/^[0-9a-f]{64}$/), sig: z.string().min(1) }))
-    .min(1),
-});
-export type SignatureDoc = z.infer<typeof signatureDocSchema>;
+const SHA256 = /^[0-9a-f]{64}$/;
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]*$/;
+/** Debian-like version strings: they end up in the boot control block, which holds printable ASCII only. */
+const VERSION = /^[A-Za-z0-9][A-Za-z0-9._+~:-]*$/;
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$/;
 
-function issues(error: z.ZodError): string {
-  return error.issues.map((i) => `${i.path.join(".") || "(document)"}: ${i.message}`).join("; ");
+/** Walks a JSON value and fails with the path of the first thing out of shape. */
+class Shape {
+  constructor(
+    private readonly code: ErrorCode,
+    private readonly source: string,
+  ) {}
+
+  fail(path: string, message: string): never {
+    throw new EosError(this.code, `${this.source}: ${path || "(document)"}: ${message}`);
+  }
+
+  object(value: unknown, path: string, required: string[], optional: string[] = []): Record<string, unknown> {
+    if (typeof value !== "object" || value === null || Array.isArray(value))
+      this.fail(path, "must be an object");
+    const obj = value as Record<string, unknown>;
+    const at = (k: string) => (path ? `${path}.${k}` : k);
+    for (const k of Object.keys(obj))
+      if (!required.includes(k) && !optional.includes(k)) this.fail(path, `unknown key "${k}"`);
+    for (const k of required) if (!Object.hasOwn(obj, k)) this.fail(at(k), "missing");
+    return obj;
+  }
+
+  string(value: unknown, path: string, pattern?: RegExp, rule?: string, max = 4096): string {
+    if (typeof value !== "string") this.fail(path, "must be a string");
+    const s = value as string;
+    if (s.length === 0 || s.length > max) this.fail(path, `must be 1 to ${max} characters`);
+    if (pattern && !pattern.test(s)) this.fail(path, rule ?? "has an invalid format");
+    return s;
+  }
+
+  count(value: unknown, path: string): number {
+    if (typeof value !== "number" || !Number.isSafeInteger(value) || value <= 0)
+      this.fail(path, "must be a positive whole number");
+    return value as number;
+  }
+
+  list(value: unknown, path: string, min: number): unknown[] {
+    if (!Array.isArray(value)) this.fail(path, "must be a list");
+    if ((value as unknown[]).length < min) this.fail(path, `must have at least ${min} entries`);
+    return value as unknown[];
+  }
+}
+
+function partitionOf(s: Shape, value: unknown, path: string): ManifestPartition {
+  const p = s.object(value, path, ["label", "size", "sha256"], ["chunks"]);
+  const part: ManifestPartition = {
+    label: s.string(p.label, `${path}.label`, undefined, undefined, 36),
+    size: s.count(p.size, `${path}.size`),
+    sha256: s.string(p.sha256, `${path}.sha256`, SHA256, "must be 64 lowercase hex digits"),
+  };
+  if (p.chunks !== undefined) {
+    const c = s.object(p.chunks, `${path}.chunks`, ["size", "sha256"]);
+    part.chunks = {
+      size: s.count(c.size, `${path}.chunks.size`),
+      sha256: s
+        .list(c.sha256, `${path}.chunks.sha256`, 0)
+        .map((h, i) => s.string(h, `${path}.chunks.sha256[${i}]`, SHA256, "must be 64 lowercase hex digits")),
+    };
+  }
+  return part;
+}
+
+/** The manifest in `value`, checked strictly; MANIFEST errors name the field. */
+export function checkManifest(value: unknown, source = "manifest"): Manifest {
+  const s = new Shape("MANIFEST", source);
+  const m = s.object(value, "", ["schema", "name", "version", "architecture", "created", "partitions"]);
+  if (m.schema !== MANIFEST_SCHEMA) s.fail("schema", `must be ${MANIFEST_SCHEMA}`);
+  const parts = s.object(m.partitions, "partitions", ["root"], ["firmware"]);
+  const created = s.string(m.created, "created", ISO_TIME, "must be an ISO 8601 UTC time", 40);
+  if (Number.isNaN(Date.parse(created))) s.fail("created", "must be an ISO 8601 UTC time");
+  return {
+    schema: MANIFEST_SCHEMA,
+    name: s.string(m.name, "name", NAME, "letters, digits and . _ + - only", 128),
+    version: s.string(m.version, "version", VERSION, "letters, digits and . _ + ~ : - only", 64),
+    architecture: s.string(m.architecture, "architecture", NAME, "letters, digits and . _ + - only", 32),
+    created,
+    partitions: {
+      root: partitionOf(s, parts.root, "partitions.root"),
+      ...(parts.firmware === undefined
+        ? {}
+        : { firmware: partitionOf(s, parts.firmware, "partitions.firmware") }),
+    },
+  };
 }
 
 export function encodeManifest(manifest: Manifest): Buffer {
-  return Buffer.from(canonicalize(manifestSchema.parse(manifest)), "utf8");
+  return Buffer.from(canonicalize(checkManifest(manifest)), "utf8");
 }
 
 export function decodeManifest(bytes: Buffer, source = "manifest"): Manifest {
@@ -59,15 +140,14 @@ export function decodeManifest(bytes: Buffer, source = "manifest"): Manifest {
   } catch (error) {
     throw new EosError("MANIFEST", `${source}: not JSON (${(error as Error).message})`);
   }
-  const result = manifestSchema.safeParse(parsed);
-  if (!result.success) throw new EosError("MANIFEST", `${source}: ${issues(result.error)}`);
+  const manifest = checkManifest(parsed, source);
   // Compared as bytes: text decoding would hide invalid UTF-8 or a BOM.
   if (!Buffer.from(canonicalize(parsed), "utf8").equals(bytes)) {
     throw new EosError("MANIFEST", `${source}: not in canonical form`, {
       hint: "manifests are written by `eos manifest`; do not edit them by hand",
     });
   }
-  return result.data;
+  return manifest;
 }
 
 /** Stable key id: sha256 over the raw 32-byte ed25519 public key. */
@@ -99,9 +179,16 @@ export function decodeSignatures(bytes: Buffer, source = "signature"): Signature
   } catch (error) {
     throw new EosError("SIGNATURE", `${source}: not JSON (${(error as Error).message})`);
   }
-  const result = signatureDocSchema.safeParse(parsed);
-  if (!result.success) throw new EosError("SIGNATURE", `${source}: ${issues(result.error)}`);
-  return result.data;
+  const s = new Shape("SIGNATURE", source);
+  const doc = s.object(parsed, "", ["signatures"]);
+  const signatures = s.list(doc.signatures, "signatures", 1).map((entry, i) => {
+    const e = s.object(entry, `signatures[${i}]`, ["keyid", "sig"]);
+    return {
+      keyid: s.string(e.keyid, `signatures[${i}].keyid`, SHA256, "must be 64 lowercase hex digits"),
+      sig: s.string(e.sig, `signatures[${i}].sig`, undefined, undefined, 1024),
+    };
+  });
+  return { signatures };
 }
 
 /**

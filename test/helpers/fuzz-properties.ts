@@ -33,12 +33,12 @@ import {
 } from "../../src/core/manifest.ts";
 import {
   deviceConfigSchema,
-  isSafeImageName,
   parseYamlConfig,
   serverConfigSchema,
   type DeviceConfig,
   type ServerConfig,
 } from "../../src/core/config.ts";
+import { isSafeImageName } from "../../src/core/image-name.ts";
 import {
   parseContainerFlake,
   parseFlakesConfig,

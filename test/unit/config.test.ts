@@ -2,11 +2,11 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   deviceConfigSchema,
-  isSafeImageName,
   parseDuration,
   parseYamlConfig,
   serverConfigSchema,
 } from "../../src/core/config.ts";
+import { isSafeImageName } from "../../src/core/image-name.ts";
 import { EosError } from "../../src/core/errors.ts";
 
 const FILE = "/etc/os-update.yml";

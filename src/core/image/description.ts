@@ -4,7 +4,8 @@
  * file system), validated here with errors naming the file and the key.
  */
 import { z } from "zod";
-import { parseYamlConfig, isSafeImageName } from "../config.ts";
+import { parseYamlConfig } from "../config.ts";
+import { isSafeImageName } from "../image-name.ts";
 
 export const PROFILES = ["AB", "Static"] as const;
 export type Profile = (typeof PROFILES)[number];

@@ -9,6 +9,8 @@ export interface RootFile {
   path: string;
   mode: number;
   content: string;
+  /** A symbolic link to this target instead of a file with `content`. */
+  link?: string;
 }
 
 function yamlString(value: string): string {
@@ -108,10 +110,12 @@ export function rootFiles(
   }
   add("/etc/os-update.yml", `${lines.join("\n")}\n`, u.token ? 0o600 : 0o644);
 
-  // The EOS commands: node bundles behind small wrappers in /usr/bin.
+  // The EOS commands: links to the node bundles (each starts with `#!/usr/bin/env node`). A
+  // link, not a wrapper script: a flake's link to a pilot must reach node with the flake's
+  // own name as argv[1], which a wrapper would replace with the bundle's.
   if (options.nodePath) {
     for (const name of options.commands) {
-      add(`/usr/bin/${name}`, `#!/bin/sh\nexec ${options.nodePath} /usr/lib/eos/${name}.mjs "$@"\n`, 0o755);
+      files.push({ path: `/usr/bin/${name}`, mode: 0o755, content: "", link: `../lib/eos/${name}.mjs` });
     }
   }
 

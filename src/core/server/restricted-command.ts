@@ -11,7 +11,7 @@
  *
  * DIR must be the server's image directory or the original default.
  */
-import { isSafeImageName } from "../config.ts";
+import { isSafeImageName } from "../image-name.ts";
 
 export type RestrictedRequest =
   | { kind: "read"; name: string; what: "root" | "firmware" | "manifest" | "signature"; offset: number }

@@ -192,6 +192,14 @@ export async function buildRootTree(o: RootTreeOptions): Promise<{ kernel: strin
     await copyFile(join(o.distDir as string, `${name}.mjs`), target);
     await chmod(target, 0o755);
   }
+  if (commands.length > 0) {
+    // The code the commands share and load on demand (see scripts/bundle.mjs).
+    const chunks = inTree(tree, "/usr/lib/eos/chunks");
+    await mkdir(chunks, { recursive: true });
+    for (const chunk of await readdir(join(o.distDir as string, "chunks")))
+      if (chunk.endsWith(".mjs"))
+        await copyFile(join(o.distDir as string, "chunks", chunk), join(chunks, chunk));
+  }
 
   const keyDir = inTree(tree, "/usr/share/eos/keys");
   await mkdir(keyDir, { recursive: true });
@@ -209,6 +217,10 @@ export async function buildRootTree(o: RootTreeOptions): Promise<{ kernel: strin
     const path = inTree(tree, f.path);
     await mkdir(dirname(path), { recursive: true });
     await rm(path, { force: true });
+    if (f.link !== undefined) {
+      await symlink(f.link, path);
+      continue;
+    }
     await writeFile(path, f.content, { mode: f.mode });
     await chmod(path, f.mode);
   }

@@ -18,7 +18,7 @@ import {
 } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import { parseRange } from "../../core/http-range.ts";
-import { isSafeImageName } from "../../core/config.ts";
+import { isSafeImageName } from "../../core/image-name.ts";
 import type { PublishedImages, StreamKind } from "./published.ts";
 import type { Logger } from "../log.ts";
 import type { TokenStore } from "./tokens.ts";

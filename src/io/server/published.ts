@@ -10,7 +10,7 @@ import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
 import { mkdir, open, readdir, readFile, readlink, rename, rm, symlink, unlink } from "node:fs/promises";
 import { join } from "node:path";
-import { isSafeImageName } from "../../core/config.ts";
+import { isSafeImageName } from "../../core/image-name.ts";
 import { EosError } from "../../core/errors.ts";
 import { readGpt, findPartition, partitionRange, type ByteRange } from "../../core/gpt.ts";
 import { decodeManifest, type Manifest } from "../../core/manifest.ts";

@@ -3,8 +3,10 @@
  * the transport it names (HTTPS with a token, or SSH with the fleet key) and
  * the release keys it trusts.
  */
-import { readFile } from "node:fs/promises";
-import { deviceConfigSchema, parseYamlConfig, type DeviceConfig } from "../../core/config.ts";
+import { mkdir, readFile, stat } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import type { DeviceConfig } from "../../core/config.ts";
+import { fnv1a } from "../../core/fnv.ts";
 import { EosError } from "../../core/errors.ts";
 import {
   decodeManifest,
@@ -13,11 +15,13 @@ import {
   type Manifest,
 } from "../../core/manifest.ts";
 import { sysPath, type Context } from "../context.ts";
+import { atomicWriteFile } from "../files.ts";
 import { loadTrustedKeys } from "../keys.ts";
 import { httpSource, sshSource, type UpdateSource } from "./source.ts";
 
 const DEFAULT_KEYS = "/usr/share/eos/keys";
 const DEFAULT_TOKEN = "/run/eos/fleet-token";
+const CACHE_DIR = "/run/os-update";
 
 export interface DeviceSetup {
   config: DeviceConfig;
@@ -25,15 +29,44 @@ export interface DeviceSetup {
   path: string;
 }
 
+/**
+ * Reads /etc/os-update.yml. The parsed result is kept in /run (tmpfs, root's)
+ * while the file's identity and times are unchanged, so a periodic --check
+ * loads neither the YAML parser nor the schema library.
+ */
 export async function loadDeviceConfig(ctx: Context, file: string | undefined): Promise<DeviceSetup> {
   const path = file ?? sysPath(ctx, "/etc/os-update.yml");
+  const st = await stat(path).catch(() => undefined);
+  if (!st?.isFile())
+    throw new EosError("CONFIG", `${path}: cannot read the configuration`, { hint: "pass --config FILE" });
+  const stamp = [st.dev, st.ino, st.size, st.mtimeMs, st.ctimeMs].join(":");
+  const cacheFile = join(sysPath(ctx, CACHE_DIR), `config-${fnv1a(path)}.json`);
+  try {
+    const cached = JSON.parse(await readFile(cacheFile, "utf8")) as {
+      path?: string;
+      stamp?: string;
+      config?: DeviceConfig;
+    };
+    if (cached.path === path && cached.stamp === stamp && cached.config)
+      return { config: cached.config, path };
+  } catch {
+    // no cache yet, or a broken one: parse the file
+  }
   let text: string;
   try {
     text = await readFile(path, "utf8");
   } catch {
     throw new EosError("CONFIG", `${path}: cannot read the configuration`, { hint: "pass --config FILE" });
   }
-  return { config: parseYamlConfig(text, path, deviceConfigSchema), path };
+  const { deviceConfigSchema, parseYamlConfig } = await import("../../core/config.ts");
+  const config = parseYamlConfig(text, path, deviceConfigSchema);
+  try {
+    await mkdir(dirname(cacheFile), { recursive: true, mode: 0o755 });
+    await atomicWriteFile(cacheFile, JSON.stringify({ path, stamp, config }), 0o600);
+  } catch {
+    // the cache only saves time
+  }
+  return { config, path };
 }
 
 export async function openUpdateSource(ctx: Context, setup: DeviceSetup): Promise<UpdateSource> {

@@ -53,7 +53,7 @@ async function runCheck(ctx: Context, o: UpdaterOptions, opts: Options): Promise
   } else if (r.upToDate) o.say(`up to date: ${r.manifest.version} (slot ${r.device.layout.running})`);
   else if (!r.available)
     o.say(
-      `the server offers ${r.manifest.version}, older than the running ${r.runningVersion}: not an update`,
+      `the server offers ${r.manifest.version}, not newer than the running ${r.runningVersion}: not an update`,
     );
   else o.say(`update available: ${r.runningVersion ?? "unknown"} → ${r.manifest.version}`);
   return r.available ? 1 : 0;
@@ -117,7 +117,7 @@ export async function osUpdateMain(
     .option("--config <file>", "configuration (default /etc/os-update.yml)")
     .option("--root-device <disk>", "act on this disk (image file or block device), not the running system")
     .option("--esp <path>", "where the ESP is mounted (default /boot/efi)")
-    .option("--allow-downgrade", "accept a server version older than the running one")
+    .option("--allow-downgrade", "accept a server version not newer than the running one")
     .option("--json", "machine-readable output");
   let opts: Options = {};
   program.action((o: Options) => {

@@ -25,6 +25,9 @@ export async function releaseImage(
     payloadBytes?: number;
     rootSizeMiB?: number;
     compress?: (p: string) => Promise<string>;
+    /** The image name and architecture the manifest says (default: NAME and this machine's). */
+    manifestName?: string;
+    arch?: string;
   } = {},
 ): Promise<string> {
   const raw = join(world.dir, "build", `${name}.raw`);
@@ -41,6 +44,8 @@ export async function releaseImage(
     options.key ?? join(world.keysDir, "release.key"),
     "--version",
     version,
+    ...(options.manifestName ? ["--name", options.manifestName] : []),
+    ...(options.arch ? ["--arch", options.arch] : []),
   ]);
   if (signed.code !== 0) throw new Error(signed.stderr);
   const compressed = await (options.compress ?? xzFile)(raw);

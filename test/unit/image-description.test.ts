@@ -156,10 +156,12 @@ test("root files: os-release VERSION, os-update.yml, update_commit.service, wrap
       keyNames: ["release.pub"],
       commands: ["os-update", "fleet"],
       nodePath: "/usr/lib/eos/node",
+      architecture: "x86_64",
       updateCommitUnit: readFileSync(new URL("../../systemd/update_commit.service", import.meta.url), "utf8"),
     }).map((f) => [f.path, f]),
   );
   assert.match(files.get("/usr/lib/os-release")?.content ?? "", /^VERSION="1\.0"$/m);
+  assert.equal(files.get("/etc/eos/image")?.content, "NAME=EOS\nVERSION=1.0\nARCH=x86_64\n");
   const conf = files.get("/etc/os-update.yml");
   assert.equal(
     conf?.content,

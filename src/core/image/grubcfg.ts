@@ -19,6 +19,8 @@ export interface BootSlots {
   cmdline: string;
   /** What slot A holds: the manifest's version and root hash and size. */
   aRecord?: { version: string; sha256: string; size: number } | undefined;
+  /** The disk's image and architecture, as its manifests name them (for a disk os-update acts on offline). */
+  identity?: { image: string; architecture: string } | undefined;
 }
 
 const PART = /^gpt[0-9]{1,3}$/;
@@ -44,6 +46,12 @@ function check(slots: BootSlots): void {
       !/^[^\s\\]{1,64}$/.test(r.version))
   )
     throw new EosError("BOOT_CONTROL", "slot A record needs a version, a sha256 (64 hex digits) and a size");
+  const id = slots.identity;
+  if (
+    id &&
+    (!/^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/.test(id.image) || !/^[a-z0-9_]{1,32}$/.test(id.architecture))
+  )
+    throw new EosError("BOOT_CONTROL", "the image identity needs a safe image name and architecture");
   if (/["'\\$\n;{}]/.test(slots.cmdline))
     throw new EosError(
       "BOOT_CONTROL",
@@ -70,6 +78,10 @@ export function initialGrubenv(slots: BootSlots): Buffer {
     vars.set("eos_A_version", slots.aRecord.version);
     vars.set("eos_A_sha256", slots.aRecord.sha256);
     vars.set("eos_A_size", String(slots.aRecord.size));
+  }
+  if (slots.identity) {
+    vars.set("eos_image", slots.identity.image);
+    vars.set("eos_arch", slots.identity.architecture);
   }
   if (slots.bPart !== undefined && slots.bUuid !== undefined) {
     vars.set("eos_B_part", slots.bPart);

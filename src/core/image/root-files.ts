@@ -55,6 +55,8 @@ export function rootFiles(
     nodePath: string | undefined;
     /** systemd/update_commit.service as the project ships it. */
     updateCommitUnit: string;
+    /** The architecture the root is built for, as manifests name it (x86_64, aarch64). */
+    architecture: string;
   },
 ): RootFile[] {
   const files: RootFile[] = [];
@@ -94,7 +96,7 @@ export function rootFiles(
     `127.0.0.1\tlocalhost\n127.0.1.1\t${desc.hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n`,
   );
   add("/usr/lib/systemd/system/update_commit.service", options.updateCommitUnit);
-  add("/etc/eos/image", `NAME=${desc.name}\nVERSION=${desc.version}\n`);
+  add("/etc/eos/image", `NAME=${desc.name}\nVERSION=${desc.version}\nARCH=${options.architecture}\n`);
 
   // The device's update configuration, in the original map shape.
   const u = desc.update;

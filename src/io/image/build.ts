@@ -142,6 +142,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
     });
   }
   const epoch = sourceDateEpoch(ctx.env) ?? Math.floor(ctx.now().getTime() / 1000);
+  const architecture = "x86_64";
   const layout = planLayout(desc, o.profile);
   const outDir = resolve(o.outDir);
   await mkdir(outDir, { recursive: true });
@@ -173,6 +174,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
       distDir,
       hostNode: process.execPath,
       updateCommitUnit,
+      architecture,
       sourceDateEpoch: epoch,
       log,
       signal: ctx.signal,
@@ -197,11 +199,16 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
   const rootSha256 = await step("root slot hash", () => hashPadded(rootImg, layout.slotA.size));
   const espImg = join(work, "esp.img");
   await step("ESP (GRUB EFI, grub.cfg, grubenv)", () =>
-    makeEsp(ctx.proc, desc, layout, work, espImg, epoch, {
-      version: desc.version,
-      sha256: rootSha256,
-      size: layout.slotA.size,
-    }),
+    makeEsp(
+      ctx.proc,
+      desc,
+      layout,
+      work,
+      espImg,
+      epoch,
+      { version: desc.version, sha256: rootSha256, size: layout.slotA.size },
+      { image: desc.name, architecture },
+    ),
   );
   const raw = join(outDir, `${desc.name}.raw`);
   await step("GPT disk", () => assembleDisk(layout, espImg, rootImg, raw));
@@ -218,6 +225,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
         keys: o.keys,
         name: desc.name,
         version: desc.version,
+        arch: architecture,
         quiet: !ctx.interactive,
       });
       return written.manifestPath;

@@ -117,6 +117,7 @@ export async function makeEsp(
   out: string,
   sourceDateEpoch: number,
   slotA: { version: string; sha256: string; size: number },
+  identity: { image: string; architecture: string },
 ): Promise<void> {
   const env: NodeJS.ProcessEnv = {
     PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -138,6 +139,7 @@ export async function makeEsp(
       bUuid: layout.slotB?.uuid,
       cmdline: baseCmdline(desc),
       aRecord: slotA,
+      identity,
     }),
   );
   await build(

@@ -35,8 +35,10 @@ export interface RootTreeOptions {
   distDir: string | undefined;
   /** The Node binary to ship when desc.eos.node is "host". */
   hostNode: string;
-  /** update_commit.service as os-update ships it (systemd/ in the checkout); default: the builder's own. */
+  /** update_commit.service as os-update ships it (systemd/ in the checkout). */
   updateCommitUnit: string;
+  /** The architecture the root is for, as manifests name it. */
+  architecture: string;
   sourceDateEpoch: number;
   log: (line: string) => void;
   signal?: AbortSignal;
@@ -213,6 +215,7 @@ export async function buildRootTree(o: RootTreeOptions): Promise<{ kernel: strin
     commands,
     nodePath,
     updateCommitUnit: o.updateCommitUnit,
+    architecture: o.architecture,
   })) {
     const path = inTree(tree, f.path);
     await mkdir(dirname(path), { recursive: true });

@@ -10,6 +10,7 @@ import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ServerImage } from "../../core/config.ts";
 import { EosError } from "../../core/errors.ts";
+import { checkPublishedName } from "../../core/server/published-name.ts";
 import {
   decodeManifest,
   decodeSignatures,
@@ -130,6 +131,8 @@ export async function fetchAndPublish(
         options.trustedKeys,
       );
       manifest = decodeManifest(manifestBytes, `${name} manifest`);
+      // Signed is not enough: it must be a manifest of the image devices following `name` run.
+      checkPublishedName(name, manifest);
       log.info("manifest verified", { image: name, version: manifest.version, keyid: keyid.slice(0, 16) });
       if (published && published.manifestBytes.equals(manifestBytes)) {
         await store.writeState(name, { ...state, manifest: manifestValidators, checked });

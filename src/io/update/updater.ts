@@ -23,7 +23,8 @@ import {
   type Slot,
 } from "../../core/update/bootctl.ts";
 import { EosError } from "../../core/errors.ts";
-import { compareVersions, type Manifest } from "../../core/manifest.ts";
+import type { Manifest } from "../../core/manifest.ts";
+import { checkMadeFor, judgeOffer } from "../../core/update/acceptance.ts";
 import { sysPath, type Context } from "../context.ts";
 import { atomicWriteFile } from "../files.ts";
 import { hashRange } from "../hash.ts";
@@ -37,6 +38,7 @@ import {
   openUpdateSource,
   type DeviceSetup,
 } from "./device-config.ts";
+import { deviceIdentity } from "./device-identity.ts";
 import { updateFirmware, type FirmwareResult } from "./firmware.ts";
 import { writeSlot, type WriteSlotResult } from "./slot-writer.ts";
 import { locateSlots, type SlotLayout } from "./slots.ts";
@@ -133,7 +135,7 @@ export interface CheckResult {
   runningSha: string;
   runningVersion: string | undefined;
   upToDate: boolean;
-  /** The server's version is older than the running one. */
+  /** The server's version is not newer than the running one (older, or the same with other bytes). */
   downgrade: boolean;
   /** An update this device would install (not up to date; a downgrade only when allowed). */
   available: boolean;
@@ -144,15 +146,20 @@ export async function check(o: UpdaterOptions): Promise<CheckResult> {
   const source = await openUpdateSource(o.ctx, setup);
   const manifest = await fetchVerifiedManifest(o.ctx, setup, source);
   const device = await openDevice(o);
+  const vars = await readBootControl(device.esp).catch(() => undefined);
+  const state = vars ? readBootState(vars) : undefined;
+  const identity = await deviceIdentity(o.ctx, {
+    online: device.layout.online,
+    bootVars: vars,
+    configuredName: setup.config.update.name,
+  });
   const runningSha = await runningRootHash(o.ctx, device, manifest.partitions.root.size);
-  const state = await readBootControl(device.esp)
-    .then(readBootState)
-    .catch(() => undefined);
   const runningVersion = state?.slots[device.layout.running].version;
-  const upToDate = runningSha === manifest.partitions.root.sha256;
-  const downgrade =
-    !upToDate && runningVersion !== undefined && compareVersions(manifest.version, runningVersion) < 0;
-  const available = !upToDate && (!downgrade || Boolean(o.allowDowngrade));
+  // Before anything else: a manifest for another image or architecture is refused, whatever it offers.
+  const offer = judgeOffer(manifest, identity, { version: runningVersion, sha256: runningSha });
+  const upToDate = offer.kind === "up-to-date";
+  const downgrade = offer.kind === "not-newer";
+  const available = offer.kind === "update" || (downgrade && Boolean(o.allowDowngrade));
   return {
     setup: { ...setup, source },
     manifest,
@@ -198,7 +205,7 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
     if (r.downgrade && !o.allowDowngrade) {
       throw new EosError(
         "DOWNGRADE",
-        `the server offers ${manifest.version}, older than the running ${r.runningVersion}`,
+        `the server offers ${manifest.version}, not newer than the running ${r.runningVersion}`,
         { hint: "pass --allow-downgrade to install it anyway" },
       );
     }
@@ -359,7 +366,13 @@ export async function firmware(o: UpdaterOptions): Promise<FirmwareResult & { ve
     if (!part)
       throw new EosError("MANIFEST", `${manifest.name} ${manifest.version} has no firmware partition`);
     const esp = o.esp ?? sysPath(o.ctx, DEFAULT_ESP);
-    await readBootControl(esp); // the ESP must be the mounted one, with its boot control block
+    // The ESP must be the mounted one, with its boot control block; the firmware must be for this device.
+    const vars = await readBootControl(esp);
+    const online = o.rootDevice === undefined;
+    checkMadeFor(
+      manifest,
+      await deviceIdentity(o.ctx, { online, bootVars: vars, configuredName: setup.config.update.name }),
+    );
     const result = await updateFirmware({
       source,
       firmware: part,

@@ -58,6 +58,16 @@ export const serverConfigSchema = z.strictObject({
   images_dir: z.string().startsWith("/", "must be an absolute path").optional(),
   keys: z.array(z.string()).optional(),
   interval: duration.optional(),
+  /** One image's download from its origin must finish within this (default 6h). */
+  deadline: duration.optional(),
+  /** Less than stall_bytes (default 16 KiB) from an origin within this (default 60s) is a stall: that fetch fails. */
+  stall: duration.optional(),
+  stall_bytes: z
+    .number()
+    .int()
+    .min(1)
+    .max(1 << 30)
+    .optional(),
   serve: z
     .strictObject({
       listen: z.string().optional(),
@@ -90,6 +100,16 @@ export const deviceConfigSchema = z.strictObject({
     ca: z.string().optional(),
     port: z.number().int().min(1).max(65535).optional(),
     known_hosts: z.string().optional(),
+    /** The whole download of an update must finish within this (default 6h). */
+    deadline: duration.optional(),
+    /** Less than stall_bytes (default 16 KiB) within this (default 60s) is a stall: reconnect and resume. */
+    stall: duration.optional(),
+    stall_bytes: z
+      .number()
+      .int()
+      .min(1)
+      .max(1 << 30)
+      .optional(),
   }),
 });
 

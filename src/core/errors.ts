@@ -28,6 +28,8 @@ export type ErrorCode =
   | "TPM"
   | "BUILD"
   | "INTERRUPTED"
+  | "TIMEOUT"
+  | "STALLED"
   | "INTERNAL";
 
 export class EosError extends Error {

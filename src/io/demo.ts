@@ -21,6 +21,7 @@ import { fetchAndPublish } from "./server/fetch.ts";
 import { PublishedImages } from "./server/published.ts";
 import { generateReleaseKeys, loadTrustedKeys } from "./keys.ts";
 import { jsonLogger, silentLogger } from "./log.ts";
+import { DEFAULT_LIMITS } from "./watchdog.ts";
 import { Vm } from "./machine/qemu.ts";
 import { TokenStore } from "./server/tokens.ts";
 import { createUpdateServer } from "./server/http.ts";
@@ -219,6 +220,7 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
         logger: silentLogger(),
         now: ctx.now,
         proc: ctx.proc,
+        limits: DEFAULT_LIMITS,
       },
     );
     const srv = createUpdateServer({

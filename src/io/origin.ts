@@ -64,14 +64,22 @@ export async function openOrigin(url: string, options: OriginOptions = {}): Prom
   const headers: Record<string, string> = { "user-agent": "eos-os-update-server" };
   if (options.validators?.etag) headers["if-none-match"] = options.validators.etag;
   if (options.validators?.lastModified) headers["if-modified-since"] = options.validators.lastModified;
-  const signals = [options.signal, AbortSignal.timeout(options.timeoutMs ?? 60_000)].filter(
-    (s): s is AbortSignal => s !== undefined,
+  // The timeout covers the response headers only; bodies are bounded by the caller's watchdog
+  // (a long download is fine while it moves). A signal stops either at once.
+  const controller = new AbortController();
+  const stop = () => controller.abort(options.signal?.reason);
+  if (options.signal?.aborted) stop();
+  else options.signal?.addEventListener("abort", stop, { once: true });
+  const timeoutMs = options.timeoutMs ?? 60_000;
+  const headerTimer = setTimeout(
+    () => controller.abort(new Error(`no answer within ${timeoutMs / 1000} s`)),
+    timeoutMs,
   );
   let response: Response;
   try {
-    // The timeout covers the response headers; bodies are bounded by stall detection in the caller.
-    response = await fetch(url, { headers, signal: AbortSignal.any(signals), redirect: "follow" });
+    response = await fetch(url, { headers, signal: controller.signal, redirect: "follow" });
   } catch (error) {
+    options.signal?.removeEventListener("abort", stop);
     const cause = (error as { cause?: { code?: string; message?: string } }).cause;
     throw new EosError(
       "NETWORK",
@@ -80,17 +88,22 @@ export async function openOrigin(url: string, options: OriginOptions = {}): Prom
         hint: "is the origin reachable from this server?",
       },
     );
+  } finally {
+    clearTimeout(headerTimer);
   }
   const validators: Validators = {};
   const etag = response.headers.get("etag");
   const lastModified = response.headers.get("last-modified");
   if (etag) validators.etag = etag;
   if (lastModified) validators.lastModified = lastModified;
+  const release = () => options.signal?.removeEventListener("abort", stop);
   if (response.status === 304) {
+    release();
     await response.body?.cancel();
     return { status: "unchanged", validators: options.validators ?? validators };
   }
   if (response.status !== 200 || !response.body) {
+    release();
     await response.body?.cancel();
     throw new EosError("HTTP", `${describe(url)}: HTTP ${response.status} ${response.statusText}`, {
       exitCode: 3,
@@ -102,7 +115,9 @@ export async function openOrigin(url: string, options: OriginOptions = {}): Prom
       ? Number(lengthHeader)
       : undefined;
   const body = Readable.fromWeb(response.body as import("node:stream/web").ReadableStream<Uint8Array>);
-  return { status: "ok", body: lengthChecked(body, length, url), length, validators };
+  const checked = lengthChecked(body, length, url);
+  checked.once("close", release);
+  return { status: "ok", body: checked, length, validators };
 }
 
 async function openFile(url: string, previous: Validators | undefined): Promise<OriginResponse> {

@@ -7,13 +7,12 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { createServer, type Server } from "node:http";
 import { copyFile, open, readFile, rm } from "node:fs/promises";
-import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { runEos } from "../helpers/run.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
 import { makeDevice, type TestDevice } from "../helpers/device.ts";
+import { hostileServer } from "../helpers/hostile-server.ts";
 
 const NAME = "EOS.x86_64-AB";
 
@@ -65,24 +64,6 @@ describe("the server publishes a manifest only under its own image's name", () =
     );
   });
 });
-
-/** An update server that serves whatever it is given: what a compromised or misconfigured one does. */
-async function hostileServer(
-  files: Map<string, Buffer>,
-): Promise<{ url: string; requests: string[]; server: Server }> {
-  const requests: string[] = [];
-  const server = createServer((req, res) => {
-    requests.push(req.url ?? "");
-    const body = files.get(req.url ?? "");
-    if (!body) {
-      res.writeHead(404).end();
-      return;
-    }
-    res.writeHead(200, { "content-length": body.length }).end(body);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, requests, server };
-}
 
 async function sha256Of(path: string, offset: number, length: number): Promise<string> {
   const fh = await open(path, "r");
@@ -197,7 +178,7 @@ describe("a device refuses a signed manifest that is not for it, before writing 
           `no root bytes fetched: ${hostile.requests.join(", ")}`,
         );
       } finally {
-        hostile.server.close();
+        await hostile.close();
       }
     });
   }
@@ -214,7 +195,7 @@ describe("a device refuses a signed manifest that is not for it, before writing 
       assert.equal(check.code, 1, check.stderr);
       assert.match(check.stdout, /update available: 1\.0\.0 → 2\.0\.0/);
     } finally {
-      hostile.server.close();
+      await hostile.close();
     }
   });
 });

@@ -10,6 +10,7 @@ import { sysPath, type Context } from "../context.ts";
 import { loadTrustedKeys } from "../keys.ts";
 import { jsonLogger } from "../log.ts";
 import { progress } from "../progress.ts";
+import { limitsFrom } from "../watchdog.ts";
 import { fetchAndPublish, type FetchOptions, type FetchOutcome } from "./fetch.ts";
 import { PublishedImages } from "./published.ts";
 import { DEFAULT_KEYS_DIR, loadServerConfig, publishedDir } from "./server-config.ts";
@@ -70,6 +71,7 @@ export async function fetchAll(ctx: Context, o: FetchAllOptions): Promise<FetchR
     progress: (label, total) =>
       progress(ctx.stderr, label, total, { interactive: ctx.interactive, plainEverySeconds: 10 }),
     proc: ctx.proc,
+    limits: limitsFrom(config),
   };
   const fetchOne = async (image: ServerImage): Promise<FetchResult> => {
     try {
@@ -80,11 +82,8 @@ export async function fetchAll(ctx: Context, o: FetchAllOptions): Promise<FetchR
       return { name: image.name, status: "failed", error: errorMessage(error) };
     }
   };
-  if (!o.daemon) {
-    const results: FetchResult[] = [];
-    for (const image of images) results.push(await fetchOne(image));
-    return results;
-  }
+  // Each image on its own: a failed or stalled origin never delays another image.
+  if (!o.daemon) return Promise.all(images.map(fetchOne));
   logger.info("fetch daemon started", { images: images.length });
   await Promise.all(
     images.map(async (image) => {

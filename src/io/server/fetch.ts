@@ -26,6 +26,7 @@ import type { PublishedImages } from "./published.ts";
 import type { Logger } from "../log.ts";
 import { fetchSmall, openOrigin, type Validators } from "../origin.ts";
 import type { Progress } from "../progress.ts";
+import { watchTransfer, type TransferLimits } from "../watchdog.ts";
 
 export interface FetchState {
   manifest?: Validators;
@@ -47,6 +48,8 @@ export interface FetchOptions {
   now: () => Date;
   progress?: (label: string, total: number | undefined) => Progress;
   proc: ProcessRunner;
+  /** Bounds on each origin download (a stall or the deadline fails this image's fetch). */
+  limits: TransferLimits;
 }
 
 async function download(
@@ -60,25 +63,43 @@ async function download(
     ...(options.signal ? { signal: options.signal } : {}),
   });
   if (origin.status === "unchanged") return { status: "unchanged" };
-  const { stream } = await decompressStream(options.proc, origin.body);
-  const hash = createHash("sha256");
-  const bar = options.progress?.(`fetch ${url.split("/").pop() ?? url}`, undefined);
-  const hashing = new Transform({
+  const watch = watchTransfer(origin.body, {
+    minBytes: options.limits.stallBytes,
+    windowMs: options.limits.stallMs,
+    deadline: Date.now() + options.limits.deadlineMs,
+    signal: options.signal,
+    what: `download of ${url}`,
+  });
+  const counted = new Transform({
     transform(chunk: Buffer, _enc, cb) {
-      hash.update(chunk);
-      bar?.add(chunk.length);
+      watch.add(chunk.length);
       cb(null, chunk);
     },
   });
-  await pipeline(
-    stream,
-    hashing,
-    createWriteStream(rawPath, { flags: "wx", mode: 0o644, highWaterMark: 1 << 20 }),
-    {
-      ...(options.signal ? { signal: options.signal } : {}),
-    },
-  );
-  bar?.done();
+  origin.body.on("error", (error) => counted.destroy(error));
+  const hash = createHash("sha256");
+  try {
+    const { stream } = await decompressStream(options.proc, origin.body.pipe(counted));
+    const bar = options.progress?.(`fetch ${url.split("/").pop() ?? url}`, undefined);
+    const hashing = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        hash.update(chunk);
+        bar?.add(chunk.length);
+        cb(null, chunk);
+      },
+    });
+    await pipeline(
+      stream,
+      hashing,
+      createWriteStream(rawPath, { flags: "wx", mode: 0o644, highWaterMark: 1 << 20 }),
+      {
+        ...(options.signal ? { signal: options.signal } : {}),
+      },
+    );
+    bar?.done();
+  } finally {
+    watch.stop();
+  }
   return { status: "ok", sha256: hash.digest("hex"), validators: origin.validators };
 }
 

@@ -14,6 +14,7 @@ import { pipeline } from "node:stream/promises";
 import { EosError } from "../../core/errors.ts";
 import type { ManifestPartition } from "../../core/manifest.ts";
 import type { ProcessRunner } from "../process.ts";
+import { watchTransfer, type TransferLimits } from "../watchdog.ts";
 import type { UpdateSource } from "./source.ts";
 
 const NEW_SUFFIX = ".eos-new";
@@ -53,6 +54,8 @@ export async function updateFirmware(options: {
   esp: string;
   workDir: string;
   proc: ProcessRunner;
+  limits: TransferLimits;
+  signal?: AbortSignal;
 }): Promise<FirmwareResult> {
   await mkdir(options.workDir, { recursive: true, mode: 0o700 });
   const work = await mkdtemp(join(options.workDir, "firmware-"));
@@ -61,17 +64,29 @@ export async function updateFirmware(options: {
     const hash = createHash("sha256");
     let size = 0;
     const { stream } = await options.source.openStream("firmware", 0, undefined);
-    await pipeline(
-      stream,
-      new Transform({
-        transform(chunk: Buffer, _enc, cb) {
-          hash.update(chunk);
-          size += chunk.length;
-          cb(null, chunk);
-        },
-      }),
-      createWriteStream(image, { mode: 0o600 }),
-    );
+    const watch = watchTransfer(stream, {
+      minBytes: options.limits.stallBytes,
+      windowMs: options.limits.stallMs,
+      deadline: Date.now() + options.limits.deadlineMs,
+      signal: options.signal,
+      what: "download of firmware",
+    });
+    try {
+      await pipeline(
+        stream,
+        new Transform({
+          transform(chunk: Buffer, _enc, cb) {
+            hash.update(chunk);
+            size += chunk.length;
+            watch.add(chunk.length);
+            cb(null, chunk);
+          },
+        }),
+        createWriteStream(image, { mode: 0o600 }),
+      );
+    } finally {
+      watch.stop();
+    }
     const sha = hash.digest("hex");
     if (size !== options.firmware.size || sha !== options.firmware.sha256) {
       throw new EosError(

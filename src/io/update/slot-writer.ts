@@ -12,6 +12,7 @@ import { EosError, errorMessage } from "../../core/errors.ts";
 import { hashRange } from "../hash.ts";
 import type { ProcessRunner } from "../process.ts";
 import type { Progress } from "../progress.ts";
+import { interrupted, watchTransfer, type TransferLimits, type Watch } from "../watchdog.ts";
 import type { StreamKind, UpdateSource } from "./source.ts";
 
 const BLOCK = 4 * 1024 * 1024;
@@ -29,7 +30,14 @@ export interface WriteSlotOptions {
   log?: (line: string) => void;
   signal?: AbortSignal;
   proc: ProcessRunner;
+  /** Bounds on the download: a stall (resumed) and an overall deadline (the whole write fails). */
+  limits: TransferLimits;
 }
+
+export type { TransferLimits };
+
+/** No retry helps these: a wrong hash, no access, nothing published, out of time, or asked to stop. */
+const FINAL = ["HASH_MISMATCH", "AUTH", "NOT_FOUND", "TIMEOUT", "INTERRUPTED"];
 
 async function writeFully(
   handle: FileHandle,
@@ -49,6 +57,19 @@ export interface WriteSlotResult {
   writeSeconds: number;
   /** Re-read + hash, seconds. */
   verifySeconds: number;
+}
+
+/** Waits `ms`, or less when the signal aborts (the loop then stops). */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    }
+    signal?.addEventListener("abort", done, { once: true });
+  });
 }
 
 export async function writeSlot(options: WriteSlotOptions): Promise<WriteSlotResult> {
@@ -83,16 +104,27 @@ export async function writeSlot(options: WriteSlotOptions): Promise<WriteSlotRes
       }
     };
     let attempt = 0;
+    const deadline = Date.now() + options.limits.deadlineMs;
+    const what = `download of ${options.kind}`;
     while (written < size) {
-      options.signal?.throwIfAborted();
+      if (options.signal?.aborted) throw interrupted(what);
+      let watch: Watch | undefined;
       try {
         const response = await options.source.openStream(options.kind, written, etag);
+        watch = watchTransfer(response.stream, {
+          minBytes: options.limits.stallBytes,
+          windowMs: options.limits.stallMs,
+          deadline,
+          signal: options.signal,
+          what,
+        });
         if (response.offset !== written) {
           // The server restarted the stream (another version, or no Range support): start over.
           options.log?.(`server restarted the stream at ${response.offset}; writing from the beginning`);
           written = 0;
         }
         for await (const chunk of response.stream as AsyncIterable<Buffer>) {
+          watch.add(chunk.length);
           let at = 0;
           while (at < chunk.length) {
             if (written + filled >= size) {
@@ -103,20 +135,22 @@ export async function writeSlot(options: WriteSlotOptions): Promise<WriteSlotRes
             filled += take;
             at += take;
             options.progress?.add(take);
-            if (filled === BLOCK) {
-              options.signal?.throwIfAborted();
-              await flush(false);
-            }
+            if (filled === BLOCK) await flush(false);
           }
         }
         await flush(true);
         if (written < size) throw new EosError("TRUNCATED", `stream ended at ${written} of ${size} bytes`);
       } catch (error) {
-        if (options.signal?.aborted) throw new EosError("IO", "interrupted: the slot stays marked invalid");
+        watch?.stop();
+        if (options.signal?.aborted) throw interrupted(`${what} (the slot stays marked invalid)`);
         // Everything received so far is kept: write it, then resume after it.
         await flush(true);
-        if (error instanceof EosError && ["HASH_MISMATCH", "AUTH", "NOT_FOUND"].includes(error.code))
-          throw error;
+        if (error instanceof EosError && FINAL.includes(error.code)) throw error;
+        if (Date.now() >= deadline)
+          throw new EosError(
+            "TIMEOUT",
+            `${what}: not finished by its deadline (${written} of ${size} bytes)`,
+          );
         attempt++;
         if (attempt > (options.retries ?? 5)) {
           throw error instanceof EosError
@@ -129,7 +163,9 @@ export async function writeSlot(options: WriteSlotOptions): Promise<WriteSlotRes
         options.log?.(
           `download interrupted at ${written} of ${size} bytes (${errorMessage(error)}); resuming`,
         );
-        await new Promise((r) => setTimeout(r, (options.retryDelayMs ?? 1000) * 2 ** (attempt - 1)));
+        await pause((options.retryDelayMs ?? 1000) * 2 ** (attempt - 1), options.signal);
+      } finally {
+        watch?.stop();
       }
     }
     await handle.datasync();

@@ -23,6 +23,7 @@ import {
   type Slot,
 } from "../../core/update/bootctl.ts";
 import { EosError } from "../../core/errors.ts";
+import type { DeviceConfig } from "../../core/config.ts";
 import type { Manifest } from "../../core/manifest.ts";
 import { checkMadeFor, judgeOffer } from "../../core/update/acceptance.ts";
 import { sysPath, type Context } from "../context.ts";
@@ -41,6 +42,7 @@ import {
 import { deviceIdentity } from "./device-identity.ts";
 import { updateFirmware, type FirmwareResult } from "./firmware.ts";
 import { writeSlot, type WriteSlotResult } from "./slot-writer.ts";
+import { limitsFrom, type TransferLimits } from "../watchdog.ts";
 import { locateSlots, type SlotLayout } from "./slots.ts";
 import type { UpdateSource } from "./source.ts";
 
@@ -60,6 +62,11 @@ export interface UpdaterOptions {
   retryDelayMs?: number | undefined;
   /** Lines that tell a person what is happening (the CLI prints them unless --json). */
   say(line: string): void;
+}
+
+/** The bounds on a download from os-update.yml (deadline, stall), with their defaults. */
+export function transferLimits(config: DeviceConfig): TransferLimits {
+  return limitsFrom(config.update);
 }
 
 export interface Device {
@@ -239,6 +246,7 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
       log: (line) => o.ctx.stderr.write(`os-update: ${line}\n`),
       signal: o.ctx.signal,
       proc: o.ctx.proc,
+      limits: transferLimits(setup.config),
       ...(o.retryDelayMs === undefined ? {} : { retryDelayMs: o.retryDelayMs }),
     });
     const tries = setup.config.update.tries ?? DEFAULT_TRIES;
@@ -379,6 +387,8 @@ export async function firmware(o: UpdaterOptions): Promise<FirmwareResult & { ve
       esp,
       workDir: sysPath(o.ctx, "/run/os-update"),
       proc: o.ctx.proc,
+      limits: transferLimits(setup.config),
+      signal: o.ctx.signal,
     });
     return { version: manifest.version, ...result };
   });

@@ -75,6 +75,17 @@ export const serverConfigSchema = z.strictObject({
       cert: z.string().optional(),
       key: z.string().optional(),
       tokens_dir: z.string().optional(),
+      /** Streams at once over all devices (more get 503), and per device (more get 429). */
+      max_streams: z.number().int().min(1).max(100000).optional(),
+      max_streams_per_device: z.number().int().min(1).max(100000).optional(),
+      /** A device that takes less than stall_bytes within this (default 60s) is dropped. */
+      stall: duration.optional(),
+      stall_bytes: z
+        .number()
+        .int()
+        .min(1)
+        .max(1 << 30)
+        .optional(),
     })
     .optional(),
 });

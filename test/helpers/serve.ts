@@ -52,19 +52,24 @@ export async function startServer(options: {
   tokensDir?: string;
   tls?: TestCert;
   extraArgs?: string[];
+  env?: NodeJS.ProcessEnv;
 }): Promise<RunningServer> {
-  const child = startEos("os-update-server", [
-    "serve",
-    "--config",
-    options.config,
-    "--listen",
-    "127.0.0.1",
-    "--port",
-    "0",
-    ...(options.tokensDir ? ["--tokens-dir", options.tokensDir] : ["--no-auth"]),
-    ...(options.tls ? ["--cert", options.tls.cert, "--tls-key", options.tls.key] : []),
-    ...(options.extraArgs ?? []),
-  ]);
+  const child = startEos(
+    "os-update-server",
+    [
+      "serve",
+      "--config",
+      options.config,
+      "--listen",
+      "127.0.0.1",
+      "--port",
+      "0",
+      ...(options.tokensDir ? ["--tokens-dir", options.tokensDir] : ["--no-auth"]),
+      ...(options.tls ? ["--cert", options.tls.cert, "--tls-key", options.tls.key] : []),
+      ...(options.extraArgs ?? []),
+    ],
+    options.env,
+  );
   const url = String((await waitForLog(child, "listening")).url);
   return { child, url, port: Number(new URL(url).port), stop: () => void child.kill("SIGTERM") };
 }

@@ -165,38 +165,46 @@ describe("flake-registry --setup refuses what it must not destroy", { skip: tool
 
 describe("TPM-sealed keys (swtpm)", { skip: toolsMissing ?? tpmMissing }, () => {
   const tpms: ChildProcess[] = [];
+  // The port is chosen before swtpm binds it (and its control channel takes the next one), so
+  // another process can win the race: a swtpm that exits is started again on other ports.
   async function startTpm(name: string): Promise<string> {
     const state = join(dir, name);
     await mkdir(state, { recursive: true });
-    const port = await freePort();
-    // The swtpm TCTI talks to the control channel on port + 1.
-    const ctrl = port + 1;
-    const p = spawn(
-      "swtpm",
-      [
-        "socket",
-        "--tpm2",
-        "--tpmstate",
-        `dir=${state}`,
-        "--server",
-        `type=tcp,port=${port}`,
-        "--ctrl",
-        `type=tcp,port=${ctrl}`,
-        "--flags",
-        "not-need-init,startup-clear",
-      ],
-      { stdio: "ignore" },
-    );
-    tpms.push(p);
-    const tcti = `swtpm:host=127.0.0.1,port=${port}`;
-    for (let i = 0; i < 50; i++) {
-      const r = spawnSync("tpm2_getrandom", ["--hex", "4"], {
-        env: { ...process.env, TPM2TOOLS_TCTI: tcti },
-      });
-      if (r.status === 0) return tcti;
-      await sleep(100);
+    let lastError = "";
+    for (let attempt = 0; attempt < 4; attempt++) {
+      const port = await freePort();
+      const p = spawn(
+        "swtpm",
+        [
+          "socket",
+          "--tpm2",
+          "--tpmstate",
+          `dir=${state}`,
+          "--server",
+          `type=tcp,port=${port}`,
+          "--ctrl",
+          `type=tcp,port=${port + 1}`,
+          "--flags",
+          "not-need-init,startup-clear",
+        ],
+        { stdio: ["ignore", "ignore", "pipe"] },
+      );
+      tpms.push(p);
+      let exited = false;
+      p.once("exit", () => (exited = true));
+      p.stderr?.on("data", (d: Buffer) => (lastError += d.toString()));
+      const tcti = `swtpm:host=127.0.0.1,port=${port}`;
+      // A loaded CI machine can take seconds to start it: wait up to 30 s per attempt.
+      for (let i = 0; i < 150 && !exited; i++) {
+        const r = spawnSync("tpm2_getrandom", ["--hex", "4"], {
+          env: { ...process.env, TPM2TOOLS_TCTI: tcti },
+        });
+        if (r.status === 0) return tcti;
+        await sleep(200);
+      }
+      p.kill();
     }
-    throw new Error("swtpm did not answer");
+    throw new Error(`swtpm did not answer: ${lastError.trim()}`);
   }
   after(() => {
     for (const p of tpms) p.kill();

@@ -233,6 +233,9 @@ describe("the flake registry on p.spare (QEMU + swtpm)", { skip, timeout: 40 * 6
       "let body = '# GRUB Environment Block\\n'; for (const [k, val] of vars) body += k + '=' + val + '\\n';",
       "fs.writeFileSync(f + '.new', body.padEnd(1024, '#'), 'latin1'); fs.renameSync(f + '.new', f);",
     ].join(" ");
+    // The boot control block lives on the ESP: wait until the system (and its mounts) is up.
+    await v.ssh(["systemctl", "is-system-running", "--wait"], { timeoutMs: 240_000 });
+    assert.match(await v.sshOk(["findmnt", "-n", "-o", "FSTYPE", "/boot/efi"]), /vfat/, "the ESP is mounted");
     await v.sshOk(["/usr/lib/eos/node", "-e", recordB]);
     const mark = v.mark();
     await v.ssh(["os-update", "--rollback", "--reboot"], { timeoutMs: 300_000 });

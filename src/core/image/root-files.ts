@@ -67,10 +67,13 @@ export function rootFiles(
     `# EOS: the root slot is ${desc.root.filesystem}, the running root an overlay\n${[...new Set(modules)].join("\n")}\n`,
   );
   add("/etc/initramfs-tools/scripts/init-bottom/eos-overlay", INITRAMFS_OVERLAY_HOOK, 0o755);
+  // nofail: a missing ESP must not stop the boot. The device timeout is long because udev can
+  // take more than 30 s to name the partition on a slow or loaded machine, and a mount given up
+  // once stays unmounted: os-update and the commit unit would then find no boot control block.
   add(
     "/etc/fstab",
     "# EOS: / is an overlay of the read-only root slot and tmpfs (set up in the initramfs)\n" +
-      "PARTLABEL=p.UEFI /boot/efi vfat umask=0077,nofail,x-systemd.device-timeout=30s 0 0\n",
+      "PARTLABEL=p.UEFI /boot/efi vfat umask=0077,nofail,x-systemd.device-timeout=180s 0 0\n",
   );
   const pretty = desc.pretty_name ?? `EOS ${desc.version}`;
   add(

@@ -21,6 +21,7 @@ import { parseRange } from "../../core/http-range.ts";
 import { isSafeImageName } from "../../core/image-name.ts";
 import type { PublishedImages, StreamKind } from "./published.ts";
 import type { Logger } from "../log.ts";
+import { BufferPool, SIZE_CLASSES } from "./buffer-pool.ts";
 import type { TokenStore } from "./tokens.ts";
 
 export interface UpdateServerOptions {
@@ -29,6 +30,8 @@ export interface UpdateServerOptions {
   tokens: TokenStore | undefined;
   logger: Logger;
   tls?: { cert: Buffer; key: Buffer };
+  limits?: Partial<StreamLimits>;
+  onIdle?: IdleHook;
 }
 
 class HttpError extends Error {
@@ -57,52 +60,165 @@ function sendJson(
   return Buffer.byteLength(text);
 }
 
-const CHUNK = 256 * 1024;
+export interface StreamLimits {
+  /** Streams served at once, over all clients; more get 503. */
+  maxStreams: number;
+  /** Streams one device (token, or address without auth) may hold at once; more get 429. */
+  maxStreamsPerClient: number;
+  /** A client that accepts less than `stallBytes` within `stallMs` is dropped. */
+  stallMs: number;
+  stallBytes: number;
+  /** Freed read buffers kept for reuse, at most this many bytes. */
+  poolBytes: number;
+}
+
+/** Called when the last stream of a busy spell ends (the server may give memory back then). */
+export type IdleHook = () => void;
+
+export const DEFAULT_STREAM_LIMITS: StreamLimits = {
+  maxStreams: 512,
+  maxStreamsPerClient: 4,
+  stallMs: 60_000,
+  stallBytes: 16 * 1024,
+  poolBytes: 8 * 1024 * 1024,
+};
+
+/** The client went away or was dropped: not a server error. */
+class ClientGone extends Error {}
+
+const STALLED = "dropped: the client took too little within the stall window";
 
 /**
- * Streams a byte range with two fixed buffers per response: read into one
- * while the other is being written, and reuse a buffer only once its write
- * has completed. Memory per client is bounded (2 × CHUNK) and no garbage is
- * made per chunk, so RSS stays flat as clients are added.
+ * Streams a byte range: read into a pooled buffer while the previous chunk
+ * is being written, and give a buffer back only once its write completed.
+ * Chunks start small and grow while the client keeps up (to 256 KiB), and
+ * shrink again when it does not, so a slow reader pins 2 × 16 KiB, not
+ * 2 × 256 KiB. A client that accepts less than `stallBytes` per `stallMs`
+ * is dropped.
  */
 async function sendRange(
   handle: FileHandle,
   offset: number,
   length: number,
   res: ServerResponse,
+  pool: BufferPool,
+  limits: StreamLimits,
 ): Promise<void> {
-  const buffers = [Buffer.allocUnsafe(Math.min(CHUNK, length)), Buffer.allocUnsafe(Math.min(CHUNK, length))];
+  let sizeClass = 0;
+  let fastTakes = 0;
+  const streamStart = performance.now();
+  let stalled = false;
+  let windowStart = Date.now();
+  let windowBytes = 0;
+  const stall = setInterval(
+    () => {
+      if (Date.now() - windowStart < limits.stallMs) return;
+      if (windowBytes < limits.stallBytes) {
+        stalled = true;
+        res.destroy();
+      }
+      windowStart = Date.now();
+      windowBytes = 0;
+    },
+    Math.max(50, Math.min(1000, limits.stallMs / 4)),
+  );
+  stall.unref();
   const closed = new Promise<never>((_resolve, reject) => {
     res.once("close", () => {
-      if (!res.writableFinished) reject(new Error("client closed the connection"));
+      if (!res.writableFinished) reject(new ClientGone(stalled ? STALLED : "client closed the connection"));
     });
   });
   closed.catch(() => undefined);
+  let pending: { done: Promise<void>; buffer: Buffer; started: number } | undefined;
+  // A buffer goes back to the pool once nothing can touch it: after its write's callback.
+  const settle = async (p: NonNullable<typeof pending>) => {
+    await Promise.race([p.done, closed]).catch((error: unknown) => {
+      throw res.destroyed ? new ClientGone(stalled ? STALLED : "client closed the connection") : error;
+    });
+    pool.give(p.buffer);
+    // Grow while the client keeps up (a chunk taken within 20 ms, eight times in a row, after
+    // its first second: until then the kernel's socket buffers take anything at memory speed,
+    // and every client looks fast); a slow take sends it back to the smallest chunk at once,
+    // so a slow reader never keeps big buffers pinned.
+    const took = performance.now() - p.started;
+    if (took > 100) {
+      sizeClass = 0;
+      fastTakes = 0;
+    } else if (
+      took < 20 &&
+      ++fastTakes >= 8 &&
+      performance.now() - streamStart > 1000 &&
+      sizeClass < SIZE_CLASSES.length - 1
+    ) {
+      sizeClass++;
+      fastTakes = 0;
+    }
+  };
   let position = offset;
   let left = length;
-  let turn = 0;
-  let pending: Promise<void> | undefined;
-  while (left > 0) {
-    const buffer = buffers[turn] as Buffer;
-    turn ^= 1;
-    const { bytesRead } = await handle.read(buffer, 0, Math.min(buffer.length, left), position);
-    if (bytesRead === 0) throw new Error(`short read at ${position}`);
-    if (pending) await Promise.race([pending, closed]);
-    const chunk = buffer.subarray(0, bytesRead);
-    pending = new Promise<void>((resolve, reject) =>
-      res.write(chunk, (error) => (error ? reject(error) : resolve())),
-    );
-    // When the client goes away, `closed` wins the race and this write's failure has no other listener.
-    pending.catch(() => undefined);
-    position += bytesRead;
-    left -= bytesRead;
+  try {
+    while (left > 0) {
+      const buffer = pool.take(SIZE_CLASSES[sizeClass] as number);
+      const { bytesRead } = await handle.read(buffer, 0, Math.min(buffer.length, left), position);
+      if (bytesRead === 0) {
+        pool.give(buffer);
+        throw new Error(`short read at ${position}`);
+      }
+      if (pending) await settle(pending);
+      const chunk = buffer.subarray(0, bytesRead);
+      const done = new Promise<void>((resolve, reject) =>
+        res.write(chunk, (error) => (error ? reject(error) : resolve())),
+      );
+      done.then(() => (windowBytes += bytesRead)).catch(() => undefined);
+      pending = { done, buffer, started: performance.now() };
+      position += bytesRead;
+      left -= bytesRead;
+    }
+    if (pending) await settle(pending);
+    pending = undefined;
+    await new Promise<void>((resolve) => res.end(resolve));
+  } finally {
+    clearInterval(stall);
+    const last = pending;
+    // A write the client never took: its buffer is free once the write is failed or done.
+    if (last) void last.done.catch(() => undefined).finally(() => pool.give(last.buffer));
   }
-  if (pending) await Promise.race([pending, closed]);
-  await new Promise<void>((resolve) => res.end(resolve));
 }
 
 export function createUpdateServer(options: UpdateServerOptions): Server {
   const { store, tokens, logger } = options;
+  const limits: StreamLimits = { ...DEFAULT_STREAM_LIMITS, ...options.limits };
+  const pool = new BufferPool(limits.poolBytes);
+  const active = { total: 0, byClient: new Map<string, number>() };
+
+  /** Admits a stream for `client`, or refuses it; returns the release. */
+  function admit(client: string): () => void {
+    if (active.total >= limits.maxStreams)
+      throw new HttpError(503, `the server streams to ${limits.maxStreams} clients already`, {
+        "retry-after": "30",
+      });
+    const mine = active.byClient.get(client) ?? 0;
+    if (mine >= limits.maxStreamsPerClient)
+      throw new HttpError(
+        429,
+        `this device has ${mine} streams open already (at most ${limits.maxStreamsPerClient})`,
+        {
+          "retry-after": "10",
+        },
+      );
+    active.total++;
+    active.byClient.set(client, mine + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      active.total--;
+      if (active.total === 0) options.onIdle?.();
+      const left = (active.byClient.get(client) ?? 1) - 1;
+      if (left > 0) active.byClient.set(client, left);
+      else active.byClient.delete(client);
+    };
+  }
 
   async function authenticate(req: IncomingMessage): Promise<string | undefined> {
     if (!tokens) return undefined;
@@ -117,6 +233,21 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
   }
 
   async function stream(
+    req: IncomingMessage,
+    res: ServerResponse,
+    name: string,
+    kind: StreamKind,
+    client: string,
+  ): Promise<number> {
+    const release = admit(client);
+    try {
+      return await streamAdmitted(req, res, name, kind);
+    } finally {
+      release();
+    }
+  }
+
+  async function streamAdmitted(
     req: IncomingMessage,
     res: ServerResponse,
     name: string,
@@ -159,7 +290,7 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
         res.end();
         return 0;
       }
-      await sendRange(handle, range.offset + start, end - start + 1, res);
+      await sendRange(handle, range.offset + start, end - start + 1, res, pool, limits);
       return end - start + 1;
     } finally {
       await handle.close();
@@ -192,7 +323,8 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     }
     if (!isSafeImageName(name)) throw new HttpError(400, "invalid image name");
     const what = m[2] as string;
-    if (what === "root" || what === "firmware") return stream(req, res, name, what);
+    if (what === "root" || what === "firmware")
+      return stream(req, res, name, what, device ?? req.socket.remoteAddress ?? "unknown");
     const version = await store.current(name);
     if (!version) throw new HttpError(404, `image ${name} is not published`);
     const bytes = what === "manifest.json" ? version.manifestBytes : version.signatureBytes;
@@ -218,12 +350,15 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
           return { status: error.status, bytes: 0, error: error.message };
         }
         const message = (error as Error).message;
+        if (error instanceof ClientGone) return { status: 499, bytes: 0, error: message };
         if (!res.headersSent) sendJson(res, 500, { error: "internal error" });
         else res.destroy();
         return { status: 500, bytes: 0, error: message };
       })
       .then(({ status, bytes, error }) => {
-        const level = status >= 500 ? "error" : status >= 400 ? "warn" : "info";
+        // Refusals (4xx, 503 when full) are warnings; only a failure of the server itself is an error.
+        const level =
+          status >= 500 && status !== 503 ? "error" : status >= 400 && status !== 499 ? "warn" : "info";
         logger.log(level, "request", {
           method: req.method,
           path: req.url,

@@ -5,6 +5,8 @@
 import { once } from "node:events";
 import { readFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
+import v8 from "node:v8";
+import vm from "node:vm";
 import { EosError, errorMessage } from "../../core/errors.ts";
 import { sysPath, type Context } from "../context.ts";
 import { jsonLogger } from "../log.ts";
@@ -22,6 +24,31 @@ export interface ServeOptions {
   tlsKey?: string | undefined;
   tokensDir?: string | undefined;
   auth: boolean;
+}
+
+/**
+ * After a busy spell (hundreds of slow readers, say) the garbage they leave
+ * is collected only when something allocates again, and an idle server does
+ * not: collect it a few seconds after the last stream ended, so that memory
+ * goes back to the system (with the allocator settings of os-update-server.service).
+ */
+function memoryReleaser(): () => void {
+  let collect: (() => void) | undefined;
+  try {
+    v8.setFlagsFromString("--expose-gc");
+    collect = vm.runInNewContext("gc") as () => void;
+  } catch {
+    collect = undefined;
+  }
+  let timer: NodeJS.Timeout | undefined;
+  return () => {
+    if (!collect || timer) return;
+    timer = setTimeout(() => {
+      timer = undefined;
+      collect?.();
+    }, 3000);
+    timer.unref();
+  };
 }
 
 export async function serve(ctx: Context, o: ServeOptions): Promise<void> {
@@ -47,7 +74,21 @@ export async function serve(ctx: Context, o: ServeOptions): Promise<void> {
     throw new EosError("USAGE", `--port: not a port: ${o.port}`);
   const host = o.listen ?? conf.listen ?? "0.0.0.0";
   const store = new PublishedImages(publishedDir(ctx, setup, o.imagesDir));
-  const server = createUpdateServer({ store, tokens, logger, ...(tls ? { tls } : {}) });
+  const server = createUpdateServer({
+    store,
+    tokens,
+    logger,
+    onIdle: memoryReleaser(),
+    ...(tls ? { tls } : {}),
+    limits: {
+      ...(conf.max_streams === undefined ? {} : { maxStreams: conf.max_streams }),
+      ...(conf.max_streams_per_device === undefined
+        ? {}
+        : { maxStreamsPerClient: conf.max_streams_per_device }),
+      ...(conf.stall === undefined ? {} : { stallMs: conf.stall * 1000 }),
+      ...(conf.stall_bytes === undefined ? {} : { stallBytes: conf.stall_bytes }),
+    },
+  });
   server.listen(port, host);
   await Promise.race([
     once(server, "listening"),

@@ -1,0 +1,116 @@
+/**
+ * bench/slow-readers: the update server's memory and a normal client's rate
+ * while many devices read slowly (each takes one chunk every two seconds,
+ * enough not to count as stalled). Printed beside the baseline of the same
+ * run: the normal client's rate with no slow readers attached.
+ *
+ *   node --import tsx bench/slow-readers.ts [READERS]   (default 1000)
+ *
+ * Figures: server RSS before, with the readers attached (peak), and how long
+ * after they leave it is back under 100 MiB (sampled for 60 s).
+ */
+import { request, type IncomingMessage } from "node:http";
+import { readFile, rm } from "node:fs/promises";
+import { runEos } from "../test/helpers/run.ts";
+import { makeWorld, releaseImage, writeServerConfig } from "../test/helpers/server-world.ts";
+import { startServer } from "../test/helpers/serve.ts";
+
+const readers = Number(process.argv[2] ?? 1000);
+const NAME = "EOS.x86_64-AB";
+const MiB = 1024 * 1024;
+
+async function rssMiB(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, "utf8");
+  return Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? 0) / 1024;
+}
+
+function get(url: string): Promise<IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { agent: false }, resolve);
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+async function fullDownload(url: string): Promise<number> {
+  const t = performance.now();
+  const res = await get(url);
+  let bytes = 0;
+  for await (const c of res as AsyncIterable<Buffer>) bytes += c.length;
+  return bytes / MiB / ((performance.now() - t) / 1000);
+}
+
+const world = await makeWorld();
+try {
+  await writeServerConfig(
+    world,
+    [{ image: `${world.origin.url}/${NAME}.raw.xz`, name: NAME }],
+    `serve: {max_streams: ${readers + 16}, max_streams_per_device: ${readers + 16}}\n`,
+  );
+  await releaseImage(world, NAME, "1.0.0", { rootSizeMiB: 64, payloadBytes: 56 * MiB });
+  if ((await runEos("os-update-server", ["fetch", "--config", world.config])).code !== 0)
+    throw new Error("fetch");
+  // As systemd/os-update-server.service runs it.
+  const server = await startServer({
+    config: world.config,
+    env: {
+      ...process.env,
+      GLIBC_TUNABLES: "glibc.malloc.mmap_threshold=16384:glibc.malloc.trim_threshold=65536",
+    },
+  });
+  server.child.stdout?.resume();
+  const pid = server.child.pid as number;
+  const url = `${server.url}/v1/images/${NAME}/root`;
+  try {
+    await fullDownload(url); // warm the page cache
+    const alone = await fullDownload(url);
+    const before = await rssMiB(pid);
+    const open: IncomingMessage[] = [];
+    const timers: NodeJS.Timeout[] = [];
+    for (let i = 0; i < readers; i++) {
+      const res = await get(url);
+      if (res.statusCode !== 200) throw new Error(`reader ${i}: HTTP ${res.statusCode}`);
+      res.on("data", () => {
+        res.pause();
+        timers.push(setTimeout(() => res.resume(), 2000));
+      });
+      open.push(res);
+    }
+    let peak = await rssMiB(pid);
+    const sampler = setInterval(async () => (peak = Math.max(peak, await rssMiB(pid).catch(() => 0))), 200);
+    await new Promise((r) => setTimeout(r, 5000));
+    const withReaders = await fullDownload(url);
+    peak = Math.max(peak, await rssMiB(pid));
+    clearInterval(sampler);
+    for (const t of timers) clearTimeout(t);
+    for (const res of open) res.destroy();
+    const left = performance.now();
+    let back: number | undefined;
+    let last = 0;
+    while (performance.now() - left < 60_000) {
+      last = await rssMiB(pid);
+      if (last < 100) {
+        back = (performance.now() - left) / 1000;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    console.log(`slow readers: ${readers}, root 64 MiB, chunk sizes adapt from 16 KiB`);
+    console.log(
+      `server RSS: before ${before.toFixed(0)} MiB, peak with readers ${peak.toFixed(0)} MiB (target <= 150)`,
+    );
+    console.log(
+      back === undefined
+        ? `after they left: still ${last.toFixed(0)} MiB after 60 s (target < 100 within a minute)`
+        : `after they left: under 100 MiB after ${back.toFixed(1)} s (${last.toFixed(0)} MiB)`,
+    );
+    console.log(
+      `a normal client: ${withReaders.toFixed(0)} MiB/s with the readers, ${alone.toFixed(0)} MiB/s alone (baseline): ratio ${(withReaders / alone).toFixed(2)}`,
+    );
+  } finally {
+    server.stop();
+  }
+} finally {
+  await world.origin.close();
+  await rm(world.dir, { recursive: true, force: true });
+}

@@ -7,6 +7,7 @@ import {
   parseImageDescription,
   parseSize,
   REQUIRED_PACKAGES,
+  SUITE_EPOCH,
 } from "../../src/core/image/description.ts";
 import { planLayout } from "../../src/core/image/layout.ts";
 import { rootFiles } from "../../src/core/image/root-files.ts";
@@ -181,4 +182,17 @@ test("root files: os-release VERSION, os-update.yml, update_commit.service, wrap
     /lowerdir=\/eos\.lower/,
   );
   assert.equal(files.has("/etc/systemd/system/serial-getty@ttyS0.service.d/eos-autologin.conf"), false);
+});
+
+test("epoch: seconds or a date; absent, the build takes the suite's date, never the clock", () => {
+  assert.equal(parseImageDescription(`${minimal}epoch: 1700000000\n`, "img.yaml").epoch, 1700000000);
+  assert.equal(parseImageDescription(`${minimal}epoch: 2026-11-01\n`, "img.yaml").epoch, 1793491200);
+  assert.equal(
+    parseImageDescription(`${minimal}epoch: "2026-11-01T12:00:00Z"\n`, "img.yaml").epoch,
+    1793491200 + 12 * 3600,
+  );
+  assert.equal(parseImageDescription(minimal, "img.yaml").epoch, undefined);
+  assert.equal(SUITE_EPOCH.bookworm, 1686355200);
+  assert.match(configError(`${minimal}epoch: yesterday\n`), /epoch.*seconds since 1970 or a date/);
+  assert.match(configError(`${minimal}epoch: -5\n`), /epoch/);
 });

@@ -39,6 +39,30 @@ const size = (minimum: number) =>
     }
   });
 
+/**
+ * When the image's files say they were made (SOURCE_DATE_EPOCH): seconds since
+ * 1970, or a date (YYYY-MM-DD, or an ISO time in UTC).
+ */
+const epoch = z.union([z.number(), z.string()]).transform((value, ctx) => {
+  const seconds =
+    typeof value === "number"
+      ? value
+      : /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}Z)?$/.test(value)
+        ? Date.parse(value.length === 10 ? `${value}T00:00:00Z` : value) / 1000
+        : Number.NaN;
+  if (!Number.isSafeInteger(seconds) || seconds <= 0) {
+    ctx.addIssue({ code: "custom", message: "must be seconds since 1970 or a date like 2026-11-01" });
+    return z.NEVER;
+  }
+  return seconds;
+});
+
+/**
+ * Without an `epoch`, a build still does not take the clock: it dates its files
+ * at the suite's release, so two builds of one description are the same bytes.
+ */
+export const SUITE_EPOCH = { bookworm: Date.UTC(2023, 5, 10) / 1000 } as const;
+
 /** Debian package names (policy 5.6.1), optionally with =version. */
 const packageName = z
   .string()
@@ -87,6 +111,7 @@ export const imageDescriptionSchema = z
       .string()
       .regex(/^[^"\\\n$`]{1,80}$/, "must be one line without quotes, backslashes, $ or `")
       .optional(),
+    epoch: epoch.optional(),
     hostname: z
       .string()
       .regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, "must be a host name (lowercase letters, digits, -)")

@@ -9,7 +9,12 @@ import { mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { EosError } from "../../core/errors.ts";
-import { parseImageDescription, type ImageDescription, type Profile } from "../../core/image/description.ts";
+import {
+  parseImageDescription,
+  SUITE_EPOCH,
+  type ImageDescription,
+  type Profile,
+} from "../../core/image/description.ts";
 import { planLayout } from "../../core/image/layout.ts";
 import { keyId } from "../../core/manifest.ts";
 import type { Context } from "../context.ts";
@@ -141,7 +146,15 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
       hint: "run it as root or with sudo; the disk assembly itself is rootless",
     });
   }
-  const epoch = sourceDateEpoch(ctx.env) ?? Math.floor(ctx.now().getTime() / 1000);
+  // Reproducible by default: the clock only when asked for (SOURCE_DATE_EPOCH=$(date +%s)).
+  const asked = sourceDateEpoch(ctx.env);
+  const epoch = asked ?? desc.epoch ?? SUITE_EPOCH[desc.distribution.suite];
+  const epochFrom =
+    asked !== undefined
+      ? "SOURCE_DATE_EPOCH"
+      : desc.epoch !== undefined
+        ? "the description's epoch"
+        : `${desc.distribution.suite}'s release date; set epoch in the description to change it`;
   const architecture = "x86_64";
   const layout = planLayout(desc, o.profile);
   const outDir = resolve(o.outDir);
@@ -160,7 +173,9 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
     log(`${name}: done in ${seconds[name]} s`);
     return value;
   };
-  log(`${desc.name} ${desc.version}, profile ${o.profile}, SOURCE_DATE_EPOCH=${epoch}, work ${work}`);
+  log(
+    `${desc.name} ${desc.version}, profile ${o.profile}, SOURCE_DATE_EPOCH=${epoch} (${epochFrom}), work ${work}`,
+  );
   if (keys.size === 0)
     log("warning: no trusted release keys (update.keys or --key): os-update will refuse updates");
   const tree = join(work, "tree");

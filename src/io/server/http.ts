@@ -70,6 +70,8 @@ export interface StreamLimits {
   stallBytes: number;
   /** Freed read buffers kept for reuse, at most this many bytes. */
   poolBytes: number;
+  /** Buffers bigger than the smallest chunk, out with all streams together, at most this many bytes. */
+  bigBufferBytes: number;
 }
 
 /** Called when the last stream of a busy spell ends (the server may give memory back then). */
@@ -81,6 +83,7 @@ export const DEFAULT_STREAM_LIMITS: StreamLimits = {
   stallMs: 60_000,
   stallBytes: 16 * 1024,
   poolBytes: 8 * 1024 * 1024,
+  bigBufferBytes: 16 * 1024 * 1024,
 };
 
 /** The client went away or was dropped: not a server error. */
@@ -131,8 +134,11 @@ async function sendRange(
   closed.catch(() => undefined);
   let pending: { done: Promise<void>; buffer: Buffer; started: number } | undefined;
   // A buffer goes back to the pool once nothing can touch it: after its write's callback.
+  // Each buffer is given back exactly once: a buffer in the pool twice would be shared by two streams.
   const settle = async (p: NonNullable<typeof pending>) => {
     await Promise.race([p.done, closed]).catch((error: unknown) => {
+      // A write the client never took: its buffer is free once the write is failed or done.
+      void p.done.catch(() => undefined).finally(() => pool.give(p.buffer));
       throw res.destroyed ? new ClientGone(stalled ? STALLED : "client closed the connection") : error;
     });
     pool.give(p.buffer);
@@ -156,15 +162,27 @@ async function sendRange(
   };
   let position = offset;
   let left = length;
+  // Read into a buffer while the previous one is still being written; `reading` is the one not
+  // yet handed to the socket, so every exit gives back both.
+  let reading: Buffer | undefined;
   try {
     while (left > 0) {
-      const buffer = pool.take(SIZE_CLASSES[sizeClass] as number);
-      const { bytesRead } = await handle.read(buffer, 0, Math.min(buffer.length, left), position);
-      if (bytesRead === 0) {
-        pool.give(buffer);
-        throw new Error(`short read at ${position}`);
+      // Reading ahead of the socket pays only for fast clients; a slow one holds one buffer.
+      if (pending && sizeClass === 0) {
+        const previous = pending;
+        pending = undefined;
+        await settle(previous);
       }
-      if (pending) await settle(pending);
+      reading = pool.take(SIZE_CLASSES[sizeClass] as number);
+      const { bytesRead } = await handle.read(reading, 0, Math.min(reading.length, left), position);
+      if (bytesRead === 0) throw new Error(`short read at ${position}`);
+      if (pending) {
+        const previous = pending;
+        pending = undefined;
+        await settle(previous);
+      }
+      const buffer = reading;
+      reading = undefined;
       const chunk = buffer.subarray(0, bytesRead);
       const done = new Promise<void>((resolve, reject) =>
         res.write(chunk, (error) => (error ? reject(error) : resolve())),
@@ -174,13 +192,17 @@ async function sendRange(
       position += bytesRead;
       left -= bytesRead;
     }
-    if (pending) await settle(pending);
-    pending = undefined;
+    if (pending) {
+      const last = pending;
+      pending = undefined;
+      await settle(last);
+    }
     await new Promise<void>((resolve) => res.end(resolve));
   } finally {
     clearInterval(stall);
+    if (reading) pool.give(reading);
+    // Only when the read itself failed: a write is in flight that nobody settled.
     const last = pending;
-    // A write the client never took: its buffer is free once the write is failed or done.
     if (last) void last.done.catch(() => undefined).finally(() => pool.give(last.buffer));
   }
 }
@@ -188,7 +210,7 @@ async function sendRange(
 export function createUpdateServer(options: UpdateServerOptions): Server {
   const { store, tokens, logger } = options;
   const limits: StreamLimits = { ...DEFAULT_STREAM_LIMITS, ...options.limits };
-  const pool = new BufferPool(limits.poolBytes);
+  const pool = new BufferPool(limits.poolBytes, limits.bigBufferBytes);
   const active = { total: 0, byClient: new Map<string, number>() };
 
   /** Admits a stream for `client`, or refuses it; returns the release. */

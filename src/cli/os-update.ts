@@ -7,7 +7,15 @@ import { pipeline } from "node:stream/promises";
 import type { Context } from "../io/context.ts";
 import { systemBootActions, type BootActions } from "../io/update/boot-actions.ts";
 import { sshOriginalRead } from "../io/update/source.ts";
-import { apply, check, commit, firmware, rollback, type UpdaterOptions } from "../io/update/updater.ts";
+import {
+  apply,
+  check,
+  commit,
+  firmware,
+  planBytes,
+  rollback,
+  type UpdaterOptions,
+} from "../io/update/updater.ts";
 import { newProgram, parseProgram, usageError } from "./main.ts";
 
 export interface OsUpdateDeps {
@@ -49,13 +57,31 @@ async function runCheck(ctx: Context, o: UpdaterOptions, opts: Options): Promise
         sha256: r.manifest.partitions.root.sha256,
       },
       downgrade: r.downgrade,
+      download: r.plan
+        ? {
+            path: r.plan.path,
+            bytes: planBytes(r.plan, r.manifest),
+            full_bytes: r.manifest.partitions.root.size,
+            ...(r.plan.path === "delta"
+              ? { from_version: r.plan.delta.from_version }
+              : { reason: r.plan.reason }),
+          }
+        : null,
     });
   } else if (r.upToDate) o.say(`up to date: ${r.manifest.version} (slot ${r.device.layout.running})`);
   else if (!r.available)
     o.say(
       `the server offers ${r.manifest.version}, not newer than the running ${r.runningVersion}: not an update`,
     );
-  else o.say(`update available: ${r.runningVersion ?? "unknown"} → ${r.manifest.version}`);
+  else {
+    o.say(`update available: ${r.runningVersion ?? "unknown"} → ${r.manifest.version}`);
+    if (r.plan)
+      o.say(
+        r.plan.path === "delta"
+          ? `download: a delta of ${r.plan.delta.size} bytes (the full root is ${r.manifest.partitions.root.size})`
+          : `download: the full root, ${r.manifest.partitions.root.size} bytes (${r.plan.reason})`,
+      );
+  }
   return r.available ? 1 : 0;
 }
 

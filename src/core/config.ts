@@ -51,6 +51,8 @@ const serverImageSchema = z.strictObject({
   signature: httpUrl.optional(),
   interval: duration.optional(),
   insecure: z.boolean().optional(),
+  /** Deltas to a new version from this many older ones (kept for it; default 3, 0: none). */
+  delta_from: z.number().int().min(0).max(16).optional(),
 });
 
 export const serverConfigSchema = z.strictObject({

@@ -30,6 +30,7 @@ export type ErrorCode =
   | "INTERRUPTED"
   | "TIMEOUT"
   | "STALLED"
+  | "DELTA"
   | "INTERNAL";
 
 export class EosError extends Error {

@@ -45,7 +45,7 @@ const VERSION = /^[A-Za-z0-9][A-Za-z0-9._+~:-]*$/;
 const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$/;
 
 /** Walks a JSON value and fails with the path of the first thing out of shape. */
-class Shape {
+export class Shape {
   constructor(
     private readonly code: ErrorCode,
     private readonly source: string,

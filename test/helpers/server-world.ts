@@ -28,6 +28,8 @@ export async function releaseImage(
     /** The image name and architecture the manifest says (default: NAME and this machine's). */
     manifestName?: string;
     arch?: string;
+    /** Same seed, same payload: versions that differ by little (default: the version). */
+    seed?: string;
   } = {},
 ): Promise<string> {
   const raw = join(world.dir, "build", `${name}.raw`);
@@ -36,6 +38,7 @@ export async function releaseImage(
     version,
     ...(options.payloadBytes ? { payloadBytes: options.payloadBytes } : {}),
     ...(options.rootSizeMiB ? { rootSizeMiB: options.rootSizeMiB } : {}),
+    ...(options.seed ? { seed: options.seed } : {}),
   });
   const signed = await runEos("eos", [
     "manifest",

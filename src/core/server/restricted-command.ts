@@ -8,6 +8,8 @@
  *   [sudo] cat DIR/NAME.manifest.json[.sig]  manifest, signatures
  *   [sudo] test -e|-f DIR/NAME.raw[.dev|.firmware]   does the image exist
  *   eos-read NAME root|firmware|manifest|signature [OFFSET]   (resume from OFFSET)
+ *   eos-read NAME deltas                     the current version's delta index
+ *   eos-read NAME delta FROM_SHA256          the delta to it from that root
  *
  * DIR must be the server's image directory or the original default.
  */
@@ -15,7 +17,9 @@ import { isSafeImageName } from "../image-name.ts";
 
 export type RestrictedRequest =
   | { kind: "read"; name: string; what: "root" | "firmware" | "manifest" | "signature"; offset: number }
-  | { kind: "test"; name: string };
+  | { kind: "test"; name: string }
+  | { kind: "deltas"; name: string }
+  | { kind: "delta"; name: string; from: string };
 
 export type ParseResult = { ok: true; request: RestrictedRequest } | { ok: false; reason: string };
 
@@ -58,6 +62,15 @@ export function parseRestrictedCommand(command: string | undefined, imageDirs: s
 
   if (verb === "eos-read") {
     const [name, what, offsetText, ...extra] = args;
+    if (name && what === "deltas" && args.length === 2) {
+      if (!isSafeImageName(name)) return refuse("invalid image name");
+      return { ok: true, request: { kind: "deltas", name } };
+    }
+    if (name && what === "delta" && args.length === 3) {
+      if (!isSafeImageName(name)) return refuse("invalid image name");
+      if (!/^[0-9a-f]{64}$/.test(offsetText ?? "")) return refuse("FROM_SHA256 must be a sha256 in hex");
+      return { ok: true, request: { kind: "delta", name, from: offsetText as string } };
+    }
     if (extra.length > 0 || !name || !what)
       return refuse("usage: eos-read NAME root|firmware|manifest|signature [OFFSET]");
     if (!isSafeImageName(name)) return refuse("invalid image name");

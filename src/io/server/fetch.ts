@@ -22,6 +22,8 @@ import {
 import type { ProcessRunner } from "../process.ts";
 import { decompressStream } from "../decompress.ts";
 import { hashDiskPartitions } from "../disk-image.ts";
+import { partitionRange, requirePartition } from "../../core/gpt.ts";
+import { makeDeltas, type DeltaEnd } from "./deltas.ts";
 import type { PublishedImages } from "./published.ts";
 import type { Logger } from "../log.ts";
 import { fetchSmall, openOrigin, type Validators } from "../origin.ts";
@@ -108,6 +110,31 @@ function samePartition(
   b: { size: number; sha256: string } | undefined,
 ) {
   return a?.size === b?.size && a?.sha256 === b?.sha256;
+}
+
+/** Older versions a new one gets deltas from (and that the server keeps for that). */
+export const DEFAULT_DELTA_FROM = 3;
+
+async function deltasFromKept(
+  store: PublishedImages,
+  name: string,
+  dir: string,
+  count: number,
+  to: DeltaEnd,
+  options: FetchOptions,
+): Promise<Buffer> {
+  const from: DeltaEnd[] = [];
+  for (const vid of (await store.history(name)).slice(0, count)) {
+    const v = await store.load(name, vid).catch(() => undefined);
+    if (v?.ranges.root)
+      from.push({
+        version: v.manifest.version,
+        rawPath: v.rawPath,
+        root: v.ranges.root,
+        sha256: v.manifest.partitions.root.sha256,
+      });
+  }
+  return makeDeltas(options.proc, { name, dir, to, from, logger: options.logger, signal: options.signal });
 }
 
 export async function fetchAndPublish(
@@ -202,12 +229,38 @@ export async function fetchAndPublish(
         manifestBytes = encodeManifest(manifest);
         log.warn("publishing an unsigned image (insecure: true)", { image: name });
       }
-      const vid = await store.publish(name, staging, {
-        manifestBytes: manifestBytes as Buffer,
-        signatureBytes,
-        rawSha256: got.sha256,
-        version: manifest.version,
-      });
+      const deltaFrom = image.delta_from ?? DEFAULT_DELTA_FROM;
+      const deltaIndexBytes =
+        deltaFrom > 0
+          ? await deltasFromKept(
+              store,
+              name,
+              staging.dir,
+              deltaFrom,
+              {
+                version: manifest.version,
+                rawPath: staging.rawPath,
+                root: partitionRange(
+                  parts.table,
+                  requirePartition(parts.table, manifest.partitions.root.label),
+                ),
+                sha256: manifest.partitions.root.sha256,
+              },
+              options,
+            )
+          : undefined;
+      const vid = await store.publish(
+        name,
+        staging,
+        {
+          manifestBytes: manifestBytes as Buffer,
+          signatureBytes,
+          rawSha256: got.sha256,
+          version: manifest.version,
+          deltaIndexBytes,
+        },
+        deltaFrom + 1,
+      );
       await store.writeState(name, {
         ...(manifestValidators ? { manifest: manifestValidators } : {}),
         image: got.validators,

@@ -23,6 +23,8 @@ import type { PublishedImages, StreamKind } from "./published.ts";
 import type { Logger } from "../log.ts";
 import { BufferPool, SIZE_CLASSES } from "./buffer-pool.ts";
 import type { TokenStore } from "./tokens.ts";
+import { deltaFileName } from "./deltas.ts";
+import { join } from "node:path";
 
 export interface UpdateServerOptions {
   store: PublishedImages;
@@ -335,15 +337,19 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
       }
       return sendJson(res, 200, { images });
     }
+    const d = /^\/v1\/images\/([^/]+)\/deltas(?:\/([0-9a-f]{64}))?$/.exec(path);
+    if (d) {
+      const name = imageNameOf(d[1] as string);
+      if (d[2]) return sendDelta(req, res, name, d[2], device ?? req.socket.remoteAddress ?? "unknown");
+      const version = await store.current(name);
+      if (!version) throw new HttpError(404, `image ${name} is not published`);
+      if (!version.deltaIndexBytes)
+        throw new HttpError(404, `no deltas for ${name} ${version.manifest.version}`);
+      return sendBytes(req, res, version.deltaIndexBytes, `"${version.vid}"`);
+    }
     const m = /^\/v1\/images\/([^/]+)\/(manifest\.json|manifest\.json\.sig|root|firmware)$/.exec(path);
     if (!m) throw new HttpError(404, "no such resource");
-    let name: string;
-    try {
-      name = decodeURIComponent(m[1] as string);
-    } catch {
-      throw new HttpError(400, "invalid image name: bad percent-encoding");
-    }
-    if (!isSafeImageName(name)) throw new HttpError(400, "invalid image name");
+    const name = imageNameOf(m[1] as string);
     const what = m[2] as string;
     if (what === "root" || what === "firmware")
       return stream(req, res, name, what, device ?? req.socket.remoteAddress ?? "unknown");
@@ -351,14 +357,69 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     if (!version) throw new HttpError(404, `image ${name} is not published`);
     const bytes = what === "manifest.json" ? version.manifestBytes : version.signatureBytes;
     if (!bytes) throw new HttpError(404, `image ${name} is unsigned`);
+    return sendBytes(req, res, bytes, `"${version.vid}"`);
+  }
+
+  function imageNameOf(encoded: string): string {
+    let name: string;
+    try {
+      name = decodeURIComponent(encoded);
+    } catch {
+      throw new HttpError(400, "invalid image name: bad percent-encoding");
+    }
+    if (!isSafeImageName(name)) throw new HttpError(400, "invalid image name");
+    return name;
+  }
+
+  function sendBytes(req: IncomingMessage, res: ServerResponse, bytes: Buffer, etag: string): number {
     res.writeHead(200, {
       "content-type": "application/json",
       "content-length": bytes.length,
-      etag: `"${version.vid}"`,
+      etag,
       "cache-control": "no-cache",
     });
     res.end(req.method === "HEAD" ? undefined : bytes);
     return bytes.length;
+  }
+
+  /** A delta of the current version, from the root whose sha256 names it. */
+  async function sendDelta(
+    req: IncomingMessage,
+    res: ServerResponse,
+    name: string,
+    fromSha256: string,
+    client: string,
+  ): Promise<number> {
+    const version = await store.current(name);
+    if (!version) throw new HttpError(404, `image ${name} is not published`);
+    let handle: FileHandle;
+    try {
+      handle = await open(join(version.dir, "deltas", deltaFileName(fromSha256)), "r");
+    } catch {
+      throw new HttpError(
+        404,
+        `no delta to ${name} ${version.manifest.version} from ${fromSha256.slice(0, 12)}…`,
+      );
+    }
+    const release = admit(client);
+    try {
+      const { size } = await handle.stat();
+      res.writeHead(200, {
+        "content-type": "application/octet-stream",
+        "content-length": String(size),
+        etag: `"${version.vid}"`,
+        "x-eos-version": version.manifest.version,
+      });
+      if (req.method === "HEAD") {
+        res.end();
+        return 0;
+      }
+      await sendRange(handle, 0, size, res, pool, limits);
+      return size;
+    } finally {
+      release();
+      await handle.close();
+    }
   }
 
   const handler = (req: IncomingMessage, res: ServerResponse) => {

@@ -31,6 +31,14 @@ export interface PublishedVersion {
   signatureBytes: Buffer | undefined;
   manifest: Manifest;
   ranges: Partial<Record<StreamKind, ByteRange>>;
+  /** The deltas to this version from older ones (NAME.deltas.json), when the server made any. */
+  deltaIndexBytes: Buffer | undefined;
+}
+
+/** When a version directory was published: its name ends in -<ms since 1970, base 36>-<6 hex>. */
+function publishedAt(vid: string): number | undefined {
+  const m = /-([0-9a-z]{1,12})-[0-9a-f]{6}$/.exec(vid);
+  return m ? parseInt(m[1] as string, 36) : undefined;
 }
 
 export interface Staging {
@@ -96,9 +104,17 @@ export class PublishedImages {
     const vid = m[2] as string;
     const cached = this.cache.get(name);
     if (cached?.vid === vid) return cached;
+    const version = await this.load(name, vid);
+    this.cache.set(name, version);
+    return version;
+  }
+
+  /** One version directory, read and checked (the current one, or an older one kept for deltas). */
+  async load(name: string, vid: string): Promise<PublishedVersion> {
     const dir = join(this.versionsDir(name), vid);
     const manifestBytes = await readFile(join(dir, `${name}.manifest.json`));
     const signatureBytes = await readFile(join(dir, `${name}.manifest.json.sig`)).catch(() => undefined);
+    const deltaIndexBytes = await readFile(join(dir, `${name}.deltas.json`)).catch(() => undefined);
     const manifest = decodeManifest(manifestBytes, `${name}.manifest.json`);
     const rawPath = join(dir, `${name}.raw`);
     const source = await openBlockSource(rawPath);
@@ -112,18 +128,16 @@ export class PublishedImages {
     } finally {
       await source.close();
     }
-    const version: PublishedVersion = {
-      name,
-      vid,
-      dir,
-      rawPath,
-      manifestBytes,
-      signatureBytes,
-      manifest,
-      ranges,
-    };
-    this.cache.set(name, version);
-    return version;
+    return { name, vid, dir, rawPath, manifestBytes, signatureBytes, deltaIndexBytes, manifest, ranges };
+  }
+
+  /** The version directories kept for `name`, newest publish first. */
+  async history(name: string): Promise<string[]> {
+    this.checkName(name);
+    const entries = await readdir(this.versionsDir(name)).catch(() => [] as string[]);
+    return entries
+      .filter((e) => !e.startsWith(".staging-") && publishedAt(e) !== undefined)
+      .sort((a, b) => (publishedAt(b) as number) - (publishedAt(a) as number));
   }
 
   async list(): Promise<string[]> {
@@ -178,8 +192,18 @@ export class PublishedImages {
   async publish(
     name: string,
     staging: Staging,
-    files: { manifestBytes: Buffer; signatureBytes: Buffer | undefined; rawSha256: string; version: string },
+    files: {
+      manifestBytes: Buffer;
+      signatureBytes: Buffer | undefined;
+      rawSha256: string;
+      version: string;
+      deltaIndexBytes?: Buffer | undefined;
+    },
+    /** Versions kept (the new one included): older ones are sources of deltas. At least 2. */
+    keep = 2,
   ): Promise<string> {
+    if (files.deltaIndexBytes)
+      await atomicWriteFile(join(staging.dir, `${name}.deltas.json`), files.deltaIndexBytes);
     await atomicWriteFile(join(staging.dir, `${name}.manifest.json`), files.manifestBytes);
     if (files.signatureBytes)
       await atomicWriteFile(join(staging.dir, `${name}.manifest.json.sig`), files.signatureBytes);
@@ -204,9 +228,15 @@ export class PublishedImages {
     // The manifest link is the one readers resolve: it switches last.
     await switchLink(this.link(name, "manifest"), relative(`${name}.manifest.json`));
     await fsyncPath(this.dir, true);
-    // Keep the previous version for streams still reading it by path; older ones go.
+    // Keep the previous version for streams still reading it by path, and the newest `keep`
+    // (sources of the next version's deltas); older ones go.
+    const kept = new Set([
+      vid,
+      ...(previous ? [previous] : []),
+      ...(await this.history(name)).slice(0, keep),
+    ]);
     for (const entry of await readdir(this.versionsDir(name))) {
-      if (entry !== vid && entry !== previous && !entry.startsWith(".staging-")) {
+      if (!kept.has(entry) && !entry.startsWith(".staging-")) {
         await rm(join(this.versionsDir(name), entry), { recursive: true, force: true });
       }
     }

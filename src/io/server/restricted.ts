@@ -9,6 +9,9 @@ import { parseRestrictedCommand } from "../../core/server/restricted-command.ts"
 import type { Context } from "../context.ts";
 import { DEFAULT_IMAGES_DIR, PublishedImages } from "./published.ts";
 import { loadServerConfig, publishedDir } from "./server-config.ts";
+import { deltaFileName } from "./deltas.ts";
+import { fileExists } from "../files.ts";
+import { join } from "node:path";
 
 /** Answers one forced-command request; returns its exit code (1 and a message on stderr for a refusal). */
 export async function answerRestricted(
@@ -28,6 +31,20 @@ export async function answerRestricted(
   const version = await store.current(request.name).catch(() => undefined);
   if (request.kind === "test") return version ? 0 : 1;
   if (!version) return refuse(`image ${request.name} is not published`);
+  if (request.kind === "deltas") {
+    if (!version.deltaIndexBytes) return refuse(`no deltas for ${request.name} ${version.manifest.version}`);
+    ctx.stdout.write(version.deltaIndexBytes);
+    return 0;
+  }
+  if (request.kind === "delta") {
+    const file = join(version.dir, "deltas", deltaFileName(request.from));
+    if (!(await fileExists(file)))
+      return refuse(
+        `no delta to ${request.name} ${version.manifest.version} from ${request.from.slice(0, 12)}…`,
+      );
+    await pipeline(createReadStream(file, { highWaterMark: 1 << 20 }), ctx.stdout, { end: false });
+    return 0;
+  }
   if (request.what === "manifest" || request.what === "signature") {
     const bytes = request.what === "manifest" ? version.manifestBytes : version.signatureBytes;
     if (!bytes) return refuse(`image ${request.name} is unsigned`);

@@ -23,6 +23,10 @@ export interface UpdateSource {
   describe: string;
   fetchManifest(): Promise<{ manifest: Buffer; signature: Buffer }>;
   openStream(kind: StreamKind, offset: number, etag: string | undefined): Promise<StreamResponse>;
+  /** The server's delta index for its current version; undefined when it offers none. */
+  fetchDeltaIndex(): Promise<Buffer | undefined>;
+  /** The delta from the root with this sha256 to the current version. */
+  openDelta(fromSha256: string): Promise<Readable>;
 }
 
 export interface HttpSourceOptions {
@@ -83,6 +87,21 @@ export function httpSource(options: HttpSourceOptions): UpdateSource {
     describe: base,
     async fetchManifest() {
       return { manifest: await small("manifest.json"), signature: await small("manifest.json.sig") };
+    },
+    async fetchDeltaIndex() {
+      const res = await httpGet(url("deltas"), headers(), options.ca, timeout);
+      if (res.statusCode === 404) {
+        res.resume();
+        return undefined;
+      }
+      if (res.statusCode !== 200) throw statusError(res, `${options.name} deltas`);
+      return readBounded(res, 1 << 20, `${options.name} deltas`);
+    },
+    async openDelta(fromSha256) {
+      const res = await httpGet(url(`deltas/${fromSha256}`), headers(), options.ca, timeout);
+      if (res.statusCode !== 200)
+        throw statusError(res, `${options.name} delta from ${fromSha256.slice(0, 12)}…`);
+      return res;
     },
     async openStream(kind, offset, etag) {
       const h = headers();
@@ -161,6 +180,18 @@ export function sshSource(options: SshSourceOptions): UpdateSource {
     },
     async openStream(kind, offset) {
       return { stream: sshStream(options, `eos-read ${options.name} ${kind} ${offset}`), offset };
+    },
+    async fetchDeltaIndex() {
+      try {
+        return await readBounded(sshStream(options, `eos-read ${options.name} deltas`), 1 << 20, "deltas");
+      } catch (error) {
+        // Not published, or a server from before deltas: the full stream it is.
+        if (error instanceof EosError && /no deltas|unknown|usage/i.test(error.message)) return undefined;
+        throw error;
+      }
+    },
+    async openDelta(fromSha256) {
+      return sshStream(options, `eos-read ${options.name} delta ${fromSha256}`);
     },
   };
 }

@@ -22,7 +22,7 @@ import {
   type KernelCommandLine,
   type Slot,
 } from "../../core/update/bootctl.ts";
-import { EosError } from "../../core/errors.ts";
+import { EosError, errorMessage } from "../../core/errors.ts";
 import type { DeviceConfig } from "../../core/config.ts";
 import type { Manifest } from "../../core/manifest.ts";
 import { checkMadeFor, judgeOffer } from "../../core/update/acceptance.ts";
@@ -42,6 +42,7 @@ import {
 import { deviceIdentity } from "./device-identity.ts";
 import { updateFirmware, type FirmwareResult } from "./firmware.ts";
 import { writeSlot, type WriteSlotResult } from "./slot-writer.ts";
+import { planDelta, writeSlotFromDelta, type DeltaPlan } from "./delta-apply.ts";
 import { limitsFrom, type TransferLimits } from "../watchdog.ts";
 import { locateSlots, type SlotLayout } from "./slots.ts";
 import type { UpdateSource } from "./source.ts";
@@ -146,6 +147,13 @@ export interface CheckResult {
   downgrade: boolean;
   /** An update this device would install (not up to date; a downgrade only when allowed). */
   available: boolean;
+  /** How it would be downloaded, when available: a pair delta, or the full stream (and why). */
+  plan: DeltaPlan | undefined;
+}
+
+/** Bytes a plan downloads. */
+export function planBytes(plan: DeltaPlan, manifest: Manifest): number {
+  return plan.path === "delta" ? plan.delta.size : manifest.partitions.root.size;
 }
 
 export async function check(o: UpdaterOptions): Promise<CheckResult> {
@@ -167,6 +175,7 @@ export async function check(o: UpdaterOptions): Promise<CheckResult> {
   const upToDate = offer.kind === "up-to-date";
   const downgrade = offer.kind === "not-newer";
   const available = offer.kind === "update" || (downgrade && Boolean(o.allowDowngrade));
+  const plan = available ? await planDelta(source, o.ctx.proc, manifest, runningSha) : undefined;
   return {
     setup: { ...setup, source },
     manifest,
@@ -176,6 +185,7 @@ export async function check(o: UpdaterOptions): Promise<CheckResult> {
     upToDate,
     downgrade,
     available,
+    plan,
   };
 }
 
@@ -201,6 +211,9 @@ export type ApplyResult =
       timing: WriteSlotResult;
       size: number;
       sha256: string;
+      /** How the slot was written, and the bytes downloaded for it. */
+      path: "delta" | "full";
+      downloaded: number;
       cmdline?: string;
     };
 
@@ -235,20 +248,58 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
     o.say(
       `writing ${manifest.version} into slot ${target} (${SLOT_LABEL[target]}) from ${setup.source.describe}`,
     );
-    const timing = await writeSlot({
-      disk: device.layout.disk,
-      range: slot.range,
-      size: root.size,
-      sha256: root.sha256,
-      source: setup.source,
-      kind: "root",
-      progress: progress(o.ctx.stderr, `slot ${target}`, root.size, { interactive: o.ctx.interactive }),
-      log: (line) => o.ctx.stderr.write(`os-update: ${line}\n`),
-      signal: o.ctx.signal,
-      proc: o.ctx.proc,
-      limits: transferLimits(setup.config),
-      ...(o.retryDelayMs === undefined ? {} : { retryDelayMs: o.retryDelayMs }),
-    });
+    const log = (line: string) => o.ctx.stderr.write(`os-update: ${line}\n`);
+    const limits = transferLimits(setup.config);
+    const bar = (label: string, total: number) =>
+      progress(o.ctx.stderr, `${label} ${target}`, total, { interactive: o.ctx.interactive });
+    let written: { timing: WriteSlotResult; path: "delta" | "full"; downloaded: number } | undefined;
+    const running = device.layout.slots[device.layout.running];
+    if (r.plan?.path === "delta" && running) {
+      const { delta } = r.plan;
+      o.say(`taking the delta from ${delta.from_version}: ${delta.size} bytes instead of ${root.size}`);
+      try {
+        const timing = await writeSlotFromDelta({
+          source: setup.source,
+          proc: o.ctx.proc,
+          delta,
+          disk: device.layout.disk,
+          running: running.range,
+          target: slot.range,
+          size: root.size,
+          sha256: root.sha256,
+          limits,
+          signal: o.ctx.signal,
+          progress: (label, total) =>
+            progress(o.ctx.stderr, label, total, { interactive: o.ctx.interactive }),
+          log,
+        });
+        written = { timing, path: "delta", downloaded: delta.size };
+      } catch (error) {
+        if (error instanceof EosError && (error.code === "INTERRUPTED" || error.code === "TIMEOUT"))
+          throw error;
+        o.say(`the delta path failed (${errorMessage(error)}); taking the full stream`);
+      }
+    } else if (r.plan?.path === "full") {
+      o.say(`full stream: ${r.plan.reason}`);
+    }
+    if (!written) {
+      const timing = await writeSlot({
+        disk: device.layout.disk,
+        range: slot.range,
+        size: root.size,
+        sha256: root.sha256,
+        source: setup.source,
+        kind: "root",
+        progress: bar("slot", root.size),
+        log,
+        signal: o.ctx.signal,
+        proc: o.ctx.proc,
+        limits,
+        ...(o.retryDelayMs === undefined ? {} : { retryDelayMs: o.retryDelayMs }),
+      });
+      written = { timing, path: "full", downloaded: root.size };
+    }
+    const { timing } = written;
     const tries = setup.config.update.tries ?? DEFAULT_TRIES;
     const record = { version: manifest.version, sha256: root.sha256, size: root.size };
     await writeBootControl(device.esp, markTrial(await readBootControl(device.esp), target, record, tries));
@@ -259,10 +310,12 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
       timing,
       size: root.size,
       sha256: root.sha256,
+      path: written.path,
+      downloaded: written.downloaded,
     };
     const mib = root.size / 2 ** 20;
     o.say(
-      `wrote ${mib.toFixed(1)} MiB in ${timing.writeSeconds.toFixed(2)} s (${(mib / timing.writeSeconds).toFixed(0)} MiB/s), verified in ${timing.verifySeconds.toFixed(2)} s`,
+      `wrote ${mib.toFixed(1)} MiB in ${timing.writeSeconds.toFixed(2)} s (${(mib / timing.writeSeconds).toFixed(0)} MiB/s) from ${written.downloaded} bytes downloaded (${written.path}), verified in ${timing.verifySeconds.toFixed(2)} s`,
     );
     o.say(
       `slot ${target} verified (sha256 ${root.sha256.slice(0, 16)}…) and marked for ${tries} trial boots`,

@@ -1,0 +1,84 @@
+/**
+ * The deltas an update server offers for its current version of an image:
+ * for each older root it still has (keyed by that root partition's sha256),
+ * one xdelta3 (VCDIFF) file that turns it into the new root. A device uses
+ * one only when its running root has that hash, checks the delta's own
+ * sha256 before the decoder sees a byte, and trusts the result only when the
+ * whole slot then hashes to the signed manifest's root: a delta can make an
+ * update cheaper, never let an unverified slot boot.
+ */
+import { canonicalize } from "../canonical-json.ts";
+import { Shape } from "../manifest.ts";
+
+export const DELTA_INDEX_SCHEMA = 1;
+export const DELTA_ALGORITHMS = ["xdelta3"] as const;
+export type DeltaAlgorithm = (typeof DELTA_ALGORITHMS)[number];
+
+export interface DeltaEntry {
+  from_sha256: string;
+  from_version: string;
+  algorithm: DeltaAlgorithm;
+  size: number;
+  sha256: string;
+}
+
+export interface DeltaIndex {
+  schema: typeof DELTA_INDEX_SCHEMA;
+  name: string;
+  version: string;
+  /** The root these deltas produce: the signed manifest's root sha256. */
+  to_sha256: string;
+  deltas: DeltaEntry[];
+}
+
+const SHA256 = /^[0-9a-f]{64}$/;
+
+export function decodeDeltaIndex(bytes: Buffer, source = "delta index"): DeltaIndex {
+  let value: unknown;
+  try {
+    value = JSON.parse(bytes.toString("utf8"));
+  } catch (error) {
+    throw new Shape("DELTA", source).fail("", `not JSON: ${(error as Error).message}`);
+  }
+  const s = new Shape("DELTA", source);
+  const o = s.object(value, "", ["schema", "name", "version", "to_sha256", "deltas"]);
+  if (o.schema !== DELTA_INDEX_SCHEMA) s.fail("schema", `must be ${DELTA_INDEX_SCHEMA}`);
+  const deltas = s.list(o.deltas, "deltas", 0).map((d, i): DeltaEntry => {
+    const path = `deltas[${i}]`;
+    const e = s.object(d, path, ["from_sha256", "from_version", "algorithm", "size", "sha256"]);
+    const algorithm = s.string(e.algorithm, `${path}.algorithm`);
+    if (!(DELTA_ALGORITHMS as readonly string[]).includes(algorithm))
+      s.fail(`${path}.algorithm`, `must be one of ${DELTA_ALGORITHMS.join(", ")}`);
+    return {
+      from_sha256: s.string(e.from_sha256, `${path}.from_sha256`, SHA256, "must be a sha256 in hex"),
+      from_version: s.string(e.from_version, `${path}.from_version`, undefined, undefined, 128),
+      algorithm: algorithm as DeltaAlgorithm,
+      size: s.count(e.size, `${path}.size`),
+      sha256: s.string(e.sha256, `${path}.sha256`, SHA256, "must be a sha256 in hex"),
+    };
+  });
+  return {
+    schema: DELTA_INDEX_SCHEMA,
+    name: s.string(o.name, "name", undefined, undefined, 128),
+    version: s.string(o.version, "version", undefined, undefined, 128),
+    to_sha256: s.string(o.to_sha256, "to_sha256", SHA256, "must be a sha256 in hex"),
+    deltas,
+  };
+}
+
+export function encodeDeltaIndex(index: DeltaIndex): Buffer {
+  return Buffer.from(`${canonicalize(index)}\n`);
+}
+
+/** The delta a device can use: for its running root, producing the root it is about to install. */
+export function pickDelta(
+  index: DeltaIndex,
+  running: { sha256: string | undefined },
+  target: { name: string; version: string; sha256: string },
+): DeltaEntry | { none: string } {
+  if (index.name !== target.name || index.version !== target.version || index.to_sha256 !== target.sha256)
+    return { none: `the server's deltas are for ${index.name} ${index.version}, not ${target.version}` };
+  if (!running.sha256) return { none: "the running root's sha256 is not recorded" };
+  const entry = index.deltas.find((d) => d.from_sha256 === running.sha256);
+  return entry ?? { none: `no delta from the running root (${running.sha256.slice(0, 12)}…)` };
+}

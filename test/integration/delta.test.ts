@@ -1,0 +1,249 @@
+/**
+ * Pair deltas end to end: the real server makes them when it publishes v2
+ * while v1 is kept, a device running v1 takes the delta over HTTPS and over
+ * SSH and ends with a slot that matches the signed manifest; a broken delta,
+ * a running root the server has no delta for, or a running slot that no
+ * longer matches its record fall back to the full stream or say why.
+ */
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { copyFile, open, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { ChildProcess } from "node:child_process";
+import { DIST, runEos } from "../helpers/run.ts";
+import { partitionBytes } from "../helpers/sample-image.ts";
+import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
+import { makeDevice, type TestDevice } from "../helpers/device.ts";
+import { startSshd, type Sshd } from "../helpers/sshd.ts";
+import { makeTestCert, startServer } from "../helpers/serve.ts";
+import { partitionRange, readGpt, requirePartition, type ByteRange } from "../../src/core/gpt.ts";
+import { openBlockSource } from "../../src/io/files.ts";
+
+const NAME = "EOS.x86_64-AB";
+const MiB = 1024 * 1024;
+const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+
+interface Manifest {
+  version: string;
+  partitions: { root: { sha256: string; size: number } };
+}
+
+async function manifestOf(raw: string): Promise<Manifest> {
+  return JSON.parse(await readFile(`${raw}.manifest.json`, "utf8")) as Manifest;
+}
+
+describe("delta updates: pair deltas made by the server, taken by the device", () => {
+  let world: World;
+  let server: ChildProcess;
+  let sshd: Sshd;
+  let url: string;
+  let token: string;
+  let cert: string;
+  let v1Manifest: Manifest;
+  let v2Manifest: Manifest;
+  let deltaFile: string;
+  const requests: Array<{ path: string; status: number; bytes: number }> = [];
+
+  before(async () => {
+    world = await makeWorld();
+    await writeServerConfig(world, [{ image: `${world.origin.url}/${NAME}.raw.xz`, name: NAME }]);
+    // v1 and v2 share their payload (the same seed): v2 changes a few small files, as a package would.
+    const v1 = await releaseImage(world, NAME, "1.0.0", { payloadBytes: 12 * MiB, seed: "base" });
+    v1Manifest = await manifestOf(v1);
+    await copyFile(v1, join(world.dir, "device-v1.raw"));
+    assert.equal((await runEos("os-update-server", ["fetch", "--config", world.config])).code, 0);
+    const v2 = await releaseImage(world, NAME, "2.0.0", { payloadBytes: 12 * MiB, seed: "base" });
+    v2Manifest = await manifestOf(v2);
+    const fetched = await runEos("os-update-server", ["fetch", "--config", world.config]);
+    assert.equal(fetched.code, 0, fetched.stderr);
+    assert.match(fetched.stdout + fetched.stderr, /delta made/);
+    const versions = join(world.imagesDir, ".versions", NAME);
+    const current = (await readdir(versions)).find((v) => v.startsWith("2.0.0-")) as string;
+    deltaFile = join(versions, current, "deltas", `${v1Manifest.partitions.root.sha256}.xd3`);
+
+    const tls = await makeTestCert(world.dir);
+    cert = tls.cert;
+    const tokens = join(world.dir, "tokens");
+    token = (await runEos("os-update-server", ["token", "add", "device-1", "--tokens-dir", tokens])).stdout
+      .toString()
+      .trim();
+    const running = await startServer({ config: world.config, tokensDir: tokens, tls });
+    server = running.child;
+    url = running.url;
+    let buffer = "";
+    server.stdout?.on("data", (s: Buffer | string) => {
+      buffer += s.toString();
+      let nl;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        const line = JSON.parse(buffer.slice(0, nl)) as {
+          msg: string;
+          path: string;
+          status: number;
+          bytes: number;
+        };
+        buffer = buffer.slice(nl + 1);
+        if (line.msg === "request") requests.push(line);
+      }
+    });
+    sshd = await startSshd(join(world.dir, "ssh"), [
+      process.execPath,
+      join(DIST, "os-update-server.mjs"),
+      "restricted",
+      "--images-dir",
+      world.imagesDir,
+    ]);
+  });
+
+  after(async () => {
+    server?.kill("SIGTERM");
+    sshd?.stop();
+    await world.origin.close();
+    await rm(world.dir, { recursive: true, force: true });
+  });
+
+  const httpsConfig = () => `update:\n  name: ${NAME}\n  url: ${url}\n  ca: ${cert}\n`;
+  const sshConfig = () =>
+    `update:\n  name: ${NAME}\n  server: root@127.0.0.1\n  port: ${sshd.port}\n  pkey: ${sshd.clientKey}\n  known_hosts: ${sshd.knownHosts}\n`;
+
+  async function deviceOnV1(config: string, image = "device-v1.raw"): Promise<TestDevice> {
+    const copy = join(world.dir, `device-${Math.random().toString(36).slice(2)}.raw`);
+    await copyFile(join(world.dir, image), copy);
+    return makeDevice(copy, v1Manifest, {
+      config,
+      keys: [join(world.keysDir, "release.pub")],
+      token,
+    });
+  }
+
+  async function slotBMatchesV2(device: TestDevice): Promise<void> {
+    const slotB = await partitionBytes(device.image, "p.lxrootclone1");
+    assert.equal(
+      sha256(slotB.subarray(0, v2Manifest.partitions.root.size)),
+      v2Manifest.partitions.root.sha256,
+    );
+    const env = await device.grubenv();
+    assert.equal(env.get("eos_trial"), "B");
+    assert.equal(env.get("eos_B_sha256"), v2Manifest.partitions.root.sha256);
+  }
+
+  test("the server lists the delta; its size is a fraction of the root", async () => {
+    const index = JSON.parse(
+      (await readFile(join(deltaFile, "..", "..", `${NAME}.deltas.json`), "utf8")) as string,
+    ) as { to_sha256: string; deltas: Array<{ from_sha256: string; size: number; algorithm: string }> };
+    assert.equal(index.to_sha256, v2Manifest.partitions.root.sha256);
+    assert.equal(index.deltas.length, 1);
+    assert.equal(index.deltas[0]?.from_sha256, v1Manifest.partitions.root.sha256);
+    assert.equal(index.deltas[0]?.algorithm, "xdelta3");
+    assert.ok((index.deltas[0]?.size ?? Infinity) < v2Manifest.partitions.root.size / 20);
+  });
+
+  test("https: --check --json names the delta path; --apply downloads the delta, not the root", async () => {
+    const device = await deviceOnV1(httpsConfig());
+    try {
+      const check = await device.run(["--check", "--json"]);
+      assert.equal(check.code, 1, check.stderr);
+      const download = JSON.parse(check.stdout).download;
+      assert.equal(download.path, "delta");
+      assert.equal(download.from_version, "1.0.0");
+      assert.ok(download.bytes < download.full_bytes / 20, JSON.stringify(download));
+      requests.length = 0;
+      const apply = await device.run(["--apply"]);
+      assert.equal(apply.code, 0, apply.stderr);
+      assert.match(apply.stdout, new RegExp(`from ${download.bytes} bytes downloaded \\(delta\\)`));
+      await slotBMatchesV2(device);
+      assert.ok(requests.some((r) => r.path.endsWith(`/deltas/${v1Manifest.partitions.root.sha256}`)));
+      assert.ok(!requests.some((r) => r.path.endsWith("/root")), "the root stream was not requested");
+    } finally {
+      await device.close();
+    }
+  });
+
+  test("ssh: the forced command serves the index and the delta", async () => {
+    const device = await deviceOnV1(sshConfig());
+    try {
+      const apply = await device.run(["--apply"]);
+      assert.equal(apply.code, 0, apply.stderr);
+      assert.match(apply.stdout, /bytes downloaded \(delta\)/);
+      await slotBMatchesV2(device);
+    } finally {
+      await device.close();
+    }
+  });
+
+  test("a delta whose bytes do not match the index: refused before decoding, the full stream is taken", async () => {
+    const good = await readFile(deltaFile);
+    const bad = Buffer.from(good);
+    bad[bad.length - 1] = (bad[bad.length - 1] as number) ^ 0xff;
+    await writeFile(deltaFile, bad);
+    const device = await deviceOnV1(httpsConfig());
+    try {
+      const apply = await device.run(["--apply"]);
+      assert.equal(apply.code, 0, apply.stderr);
+      assert.match(
+        apply.stdout,
+        /the delta path failed \(the delta has .* sha256 .*\); taking the full stream/,
+      );
+      assert.match(apply.stdout, /bytes downloaded \(full\)/);
+      await slotBMatchesV2(device);
+    } finally {
+      await writeFile(deltaFile, good);
+      await device.close();
+    }
+  });
+
+  test("a running slot that no longer holds what its record says: the decode fails, the full stream is taken", async () => {
+    const device = await deviceOnV1(httpsConfig());
+    try {
+      // The first check records the running root's hash for this boot; then slot A rots.
+      assert.equal((await device.run(["--check"])).code, 1);
+      const source = await openBlockSource(device.loop);
+      let slotA: ByteRange;
+      try {
+        slotA = partitionRange(
+          (await readGpt(source)).table,
+          requirePartition((await readGpt(source)).table, "p.lxreadonly"),
+        );
+      } finally {
+        await source.close();
+      }
+      const handle = await open(device.loop, "r+");
+      try {
+        await handle.write(Buffer.alloc(4096, 0x5a), 0, 4096, slotA.offset + MiB);
+      } finally {
+        await handle.close();
+      }
+      const apply = await device.run(["--apply"]);
+      assert.equal(apply.code, 0, apply.stderr);
+      assert.match(
+        apply.stdout,
+        /the delta path failed \(xdelta3 failed .*checksum mismatch.*\); taking the full stream/,
+      );
+      await slotBMatchesV2(device);
+    } finally {
+      await device.close();
+    }
+  });
+
+  test("a device on a root the server has no delta from: the full stream, and --check says why", async () => {
+    const other = await releaseImage(world, NAME, "1.0.1", { payloadBytes: 12 * MiB, seed: "other" });
+    const otherManifest = await manifestOf(other);
+    await copyFile(other, join(world.dir, "device-other.raw"));
+    const copy = join(world.dir, "device-other-run.raw");
+    await copyFile(join(world.dir, "device-other.raw"), copy);
+    const device = await makeDevice(copy, otherManifest, {
+      config: httpsConfig(),
+      keys: [join(world.keysDir, "release.pub")],
+      token,
+    });
+    try {
+      const check = await device.run(["--check", "--json"]);
+      const download = JSON.parse(check.stdout).download;
+      assert.equal(download.path, "full");
+      assert.match(download.reason, /no delta from the running root/);
+      assert.equal(download.bytes, v2Manifest.partitions.root.size);
+    } finally {
+      await device.close();
+    }
+  });
+});

@@ -24,6 +24,7 @@ export async function releaseImage(
     key?: string;
     payloadBytes?: number;
     rootSizeMiB?: number;
+    firmwareFiles?: Record<string, string>;
     compress?: (p: string) => Promise<string>;
     /** The image name and architecture the manifest says (default: NAME and this machine's). */
     manifestName?: string;
@@ -36,6 +37,7 @@ export async function releaseImage(
     version,
     ...(options.payloadBytes ? { payloadBytes: options.payloadBytes } : {}),
     ...(options.rootSizeMiB ? { rootSizeMiB: options.rootSizeMiB } : {}),
+    ...(options.firmwareFiles ? { firmwareFiles: options.firmwareFiles } : {}),
   });
   const signed = await runEos("eos", [
     "manifest",

@@ -27,6 +27,7 @@ import type { DeviceConfig } from "../../core/config.ts";
 import type { Manifest } from "../../core/manifest.ts";
 import { checkMadeFor, judgeOffer } from "../../core/update/acceptance.ts";
 import { sysPath, type Context } from "../context.ts";
+import { crashPoint } from "../crash-point.ts";
 import { atomicWriteFile } from "../files.ts";
 import { hashRange } from "../hash.ts";
 import { acquireLock } from "../lock.ts";
@@ -230,8 +231,14 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
         `the new root (${root.size} bytes) does not fit slot ${target} (${slot.range.length} bytes)`,
       );
     }
+    crashPoint("apply:checked");
     // Invalidate the target first: a write cut short must never be bootable.
-    await writeBootControl(device.esp, markInvalid(await readBootControl(device.esp), target));
+    await writeBootControl(
+      device.esp,
+      markInvalid(await readBootControl(device.esp), target),
+      "apply:invalidate",
+    );
+    crashPoint("apply:invalidated");
     o.say(
       `writing ${manifest.version} into slot ${target} (${SLOT_LABEL[target]}) from ${setup.source.describe}`,
     );
@@ -249,9 +256,15 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
       limits: transferLimits(setup.config),
       ...(o.retryDelayMs === undefined ? {} : { retryDelayMs: o.retryDelayMs }),
     });
+    crashPoint("apply:slot-verified");
     const tries = setup.config.update.tries ?? DEFAULT_TRIES;
     const record = { version: manifest.version, sha256: root.sha256, size: root.size };
-    await writeBootControl(device.esp, markTrial(await readBootControl(device.esp), target, record, tries));
+    await writeBootControl(
+      device.esp,
+      markTrial(await readBootControl(device.esp), target, record, tries),
+      "apply:trial",
+    );
+    crashPoint("apply:trial");
     const done = {
       version: manifest.version,
       slot: target,
@@ -311,7 +324,8 @@ export async function commit(o: UpdaterOptions, options: { reboot: boolean }): P
     else if (state.trial) running = state.trial;
     else return { status: "no-trial", defaultSlot: state.defaultSlot };
     const { vars: next, changed } = commitSlot(vars, running);
-    if (changed) await writeBootControl(device.esp, next);
+    if (changed) await writeBootControl(device.esp, next, "commit");
+    crashPoint("commit:written");
     const result: CommitResult = {
       status: changed ? "committed" : "already-default",
       slot: running,
@@ -356,7 +370,9 @@ export async function rollback(o: UpdaterOptions, options: { reboot: boolean }):
         `slot ${target} does not verify (sha256 ${sha}, recorded ${record.sha256}): refusing to roll back`,
       );
     }
-    await writeBootControl(device.esp, rollbackTo(vars, target));
+    crashPoint("rollback:verified");
+    await writeBootControl(device.esp, rollbackTo(vars, target), "rollback");
+    crashPoint("rollback:written");
     o.say(
       `slot ${target} (${record.version ?? "?"}) verified and made the default${options.reboot ? "; rebooting" : "; reboot to use it"}`,
     );

@@ -1,5 +1,5 @@
 import { constants } from "node:fs";
-import { open, rename, unlink, stat, readFile, type FileHandle } from "node:fs/promises";
+import { open, readdir, rename, unlink, stat, readFile, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { BlockSource } from "../core/gpt.ts";
 import { EosError } from "../core/errors.ts";
@@ -15,6 +15,23 @@ export function tempPathFor(target: string): string {
   return join(dirname(target), `.${basename(target)}.tmp-${process.pid}-${tempCounter++}`);
 }
 
+/**
+ * Removes the temp files that writers of `target` killed before their rename
+ * left beside it (any process's but this one's). Only for a target whose
+ * writers hold a lock, so that no live writer's temp file goes.
+ */
+export async function removeStaleTemps(target: string): Promise<string[]> {
+  const prefix = `.${basename(target)}.tmp-`;
+  const ours = `${prefix}${process.pid}-`;
+  const removed: string[] = [];
+  for (const name of await readdir(dirname(target)).catch(() => [] as string[])) {
+    if (!name.startsWith(prefix) || name.startsWith(ours)) continue;
+    await unlink(join(dirname(target), name)).catch(() => undefined);
+    removed.push(name);
+  }
+  return removed;
+}
+
 async function fsyncDir(dir: string): Promise<void> {
   const handle = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
@@ -24,8 +41,16 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-/** Crash-safe replace: temp file, fsync, rename, fsync of the directory. */
-export async function atomicWriteFile(target: string, data: Buffer | string, mode = 0o644): Promise<void> {
+/**
+ * Crash-safe replace: temp file, fsync, rename, fsync of the directory.
+ * `beforeRename` runs once the temp file is flushed (the power-cut tests stop there).
+ */
+export async function atomicWriteFile(
+  target: string,
+  data: Buffer | string,
+  mode = 0o644,
+  hooks: { beforeRename?: () => void } = {},
+): Promise<void> {
   const temp = tempPathFor(target);
   const handle = await open(temp, "wx", mode);
   try {
@@ -38,6 +63,7 @@ export async function atomicWriteFile(target: string, data: Buffer | string, mod
     throw error;
   }
   await handle.close();
+  hooks.beforeRename?.();
   try {
     await rename(temp, target);
   } catch (error) {

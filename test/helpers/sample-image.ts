@@ -24,6 +24,8 @@ export interface SampleImageOptions {
   labels?: { root?: string; esp?: string };
   /** Deterministic payload for reproducible bytes. */
   seed?: string;
+  /** More firmware files beside fw.txt on the ESP (name at its root → content). */
+  firmwareFiles?: Record<string, string>;
 }
 
 function payload(seed: string, length: number): Buffer {
@@ -62,6 +64,10 @@ export async function makeSampleImage(path: string, options: SampleImageOptions)
     await mustRun("mkfs.vfat", ["-C", esp, String(espMiB * 1024), "-n", "EFI"]);
     await writeFile(join(work, "fw.txt"), `firmware for ${options.version}\n`);
     await mustRun("mcopy", ["-i", esp, join(work, "fw.txt"), "::/fw.txt"]);
+    for (const [name, content] of Object.entries(options.firmwareFiles ?? {})) {
+      await writeFile(join(work, name), content);
+      await mustRun("mcopy", ["-i", esp, join(work, name), `::/${name}`]);
+    }
     await writeFile(join(work, "loader.efi"), `loader from ${options.version}\n`);
     await mustRun("mmd", ["-i", esp, "::/EFI", "::/EFI/BOOT"]);
     await mustRun("mcopy", ["-i", esp, join(work, "loader.efi"), "::/EFI/BOOT/BOOTX64.EFI"]);

@@ -24,6 +24,7 @@ export async function releaseImage(
     key?: string;
     payloadBytes?: number;
     rootSizeMiB?: number;
+    firmwareFiles?: Record<string, string>;
     compress?: (p: string) => Promise<string>;
     /** The image name and architecture the manifest says (default: NAME and this machine's). */
     manifestName?: string;
@@ -39,6 +40,7 @@ export async function releaseImage(
     ...(options.payloadBytes ? { payloadBytes: options.payloadBytes } : {}),
     ...(options.rootSizeMiB ? { rootSizeMiB: options.rootSizeMiB } : {}),
     ...(options.seed ? { seed: options.seed } : {}),
+    ...(options.firmwareFiles ? { firmwareFiles: options.firmwareFiles } : {}),
   });
   const signed = await runEos("eos", [
     "manifest",

@@ -3,7 +3,8 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { decodeGrubenv, encodeGrubenv } from "../../core/update/grubenv.ts";
 import { EosError } from "../../core/errors.ts";
-import { atomicWriteFile } from "../files.ts";
+import { crashPoint } from "../crash-point.ts";
+import { atomicWriteFile, removeStaleTemps } from "../files.ts";
 
 export const GRUBENV_PATH = "EFI/BOOT/grubenv";
 
@@ -24,7 +25,21 @@ export async function readBootControl(esp: string): Promise<Map<string, string>>
   return decodeGrubenv(block, path);
 }
 
-/** Replaces the block atomically: GRUB sees the old one or the new one, never a mix. */
-export async function writeBootControl(esp: string, vars: Map<string, string>): Promise<void> {
-  await atomicWriteFile(grubenvPath(esp), encodeGrubenv(vars));
+/** Which transaction writes the block (names its crash point). */
+export type BootControlWrite = "apply:invalidate" | "apply:trial" | "commit" | "rollback";
+
+/**
+ * Replaces the block atomically: GRUB sees the old one or the new one, never
+ * a mix. A temp block that a killed os-update left on the ESP goes first
+ * (every writer holds the update lock).
+ */
+export async function writeBootControl(
+  esp: string,
+  vars: Map<string, string>,
+  step?: BootControlWrite,
+): Promise<void> {
+  await removeStaleTemps(grubenvPath(esp));
+  await atomicWriteFile(grubenvPath(esp), encodeGrubenv(vars), 0o644, {
+    beforeRename: () => step && crashPoint(`${step}:before-rename`),
+  });
 }

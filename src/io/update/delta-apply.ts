@@ -14,7 +14,8 @@ import { EosError, errorMessage } from "../../core/errors.ts";
 import { decodeDeltaIndex, pickDelta, type DeltaEntry } from "../../core/update/delta-index.ts";
 import type { Manifest } from "../../core/manifest.ts";
 import { pipeThrough, type ProcessRunner } from "../process.ts";
-import type { Progress } from "../progress.ts";
+import { progress, type Progress } from "../progress.ts";
+import type { Context } from "../context.ts";
 import { interrupted, watchTransfer, type TransferLimits } from "../watchdog.ts";
 import { writeSlot, type WriteSlotResult } from "./slot-writer.ts";
 import type { UpdateSource } from "./source.ts";
@@ -185,4 +186,78 @@ export async function writeSlotFromDelta(o: DeltaWrite): Promise<WriteSlotResult
       ...(o.progress ? { progress: o.progress("slot (from the delta)", o.size) } : {}),
     });
   });
+}
+
+export interface RootWrite {
+  timing: WriteSlotResult;
+  path: "delta" | "full";
+  /** Bytes downloaded for it. */
+  downloaded: number;
+}
+
+/**
+ * Writes and verifies the target slot the cheapest way the plan allows: the
+ * delta, and on any failure of it (other than being stopped or out of time)
+ * the full stream.
+ */
+export async function writeRootByPlan(o: {
+  ctx: Context;
+  say: (line: string) => void;
+  plan: DeltaPlan | undefined;
+  source: UpdateSource;
+  disk: string;
+  running: ByteRange | undefined;
+  target: ByteRange;
+  /** The target slot's name, for progress lines. */
+  label: string;
+  root: { size: number; sha256: string };
+  limits: TransferLimits;
+  retryDelayMs?: number | undefined;
+}): Promise<RootWrite> {
+  const log = (line: string) => o.ctx.stderr.write(`os-update: ${line}\n`);
+  const bar = (label: string, total: number) =>
+    progress(o.ctx.stderr, label, total, { interactive: o.ctx.interactive });
+  const { root } = o;
+  if (o.plan?.path === "delta" && o.running) {
+    const { delta } = o.plan;
+    o.say(`taking the delta from ${delta.from_version}: ${delta.size} bytes instead of ${root.size}`);
+    try {
+      const timing = await writeSlotFromDelta({
+        source: o.source,
+        proc: o.ctx.proc,
+        delta,
+        disk: o.disk,
+        running: o.running,
+        target: o.target,
+        size: root.size,
+        sha256: root.sha256,
+        limits: o.limits,
+        signal: o.ctx.signal,
+        progress: bar,
+        log,
+      });
+      return { timing, path: "delta", downloaded: delta.size };
+    } catch (error) {
+      if (error instanceof EosError && (error.code === "INTERRUPTED" || error.code === "TIMEOUT"))
+        throw error;
+      o.say(`the delta path failed (${errorMessage(error)}); taking the full stream`);
+    }
+  } else if (o.plan?.path === "full") {
+    o.say(`full stream: ${o.plan.reason}`);
+  }
+  const timing = await writeSlot({
+    disk: o.disk,
+    range: o.target,
+    size: root.size,
+    sha256: root.sha256,
+    source: o.source,
+    kind: "root",
+    progress: bar(`slot ${o.label}`, root.size),
+    log,
+    signal: o.ctx.signal,
+    proc: o.ctx.proc,
+    limits: o.limits,
+    ...(o.retryDelayMs === undefined ? {} : { retryDelayMs: o.retryDelayMs }),
+  });
+  return { timing, path: "full", downloaded: root.size };
 }

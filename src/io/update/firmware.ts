@@ -13,11 +13,13 @@ import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { EosError } from "../../core/errors.ts";
 import type { ManifestPartition } from "../../core/manifest.ts";
+import { crashPoint } from "../crash-point.ts";
 import type { ProcessRunner } from "../process.ts";
 import { watchTransfer, type TransferLimits } from "../watchdog.ts";
 import type { UpdateSource } from "./source.ts";
 
 const NEW_SUFFIX = ".eos-new";
+const WORK_PREFIX = "firmware-";
 
 /** Every regular file under dir, as paths relative to it. */
 async function listFiles(dir: string, base = dir): Promise<string[]> {
@@ -58,7 +60,10 @@ export async function updateFirmware(options: {
   signal?: AbortSignal;
 }): Promise<FirmwareResult> {
   await mkdir(options.workDir, { recursive: true, mode: 0o700 });
-  const work = await mkdtemp(join(options.workDir, "firmware-"));
+  // A killed run's work directory (a whole ESP image) would stay until the next boot: the caller holds the lock.
+  for (const name of await readdir(options.workDir))
+    if (name.startsWith(WORK_PREFIX)) await rm(join(options.workDir, name), { recursive: true, force: true });
+  const work = await mkdtemp(join(options.workDir, WORK_PREFIX));
   try {
     const image = join(work, "esp.img");
     const hash = createHash("sha256");
@@ -94,6 +99,7 @@ export async function updateFirmware(options: {
         `firmware stream (${size} bytes, sha256 ${sha}) does not match the signed manifest`,
       );
     }
+    crashPoint("firmware:downloaded");
     const tree = join(work, "tree");
     await mkdir(tree);
     const copy = await options.proc.run(["mcopy", "-s", "-n", "-m", "-i", image, "::/*", `${tree}/`], {
@@ -105,21 +111,27 @@ export async function updateFirmware(options: {
       throw new EosError("IO", `cannot read the firmware image: ${copy.stderr}`);
     const incoming = (await listFiles(tree)).filter((f) => !kept(f));
     // 1. Beside the old files: every new file as NAME.eos-new, flushed.
-    for (const file of incoming) {
+    for (const [i, file] of incoming.entries()) {
+      if (i === 1) crashPoint("firmware:staged-partly");
       const target = join(options.esp, `${file}${NEW_SUFFIX}`);
       await mkdir(dirname(target), { recursive: true });
       await copyFile(join(tree, file), target);
       await fsyncFile(target);
     }
+    crashPoint("firmware:staged");
     // 2. Switch each file in by rename.
-    for (const file of incoming)
+    for (const [i, file] of incoming.entries()) {
+      if (i === 1) crashPoint("firmware:switched-partly");
       await rename(join(options.esp, `${file}${NEW_SUFFIX}`), join(options.esp, file));
+    }
+    crashPoint("firmware:switched");
     // 3. Files the new firmware no longer has go, as the original's whole-partition copy would drop them.
     const wanted = new Set(incoming);
     const removed: string[] = [];
     for (const file of await listFiles(options.esp)) {
       if (kept(file) || wanted.has(file)) continue;
       if ((await lstat(join(options.esp, file))).isFile()) {
+        if (removed.length === 1) crashPoint("firmware:removed-partly");
         await rm(join(options.esp, file));
         removed.push(file);
       }

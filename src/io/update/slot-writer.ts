@@ -9,6 +9,7 @@
 import { open, type FileHandle } from "node:fs/promises";
 import type { ByteRange } from "../../core/gpt.ts";
 import { EosError, errorMessage } from "../../core/errors.ts";
+import { crashPoint } from "../crash-point.ts";
 import { hashRange } from "../hash.ts";
 import type { ProcessRunner } from "../process.ts";
 import type { Progress } from "../progress.ts";
@@ -89,7 +90,11 @@ export async function writeSlot(options: WriteSlotOptions): Promise<WriteSlotRes
     let inFlight: Promise<void> | undefined;
     const flush = async (wait: boolean) => {
       if (filled > 0) {
-        if (inFlight) await inFlight;
+        if (inFlight) {
+          await inFlight;
+          // A block has landed and the next is about to: the slot is partly written.
+          crashPoint("apply:slot-partly-written");
+        }
         const block = blocks[turn] as Buffer;
         const length = filled;
         const position = range.offset + written;
@@ -169,6 +174,7 @@ export async function writeSlot(options: WriteSlotOptions): Promise<WriteSlotRes
       }
     }
     await handle.datasync();
+    crashPoint("apply:slot-written");
     options.progress?.done();
     const wroteAt = performance.now();
     // Drop the block device's cached pages so the re-read comes from the device itself.

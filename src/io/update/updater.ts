@@ -22,11 +22,12 @@ import {
   type KernelCommandLine,
   type Slot,
 } from "../../core/update/bootctl.ts";
-import { EosError, errorMessage } from "../../core/errors.ts";
+import { EosError } from "../../core/errors.ts";
 import type { DeviceConfig } from "../../core/config.ts";
 import type { Manifest } from "../../core/manifest.ts";
 import { checkMadeFor, judgeOffer } from "../../core/update/acceptance.ts";
 import { sysPath, type Context } from "../context.ts";
+import { crashPoint } from "../crash-point.ts";
 import { atomicWriteFile } from "../files.ts";
 import { hashRange } from "../hash.ts";
 import { acquireLock } from "../lock.ts";
@@ -41,8 +42,8 @@ import {
 } from "./device-config.ts";
 import { deviceIdentity } from "./device-identity.ts";
 import { updateFirmware, type FirmwareResult } from "./firmware.ts";
-import { writeSlot, type WriteSlotResult } from "./slot-writer.ts";
-import { planDelta, writeSlotFromDelta, type DeltaPlan } from "./delta-apply.ts";
+import { type WriteSlotResult } from "./slot-writer.ts";
+import { planDelta, writeRootByPlan, type DeltaPlan } from "./delta-apply.ts";
 import { limitsFrom, type TransferLimits } from "../watchdog.ts";
 import { locateSlots, type SlotLayout } from "./slots.ts";
 import type { UpdateSource } from "./source.ts";
@@ -243,66 +244,41 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
         `the new root (${root.size} bytes) does not fit slot ${target} (${slot.range.length} bytes)`,
       );
     }
+    crashPoint("apply:checked");
     // Invalidate the target first: a write cut short must never be bootable.
-    await writeBootControl(device.esp, markInvalid(await readBootControl(device.esp), target));
+    await writeBootControl(
+      device.esp,
+      markInvalid(await readBootControl(device.esp), target),
+      "apply:invalidate",
+    );
+    crashPoint("apply:invalidated");
     o.say(
       `writing ${manifest.version} into slot ${target} (${SLOT_LABEL[target]}) from ${setup.source.describe}`,
     );
-    const log = (line: string) => o.ctx.stderr.write(`os-update: ${line}\n`);
-    const limits = transferLimits(setup.config);
-    const bar = (label: string, total: number) =>
-      progress(o.ctx.stderr, `${label} ${target}`, total, { interactive: o.ctx.interactive });
-    let written: { timing: WriteSlotResult; path: "delta" | "full"; downloaded: number } | undefined;
     const running = device.layout.slots[device.layout.running];
-    if (r.plan?.path === "delta" && running) {
-      const { delta } = r.plan;
-      o.say(`taking the delta from ${delta.from_version}: ${delta.size} bytes instead of ${root.size}`);
-      try {
-        const timing = await writeSlotFromDelta({
-          source: setup.source,
-          proc: o.ctx.proc,
-          delta,
-          disk: device.layout.disk,
-          running: running.range,
-          target: slot.range,
-          size: root.size,
-          sha256: root.sha256,
-          limits,
-          signal: o.ctx.signal,
-          progress: (label, total) =>
-            progress(o.ctx.stderr, label, total, { interactive: o.ctx.interactive }),
-          log,
-        });
-        written = { timing, path: "delta", downloaded: delta.size };
-      } catch (error) {
-        if (error instanceof EosError && (error.code === "INTERRUPTED" || error.code === "TIMEOUT"))
-          throw error;
-        o.say(`the delta path failed (${errorMessage(error)}); taking the full stream`);
-      }
-    } else if (r.plan?.path === "full") {
-      o.say(`full stream: ${r.plan.reason}`);
-    }
-    if (!written) {
-      const timing = await writeSlot({
-        disk: device.layout.disk,
-        range: slot.range,
-        size: root.size,
-        sha256: root.sha256,
-        source: setup.source,
-        kind: "root",
-        progress: bar("slot", root.size),
-        log,
-        signal: o.ctx.signal,
-        proc: o.ctx.proc,
-        limits,
-        ...(o.retryDelayMs === undefined ? {} : { retryDelayMs: o.retryDelayMs }),
-      });
-      written = { timing, path: "full", downloaded: root.size };
-    }
+    const written = await writeRootByPlan({
+      ctx: o.ctx,
+      say: o.say,
+      plan: r.plan,
+      source: setup.source,
+      disk: device.layout.disk,
+      running: running?.range,
+      target: slot.range,
+      label: target,
+      root,
+      limits: transferLimits(setup.config),
+      retryDelayMs: o.retryDelayMs,
+    });
     const { timing } = written;
+    crashPoint("apply:slot-verified");
     const tries = setup.config.update.tries ?? DEFAULT_TRIES;
     const record = { version: manifest.version, sha256: root.sha256, size: root.size };
-    await writeBootControl(device.esp, markTrial(await readBootControl(device.esp), target, record, tries));
+    await writeBootControl(
+      device.esp,
+      markTrial(await readBootControl(device.esp), target, record, tries),
+      "apply:trial",
+    );
+    crashPoint("apply:trial");
     const done = {
       version: manifest.version,
       slot: target,
@@ -364,7 +340,8 @@ export async function commit(o: UpdaterOptions, options: { reboot: boolean }): P
     else if (state.trial) running = state.trial;
     else return { status: "no-trial", defaultSlot: state.defaultSlot };
     const { vars: next, changed } = commitSlot(vars, running);
-    if (changed) await writeBootControl(device.esp, next);
+    if (changed) await writeBootControl(device.esp, next, "commit");
+    crashPoint("commit:written");
     const result: CommitResult = {
       status: changed ? "committed" : "already-default",
       slot: running,
@@ -409,7 +386,9 @@ export async function rollback(o: UpdaterOptions, options: { reboot: boolean }):
         `slot ${target} does not verify (sha256 ${sha}, recorded ${record.sha256}): refusing to roll back`,
       );
     }
-    await writeBootControl(device.esp, rollbackTo(vars, target));
+    crashPoint("rollback:verified");
+    await writeBootControl(device.esp, rollbackTo(vars, target), "rollback");
+    crashPoint("rollback:written");
     o.say(
       `slot ${target} (${record.version ?? "?"}) verified and made the default${options.reboot ? "; rebooting" : "; reboot to use it"}`,
     );

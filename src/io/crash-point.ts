@@ -1,0 +1,49 @@
+/**
+ * Named crash points, for the power-cut tests only. With the environment
+ * variable EOS_TEST_CRASH_AT=STEP, a command SIGKILLs itself when it reaches
+ * STEP: nothing after it runs, no `finally`, no lock release, exactly what a
+ * kill or a crash at that point would leave behind. Without the variable
+ * this is one string comparison per step.
+ *
+ * CRASH_STEPS is the list the test walks (test/integration/power-cuts.test.ts):
+ * a step added to a transaction goes here, and the test fails until it has a
+ * row and is reached. The variable is read here and nowhere else; no context
+ * is needed, so a step can be marked at any depth (the boot control block's
+ * temp file, the slot writer's blocks).
+ */
+
+/** Every step, in the order each transaction reaches it. */
+export const CRASH_STEPS = [
+  // os-update --apply
+  "apply:checked",
+  "apply:invalidate:before-rename",
+  "apply:invalidated",
+  "apply:slot-partly-written",
+  "apply:slot-written",
+  "apply:slot-verified",
+  "apply:trial:before-rename",
+  "apply:trial",
+  // os-update --commit
+  "commit:before-rename",
+  "commit:written",
+  // os-update --rollback
+  "rollback:verified",
+  "rollback:before-rename",
+  "rollback:written",
+  // os-update --firmware
+  "firmware:downloaded",
+  "firmware:staged-partly",
+  "firmware:staged",
+  "firmware:switched-partly",
+  "firmware:switched",
+  "firmware:removed-partly",
+] as const;
+
+export type CrashStep = (typeof CRASH_STEPS)[number];
+
+export const CRASH_ENV = "EOS_TEST_CRASH_AT";
+
+/** Dies here, at once and without clean-up, when the tests asked for a crash at `step`. */
+export function crashPoint(step: CrashStep): void {
+  if (process.env[CRASH_ENV] === step) process.kill(process.pid, "SIGKILL");
+}

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-  gdisk dosfstools mtools squashfs-tools erofs-utils e2fsprogs xfsprogs fdisk xz-utils zstd
+  gdisk dosfstools mtools squashfs-tools erofs-utils e2fsprogs xfsprogs fdisk xz-utils zstd xdelta3
   openssh-server openssh-client
   podman runc uidmap slirp4netns fuse-overlayfs catatonit
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools tpm2-tools cryptsetup-bin

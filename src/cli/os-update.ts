@@ -41,6 +41,7 @@ interface Options {
   esp?: string;
   json?: boolean;
   allowDowngrade?: boolean;
+  delta?: boolean;
 }
 
 const json = (ctx: Context, value: unknown) => ctx.stdout.write(`${JSON.stringify(value)}\n`);
@@ -144,6 +145,7 @@ export async function osUpdateMain(
     .option("--root-device <disk>", "act on this disk (image file or block device), not the running system")
     .option("--esp <path>", "where the ESP is mounted (default /boot/efi)")
     .option("--allow-downgrade", "accept a server version not newer than the running one")
+    .option("--no-delta", "download the whole root even when the server has a delta for this device")
     .option("--json", "machine-readable output");
   let opts: Options = {};
   program.action((o: Options) => {
@@ -167,6 +169,7 @@ export async function osUpdateMain(
     rootDevice: opts.rootDevice,
     esp: opts.esp,
     allowDowngrade: opts.allowDowngrade,
+    noDelta: opts.delta === false,
     boot: deps.boot,
     retryDelayMs: deps.retryDelayMs,
     say: (line) => {

@@ -17,6 +17,7 @@ import { parseYamlData } from "../core/yaml-input.ts";
 import { EosError } from "../core/errors.ts";
 import { buildImage, repoRoot, type BuildResult } from "./image/build.ts";
 import type { Context } from "./context.ts";
+import { decodeDeltaIndex } from "../core/update/delta-index.ts";
 import { fetchAndPublish } from "./server/fetch.ts";
 import { PublishedImages } from "./server/published.ts";
 import { generateReleaseKeys, loadTrustedKeys } from "./keys.ts";
@@ -210,30 +211,46 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
   });
 
   const store = new PublishedImages(join(o.workDir, "os-images"));
-  const server = await step(`publish v2 and serve it on 127.0.0.1:${o.port} (guest: 10.0.2.2)`, async () => {
-    const name = v2.name;
-    const outcome = await fetchAndPublish(
-      store,
-      { name, image: `file://${v2.raw}`, manifest: `file://${v2.raw}.manifest.json` },
-      {
+  const server = await step(
+    `publish v1, then v2 with a delta from v1; serve on 127.0.0.1:${o.port} (guest: 10.0.2.2)`,
+    async () => {
+      const name = v2.name;
+      const fetchOptions = {
         trustedKeys: await loadTrustedKeys([join(keysDir, "release.pub")]),
         logger: silentLogger(),
         now: ctx.now,
         proc: ctx.proc,
         limits: DEFAULT_LIMITS,
-      },
-    );
-    const srv = createUpdateServer({
-      store,
-      tokens: new TokenStore(tokensDir),
-      logger: process.env.EOS_DEMO_SERVER_LOG ? jsonLogger(ctx.stderr) : silentLogger(),
-    });
-    await new Promise<void>((res, rej) => {
-      srv.once("error", rej);
-      srv.listen(o.port, "127.0.0.1", () => res());
-    });
-    return [srv, `os-update-server fetch: ${outcome.status} ${outcome.version}; serving with a device token`];
-  });
+      };
+      for (const v of [v1, v2])
+        await fetchAndPublish(
+          store,
+          { name, image: `file://${v.raw}`, manifest: `file://${v.raw}.manifest.json` },
+          fetchOptions,
+        );
+      const current = await store.current(name);
+      const delta = current?.deltaIndexBytes
+        ? decodeDeltaIndex(current.deltaIndexBytes).deltas.find((d) => d.from_version === "1.0.0")
+        : undefined;
+      const outcome = {
+        status: "published",
+        version: `${current?.manifest.version ?? "?"}, delta from 1.0.0: ${delta ? `${delta.size} bytes of ${current?.manifest.partitions.root.size} (${((100 * delta.size) / (current?.manifest.partitions.root.size ?? 1)).toFixed(2)} %)` : "none"}`,
+      };
+      const srv = createUpdateServer({
+        store,
+        tokens: new TokenStore(tokensDir),
+        logger: process.env.EOS_DEMO_SERVER_LOG ? jsonLogger(ctx.stderr) : silentLogger(),
+      });
+      await new Promise<void>((res, rej) => {
+        srv.once("error", rej);
+        srv.listen(o.port, "127.0.0.1", () => res());
+      });
+      return [
+        srv,
+        `os-update-server fetch: ${outcome.status} ${outcome.version}; serving with a device token`,
+      ];
+    },
+  );
 
   let vm: Vm | undefined;
   const close = async () => {

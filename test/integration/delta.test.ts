@@ -147,6 +147,8 @@ describe("delta updates: pair deltas made by the server, taken by the device", (
       assert.equal(download.path, "delta");
       assert.equal(download.from_version, "1.0.0");
       assert.ok(download.bytes < download.full_bytes / 20, JSON.stringify(download));
+      const full = JSON.parse((await device.run(["--check", "--json", "--no-delta"])).stdout).download;
+      assert.deepEqual([full.path, full.reason], ["full", "asked for (--no-delta)"]);
       requests.length = 0;
       const apply = await device.run(["--apply"]);
       assert.equal(apply.code, 0, apply.stderr);

@@ -234,6 +234,8 @@ export const REQUIRED_PACKAGES = [
   "linux-image-cloud-amd64",
   "kexec-tools",
   "dosfstools",
+  // os-update's delta path decodes pair deltas against the running slot.
+  "xdelta3",
 ] as const;
 
 export function packageList(desc: ImageDescription): string[] {

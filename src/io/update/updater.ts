@@ -59,6 +59,8 @@ export interface UpdaterOptions {
   /** Where the ESP is mounted (default /boot/efi). */
   esp?: string | undefined;
   allowDowngrade?: boolean | undefined;
+  /** Take the full stream even when a delta is offered. */
+  noDelta?: boolean | undefined;
   boot: BootActions;
   /** First retry delay of an interrupted download (doubles each time). */
   retryDelayMs?: number | undefined;
@@ -176,7 +178,11 @@ export async function check(o: UpdaterOptions): Promise<CheckResult> {
   const upToDate = offer.kind === "up-to-date";
   const downgrade = offer.kind === "not-newer";
   const available = offer.kind === "update" || (downgrade && Boolean(o.allowDowngrade));
-  const plan = available ? await planDelta(source, o.ctx.proc, manifest, runningSha) : undefined;
+  const plan = !available
+    ? undefined
+    : o.noDelta
+      ? ({ path: "full", reason: "asked for (--no-delta)" } as const)
+      : await planDelta(source, o.ctx.proc, manifest, runningSha);
   return {
     setup: { ...setup, source },
     manifest,

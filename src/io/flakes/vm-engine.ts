@@ -5,10 +5,9 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
-import { delimiter, join } from "node:path";
 import { EosError } from "../../core/errors.ts";
 import type { VmEngine } from "../../core/flakes/vm.ts";
-import { kvmWorks, pidAlive, type ProcessRunner, type Started } from "../process.ts";
+import { findInPath, kvmWorks, pidAlive, type ProcessRunner, type Started } from "../process.ts";
 
 export const QEMU_BINARY = "qemu-system-x86_64";
 export const FIRECRACKER_BINARY = "firecracker";
@@ -16,17 +15,6 @@ export const FIRECRACKER_BINARY = "firecracker";
 export function binaryFor(engine: VmEngine, env: NodeJS.ProcessEnv): string {
   if (engine === "qemu") return env.EOS_QEMU_BINARY || QEMU_BINARY;
   return env.EOS_FIRECRACKER_BINARY || FIRECRACKER_BINARY;
-}
-
-/** The program's full path in PATH (or the path itself when it has a slash). */
-export function findInPath(program: string, env: NodeJS.ProcessEnv): string | undefined {
-  if (program.includes("/")) return existsSync(program) ? program : undefined;
-  for (const dir of (env.PATH ?? "/usr/local/bin:/usr/bin:/bin").split(delimiter)) {
-    if (!dir) continue;
-    const full = join(dir, program);
-    if (existsSync(full)) return full;
-  }
-  return undefined;
 }
 
 /**

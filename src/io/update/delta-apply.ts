@@ -13,7 +13,7 @@ import type { ByteRange } from "../../core/gpt.ts";
 import { EosError, errorMessage } from "../../core/errors.ts";
 import { decodeDeltaIndex, pickDelta, type DeltaEntry } from "../../core/update/delta-index.ts";
 import type { Manifest } from "../../core/manifest.ts";
-import { pipeThrough, type ProcessRunner } from "../process.ts";
+import { findInPath, pipeThrough, type ProcessRunner } from "../process.ts";
 import { progress, type Progress } from "../progress.ts";
 import type { Context } from "../context.ts";
 import { interrupted, watchTransfer, type TransferLimits } from "../watchdog.ts";
@@ -30,7 +30,7 @@ export type DeltaPlan = { path: "delta"; delta: DeltaEntry } | { path: "full"; r
 /** Which path an update of this device would take, and why; never throws for a missing delta. */
 export async function planDelta(
   source: UpdateSource,
-  proc: ProcessRunner,
+  env: NodeJS.ProcessEnv,
   manifest: Manifest,
   runningSha: string | undefined,
 ): Promise<DeltaPlan> {
@@ -54,8 +54,7 @@ export async function planDelta(
   if ("none" in picked) return { path: "full", reason: picked.none };
   if (picked.size > MAX_DELTA_BYTES)
     return { path: "full", reason: `the delta (${picked.size} bytes) is larger than ${MAX_DELTA_BYTES}` };
-  const xdelta = await proc.run(["xdelta3", "-V"], { check: false, capture: false }).catch(() => undefined);
-  if (!xdelta || xdelta.code !== 0) return { path: "full", reason: "xdelta3 is not installed" };
+  if (!findInPath("xdelta3", env)) return { path: "full", reason: "xdelta3 is not installed" };
   return { path: "delta", delta: picked };
 }
 

@@ -182,7 +182,7 @@ export async function check(o: UpdaterOptions): Promise<CheckResult> {
     ? undefined
     : o.noDelta
       ? ({ path: "full", reason: "asked for (--no-delta)" } as const)
-      : await planDelta(source, o.ctx.proc, manifest, runningSha);
+      : await planDelta(source, o.ctx.env, manifest, runningSha);
   return {
     setup: { ...setup, source },
     manifest,

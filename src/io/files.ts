@@ -1,6 +1,6 @@
-import { constants } from "node:fs";
+import { constants, existsSync } from "node:fs";
 import { open, readdir, rename, unlink, stat, readFile, type FileHandle } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { basename, delimiter, dirname, join } from "node:path";
 import type { BlockSource } from "../core/gpt.ts";
 import { EosError } from "../core/errors.ts";
 
@@ -138,4 +138,15 @@ export async function fileExists(path: string): Promise<boolean> {
 
 export async function removeQuietly(path: string): Promise<void> {
   await unlink(path).catch(() => undefined);
+}
+
+/** The program's full path in PATH (or the path itself when it has a slash), without running it. */
+export function findInPath(program: string, env: NodeJS.ProcessEnv): string | undefined {
+  if (program.includes("/")) return existsSync(program) ? program : undefined;
+  for (const dir of (env.PATH ?? "/usr/local/bin:/usr/bin:/bin").split(delimiter)) {
+    if (!dir) continue;
+    const full = join(dir, program);
+    if (existsSync(full)) return full;
+  }
+  return undefined;
 }

@@ -5,8 +5,7 @@
  * what would run. Argv arrays only: nothing is ever handed to a shell.
  */
 import { spawn as nodeSpawn, type ChildProcess, type StdioOptions } from "node:child_process";
-import { closeSync, existsSync, openSync } from "node:fs";
-import { delimiter, join } from "node:path";
+import { closeSync, openSync } from "node:fs";
 import { access, constants as fsConstants } from "node:fs/promises";
 import { constants as osConstants } from "node:os";
 import { PassThrough, type Readable } from "node:stream";
@@ -396,14 +395,3 @@ export async function kvmWorks(proc: ProcessRunner, qemuBinary: string, waitMs =
 }
 
 export { formatArgv, shellQuote };
-
-/** The program's full path in PATH (or the path itself when it has a slash), without running it. */
-export function findInPath(program: string, env: NodeJS.ProcessEnv): string | undefined {
-  if (program.includes("/")) return existsSync(program) ? program : undefined;
-  for (const dir of (env.PATH ?? "/usr/local/bin:/usr/bin:/bin").split(delimiter)) {
-    if (!dir) continue;
-    const full = join(dir, program);
-    if (existsSync(full)) return full;
-  }
-  return undefined;
-}

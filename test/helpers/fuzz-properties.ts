@@ -15,13 +15,13 @@ import { EosError, type ErrorCode } from "../../src/core/errors.ts";
 import {
   decodeEntries,
   decodeHeader,
-  encodeGpt,
   readGpt,
   isValidEntrySize,
   MAX_ENTRY_ARRAY_BYTES,
   type BlockSource,
   type GptTable,
 } from "../../src/core/gpt.ts";
+import { encodeGpt } from "../../src/core/gpt-write.ts";
 import {
   decodeManifest,
   decodeSignatures,

@@ -4,7 +4,8 @@
  * re-seal the CRCs, so that only the edited meaning is wrong.
  */
 import { crc32 } from "node:zlib";
-import { usableRange, PartitionType, type GptTable } from "../../src/core/gpt.ts";
+import { PartitionType, type GptTable } from "../../src/core/gpt.ts";
+import { usableRange } from "../../src/core/gpt-write.ts";
 
 export const SECTOR = 512;
 

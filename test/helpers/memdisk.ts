@@ -1,4 +1,5 @@
-import type { BlockSource, BlockWrite } from "../../src/core/gpt.ts";
+import type { BlockSource } from "../../src/core/gpt.ts";
+import type { BlockWrite } from "../../src/core/gpt-write.ts";
 
 export function memDisk(size: number): BlockSource & { buf: Buffer; apply(writes: BlockWrite[]): void } {
   const buf = Buffer.alloc(size);

@@ -3,14 +3,8 @@ import assert from "node:assert/strict";
 import { mkdtemp, rm, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import {
-  readGpt,
-  encodeGpt,
-  findPartition,
-  partitionRange,
-  usableRange,
-  PartitionType,
-} from "../../src/core/gpt.ts";
+import { readGpt, findPartition, partitionRange, PartitionType } from "../../src/core/gpt.ts";
+import { encodeGpt, usableRange } from "../../src/core/gpt-write.ts";
 import { openBlockSource } from "../../src/io/files.ts";
 import { mustRun, run } from "../helpers/run.ts";
 

@@ -13,7 +13,8 @@ import { chmod, mkdir, mkdtemp, rm, truncate, writeFile } from "node:fs/promises
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { encodeGpt, readGpt, usableRange, PartitionType } from "../../src/core/gpt.ts";
+import { readGpt, PartitionType } from "../../src/core/gpt.ts";
+import { encodeGpt, usableRange } from "../../src/core/gpt-write.ts";
 import { planGrow } from "../../src/core/registry/registry.ts";
 import { flakeRegistryMain } from "../../src/cli/flake-registry.ts";
 import { reportError } from "../../src/cli/main.ts";

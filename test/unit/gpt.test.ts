@@ -1,16 +1,15 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  encodeGpt,
   readGpt,
   findPartition,
   partitionRange,
-  usableRange,
   guidFromBytes,
   guidToBytes,
   PartitionType,
   type GptTable,
 } from "../../src/core/gpt.ts";
+import { encodeGpt, usableRange } from "../../src/core/gpt-write.ts";
 import { memDisk } from "../helpers/memdisk.ts";
 
 const MiB = 1024 * 1024;

@@ -5,7 +5,8 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { encodeGpt, readGpt, type BlockSource } from "../../src/core/gpt.ts";
+import { readGpt, type BlockSource } from "../../src/core/gpt.ts";
+import { encodeGpt } from "../../src/core/gpt-write.ts";
 import { EosError } from "../../src/core/errors.ts";
 import { memDisk } from "../helpers/memdisk.ts";
 import { ENTRY, HEADER, SECTOR, editGpt, sampleTable } from "../helpers/gpt-bytes.ts";

@@ -12,7 +12,8 @@ import {
 import { planLayout } from "../../src/core/image/layout.ts";
 import { rootFiles } from "../../src/core/image/root-files.ts";
 import { EosError } from "../../src/core/errors.ts";
-import { encodeGpt, readGpt } from "../../src/core/gpt.ts";
+import { readGpt } from "../../src/core/gpt.ts";
+import { encodeGpt } from "../../src/core/gpt-write.ts";
 import { memDisk } from "../helpers/memdisk.ts";
 
 const MiB = 1024 * 1024;

@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { usableRange, PartitionType, type GptTable } from "../../src/core/gpt.ts";
+import { PartitionType, type GptTable } from "../../src/core/gpt.ts";
+import { usableRange } from "../../src/core/gpt-write.ts";
 import {
   REGISTRY_MIN_BYTES,
   checkMapperName,

@@ -6,7 +6,8 @@
 import { createHash } from "node:crypto";
 import { EosError } from "../errors.ts";
 import { FIRMWARE_LABEL, REGISTRY_LABEL, ROOT_CLONE_LABEL, ROOT_LABEL } from "../manifest.ts";
-import { PartitionType, usableRange, type GptTable } from "../gpt.ts";
+import { PartitionType, type GptTable } from "../gpt.ts";
+import { usableRange } from "../gpt-write.ts";
 import type { ImageDescription, Profile } from "./description.ts";
 
 const MiB = 1024 * 1024;

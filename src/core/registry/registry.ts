@@ -5,7 +5,8 @@
  * last partition (`p.spare`) to fill its disk.
  */
 import { EosError } from "../errors.ts";
-import { usableRange, type GptTable } from "../gpt.ts";
+import { type GptTable } from "../gpt.ts";
+import { usableRange } from "../gpt-write.ts";
 import { REGISTRY_LABEL } from "../manifest.ts";
 
 export { REGISTRY_LABEL };

@@ -7,7 +7,8 @@ import { existsSync, readFileSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import { EosError } from "../../core/errors.ts";
 import type { VmEngine } from "../../core/flakes/vm.ts";
-import { findInPath, kvmWorks, pidAlive, type ProcessRunner, type Started } from "../process.ts";
+import { kvmWorks, pidAlive, type ProcessRunner, type Started } from "../process.ts";
+import { findInPath } from "../files.ts";
 
 export const QEMU_BINARY = "qemu-system-x86_64";
 export const FIRECRACKER_BINARY = "firecracker";

@@ -11,7 +11,7 @@ import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { EosError } from "../../core/errors.ts";
-import { encodeGpt } from "../../core/gpt.ts";
+import { encodeGpt } from "../../core/gpt-write.ts";
 import { earlyGrubCfg, generateGrubCfg, initialGrubenv } from "../../core/image/grubcfg.ts";
 import { baseCmdline, type ImageDescription } from "../../core/image/description.ts";
 import type { DiskLayout } from "../../core/image/layout.ts";

@@ -9,7 +9,8 @@ import { mkdir, open, readFile, realpath } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { EosError, errorMessage } from "../../core/errors.ts";
-import { encodeGpt, readGpt } from "../../core/gpt.ts";
+import { readGpt } from "../../core/gpt.ts";
+import { encodeGpt } from "../../core/gpt-write.ts";
 import {
   REGISTRY_BOOT_REPORT,
   REGISTRY_LABEL,

@@ -28,10 +28,8 @@ import type { Manifest } from "../../core/manifest.ts";
 import { checkMadeFor, judgeOffer } from "../../core/update/acceptance.ts";
 import { sysPath, type Context } from "../context.ts";
 import { crashPoint } from "../crash-point.ts";
-import { atomicWriteFile } from "../files.ts";
 import { hashRange } from "../hash.ts";
 import { acquireLock } from "../lock.ts";
-import { progress } from "../progress.ts";
 import { findKernel, withSlotMounted, type BootActions } from "./boot-actions.ts";
 import { readBootControl, writeBootControl } from "./boot-control.ts";
 import {
@@ -46,6 +44,7 @@ import { type WriteSlotResult } from "./slot-writer.ts";
 import { planDelta, writeRootByPlan, type DeltaPlan } from "./delta-apply.ts";
 import { limitsFrom, type TransferLimits } from "../watchdog.ts";
 import { locateSlots, type SlotLayout } from "./slots.ts";
+import { runningRootHash } from "./running-root.ts";
 import type { UpdateSource } from "./source.ts";
 
 const DEFAULT_ESP = "/boot/efi";
@@ -95,48 +94,6 @@ export async function openDevice(o: UpdaterOptions): Promise<Device> {
     bootDefault: async () => readBootState(await readBootControl(esp)).defaultSlot,
   });
   return { layout, esp, cmdline };
-}
-
-/**
- * sha256 of the running slot over `size` bytes, computed once per boot: the
- * root is read-only, so its identity cannot change until the next boot.
- */
-async function runningRootHash(ctx: Context, device: Device, size: number): Promise<string> {
-  const info = device.layout.slots[device.layout.running];
-  if (!info) throw new EosError("SLOT", "running slot not found");
-  const length = Math.min(size, info.range.length);
-  const bootId = (
-    await readFile(sysPath(ctx, "/proc/sys/kernel/random/boot_id"), "utf8").catch(() => "")
-  ).trim();
-  const cacheDir = sysPath(ctx, "/run/os-update");
-  const cacheFile = join(cacheDir, `root-${info.partition.uniqueGuid.toLowerCase()}.json`);
-  const cacheable = device.layout.online && bootId !== "";
-  if (cacheable) {
-    let cached: { bootId?: unknown; size?: unknown; sha256?: unknown } = {};
-    try {
-      cached = JSON.parse(await readFile(cacheFile, "utf8")) as typeof cached;
-    } catch {
-      // no cache yet, or a broken one: hash again
-    }
-    if (cached.bootId === bootId && cached.size === length && typeof cached.sha256 === "string")
-      return cached.sha256;
-  }
-  const handle = await open(device.layout.disk, "r");
-  let sha256: string;
-  try {
-    const bar = ctx.interactive
-      ? progress(ctx.stderr, `hashing slot ${device.layout.running}`, length, { interactive: true })
-      : undefined;
-    sha256 = await hashRange(handle, info.range.offset, length, (n) => bar?.add(n));
-    bar?.done();
-  } finally {
-    await handle.close();
-  }
-  if (cacheable) {
-    await mkdir(cacheDir, { recursive: true, mode: 0o755 });
-    await atomicWriteFile(cacheFile, JSON.stringify({ bootId, size: length, sha256 }));
-  }
-  return sha256;
 }
 
 export interface CheckResult {

@@ -177,10 +177,16 @@ export async function checkRegistrable(
   const linkTarget = kind === "symlink" ? await readLinkOrUndefined(app) : undefined;
   if (kind !== "missing") {
     // As flake-pilot: whatever is there (another program, or this or another flake) stays unless --force.
-    const what = isPilotLink(linkTarget, setup) ? "a registered flake" : "not a flake";
-    throw new EosError("REFUSED", `App path ${app} already exists (${what})`, {
-      hint: `pass --force to replace it, or remove it first (flake-ctl ${engine} remove --app ${app})`,
-    });
+    const flake = isPilotLink(linkTarget, setup);
+    throw new EosError(
+      "REFUSED",
+      `App path ${app} already exists (${flake ? "a registered flake" : "not a flake"})`,
+      {
+        hint: flake
+          ? `remove it first (flake-ctl ${engine} remove --app ${app}), or pass --force to replace it`
+          : "choose another --app, or pass --force to replace it",
+      },
+    );
   }
   const file = flakeFilePath(setup, name);
   const previous = await readTextFile(file);

@@ -309,13 +309,13 @@ describe("flake-ctl with flake-pilot's command lines and files", () => {
       "--overlay-size",
       "20GiB",
       "--run-as",
-      "root",
+      "flakeuser",
     ]);
     assert.equal(r.code, 0, r.stderr);
     const ours = yamlOf("ff").vm;
     const theirs = (parse(readFileSync(join(FIXTURES, "firefox.yaml"), "utf8")) as Yaml).vm;
     assert.deepEqual(ours.runtime.firecracker.boot_args, theirs.runtime.firecracker.boot_args);
-    assert.equal(ours.runtime.runas, "root");
+    assert.equal(ours.runtime.runas, "flakeuser");
     assert.equal(ours.runtime.resume, true);
     assert.equal(ours.runtime.force_vsock, true);
     assert.equal(ours.runtime.firecracker.overlay_size, "20GiB");

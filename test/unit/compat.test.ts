@@ -285,3 +285,12 @@ test("20: timer units per image, escaped as systemd-escape does", () => {
   assert.equal(fetchTimerUnit("EOS.aarch64-RPI-TW"), "os-update-daemon@EOS.aarch64-RPI-TW.timer");
   assert.equal(escapeUnitInstance("g++"), "g\\x2b\\x2b");
 });
+
+test("19: CRC-32 without zlib.crc32 (Debian 12's Node 18) is zlib's", async () => {
+  const { crc32Portable } = await import("../../src/core/crc32.ts");
+  assert.equal(crc32Portable(Buffer.from("123456789")), 0xcbf43926);
+  assert.equal(crc32Portable(Buffer.alloc(0)), 0);
+  const zlib = (await import("node:zlib")) as { crc32?: (d: Uint8Array) => number };
+  const data = Buffer.from(Array.from({ length: 4099 }, (_, i) => (i * 131 + 7) & 0xff));
+  if (zlib.crc32) assert.equal(crc32Portable(data), zlib.crc32(data));
+});

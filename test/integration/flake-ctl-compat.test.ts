@@ -4,7 +4,7 @@
  * directory. podman is a recording stand-in (every image "is there"), so
  * what is tested is flake-ctl's own behaviour, not podman's.
  */
-import { before, describe, test } from "node:test";
+import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import {
   cpSync,
@@ -14,6 +14,7 @@ import {
   mkdtempSync,
   readFileSync,
   readlinkSync,
+  rmSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -118,6 +119,7 @@ describe("flake-ctl with flake-pilot's command lines and files", () => {
     };
     calls = [];
   });
+  after(() => rmSync(dir, { recursive: true, force: true }));
 
   test("5, 6: flake-pilot's files load (null other section); NAME.d/*.yml read, other files warned about", async () => {
     mkdirSync(flakesDir, { recursive: true });

@@ -20,8 +20,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   sudo_cmd=()
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" apt-get update -q
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Another apt/dpkg run (a second set-up, unattended-upgrades) may hold the lock:
+  # wait for it (apt says "Waiting for cache lock … held by process N") instead of failing at once.
+  lock_timeout="${EOS_APT_LOCK_TIMEOUT:-600}"
+  echo "setup: if another apt/dpkg run holds the lock, waiting up to ${lock_timeout}s for it"
+  apt_opts=(-o "DPkg::Lock::Timeout=${lock_timeout}")
+  "${sudo_cmd[@]}" apt-get "${apt_opts[@]}" update -q
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get "${apt_opts[@]}" install -y -q --no-install-recommends "${missing[@]}"
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then

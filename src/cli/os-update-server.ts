@@ -4,6 +4,7 @@
  */
 import { sysPath, type Context } from "../io/context.ts";
 import { fetchAll } from "../io/server/fetch-all.ts";
+import { syncFetchTimers } from "../io/server/fetch-timers.ts";
 import { DEFAULT_IMAGES_DIR } from "../io/server/published.ts";
 import { answerRestricted } from "../io/server/restricted.ts";
 import { serve, type ServeOptions } from "../io/server/serve.ts";
@@ -16,6 +17,7 @@ interface FetchOpts {
   imagesDir?: string;
   image?: string[];
   daemon?: boolean;
+  timers?: boolean;
   json?: boolean;
 }
 
@@ -31,13 +33,25 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
     )
     .option("--config <file>", "configuration (default /etc/os-update.yml)")
     .option("--images-dir <dir>", `published image directory (default ${DEFAULT_IMAGES_DIR})`)
-    .option("--image <name...>", "only these images")
+    .option("--image <name...>", "only these images: name, path (/srv/www/fleet/os-images/NAME.raw) or URL")
     .option("--daemon", "keep running, fetching each image at its interval (default 1h)")
     .option("--oneshot", "fetch once and exit (the default; the original daemon's flag)")
+    .option(
+      "--timers",
+      "then enable and start os-update-daemon@NAME.timer per configured image, stop those of removed images (os-fetch.service)",
+    )
     .option("--json", "print results as JSON")
     .action(async (opts: FetchOpts) => {
       const results = await fetchAll(ctx, { ...opts, images: opts.image });
       if (opts.daemon) return;
+      let timersFailed = false;
+      if (opts.timers) {
+        const sync = await syncFetchTimers(ctx, opts.config);
+        for (const unit of sync.enabled) ctx.stdout.write(`enabled ${unit}\n`);
+        for (const unit of sync.disabled) ctx.stdout.write(`disabled ${unit}\n`);
+        for (const f of sync.failed) ctx.stderr.write(`os-update-server: ${f.unit}: ${f.error}\n`);
+        timersFailed = sync.failed.length > 0;
+      }
       if (opts.json) ctx.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
       else {
         for (const r of results) {
@@ -45,7 +59,7 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
           ctx.stdout.write(`${r.name}: ${r.status}${detail}\n`);
         }
       }
-      result = results.some((r) => r.status === "failed") ? 1 : 0;
+      result = timersFailed || results.some((r) => r.status === "failed") ? 1 : 0;
     });
   program
     .command("serve")

@@ -4,6 +4,8 @@
  * 2 = usage error, 3 = any other error (the message says which).
  */
 import { pipeline } from "node:stream/promises";
+import { EosError } from "../core/errors.ts";
+import { expandLongOptionPrefixes } from "../core/long-options.ts";
 import type { Context } from "../io/context.ts";
 import { systemBootActions, type BootActions } from "../io/update/boot-actions.ts";
 import { sshOriginalRead } from "../io/update/source.ts";
@@ -104,15 +106,31 @@ async function runCommit(ctx: Context, o: UpdaterOptions, opts: Options): Promis
   return 0;
 }
 
+function parsePort(text: string | undefined): number | undefined {
+  const port = text === undefined ? undefined : Number(text);
+  if (port !== undefined && !(Number.isInteger(port) && port > 0 && port < 65536))
+    throw usageError(`--port: not a port: ${text}`);
+  return port;
+}
+
+/** A published file name for `--read` (it becomes part of the SSH command). */
+const READ_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,159}$/;
+
+/** `--read FILE` alone: the original's raw dump (`sudo cat …/os-images/FILE`) to stdout. */
 async function runRead(ctx: Context, opts: Options): Promise<number> {
   if (!opts.server) throw usageError("--read needs --server USER@HOST");
-  const port = opts.port === undefined ? undefined : Number(opts.port);
-  if (port !== undefined && !(Number.isInteger(port) && port > 0 && port < 65536))
-    throw usageError(`--port: not a port: ${opts.port}`);
+  const file = opts.read as string;
+  if (!READ_NAME.test(file) || file.includes(".."))
+    throw usageError(`--read ${JSON.stringify(file)}: not a published image file name`);
   const stream = sshOriginalRead(
-    { server: opts.server, pkey: opts.pkey, port, knownHosts: opts.knownHosts, proc: ctx.proc },
-    opts.read as string,
-    opts.firmware ? "firmware" : "root",
+    {
+      server: opts.server,
+      pkey: opts.pkey,
+      port: parsePort(opts.port),
+      knownHosts: opts.knownHosts,
+      proc: ctx.proc,
+    },
+    file,
   );
   await pipeline(stream, ctx.stdout, { end: false });
   return 0;
@@ -133,10 +151,13 @@ export async function osUpdateMain(
     .option("--rollback", "make the other slot the default after verifying it")
     .option("--firmware", "update the EFI partition's firmware files (keeps boot control and EFI binaries)")
     .option("--reboot", "reboot afterwards (with --apply: instead of kexec)")
-    .option("--read <name>", "write the image's raw root stream to stdout (SSH, with --server and --pkey)")
-    .option("--server <user@host>", "update server for --read")
-    .option("--pkey <file>", "SSH private key for --read")
-    .option("--port <port>", "SSH port for --read (default 22)")
+    .option(
+      "--read <name>",
+      "image name on the server (SSH): with --check/--apply/--firmware the image to use; alone, write the published file NAME (NAME.raw = disk image, NAME.raw.dev = root, NAME.raw.firmware) to stdout",
+    )
+    .option("--server <user@host>", "update server (SSH), over os-update.yml's")
+    .option("--pkey <file>", "SSH private key, over os-update.yml's")
+    .option("--port <port>", "SSH port (default 22)")
     .option(
       "--known-hosts <file>",
       "pin the server's host key for --read (default: accept a new host key once)",
@@ -151,18 +172,34 @@ export async function osUpdateMain(
   program.action((o: Options) => {
     opts = o;
   });
-  const early = await parseProgram(program, argv);
+  // getopt_long (the original) took unique prefixes: --chec is --check.
+  const longOptions = program.options
+    .filter((opt) => opt.long !== undefined)
+    .map((opt) => ({ long: opt.long as string, takesValue: opt.required || opt.optional }));
+  longOptions.push({ long: "--help", takesValue: false });
+  const early = await parseProgram(program, expandLongOptionPrefixes(argv, longOptions));
   if (early !== undefined) return early;
-  const actions = (["check", "apply", "commit", "rollback", "firmware", "read"] as const).filter(
-    (a) => opts[a] !== undefined && opts[a] !== false,
-  );
-  if (opts.read !== undefined) return runRead(ctx, opts);
+  const actions = (["check", "apply", "commit", "rollback", "firmware"] as const).filter((a) => opts[a]);
+  // --read alone is the original's raw dump; next to an action it names the image (the original's meaning).
+  if (opts.read !== undefined && actions.length === 0) return runRead(ctx, opts);
   if (actions.length !== 1) {
     throw usageError(
-      "give exactly one of --check, --apply, --commit, --rollback, --firmware, --read",
+      "give exactly one of --check, --apply, --commit, --rollback, --firmware (or --read NAME alone)",
       "see os-update --help",
     );
   }
+  const transport =
+    opts.read !== undefined || opts.server !== undefined || opts.pkey !== undefined
+      ? {
+          name: opts.read,
+          server: opts.server,
+          pkey: opts.pkey,
+          port: parsePort(opts.port),
+          knownHosts: opts.knownHosts,
+        }
+      : undefined;
+  if (transport?.name !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/.test(transport.name))
+    throw new EosError("USAGE", `--read ${JSON.stringify(transport.name)}: not an image name`);
   const o: UpdaterOptions = {
     ctx,
     config: opts.config,
@@ -172,6 +209,7 @@ export async function osUpdateMain(
     noDelta: opts.delta === false,
     boot: deps.boot,
     retryDelayMs: deps.retryDelayMs,
+    transport,
     say: (line) => {
       if (!opts.json) ctx.stdout.write(`${line}\n`);
     },

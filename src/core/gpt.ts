@@ -5,7 +5,7 @@
  * label, never by number: the label is the contract between builder, device
  * and server.
  */
-import { crc32 } from "node:zlib";
+import { crc32 } from "./crc32.ts";
 import { EosError } from "./errors.ts";
 
 export const GPT_SIGNATURE = "EFI PART";

@@ -372,7 +372,7 @@ describe("container flakes (podman)", { skip }, () => {
     writeFileSync(plain, "#!/bin/sh\n");
     r = await ctl(["podman", "register", "--container", "localhost/flaketest-app", "--app", plain]);
     assert.notEqual(r.status, 0);
-    assert.match(r.stderr, /exists and is not a flake/);
+    assert.match(r.stderr, /App path .* already exists \(not a flake\)/);
     assert.equal(readFileSync(plain, "utf8"), "#!/bin/sh\n");
     assert.ok(!existsSync(join(fx.flakesDir, "plain-file.yaml")));
     r = await ctl([

@@ -160,9 +160,44 @@ describe("os-update: the full cycle over HTTPS and SSH", () => {
     });
   }
 
-  test("--read gives the original raw stream over SSH (the original client's command form)", async () => {
-    const root = await partitionBytes(join(world.imagesDir, `${NAME}.raw`), "p.lxreadonly");
-    const args = [
+  test("--read FILE alone: the original's raw dump (sudo cat …/os-images/FILE): disk image, root, firmware", async () => {
+    const raw = join(world.imagesDir, `${NAME}.raw`);
+    const ssh = [
+      "--server",
+      "root@127.0.0.1",
+      "--pkey",
+      sshd.clientKey,
+      "--port",
+      String(sshd.port),
+      "--known-hosts",
+      sshd.knownHosts,
+    ];
+    // The original `os-update --read NAME` sends `sudo cat /srv/www/fleet/os-images/NAME`: the whole published disk image.
+    for (const file of [NAME, `${NAME}.raw`]) {
+      const disk = await runEos("os-update", ["--read", file, ...ssh]);
+      assert.equal(disk.code, 0, disk.stderr);
+      assert.ok(disk.stdout.equals(await readFile(raw)), `--read ${file} is the disk image`);
+    }
+    const root = await runEos("os-update", ["--read", `${NAME}.raw.dev`, ...ssh]);
+    assert.equal(root.code, 0, root.stderr);
+    assert.ok(root.stdout.equals(await partitionBytes(raw, "p.lxreadonly")));
+    const fw = await runEos("os-update", ["--read", `${NAME}.raw.firmware`, ...ssh]);
+    assert.ok(fw.stdout.equals(await partitionBytes(raw, "p.UEFI")));
+    const missing = await runEos("os-update", ["--read", "Missing", ...ssh]);
+    assert.equal(missing.code, 3);
+    assert.match(missing.stderr, /not published/);
+    const hostile = await runEos("os-update", ["--read", "../../etc/shadow", ...ssh]);
+    assert.equal(hostile.code, 2);
+  });
+
+  test("--read NAME --server --pkey next to --check/--commit: the image and transport, not a dump (and --chec works)", async () => {
+    // os-update.yml says HTTPS and another name; the original's command line wins.
+    const device = await makeDevice(join(world.dir, "device-v1.raw"), v1Manifest, {
+      config: `update:\n  name: Other\n  url: https://127.0.0.1:1/\n`,
+      keys: [join(world.keysDir, "release.pub")],
+      token,
+    });
+    const ssh = [
       "--read",
       NAME,
       "--server",
@@ -171,21 +206,29 @@ describe("os-update: the full cycle over HTTPS and SSH", () => {
       sshd.clientKey,
       "--port",
       String(sshd.port),
-    ];
-    const r = await runEos("os-update", [...args, "--known-hosts", sshd.knownHosts]);
-    assert.equal(r.code, 0, r.stderr);
-    assert.ok(r.stdout.equals(root));
-    const fw = await runEos("os-update", [...args, "--known-hosts", sshd.knownHosts, "--firmware"]);
-    assert.ok(fw.stdout.equals(await partitionBytes(join(world.imagesDir, `${NAME}.raw`), "p.UEFI")));
-    const missing = await runEos("os-update", [
-      ...args.slice(0, 1),
-      "Missing",
-      ...args.slice(2),
       "--known-hosts",
       sshd.knownHosts,
-    ]);
-    assert.equal(missing.code, 3);
-    assert.match(missing.stderr, /not published/);
+    ];
+    try {
+      const check = await device.run(["--check", ...ssh]);
+      assert.equal(check.code, 1, `exit 1 = update available, not a dump's 0: ${check.stderr}`);
+      assert.match(check.stdout, /update available: 1.0.0 → 2.0.0/);
+      assert.ok(check.stdout.length < 200, "no raw stream on stdout");
+      // getopt_long's unique prefixes, as the original script's users typed them.
+      const short = await device.run(["--chec", "--rea", NAME, ...ssh.slice(2)]);
+      assert.equal(short.code, 1, short.stderr);
+      assert.match(short.stdout, /update available/);
+      const ambiguous = await device.run(["--c"]);
+      assert.equal(ambiguous.code, 2);
+      assert.match(ambiguous.stderr, /--c is ambiguous: --check, --commit, --config/);
+      const commit = await device.run(["--commit", ...ssh]);
+      assert.equal(commit.code, 0, commit.stderr);
+      assert.match(commit.stdout, /not a trial boot/);
+      const two = await device.run(["--check", "--apply", ...ssh]);
+      assert.equal(two.code, 2);
+    } finally {
+      await device.close();
+    }
   });
 
   describe("refusals leave the running slot and the boot control block as they were", () => {

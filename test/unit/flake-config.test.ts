@@ -94,11 +94,12 @@ test("schema: unknown key in a fragment names that fragment; required keys check
   }
 });
 
-test("fragments are read in sorted order, .yaml only", () => {
+test("fragments are read in sorted order, .yaml and .yml (flake-pilot read every file in NAME.d)", () => {
   assert.deepEqual(sortFragmentNames(["b.yaml", "a.yaml", "10.yaml", "x.yml", ".hidden.yaml", "README"]), [
     "10.yaml",
     "a.yaml",
     "b.yaml",
+    "x.yml",
   ]);
 });
 

@@ -46,7 +46,6 @@ test("hostile commands are refused with a reason", () => {
     "cat /srv/www/fleet/os-images/EOS.raw.dev > /tmp/x",
     "cat /srv/www/fleet/os-images/EOS.raw.dev /etc/shadow",
     "cat /srv/www/fleet/os-images/sub/EOS.raw.dev",
-    "cat /srv/www/fleet/os-images/EOS.raw",
     "cat /srv/www/fleet/os-images/.versions",
     "cat  /srv/www/fleet/os-images/EOS.raw.dev",
     "sudo sh -c id",

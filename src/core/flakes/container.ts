@@ -63,6 +63,7 @@ export const containerFlakeSpec: Spec = {
       },
     },
     include: INCLUDE_SPEC,
+    vm: { type: "empty", why: "this is a container flake (flake-pilot writes vm: ~ here)" },
   },
 };
 

@@ -114,7 +114,22 @@ export type Spec =
   | { type: "list"; item: Spec }
   | { type: "map"; fields: Record<string, Spec>; required?: string[] }
   /** A mapping with free keys (e.g. named instances), each value checked against `value`. */
-  | { type: "dict"; value: Spec };
+  | { type: "dict"; value: Spec }
+  /**
+   * A key that may only be empty (`~`): the other engine's section, which
+   * flake-pilot's flake-ctl writes as null into every flake file.
+   */
+  | { type: "empty"; why: string };
+
+/**
+ * Values of flake-pilot's templates (flake-ctl/template/*-flake.yaml) that
+ * must be replaced before a file is used: what to put there instead.
+ */
+const TEMPLATE_PLACEHOLDERS: Record<string, string> = {
+  "path/to/program/in/container":
+    "the absolute path of the program inside the container or VM (/ for the image's entrypoint)",
+  "path/to/program/on/host": "the absolute path of the command on the host, e.g. /usr/bin/NAME",
+};
 
 function keyPath(parent: string, key: string | number): string {
   if (typeof key === "number") return `${parent}[${key}]`;
@@ -138,7 +153,17 @@ export function checkSpec(
   const fail = (message: string): never => {
     throw new EosError("CONFIG", `${file}: ${path || "(top level)"}: ${message}`);
   };
+  if (typeof value === "string" && Object.hasOwn(TEMPLATE_PLACEHOLDERS, value)) {
+    throw new EosError(
+      "CONFIG",
+      `${file}: ${path}: still holds the template's placeholder ${JSON.stringify(value)}`,
+      { hint: `fill in ${path} with ${TEMPLATE_PLACEHOLDERS[value]}` },
+    );
+  }
   switch (spec.type) {
+    case "empty":
+      fail(`must be empty (~): ${spec.why}`);
+      return;
     case "string":
       if (typeof value !== "string") {
         if (typeof value === "number" || typeof value === "boolean") return; // YAML scalars read as strings below
@@ -243,9 +268,19 @@ export function mergeFlakeDocuments(docs: FlakeDocument[], spec: Spec): Record<s
 
 /** Sort order of NAME.d/ fragments: plain code-point order, as flake-pilot's sorted paths. */
 export function sortFragmentNames(names: string[]): string[] {
-  return names
-    .filter((n) => n.endsWith(".yaml") && !n.startsWith("."))
-    .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  return splitFragmentNames(names).read;
+}
+
+/**
+ * NAME.d/ entries: `*.yaml` and `*.yml` are read, in one sorted order (as
+ * flake-pilot, which reads every file there); anything else is reported so
+ * the caller can warn instead of dropping it silently. Hidden files (editor
+ * and atomic-write leftovers) are skipped without a word.
+ */
+export function splitFragmentNames(names: string[]): { read: string[]; ignored: string[] } {
+  const visible = names.filter((n) => !n.startsWith(".")).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  const isYaml = (n: string) => n.endsWith(".yaml") || n.endsWith(".yml");
+  return { read: visible.filter(isYaml), ignored: visible.filter((n) => !isYaml(n)) };
 }
 
 // ---------------------------------------------------------------- names
@@ -328,17 +363,22 @@ export function parsePilotArgs(args: string[], known: readonly string[]): PilotA
 
 /**
  * `%VAR` in a runtime option becomes the caller's $VAR (flake-pilot: upper
- * case names). An unset variable is an error naming the option.
+ * case names); `%%` is a literal `%`. An unset variable is an error naming
+ * the option and the variable: flake-pilot passed the text on unexpanded,
+ * which podman then took as a literal path or value (`--volume %HOME:/home`
+ * made a volume named "%HOME"), so a launch that cannot mean what the flake
+ * says stops before podman runs.
  */
 export function expandPercentVars(option: string, env: Record<string, string | undefined>): string {
-  return option.replace(/%([A-Z_][A-Z0-9_]*)/g, (_match, name: string) => {
+  return option.replace(/%%|%([A-Z_][A-Z0-9_]*)/g, (_match, name: string | undefined) => {
+    if (name === undefined) return "%";
     const value = env[name];
     if (value === undefined) {
       throw new EosError(
         "FLAKE",
         `runtime option ${JSON.stringify(option)} uses %${name}, which is not set`,
         {
-          hint: `set ${name} in the environment, or change the option in the flake file`,
+          hint: `set ${name} in the environment, or change the option in the flake file (%% is a literal %)`,
         },
       );
     }

@@ -120,6 +120,11 @@ export const vmFlakeSpec: Spec = {
                   pattern: /^(Unsafe|Writeback)$/,
                   patternText: "must be Unsafe or Writeback",
                 },
+                /** flake-pilot's per-instance boot args, keyed by "@NAME". */
+                instance: {
+                  type: "dict",
+                  value: { type: "map", fields: { boot_args: { type: "list", item: { type: "string" } } } },
+                },
               },
             },
           },
@@ -127,6 +132,7 @@ export const vmFlakeSpec: Spec = {
       },
     },
     include: INCLUDE_SPEC,
+    container: { type: "empty", why: "this is a VM flake (flake-pilot writes container: ~ here)" },
   },
 };
 
@@ -146,6 +152,8 @@ export interface VmFlake {
     qemu: { machine: "q35" | "pc" | "microvm"; accel: "auto" | "kvm" | "tcg" };
     firecracker: {
       bootArgs: string[];
+      /** flake-pilot's `instance: {"@NAME": {boot_args}}`: per-instance boot args. */
+      instances?: Record<string, string[]> | undefined;
       /** As written (e.g. 20GiB); undefined: no overlay drive (memory upper layer). */
       overlaySize: string | undefined;
       overlayBytes: number | undefined;
@@ -207,6 +215,7 @@ export function vmFlakeFromData(data: Record<string, unknown>, label: string): V
       },
       firecracker: {
         bootArgs: Array.isArray(fc.boot_args) ? stringList(fc.boot_args) : [...DEFAULT_BOOT_ARGS],
+        instances: instanceBootArgs(fc.instance),
         overlaySize,
         overlayBytes,
         rootfsImagePath: scalarString(fc.rootfs_image_path) ?? `${imageDir}/rootfs`,
@@ -228,6 +237,52 @@ export function vmFlakeFromData(data: Record<string, unknown>, label: string): V
     throw new EosError("CONFIG", `${label}: vm.runtime.firecracker.vcpu_count must be 1 or an even number`);
   }
   return flake;
+}
+
+function instanceBootArgs(value: unknown): Record<string, string[]> | undefined {
+  if (typeof value !== "object" || value === null) return undefined;
+  const out: Record<string, string[]> = {};
+  for (const [key, entry] of Object.entries(value as Record<string, unknown>)) {
+    const args = (entry as { boot_args?: unknown } | null)?.boot_args;
+    if (Array.isArray(args)) out[key.replace(/^@/, "")] = stringList(args);
+  }
+  return Object.keys(out).length > 0 ? out : undefined;
+}
+
+/**
+ * The boot args of one call: the flake's, with those of `instance:` for the
+ * caller's `@NAME` on top, as flake-pilot documents it: an instance's
+ * `key=value` replaces the flake's argument of the same key, others are added.
+ */
+export function bootArgsForInstance(flake: VmFlake, instance: string | undefined): string[] {
+  const base = flake.runtime.firecracker.bootArgs;
+  const extra = instance === undefined ? undefined : flake.runtime.firecracker.instances?.[instance];
+  if (!extra) return [...base];
+  const keyOf = (arg: string) => arg.split("=")[0] ?? arg;
+  const out = [...base];
+  for (const arg of extra) {
+    const at = out.findIndex((a) => keyOf(a) === keyOf(arg));
+    if (at >= 0) out[at] = arg;
+    else out.push(arg);
+  }
+  return out;
+}
+
+/**
+ * The boot args flake-pilot's flake-ctl writes: its template's, without
+ * `ip=` for --no-net, and with `sci_resume=1` / `sci_force_vsock=1` for
+ * --resume / --force-vsock (the pilot here manages both itself and drops
+ * them at launch; they are written so the file reads the same to either).
+ */
+export function registeredBootArgs(opts: {
+  noNet?: boolean;
+  resume?: boolean;
+  forceVsock?: boolean;
+}): string[] {
+  const args = DEFAULT_BOOT_ARGS.filter((a) => !(opts.noNet && a.startsWith("ip=")));
+  if (opts.resume) args.push("sci_resume=1");
+  if (opts.forceVsock) args.push("sci_force_vsock=1");
+  return args;
 }
 
 /** The document `flake-ctl firecracker register` writes (flake-pilot's layout). */
@@ -275,8 +330,13 @@ export interface BootArgsOptions {
   net?: string | undefined;
 }
 
-/** Keys the pilot sets itself; the flake's values for them are dropped. */
-const MANAGED = /^(overlay_root|sci\.[a-z]+|panic)=/;
+/**
+ * Keys the pilot sets itself; the flake's values for them are dropped. That
+ * includes flake-pilot's `sci_resume=1` / `sci_force_vsock=1`, which its
+ * flake-ctl writes into boot_args: here resume comes from runtime.resume and
+ * the channel is always the pilot's.
+ */
+const MANAGED = /^(overlay_root|sci\.[a-z]+|sci_[a-z_]+|panic)=/;
 
 /**
  * The kernel command line: the flake's boot args, then what the pilot

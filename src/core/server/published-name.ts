@@ -30,3 +30,30 @@ export function checkPublishedName(published: string, manifest: Manifest): void 
     );
   }
 }
+
+/**
+ * `fetch --image X`: X is a configured image's name (`NAME` or `NAME.raw`),
+ * or, as the original os-update-daemon's `--image PATH`, a path whose last
+ * part is one (`/srv/www/fleet/os-images/NAME.raw`, also `….raw.xz`), or the
+ * image's origin URL. Returns the configured name, or undefined.
+ */
+export function matchConfiguredImage(
+  wanted: string,
+  images: ReadonlyArray<{ name: string; image: string }>,
+): string | undefined {
+  const byUrl = images.find((i) => i.image === wanted);
+  if (byUrl) return byUrl.name;
+  const last = wanted.split("/").filter(Boolean).pop() ?? wanted;
+  const name = last.replace(/\.raw(\.(dev|firmware|xz|sha))?$/, "");
+  return images.find((i) => i.name === name || i.name === last)?.name;
+}
+
+/** A string as a systemd unit instance: characters other than [A-Za-z0-9:_.-] as \xNN (systemd-escape). */
+export function escapeUnitInstance(text: string): string {
+  return text.replace(/[^A-Za-z0-9:_.-]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
+}
+
+/** The timer that refreshes a published image (the original's os-update-daemon@NAME.timer). */
+export function fetchTimerUnit(name: string): string {
+  return `os-update-daemon@${escapeUnitInstance(name)}.timer`;
+}

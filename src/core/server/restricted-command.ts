@@ -6,6 +6,8 @@
  *   [sudo] cat DIR/NAME.raw.dev              root stream (original client)
  *   [sudo] cat DIR/NAME.raw.firmware         firmware stream (original client)
  *   [sudo] cat DIR/NAME.manifest.json[.sig]  manifest, signatures
+ *   [sudo] cat DIR/NAME[.raw]                the whole published disk image
+ *                                            (the original `os-update --read NAME`)
  *   [sudo] test -e|-f DIR/NAME.raw[.dev|.firmware]   does the image exist
  *   eos-read NAME root|firmware|manifest|signature [OFFSET]   (resume from OFFSET)
  *   eos-read NAME deltas                     the current version's delta index
@@ -16,7 +18,12 @@
 import { isSafeImageName } from "../image-name.ts";
 
 export type RestrictedRequest =
-  | { kind: "read"; name: string; what: "root" | "firmware" | "manifest" | "signature"; offset: number }
+  | {
+      kind: "read";
+      name: string;
+      what: "root" | "firmware" | "manifest" | "signature" | "disk";
+      offset: number;
+    }
   | { kind: "test"; name: string }
   | { kind: "deltas"; name: string }
   | { kind: "delta"; name: string; from: string };
@@ -93,7 +100,13 @@ export function parseRestrictedCommand(command: string | undefined, imageDirs: s
         return { ok: true, request: { kind: "read", name, what, offset: 0 } };
       }
     }
-    return refuse("only NAME.raw.dev, NAME.raw.firmware and NAME.manifest.json[.sig] can be read");
+    // The whole disk image, read-only, of a published image only (the answer checks that it is published).
+    const disk = located.rest.replace(/\.raw$/, "");
+    if (isSafeImageName(disk))
+      return { ok: true, request: { kind: "read", name: disk, what: "disk", offset: 0 } };
+    return refuse(
+      "only NAME, NAME.raw, NAME.raw.dev, NAME.raw.firmware and NAME.manifest.json[.sig] can be read",
+    );
   }
 
   if (verb === "test") {

@@ -31,6 +31,7 @@ import {
   checkRegistrable,
   installFlake,
   listFlakes,
+  resolvePilot,
   unregisterFlake,
   type FlakeRemover,
 } from "./registration.ts";
@@ -55,6 +56,7 @@ export interface RegisterOptions {
   attach?: boolean;
   includeTar?: string[];
   includePath?: string[];
+  /** undefined: on with --base (flake-pilot's default), off otherwise; false: --no-check-host-dependencies. */
   checkHostDependencies?: boolean;
   force?: boolean;
   info?: boolean;
@@ -64,13 +66,14 @@ export async function registerContainerFlake(
   ctx: Context,
   setup: FlakesSetup,
   opts: RegisterOptions,
-): Promise<{ name: string; file: string; link: string }> {
+): Promise<{ name: string; file: string; link: string; pilot: string; flake: ContainerFlake }> {
   assertImageRef(opts.container, "--container");
   if (opts.base !== undefined) assertImageRef(opts.base, "--base");
   for (const layer of opts.layer ?? []) assertImageRef(layer, "--layer");
   if (opts.app === undefined) throw new EosError("USAGE", "--app is required (or --info)");
   const app = assertHostPath(opts.app, "--app");
-  const target = opts.target ?? app;
+  // `--target ''` is how flake-pilot's docs ask for the image's entrypoint: the same as `/`.
+  const target = opts.target === "" ? "/" : (opts.target ?? app);
   if (target !== "/") assertHostPath(target, "--target");
   if (/\s/.test(target))
     throw new EosError("USAGE", `--target ${JSON.stringify(target)} must not contain spaces`);
@@ -87,7 +90,7 @@ export async function registerContainerFlake(
     hostAppPath: app,
     baseContainer: opts.base,
     layers: opts.layer ?? [],
-    checkHostDependencies: Boolean(opts.checkHostDependencies),
+    checkHostDependencies: opts.checkHostDependencies ?? opts.base !== undefined,
     runtime: {
       runas: userInfo().username,
       resume: Boolean(opts.resume),
@@ -107,10 +110,11 @@ export async function registerContainerFlake(
     if (!(await fileExists(p))) throw new EosError("NOT_FOUND", `include ${p} does not exist`);
   }
 
+  const { pilot } = await resolvePilot(setup, "podman", ctx.argv0);
   const text = renderContainerFlake(flake);
   parseContainerFlake([{ file: `${name}.yaml`, text }]);
-  const file = await installFlake(setup, name, text, app, setup.config.podmanPilot);
-  return { name, file, link: app };
+  const file = await installFlake(setup, name, text, app, pilot);
+  return { name, file, link: app, pilot, flake };
 }
 
 /** `register --info`: the registration info (/NAME.yaml) an image carries. */
@@ -192,7 +196,9 @@ export async function showContainerFlake(
   name: string,
 ): Promise<{ name: string; files: string[]; flake: ContainerFlake; command: string[] | undefined }> {
   assertFlakeName(name);
-  const sources: FlakeSource[] = readFlakeSources(setup, name);
+  const sources: FlakeSource[] = readFlakeSources(setup, name, (line) =>
+    ctx.stderr.write(`flake-ctl: warning: ${line}\n`),
+  );
   const flake = parseContainerFlake(sources);
   const persistent = flake.runtime.resume || flake.runtime.attach;
   // A delta/include flake runs its provisioned image (built at its first launch).

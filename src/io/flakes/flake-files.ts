@@ -24,7 +24,7 @@ import { fnv1a } from "../../core/fnv.ts";
 import {
   DEFAULT_FLAKES_CONFIG_PATH,
   FLAKES_CONFIG_DEFAULTS,
-  sortFragmentNames,
+  splitFragmentNames,
   type FlakeSource,
   type FlakesConfig,
 } from "../../core/flakes/flake-config.ts";
@@ -121,6 +121,8 @@ interface CacheEntry<T> {
   stamps: Record<string, string>;
   setup: FlakesSetup;
   value: T;
+  /** What reading the files warned about, said again on every cached load. */
+  warnings?: string[];
 }
 
 /**
@@ -132,7 +134,7 @@ export async function loadFlakeCached<T>(
   name: string,
   kind: string,
   parse: (sources: FlakeSource[]) => Promise<T>,
-  opts: { user?: boolean } = {},
+  opts: { user?: boolean; warn?: (line: string) => void } = {},
 ): Promise<{ setup: FlakesSetup; value: T }> {
   const user = opts.user ?? false;
   const configPath = flakesConfigPath(ctx, user);
@@ -146,6 +148,7 @@ export async function loadFlakeCached<T>(
         entry.configPath === configPath &&
         Object.entries(entry.stamps).every(([path, stamp]) => stampOf(path) === stamp)
       ) {
+        for (const line of entry.warnings ?? []) opts.warn?.(line);
         return { setup: entry.setup, value: entry.value };
       }
     } catch {
@@ -154,7 +157,11 @@ export async function loadFlakeCached<T>(
   }
   const setup = await loadFlakesSetup(ctx, { user });
   const stamps: Record<string, string> = { [configPath]: stampOf(configPath) };
-  const sources = readFlakeSources(setup, name);
+  const warnings: string[] = [];
+  const sources = readFlakeSources(setup, name, (line) => {
+    warnings.push(line);
+    opts.warn?.(line);
+  });
   stamps[flakeFragmentDir(setup, name)] = stampOf(flakeFragmentDir(setup, name));
   for (const source of sources) stamps[source.file] = stampOf(source.file);
   const value = await parse(sources);
@@ -162,7 +169,7 @@ export async function loadFlakeCached<T>(
     try {
       await mkdir(dir, { recursive: true, mode: 0o700 });
       if (dirIsOurs(dir)) {
-        const entry: CacheEntry<T> = { version: 1, configPath, stamps, setup, value };
+        const entry: CacheEntry<T> = { version: 1, configPath, stamps, setup, value, warnings };
         await writeFileAtomic(file, JSON.stringify(entry), 0o600);
       }
     } catch {
@@ -180,8 +187,16 @@ export function flakeFragmentDir(setup: FlakesSetup, name: string): string {
   return join(setup.config.flakesDir, `${name}.d`);
 }
 
-/** NAME.yaml, then NAME.d/*.yaml in sorted order. NOT_FOUND if NAME.yaml is missing. */
-export function readFlakeSources(setup: FlakesSetup, name: string): FlakeSource[] {
+/**
+ * NAME.yaml, then NAME.d/*.yaml and *.yml in sorted order. NOT_FOUND if
+ * NAME.yaml is missing. Other files in NAME.d are not read: `warn` gets one
+ * line about each (flake-pilot read every file there).
+ */
+export function readFlakeSources(
+  setup: FlakesSetup,
+  name: string,
+  warn?: (line: string) => void,
+): FlakeSource[] {
   const file = flakeFilePath(setup, name);
   let text: string;
   try {
@@ -203,7 +218,11 @@ export function readFlakeSources(setup: FlakesSetup, name: string): FlakeSource[
   } catch {
     names = [];
   }
-  for (const fragment of sortFragmentNames(names)) {
+  const { read, ignored } = splitFragmentNames(names);
+  for (const other of ignored) {
+    warn?.(`${join(dir, other)} is not read: only *.yaml and *.yml files in ${name}.d are flake fragments`);
+  }
+  for (const fragment of read) {
     const path = join(dir, fragment);
     if (!statSync(path, { throwIfNoEntry: false })?.isFile()) continue;
     sources.push({ file: path, text: readFileSync(path, "utf8") });
@@ -354,13 +373,38 @@ export async function readTextFile(path: string): Promise<string | undefined> {
 /**
  * `flake-ctl init`: the flake directories, and with `user` (unless
  * FLAKES_CONFIG names another file) a ~/.config/flakes.yml whose directories
- * the user can write. Returns what it made.
+ * the user can write. `force` writes the flakes.yml anew even if it exists
+ * (user: ~/.config/flakes.yml; system: FLAKES_CONFIG or /etc/flakes.yml,
+ * with flake-pilot's defaults). Returns what it made.
  */
-export async function initFlakes(ctx: Pick<Context, "env" | "root">, user: boolean): Promise<string[]> {
+export async function initFlakes(
+  ctx: Pick<Context, "env" | "root">,
+  user: boolean,
+  force = false,
+): Promise<string[]> {
   const made: string[] = [];
+  if (force && !user) {
+    // --force: flakes.yml (FLAKES_CONFIG or /etc/flakes.yml) written anew with flake-pilot's defaults.
+    const path = flakesConfigPath(ctx, false);
+    const { renderYaml } = await import("../../core/flakes/flake-yaml.ts");
+    const d = FLAKES_CONFIG_DEFAULTS;
+    await ensureDir(dirname(path));
+    await atomicWriteFile(
+      path,
+      renderYaml({
+        generic: {
+          flakes_dir: d.flakesDir,
+          podman_ids_dir: d.podmanIdsDir,
+          firecracker_ids_dir: d.firecrackerIdsDir,
+          podman_storage_conf: d.podmanStorageConf,
+        },
+      }),
+    );
+    made.push(`wrote ${path}`);
+  }
   if (user && !ctx.env.FLAKES_CONFIG) {
     const path = userFlakesConfigPath(ctx.env);
-    if (!existsSync(path)) {
+    if (force || !existsSync(path)) {
       const { renderYaml } = await import("../../core/flakes/flake-yaml.ts");
       const home = ctx.env.HOME ?? userInfo().homedir;
       const data = join(ctx.env.XDG_DATA_HOME ?? join(home, ".local", "share"), "flakes");

@@ -4,6 +4,8 @@
  * not a pilot's), the files and the link written as one step with undo, and
  * the read-only view of what is registered that `list` and `show` print.
  */
+import { realpath } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { EosError, errorMessage } from "../../core/errors.ts";
 import type { Context } from "../context.ts";
 import {
@@ -37,8 +39,36 @@ export type FlakeRemover = (
   setup: FlakesSetup,
   app: string,
   force: boolean,
-) => Promise<{ name: string }>;
+) => Promise<{ name: string; removed: boolean }>;
 const SECTION: Record<FlakeEngine, "container" | "vm"> = { podman: "container", firecracker: "vm" };
+
+/**
+ * What a new flake's link points at: the pilot flakes.yml names
+ * (`podman_pilot` / `firecracker_pilot`), or, when that is not installed
+ * (EOS run from a checkout or an unpacked bundle), the pilot that ships
+ * beside the running flake-ctl. Neither: refused, so no link is made that
+ * every call would fail on (exit 127).
+ */
+export async function resolvePilot(
+  setup: FlakesSetup,
+  engine: FlakeEngine,
+  argv0: string,
+): Promise<{ pilot: string; beside: boolean }> {
+  const configured = engine === "podman" ? setup.config.podmanPilot : setup.config.firecrackerPilot;
+  if ((await pathKind(configured)) !== "missing") return { pilot: configured, beside: false };
+  const program = `${engine}-pilot`;
+  const self = argv0 ? await realpath(argv0).catch(() => undefined) : undefined;
+  if (self) {
+    for (const candidate of [program, `${program}.mjs`]) {
+      const path = join(dirname(self), candidate);
+      if ((await pathKind(path)) === "file") return { pilot: path, beside: true };
+    }
+  }
+  const key = engine === "podman" ? "podman_pilot" : "firecracker_pilot";
+  throw new EosError("NOT_FOUND", `the pilot ${configured} does not exist, so the flake could not start`, {
+    hint: `install EOS's ${program} there, or set generic.${key} in ${setup.configPath} to where it is`,
+  });
+}
 
 /** Is `target` (a link's target) one of our pilots, or an older install's? */
 export function isPilotLink(target: string | undefined, setup: FlakesSetup): boolean {
@@ -131,9 +161,9 @@ export async function listFlakes(
 }
 
 /**
- * Refuses to replace what is not ours: a program at `app` that is not a
- * link to a pilot, or a flake of the same name registered for another app.
- * `--force` replaces both.
+ * Refuses to replace anything at `app` (another program, or a flake already
+ * registered there: "App path … already exists", as flake-pilot), and a
+ * flake of the same name registered for another app. `--force` replaces both.
  */
 export async function checkRegistrable(
   setup: FlakesSetup,
@@ -145,10 +175,18 @@ export async function checkRegistrable(
   if (force) return;
   const kind = await pathKind(app);
   const linkTarget = kind === "symlink" ? await readLinkOrUndefined(app) : undefined;
-  if (kind !== "missing" && !isPilotLink(linkTarget, setup)) {
-    throw new EosError("REFUSED", `${app} exists and is not a flake`, {
-      hint: "choose another --app, or pass --force to replace it",
-    });
+  if (kind !== "missing") {
+    // As flake-pilot: whatever is there (another program, or this or another flake) stays unless --force.
+    const flake = isPilotLink(linkTarget, setup);
+    throw new EosError(
+      "REFUSED",
+      `App path ${app} already exists (${flake ? "a registered flake" : "not a flake"})`,
+      {
+        hint: flake
+          ? `remove it first (flake-ctl ${engine} remove --app ${app}), or pass --force to replace it`
+          : "choose another --app, or pass --force to replace it",
+      },
+    );
   }
   const file = flakeFilePath(setup, name);
   const previous = await readTextFile(file);
@@ -209,7 +247,7 @@ export async function unregisterFlake(
   engine: FlakeEngine,
   force: boolean,
   cleanup: (name: string) => Promise<void>,
-): Promise<{ name: string }> {
+): Promise<{ name: string; removed: boolean }> {
   assertHostPath(app, "--app");
   const name = assertFlakeName(baseName(app), "flake name");
   const file = flakeFilePath(setup, name);
@@ -217,7 +255,11 @@ export async function unregisterFlake(
   const target = kind === "symlink" ? await readLinkOrUndefined(app) : undefined;
   const text = await readTextFile(file);
   if (text === undefined && kind === "missing") {
-    throw new EosError("NOT_FOUND", `no flake registered for ${app} (${file} does not exist)`);
+    // flake-pilot: `remove --force` of what is not there is not an error.
+    if (force) return { name, removed: false };
+    throw new EosError("NOT_FOUND", `no flake registered for ${app} (${file} does not exist)`, {
+      hint: "pass --force to ignore a flake that is not registered",
+    });
   }
   if (text !== undefined && !force) {
     const engineOf = describeFlake(setup, name).engine;
@@ -237,5 +279,5 @@ export async function unregisterFlake(
   if (kind !== "missing") await removePath(app);
   await removePath(file);
   await removePath(flakeFragmentDir(setup, name), { recursive: true });
-  return { name };
+  return { name, removed: true };
 }

@@ -8,7 +8,13 @@ import { join } from "node:path";
 import { EosError } from "../../core/errors.ts";
 import type { PilotArgs } from "../../core/flakes/flake-config.ts";
 import { firecrackerConfig, guestMac, kernelFormat, tapName } from "../../core/flakes/firecracker-config.ts";
-import { bootArgs, type VmEngine, type VmFlake, type VmPlan } from "../../core/flakes/vm.ts";
+import {
+  bootArgs,
+  bootArgsForInstance,
+  type VmEngine,
+  type VmFlake,
+  type VmPlan,
+} from "../../core/flakes/vm.ts";
 import { qemuArgv, QEMU_USER_NET } from "../../core/flakes/vm-qemu.ts";
 import type { Context } from "../context.ts";
 import { formatArgv, type ProcessRunner } from "../process.ts";
@@ -93,7 +99,7 @@ export function checkSocketPath(path: string): void {
 export async function bootVm(launch: Launch, vm: VmDir, detached: boolean): Promise<VmProcess> {
   const fc = launch.flake.runtime.firecracker;
   const network = launch.flake.runtime.network;
-  const cmdline = bootArgs(fc.bootArgs, {
+  const cmdline = bootArgs(bootArgsForInstance(launch.flake, launch.pilot.instance), {
     engine: launch.engine,
     overlay: vm.overlay !== undefined,
     resume: launch.flake.runtime.resume,

@@ -14,7 +14,7 @@ import {
   vmFlakeDocument,
   vmFlakeFromData,
   vmFlakeFromDocuments,
-  DEFAULT_BOOT_ARGS,
+  registeredBootArgs,
   DEFAULT_MEM_MIB,
   DEFAULT_VCPUS,
   type VmEngine,
@@ -28,6 +28,7 @@ import {
   checkRegistrable,
   installFlake,
   listFlakes,
+  resolvePilot,
   unregisterFlake,
 } from "./registration.ts";
 import { removeVmInstances } from "./vm-instance.ts";
@@ -46,6 +47,8 @@ export interface VmRegisterOptions {
   engine?: string;
   memSizeMib?: string;
   vcpuCount?: string;
+  /** flake-ctl firecracker register --run-as USER (runtime.runas; default: the calling user). */
+  runAs?: string;
   force?: boolean;
 }
 
@@ -64,7 +67,7 @@ export async function registerVmFlake(
   ctx: Context,
   setup: FlakesSetup,
   opts: VmRegisterOptions,
-): Promise<{ name: string; file: string; link: string; flake: VmFlake }> {
+): Promise<{ name: string; file: string; link: string; flake: VmFlake; pilot: string }> {
   // Arguments first: nothing is written unless all of them are good.
   const imageName = assertVmImageName(opts.vm, "--vm");
   if (opts.app === undefined) throw new EosError("USAGE", "--app is required");
@@ -81,7 +84,16 @@ export async function registerVmFlake(
   }
   const memSizeMib = wholeNumber(opts.memSizeMib, "--mem", 32, 1024 * 1024) ?? DEFAULT_MEM_MIB;
   const vcpuCount = wholeNumber(opts.vcpuCount, "--vcpus", 1, 32) ?? DEFAULT_VCPUS;
-  for (const p of [...(opts.includeTar ?? []), ...(opts.includePath ?? [])]) {
+  const includes = [...(opts.includeTar ?? []), ...(opts.includePath ?? [])];
+  if (includes.length > 0 && opts.overlaySize === undefined) {
+    // As flake-pilot: includes are written into the overlay, so there must be one.
+    throw new EosError("USAGE", "--include-tar and --include-path need --overlay-size", {
+      hint: "add e.g. --overlay-size 2GiB: the included files go to the VM's overlay drive",
+    });
+  }
+  if (opts.runAs !== undefined && !/^(#\d+|[a-z_][a-z0-9_-]*\$?)$/i.test(opts.runAs))
+    throw new EosError("USAGE", `--run-as ${JSON.stringify(opts.runAs)} is not a user name`);
+  for (const p of includes) {
     assertHostPath(p, "--include-tar/--include-path");
     if (!(await fileExists(p))) throw new EosError("NOT_FOUND", `include ${p} does not exist`);
   }
@@ -95,14 +107,14 @@ export async function registerVmFlake(
       baseVm: undefined,
       layers: [],
       runtime: {
-        runas: userInfo().username,
+        runas: opts.runAs ?? userInfo().username,
         resume: Boolean(opts.resume),
         forceVsock: Boolean(opts.forceVsock),
         engine: engine as VmEngine | "auto",
         network: !opts.noNet,
         qemu: { machine: "q35", accel: "auto" },
         firecracker: {
-          bootArgs: [...DEFAULT_BOOT_ARGS],
+          bootArgs: registeredBootArgs(opts),
           overlaySize: opts.overlaySize,
           overlayBytes: undefined,
           rootfsImagePath: image.rootfs,
@@ -120,10 +132,11 @@ export async function registerVmFlake(
 
   await checkRegistrable(setup, name, app, "firecracker", Boolean(opts.force));
 
+  const { pilot } = await resolvePilot(setup, "firecracker", ctx.argv0);
   const text = renderYaml(vmFlakeDocument(flake));
   vmFlakeFromDocuments([{ file: `${name}.yaml`, data: parseYamlMapping(text, `${name}.yaml`) }]);
-  const file = await installFlake(setup, name, text, app, setup.config.firecrackerPilot);
-  return { name, file, link: app, flake };
+  const file = await installFlake(setup, name, text, app, pilot);
+  return { name, file, link: app, flake, pilot };
 }
 
 /** The registered VM flakes (optionally only those on image `vm`). */
@@ -145,8 +158,12 @@ export const removeVmFlake: FlakeRemover = (ctx, setup, app, force) =>
   });
 
 /** The merged VM flake for `show`. */
-export function loadVmFlake(setup: FlakesSetup, name: string): { files: string[]; flake: VmFlake } {
-  const sources = readFlakeSources(setup, name);
+export function loadVmFlake(
+  setup: FlakesSetup,
+  name: string,
+  warn?: (line: string) => void,
+): { files: string[]; flake: VmFlake } {
+  const sources = readFlakeSources(setup, name, warn);
   const flake = vmFlakeFromDocuments(
     sources.map((s) => ({ file: s.file, data: parseYamlMapping(s.text, s.file) })),
   );

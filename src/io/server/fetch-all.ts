@@ -6,6 +6,7 @@
  */
 import type { ServerImage } from "../../core/config.ts";
 import { EosError, errorMessage } from "../../core/errors.ts";
+import { matchConfiguredImage } from "../../core/server/published-name.ts";
 import { sysPath, type Context } from "../context.ts";
 import { loadTrustedKeys } from "../keys.ts";
 import { jsonLogger } from "../log.ts";
@@ -22,7 +23,7 @@ export type FetchResult = FetchOutcome | { name: string; status: "failed"; error
 export interface FetchAllOptions {
   config?: string | undefined;
   imagesDir?: string | undefined;
-  /** Only these images (names as configured, `.raw` optional). */
+  /** Only these images (names as configured, `.raw` optional; or a path or URL of one). */
   images?: string[] | undefined;
   daemon?: boolean | undefined;
 }
@@ -46,11 +47,14 @@ export async function fetchAll(ctx: Context, o: FetchAllOptions): Promise<FetchR
   const { config, path } = setup;
   let images: ServerImage[] = config.update;
   if (o.images?.length) {
-    const wanted = new Set(o.images.map((n) => n.replace(/\.raw$/, "")));
-    images = images.filter((i) => wanted.has(i.name));
-    const missing = [...wanted].filter((n) => !images.some((i) => i.name === n));
+    const all = images;
+    const missing = o.images.filter((n) => matchConfiguredImage(n, all) === undefined);
     if (missing.length)
-      throw new EosError("CONFIG", `${path}: no image named ${missing.join(", ")} under update:`);
+      throw new EosError("CONFIG", `${path}: no image named ${missing.join(", ")} under update:`, {
+        hint: "--image takes a configured name, its path in the image directory, or its origin URL",
+      });
+    const wanted = new Set(o.images.map((n) => matchConfiguredImage(n, all)));
+    images = images.filter((i) => wanted.has(i.name));
   }
   if (images.length === 0) throw new EosError("CONFIG", `${path}: update: lists no images`);
   const needKeys = images.some((i) => !i.insecure);

@@ -51,6 +51,10 @@ export async function answerRestricted(
     ctx.stdout.write(bytes.subarray(request.offset));
     return 0;
   }
+  if (request.what === "disk") {
+    await pipeline(createReadStream(version.rawPath, { highWaterMark: 1 << 20 }), ctx.stdout, { end: false });
+    return 0;
+  }
   const range = version.ranges[request.what];
   if (!range) return refuse(`image ${request.name} has no ${request.what} partition`);
   if (request.offset > range.length) return refuse("OFFSET is past the end of the stream");

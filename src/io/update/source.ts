@@ -196,12 +196,12 @@ export function sshSource(options: SshSourceOptions): UpdateSource {
   };
 }
 
-/** The original `--read`: the raw stream as the original client asked for it. */
-export function sshOriginalRead(
-  options: Omit<SshSourceOptions, "name">,
-  name: string,
-  kind: StreamKind,
-): Readable {
-  const suffix = kind === "root" ? "raw.dev" : "raw.firmware";
-  return sshStream({ ...options, name }, `sudo cat /srv/www/fleet/os-images/${name}.${suffix}`);
+/**
+ * The original `--read FILE`: `sudo cat /srv/www/fleet/os-images/FILE`, as
+ * the original client sent it. FILE is a published image's file name: the
+ * whole disk image (`NAME` or `NAME.raw`), its root stream (`NAME.raw.dev`)
+ * or its firmware stream (`NAME.raw.firmware`).
+ */
+export function sshOriginalRead(options: Omit<SshSourceOptions, "name">, file: string): Readable {
+  return sshStream({ ...options, name: file }, `sudo cat /srv/www/fleet/os-images/${file}`);
 }

@@ -65,6 +65,47 @@ export interface UpdaterOptions {
   retryDelayMs?: number | undefined;
   /** Lines that tell a person what is happening (the CLI prints them unless --json). */
   say(line: string): void;
+  /**
+   * The original's `--read NAME --server U@H --pkey K` next to --check,
+   * --apply or --firmware: the SSH transport and image name for this call,
+   * over os-update.yml's (which then need not exist).
+   */
+  transport?: SshTransport | undefined;
+}
+
+export interface SshTransport {
+  name?: string | undefined;
+  server?: string | undefined;
+  pkey?: string | undefined;
+  port?: number | undefined;
+  knownHosts?: string | undefined;
+}
+
+/** os-update.yml with the command line's transport over it (SSH, as the original's --read/--server/--pkey). */
+async function loadSetup(o: UpdaterOptions): Promise<DeviceSetup> {
+  const t = o.transport;
+  if (!t) return loadDeviceConfig(o.ctx, o.config);
+  let setup: DeviceSetup;
+  try {
+    setup = await loadDeviceConfig(o.ctx, o.config);
+  } catch (error) {
+    // Everything the call needs is on the command line: the file is optional then.
+    if (!(error instanceof EosError && error.code === "CONFIG" && t.name && t.server)) throw error;
+    setup = { config: { update: { name: t.name } }, path: "(command line)" };
+  }
+  const u = { ...setup.config.update };
+  if (t.name !== undefined) u.name = t.name;
+  if (t.server !== undefined) {
+    u.server = t.server;
+    delete u.url; // --server chooses SSH, as the original's only transport
+  }
+  if (t.pkey !== undefined) u.pkey = t.pkey;
+  if (t.port !== undefined) u.port = t.port;
+  if (t.knownHosts !== undefined) u.known_hosts = t.knownHosts;
+  if (!u.server && !u.url) {
+    throw new EosError("USAGE", "--read NAME needs --server USER@HOST (or update.server in os-update.yml)");
+  }
+  return { config: { ...setup.config, update: u }, path: setup.path };
 }
 
 /** The bounds on a download from os-update.yml (deadline, stall), with their defaults. */
@@ -117,7 +158,7 @@ export function planBytes(plan: DeltaPlan, manifest: Manifest): number {
 }
 
 export async function check(o: UpdaterOptions): Promise<CheckResult> {
-  const setup = await loadDeviceConfig(o.ctx, o.config);
+  const setup = await loadSetup(o);
   const source = await openUpdateSource(o.ctx, setup);
   const manifest = await fetchVerifiedManifest(o.ctx, setup, source);
   const device = await openDevice(o);
@@ -362,7 +403,7 @@ export async function rollback(o: UpdaterOptions, options: { reboot: boolean }):
 
 export async function firmware(o: UpdaterOptions): Promise<FirmwareResult & { version: string }> {
   return withUpdateLock(o.ctx, async () => {
-    const setup = await loadDeviceConfig(o.ctx, o.config);
+    const setup = await loadSetup(o);
     const source = await openUpdateSource(o.ctx, setup);
     const manifest = await fetchVerifiedManifest(o.ctx, setup, source);
     const part = manifest.partitions.firmware;

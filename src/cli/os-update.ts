@@ -9,15 +9,8 @@ import { expandLongOptionPrefixes } from "../core/long-options.ts";
 import type { Context } from "../io/context.ts";
 import { systemBootActions, type BootActions } from "../io/update/boot-actions.ts";
 import { sshOriginalRead } from "../io/update/source.ts";
-import {
-  apply,
-  check,
-  commit,
-  firmware,
-  planBytes,
-  rollback,
-  type UpdaterOptions,
-} from "../io/update/updater.ts";
+import { planBytes } from "../io/update/delta-apply.ts";
+import { apply, check, commit, firmware, rollback, type UpdaterOptions } from "../io/update/updater.ts";
 import { newProgram, parseProgram, usageError } from "./main.ts";
 
 export interface OsUpdateDeps {

@@ -5,13 +5,12 @@ import {
   assertHostPath,
   checkSpec,
   deepMerge,
-  expandPercentVars,
   isSafeFlakeName,
-  parsePilotArgs,
   sortFragmentNames,
   FLAKES_CONFIG_DEFAULTS,
   type Spec,
 } from "../../src/core/flakes/flake-config.ts";
+import { expandPercentVars, parsePilotArgs } from "../../src/core/flakes/pilot-args.ts";
 import { loadFlakeDocuments, parseFlakesConfig, parseYamlMapping } from "../../src/core/flakes/flake-yaml.ts";
 import { EosError } from "../../src/core/errors.ts";
 
@@ -135,7 +134,7 @@ test("%VAR expansion: upper-case names from the caller's environment; unset is a
 });
 
 test("pilots find their flake from argv[0], or from the first argument when called by name", async () => {
-  const { flakeNameFromInvocation } = await import("../../src/core/flakes/flake-config.ts");
+  const { flakeNameFromInvocation } = await import("../../src/core/flakes/pilot-args.ts");
   assert.deepEqual(flakeNameFromInvocation("podman-pilot", "/usr/bin/lynx", ["-dump"]), {
     name: "lynx",
     args: ["-dump"],

@@ -6,7 +6,6 @@
 import { EosError } from "../errors.ts";
 import {
   checkSpec,
-  expandPercentVars,
   mergeFlakeDocuments,
   scalarString,
   stringList,
@@ -14,6 +13,7 @@ import {
   INCLUDE_SPEC,
   type Spec,
 } from "./flake-config.ts";
+import { expandPercentVars } from "./pilot-args.ts";
 
 /** `%options` podman-pilot takes from the caller's arguments. */
 export const PODMAN_PILOT_OPTIONS = [

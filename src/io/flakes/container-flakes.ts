@@ -25,7 +25,8 @@ import {
 import { parseContainerFlake, renderContainerFlake } from "../../core/flakes/flake-yaml.ts";
 import type { Context } from "../context.ts";
 import { fileExists } from "../files.ts";
-import { idsDirFor, readFlakeSources, readTextFile, removePath, type FlakesSetup } from "./flake-files.ts";
+import { readFlakeSources, readTextFile, removePath, type FlakesSetup } from "./flake-files.ts";
+import { idsDirFor } from "./instance-files.ts";
 import { flakePodman } from "./podman.ts";
 import {
   checkRegistrable,

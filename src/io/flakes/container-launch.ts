@@ -8,7 +8,8 @@ import { isatty } from "node:tty";
 import { userInfo } from "node:os";
 import { join } from "node:path";
 import { EosError } from "../../core/errors.ts";
-import { parsePilotArgs, type FlakeSource, type PilotArgs } from "../../core/flakes/flake-config.ts";
+import { type FlakeSource } from "../../core/flakes/flake-config.ts";
+import { parsePilotArgs, type PilotArgs } from "../../core/flakes/pilot-args.ts";
 import {
   attachArgv,
   attachRunArgv,
@@ -25,16 +26,14 @@ import {
   type LaunchShape,
 } from "../../core/flakes/container.ts";
 import type { Context } from "../context.ts";
+import { ensureDir, pathExistsSync, removePath } from "./flake-files.ts";
 import {
-  ensureDir,
   ensureOwnIdsDir,
   idsDirFor,
-  pathExistsSync,
   readSmallFileSync,
-  removePath,
   withLockFile,
   writeIdFile,
-} from "./flake-files.ts";
+} from "./instance-files.ts";
 import { ensureProvisionedImage } from "./provision.ts";
 import { flakePodman, type Podman } from "./podman.ts";
 import { loadPilotFlake } from "./pilot.ts";

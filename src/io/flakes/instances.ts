@@ -9,7 +9,8 @@ import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Context } from "../context.ts";
 import { pidAlive } from "../process.ts";
-import { idsDirFor, type FlakesSetup } from "./flake-files.ts";
+import { type FlakesSetup } from "./flake-files.ts";
+import { idsDirFor } from "./instance-files.ts";
 import { flakePodman } from "./podman.ts";
 
 export interface InstanceView {

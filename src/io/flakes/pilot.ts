@@ -4,7 +4,8 @@
  * and how a pilot's own failure becomes an exit code distinct from the app's.
  */
 import { describeError, isEosError } from "../../core/errors.ts";
-import { baseName, flakeNameFromInvocation, type FlakeSource } from "../../core/flakes/flake-config.ts";
+import { baseName, type FlakeSource } from "../../core/flakes/flake-config.ts";
+import { flakeNameFromInvocation } from "../../core/flakes/pilot-args.ts";
 import { EOS_VERSION } from "../../core/version.ts";
 import type { Context } from "../context.ts";
 import { loadFlakeCached, type FlakesSetup } from "./flake-files.ts";

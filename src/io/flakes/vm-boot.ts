@@ -6,7 +6,7 @@
 import { open, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { EosError } from "../../core/errors.ts";
-import type { PilotArgs } from "../../core/flakes/flake-config.ts";
+import type { PilotArgs } from "../../core/flakes/pilot-args.ts";
 import { firecrackerConfig, guestMac, kernelFormat, tapName } from "../../core/flakes/firecracker-config.ts";
 import {
   bootArgs,

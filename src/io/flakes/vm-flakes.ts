@@ -21,7 +21,8 @@ import {
   type VmFlake,
 } from "../../core/flakes/vm.ts";
 import type { Context } from "../context.ts";
-import { idsDirFor, readFlakeSources, type FlakesSetup } from "./flake-files.ts";
+import { readFlakeSources, type FlakesSetup } from "./flake-files.ts";
+import { idsDirFor } from "./instance-files.ts";
 import { fileExists } from "../files.ts";
 import {
   type FlakeRemover,

@@ -7,7 +7,8 @@
  */
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { parsePilotArgs, type FlakeSource } from "../../core/flakes/flake-config.ts";
+import { type FlakeSource } from "../../core/flakes/flake-config.ts";
+import { parsePilotArgs } from "../../core/flakes/pilot-args.ts";
 import {
   instanceKey,
   parsePortOption,
@@ -18,7 +19,8 @@ import {
 } from "../../core/flakes/vm.ts";
 import type { Context } from "../context.ts";
 import { killPid, pidAlive, stopStarted, type ProcessRunner } from "../process.ts";
-import { ensureOwnIdsDir, removePath, withLockFile, writeFileAtomic } from "./flake-files.ts";
+import { removePath, writeFileAtomic } from "./flake-files.ts";
+import { ensureOwnIdsDir, withLockFile } from "./instance-files.ts";
 import { isDebug, loadPilotFlake } from "./pilot.ts";
 import { connectChannel, runSession, type Channel } from "./sci-session.ts";
 import { chooseEngine, isOurVm, removeTap, type VmProcess } from "./vm-engine.ts";

@@ -261,3 +261,8 @@ export async function writeRootByPlan(o: {
   });
   return { timing, path: "full", downloaded: root.size };
 }
+
+/** Bytes a plan downloads. */
+export function planBytes(plan: DeltaPlan, manifest: Manifest): number {
+  return plan.path === "delta" ? plan.delta.size : manifest.partitions.root.size;
+}

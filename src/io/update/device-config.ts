@@ -106,3 +106,41 @@ export async function fetchVerifiedManifest(
   verifyManifestSignature(manifest, decodeSignatures(signature, `${source.describe} signature`), keys);
   return decodeManifest(manifest, `${source.describe} manifest`);
 }
+
+export interface SshTransport {
+  name?: string | undefined;
+  server?: string | undefined;
+  pkey?: string | undefined;
+  port?: number | undefined;
+  knownHosts?: string | undefined;
+}
+
+/** os-update.yml with the command line's transport over it (SSH, as the original's --read/--server/--pkey). */
+export async function loadSetupWith(
+  ctx: Context,
+  file: string | undefined,
+  t: SshTransport | undefined,
+): Promise<DeviceSetup> {
+  if (!t) return loadDeviceConfig(ctx, file);
+  let setup: DeviceSetup;
+  try {
+    setup = await loadDeviceConfig(ctx, file);
+  } catch (error) {
+    // Everything the call needs is on the command line: the file is optional then.
+    if (!(error instanceof EosError && error.code === "CONFIG" && t.name && t.server)) throw error;
+    setup = { config: { update: { name: t.name } }, path: "(command line)" };
+  }
+  const u = { ...setup.config.update };
+  if (t.name !== undefined) u.name = t.name;
+  if (t.server !== undefined) {
+    u.server = t.server;
+    delete u.url; // --server chooses SSH, as the original's only transport
+  }
+  if (t.pkey !== undefined) u.pkey = t.pkey;
+  if (t.port !== undefined) u.port = t.port;
+  if (t.knownHosts !== undefined) u.known_hosts = t.knownHosts;
+  if (!u.server && !u.url) {
+    throw new EosError("USAGE", "--read NAME needs --server USER@HOST (or update.server in os-update.yml)");
+  }
+  return { config: { ...setup.config, update: u }, path: setup.path };
+}

@@ -34,7 +34,8 @@ import { findKernel, withSlotMounted, type BootActions } from "./boot-actions.ts
 import { readBootControl, writeBootControl } from "./boot-control.ts";
 import {
   fetchVerifiedManifest,
-  loadDeviceConfig,
+  loadSetupWith,
+  type SshTransport,
   openUpdateSource,
   type DeviceSetup,
 } from "./device-config.ts";
@@ -71,41 +72,6 @@ export interface UpdaterOptions {
    * over os-update.yml's (which then need not exist).
    */
   transport?: SshTransport | undefined;
-}
-
-export interface SshTransport {
-  name?: string | undefined;
-  server?: string | undefined;
-  pkey?: string | undefined;
-  port?: number | undefined;
-  knownHosts?: string | undefined;
-}
-
-/** os-update.yml with the command line's transport over it (SSH, as the original's --read/--server/--pkey). */
-async function loadSetup(o: UpdaterOptions): Promise<DeviceSetup> {
-  const t = o.transport;
-  if (!t) return loadDeviceConfig(o.ctx, o.config);
-  let setup: DeviceSetup;
-  try {
-    setup = await loadDeviceConfig(o.ctx, o.config);
-  } catch (error) {
-    // Everything the call needs is on the command line: the file is optional then.
-    if (!(error instanceof EosError && error.code === "CONFIG" && t.name && t.server)) throw error;
-    setup = { config: { update: { name: t.name } }, path: "(command line)" };
-  }
-  const u = { ...setup.config.update };
-  if (t.name !== undefined) u.name = t.name;
-  if (t.server !== undefined) {
-    u.server = t.server;
-    delete u.url; // --server chooses SSH, as the original's only transport
-  }
-  if (t.pkey !== undefined) u.pkey = t.pkey;
-  if (t.port !== undefined) u.port = t.port;
-  if (t.knownHosts !== undefined) u.known_hosts = t.knownHosts;
-  if (!u.server && !u.url) {
-    throw new EosError("USAGE", "--read NAME needs --server USER@HOST (or update.server in os-update.yml)");
-  }
-  return { config: { ...setup.config, update: u }, path: setup.path };
 }
 
 /** The bounds on a download from os-update.yml (deadline, stall), with their defaults. */
@@ -152,13 +118,8 @@ export interface CheckResult {
   plan: DeltaPlan | undefined;
 }
 
-/** Bytes a plan downloads. */
-export function planBytes(plan: DeltaPlan, manifest: Manifest): number {
-  return plan.path === "delta" ? plan.delta.size : manifest.partitions.root.size;
-}
-
 export async function check(o: UpdaterOptions): Promise<CheckResult> {
-  const setup = await loadSetup(o);
+  const setup = await loadSetupWith(o.ctx, o.config, o.transport);
   const source = await openUpdateSource(o.ctx, setup);
   const manifest = await fetchVerifiedManifest(o.ctx, setup, source);
   const device = await openDevice(o);
@@ -403,7 +364,7 @@ export async function rollback(o: UpdaterOptions, options: { reboot: boolean }):
 
 export async function firmware(o: UpdaterOptions): Promise<FirmwareResult & { version: string }> {
   return withUpdateLock(o.ctx, async () => {
-    const setup = await loadSetup(o);
+    const setup = await loadSetupWith(o.ctx, o.config, o.transport);
     const source = await openUpdateSource(o.ctx, setup);
     const manifest = await fetchVerifiedManifest(o.ctx, setup, source);
     const part = manifest.partitions.firmware;

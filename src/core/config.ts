@@ -40,6 +40,14 @@ const httpUrl = z
   .string()
   .refine((u) => /^(https?|file):\/\//.test(u), "must be an http://, https:// or file:// URL");
 
+/** Bytes that must arrive within a stall window (`stall`) for a transfer not to count as stalled. */
+const stallBytes = z
+  .number()
+  .int()
+  .min(1)
+  .max(1 << 30)
+  .optional();
+
 const serverImageSchema = z.strictObject({
   image: httpUrl,
   /** The original names the local file (`EOS.aarch64-RPI-TW.raw`); `.raw` is optional here. */
@@ -64,12 +72,7 @@ export const serverConfigSchema = z.strictObject({
   deadline: duration.optional(),
   /** Less than stall_bytes (default 16 KiB) from an origin within this (default 60s) is a stall: that fetch fails. */
   stall: duration.optional(),
-  stall_bytes: z
-    .number()
-    .int()
-    .min(1)
-    .max(1 << 30)
-    .optional(),
+  stall_bytes: stallBytes,
   serve: z
     .strictObject({
       listen: z.string().optional(),
@@ -82,12 +85,7 @@ export const serverConfigSchema = z.strictObject({
       max_streams_per_device: z.number().int().min(1).max(100000).optional(),
       /** A device that takes less than stall_bytes within this (default 60s) is dropped. */
       stall: duration.optional(),
-      stall_bytes: z
-        .number()
-        .int()
-        .min(1)
-        .max(1 << 30)
-        .optional(),
+      stall_bytes: stallBytes,
     })
     .optional(),
 });
@@ -117,12 +115,7 @@ export const deviceConfigSchema = z.strictObject({
     deadline: duration.optional(),
     /** Less than stall_bytes (default 16 KiB) within this (default 60s) is a stall: reconnect and resume. */
     stall: duration.optional(),
-    stall_bytes: z
-      .number()
-      .int()
-      .min(1)
-      .max(1 << 30)
-      .optional(),
+    stall_bytes: stallBytes,
   }),
 });
 

@@ -100,3 +100,19 @@ export function watchTransfer(stream: Readable, limits: WatchLimits, now: () => 
   }
   return { add: (n) => (windowBytes += n), stop };
 }
+
+/** watchTransfer for one transfer under a command's limits: its deadline starts now. */
+export function watchWithLimits(
+  stream: Readable,
+  limits: TransferLimits,
+  what: string,
+  signal: AbortSignal | undefined,
+): Watch {
+  return watchTransfer(stream, {
+    minBytes: limits.stallBytes,
+    windowMs: limits.stallMs,
+    deadline: Date.now() + limits.deadlineMs,
+    signal,
+    what,
+  });
+}

@@ -17,7 +17,7 @@ import { pipeThrough, type ProcessRunner } from "../process.ts";
 import { findInPath } from "../files.ts";
 import { progress, type Progress } from "../progress.ts";
 import type { Context } from "../context.ts";
-import { interrupted, watchTransfer, type TransferLimits } from "../watchdog.ts";
+import { interrupted, watchWithLimits, type TransferLimits } from "../watchdog.ts";
 import { writeSlot, type WriteSlotResult } from "./slot-writer.ts";
 import type { UpdateSource } from "./source.ts";
 
@@ -107,13 +107,7 @@ export interface DeltaWrite {
 async function downloadDelta(o: DeltaWrite): Promise<Buffer> {
   const stream = await o.source.openDelta(o.delta.from_sha256);
   const bar = o.progress?.("delta", o.delta.size);
-  const watch = watchTransfer(stream, {
-    minBytes: o.limits.stallBytes,
-    windowMs: o.limits.stallMs,
-    deadline: Date.now() + o.limits.deadlineMs,
-    signal: o.signal,
-    what: "download of the delta",
-  });
+  const watch = watchWithLimits(stream, o.limits, "download of the delta", o.signal);
   const chunks: Buffer[] = [];
   let size = 0;
   try {

@@ -15,7 +15,7 @@ import { EosError } from "../../core/errors.ts";
 import type { ManifestPartition } from "../../core/manifest.ts";
 import { crashPoint } from "../crash-point.ts";
 import type { ProcessRunner } from "../process.ts";
-import { watchTransfer, type TransferLimits } from "../watchdog.ts";
+import { watchWithLimits, type TransferLimits } from "../watchdog.ts";
 import type { UpdateSource } from "./source.ts";
 
 const NEW_SUFFIX = ".eos-new";
@@ -69,13 +69,7 @@ export async function updateFirmware(options: {
     const hash = createHash("sha256");
     let size = 0;
     const { stream } = await options.source.openStream("firmware", 0, undefined);
-    const watch = watchTransfer(stream, {
-      minBytes: options.limits.stallBytes,
-      windowMs: options.limits.stallMs,
-      deadline: Date.now() + options.limits.deadlineMs,
-      signal: options.signal,
-      what: "download of firmware",
-    });
+    const watch = watchWithLimits(stream, options.limits, "download of firmware", options.signal);
     try {
       await pipeline(
         stream,

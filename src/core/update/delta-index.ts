@@ -11,6 +11,8 @@ import { canonicalize } from "../canonical-json.ts";
 import { Shape } from "../manifest.ts";
 
 export const DELTA_INDEX_SCHEMA = 1;
+/** A device's xdelta3 window on its old root (-B): what it costs in memory; reads beyond it go to the slot again. */
+export const DELTA_DECODE_WINDOW = 16 * 1024 * 1024;
 export const DELTA_ALGORITHMS = ["xdelta3"] as const;
 export type DeltaAlgorithm = (typeof DELTA_ALGORITHMS)[number];
 

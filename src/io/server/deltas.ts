@@ -3,7 +3,7 @@
  * server still keeps, one xdelta3 file from that version's root partition to
  * the new one. xdelta3 (VCDIFF, RFC 3284) was measured against
  * `zstd --patch-from` on the demo's pair: 317 KB against 469 KB, and its
- * decoder works in a bounded source window (-B) with the old root read from
+ * decoder works in a bounded source window (DELTA_DECODE_WINDOW) with the old root read from
  * the device's own slot, so a device needs ~33 MiB for it whatever the slot's
  * size; zstd would need the whole source as its window.
  */
@@ -20,8 +20,6 @@ import type { ProcessRunner } from "../process.ts";
 
 /** The encoder's source window: big enough for a whole root slot, so moved blocks are found. */
 export const ENCODE_WINDOW = 512 * 1024 * 1024;
-/** What a device gives its decoder: reads of the old root beyond it come from the slot again. */
-export const DECODE_WINDOW = 16 * 1024 * 1024;
 
 export interface DeltaEnd {
   version: string;

@@ -11,7 +11,12 @@ import { createHash } from "node:crypto";
 import { Readable } from "node:stream";
 import type { ByteRange } from "../../core/gpt.ts";
 import { EosError, errorMessage } from "../../core/errors.ts";
-import { decodeDeltaIndex, pickDelta, type DeltaEntry } from "../../core/update/delta-index.ts";
+import {
+  decodeDeltaIndex,
+  DELTA_DECODE_WINDOW,
+  pickDelta,
+  type DeltaEntry,
+} from "../../core/update/delta-index.ts";
 import type { Manifest } from "../../core/manifest.ts";
 import { pipeThrough, type ProcessRunner } from "../process.ts";
 import { findInPath } from "../files.ts";
@@ -23,8 +28,6 @@ import type { UpdateSource } from "./source.ts";
 
 /** A delta bigger than this is not worth holding in memory: the full stream is taken instead. */
 export const MAX_DELTA_BYTES = 48 * 1024 * 1024;
-/** The decoder's window on the old root; reads beyond it go to the slot again. */
-const DECODE_WINDOW = 16 * 1024 * 1024;
 
 export type DeltaPlan = { path: "delta"; delta: DeltaEntry } | { path: "full"; reason: string };
 
@@ -153,7 +156,7 @@ export async function writeSlotFromDelta(o: DeltaWrite): Promise<WriteSlotResult
         opened = true;
         const stream = pipeThrough(
           o.proc,
-          ["xdelta3", "-d", "-c", "-B", String(DECODE_WINDOW), "-s", oldRoot],
+          ["xdelta3", "-d", "-c", "-B", String(DELTA_DECODE_WINDOW), "-s", oldRoot],
           {
             input: Readable.from([bytes]),
             fail: (code, stderr) =>

@@ -19,7 +19,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { readGpt, requirePartition, partitionRange, type ByteRange } from "../src/core/gpt.ts";
-import { decodeDeltaIndex, DELTA_DECODE_WINDOW } from "../src/core/update/delta-index.ts";
+import { decodeDeltaIndex, DELTA_WINDOW } from "../src/core/update/delta-index.ts";
 import { openBlockSource } from "../src/io/files.ts";
 import { hashRange } from "../src/io/hash.ts";
 import { silentLogger } from "../src/io/log.ts";
@@ -90,7 +90,7 @@ try {
     "-d",
     "-f",
     "-B",
-    String(DELTA_DECODE_WINDOW),
+    String(DELTA_WINDOW),
     "-s",
     a,
     deltaFile,

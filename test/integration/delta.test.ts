@@ -49,11 +49,21 @@ describe("delta updates: pair deltas made by the server, taken by the device", (
     world = await makeWorld();
     await writeServerConfig(world, [{ image: `${world.origin.url}/${NAME}.raw.xz`, name: NAME }]);
     // v1 and v2 share their payload (the same seed): v2 changes a few small files, as a package would.
-    const v1 = await releaseImage(world, NAME, "1.0.0", { payloadBytes: 12 * MiB, seed: "base" });
+    // The slots (80 MiB) are larger than xdelta3's window, as real ones are: the device reads its
+    // old root from a block device, which the decoder cannot seek back in beyond its window.
+    const v1 = await releaseImage(world, NAME, "1.0.0", {
+      payloadBytes: 12 * MiB,
+      rootSizeMiB: 80,
+      seed: "base",
+    });
     v1Manifest = await manifestOf(v1);
     await copyFile(v1, join(world.dir, "device-v1.raw"));
     assert.equal((await runEos("os-update-server", ["fetch", "--config", world.config])).code, 0);
-    const v2 = await releaseImage(world, NAME, "2.0.0", { payloadBytes: 12 * MiB, seed: "base" });
+    const v2 = await releaseImage(world, NAME, "2.0.0", {
+      payloadBytes: 12 * MiB,
+      rootSizeMiB: 80,
+      seed: "base",
+    });
     v2Manifest = await manifestOf(v2);
     const fetched = await runEos("os-update-server", ["fetch", "--config", world.config]);
     assert.equal(fetched.code, 0, fetched.stderr);
@@ -228,7 +238,11 @@ describe("delta updates: pair deltas made by the server, taken by the device", (
   });
 
   test("a device on a root the server has no delta from: the full stream, and --check says why", async () => {
-    const other = await releaseImage(world, NAME, "1.0.1", { payloadBytes: 12 * MiB, seed: "other" });
+    const other = await releaseImage(world, NAME, "1.0.1", {
+      payloadBytes: 12 * MiB,
+      rootSizeMiB: 80,
+      seed: "other",
+    });
     const otherManifest = await manifestOf(other);
     await copyFile(other, join(world.dir, "device-other.raw"));
     const copy = join(world.dir, "device-other-run.raw");

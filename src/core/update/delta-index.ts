@@ -11,8 +11,15 @@ import { canonicalize } from "../canonical-json.ts";
 import { Shape } from "../manifest.ts";
 
 export const DELTA_INDEX_SCHEMA = 1;
-/** A device's xdelta3 window on its old root (-B): what it costs in memory; reads beyond it go to the slot again. */
-export const DELTA_DECODE_WINDOW = 16 * 1024 * 1024;
+/**
+ * xdelta3's source window (-B), the same when a delta is made and applied: a
+ * device reads its old root from a block device, which xdelta3 treats as not
+ * seekable, so a delta may only refer to the old root within the window the
+ * decoder keeps (a larger encoder window fails with "non-seekable source").
+ * It is also the decoder's memory (27 MiB peak RSS at 16 MiB; 32 MiB keeps
+ * matches across a shift of up to about that much, e.g. a large package).
+ */
+export const DELTA_WINDOW = 32 * 1024 * 1024;
 export const DELTA_ALGORITHMS = ["xdelta3"] as const;
 export type DeltaAlgorithm = (typeof DELTA_ALGORITHMS)[number];
 

@@ -3,9 +3,10 @@
  * server still keeps, one xdelta3 file from that version's root partition to
  * the new one. xdelta3 (VCDIFF, RFC 3284) was measured against
  * `zstd --patch-from` on the demo's pair: 317 KB against 469 KB, and its
- * decoder works in a bounded source window (DELTA_DECODE_WINDOW) with the old root read from
- * the device's own slot, so a device needs ~33 MiB for it whatever the slot's
- * size; zstd would need the whole source as its window.
+ * decoder works in a bounded source window (DELTA_WINDOW, used when the delta
+ * is made too) with the old root read from the device's own slot, so a
+ * device's memory for it does not grow with the slot; zstd would need the
+ * whole old root as its window.
  */
 import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
@@ -13,13 +14,15 @@ import { mkdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import type { ByteRange } from "../../core/gpt.ts";
-import { encodeDeltaIndex, DELTA_INDEX_SCHEMA, type DeltaEntry } from "../../core/update/delta-index.ts";
+import {
+  encodeDeltaIndex,
+  DELTA_INDEX_SCHEMA,
+  DELTA_WINDOW,
+  type DeltaEntry,
+} from "../../core/update/delta-index.ts";
 import { errorMessage } from "../../core/errors.ts";
 import type { Logger } from "../log.ts";
 import type { ProcessRunner } from "../process.ts";
-
-/** The encoder's source window: big enough for a whole root slot, so moved blocks are found. */
-export const ENCODE_WINDOW = 512 * 1024 * 1024;
 
 export interface DeltaEnd {
   version: string;
@@ -84,7 +87,7 @@ export async function makeDeltas(
             "-9",
             "-f",
             "-B",
-            String(ENCODE_WINDOW),
+            String(DELTA_WINDOW),
             "-s",
             join(work, "from.root"),
             join(work, "to.root"),

@@ -11,12 +11,7 @@ import { createHash } from "node:crypto";
 import { Readable } from "node:stream";
 import type { ByteRange } from "../../core/gpt.ts";
 import { EosError, errorMessage } from "../../core/errors.ts";
-import {
-  decodeDeltaIndex,
-  DELTA_DECODE_WINDOW,
-  pickDelta,
-  type DeltaEntry,
-} from "../../core/update/delta-index.ts";
+import { decodeDeltaIndex, DELTA_WINDOW, pickDelta, type DeltaEntry } from "../../core/update/delta-index.ts";
 import type { Manifest } from "../../core/manifest.ts";
 import { pipeThrough, type ProcessRunner } from "../process.ts";
 import { findInPath } from "../files.ts";
@@ -156,7 +151,7 @@ export async function writeSlotFromDelta(o: DeltaWrite): Promise<WriteSlotResult
         opened = true;
         const stream = pipeThrough(
           o.proc,
-          ["xdelta3", "-d", "-c", "-B", String(DELTA_DECODE_WINDOW), "-s", oldRoot],
+          ["xdelta3", "-d", "-c", "-B", String(DELTA_WINDOW), "-s", oldRoot],
           {
             input: Readable.from([bytes]),
             fail: (code, stderr) =>

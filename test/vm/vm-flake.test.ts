@@ -202,11 +202,16 @@ describe("VM flakes (QEMU engine, TCG)", { skip }, () => {
     const child = spawn(app("wait-int"), [], { env, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
+    let interrupted = false;
     child.stderr.on("data", (b: Buffer) => (stderr += b.toString()));
     const code = await new Promise<number | null>((resolve) => {
       child.stdout.on("data", (b: Buffer) => {
         stdout += b.toString();
-        if (stdout.includes("ready")) child.kill("SIGINT");
+        // One Ctrl-C: the next data event ("got-int") must not send a second one.
+        if (!interrupted && stdout.includes("ready")) {
+          interrupted = true;
+          child.kill("SIGINT");
+        }
       });
       child.on("close", (c) => resolve(c));
     });

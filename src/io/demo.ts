@@ -80,7 +80,9 @@ async function buildVersion(
   // What goes into the image besides the description: the device's command bundles.
   const hash = createHash("sha256").update(text);
   const dist = join(repoRoot() ?? ".", "dist");
-  for (const n of existsSync(dist) ? (await readdir(dist)).sort() : []) {
+  // The entries and the chunks they share (a change may land in a chunk only).
+  const bundles = existsSync(dist) ? (await readdir(dist, { recursive: true })).sort() : [];
+  for (const n of bundles) {
     if (n.endsWith(".mjs") && n !== "eos.mjs") hash.update(n).update(await readFile(join(dist, n)));
   }
   const digest = hash.digest("hex");

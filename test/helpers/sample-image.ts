@@ -28,7 +28,8 @@ export interface SampleImageOptions {
   firmwareFiles?: Record<string, string>;
 }
 
-function payload(seed: string, length: number): Buffer {
+/** Deterministic pseudo-random bytes (a sha256 chain): incompressible, like a compressed root. */
+export function pseudoRandomBytes(seed: string, length: number): Buffer {
   const out = Buffer.alloc(length);
   let block = createHash("sha256").update(seed).digest();
   for (let at = 0; at < length; at += block.length) {
@@ -50,7 +51,7 @@ export async function makeSampleImage(path: string, options: SampleImageOptions)
     await writeFile(join(tree, "etc", "os-release"), `NAME=EOS\nVERSION="${options.version}"\n`);
     await writeFile(
       join(tree, "payload.bin"),
-      payload(options.seed ?? options.version, options.payloadBytes ?? 2 * MiB),
+      pseudoRandomBytes(options.seed ?? options.version, options.payloadBytes ?? 2 * MiB),
     );
     await writeFile(join(tree, "boot", "uuid"), randomBytes(16).toString("hex"));
     // Stand-ins for a kernel and initrd, linked the way Debian links them, so kexec loading can be checked.

@@ -17,24 +17,16 @@ import { silentLogger } from "../../src/io/log.ts";
 import { systemRunner } from "../../src/io/process.ts";
 import { deltaFileName, makeDeltas } from "../../src/io/server/deltas.ts";
 
-const MiB = 1024 * 1024;
+import { pseudoRandomBytes } from "../helpers/sample-image.ts";
 
-function pseudoRandom(seed: string, length: number): Buffer {
-  const out = Buffer.alloc(length);
-  let block = createHash("sha256").update(seed).digest();
-  for (let at = 0; at < length; at += 32) {
-    block.copy(out, at);
-    block = createHash("sha256").update(block).digest();
-  }
-  return out;
-}
+const MiB = 1024 * 1024;
 
 test("a delta whose source moved further than the window decodes against a block device", async () => {
   const dir = await mkdtemp(join(tmpdir(), "eos-delta-window-"));
   let loop = "";
   try {
     const half = DELTA_WINDOW + 8 * MiB;
-    const old = pseudoRandom("old", 2 * half);
+    const old = pseudoRandomBytes("old", 2 * half);
     const moved = Buffer.concat([old.subarray(half), old.subarray(0, half)]);
     await writeFile(join(dir, "old.root"), old);
     await writeFile(join(dir, "new.root"), moved);

@@ -1,24 +1,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
 import fc from "fast-check";
 import { Chunker, chunkBuffer, type ChunkerParams } from "../../src/core/update/chunker.ts";
 
+import { pseudoRandomBytes } from "../helpers/sample-image.ts";
+
 const SMALL: ChunkerParams = { min: 256, avg: 1024, max: 4096 };
 
-/** Deterministic pseudo-random bytes (a sha256 chain): incompressible, like a compressed root. */
-function bytes(seed: string, length: number): Buffer {
-  const out = Buffer.alloc(length);
-  let block = createHash("sha256").update(seed).digest();
-  for (let at = 0; at < length; at += 32) {
-    block.copy(out, at);
-    block = createHash("sha256").update(block).digest();
-  }
-  return out;
-}
-
 test("chunks cover the input exactly, within min and max (the last may be shorter)", () => {
-  const data = bytes("cover", 200_000);
+  const data = pseudoRandomBytes("cover", 200_000);
   const chunks = chunkBuffer(data, SMALL);
   let at = 0;
   for (const [i, c] of chunks.entries()) {
@@ -35,7 +25,7 @@ test("chunks cover the input exactly, within min and max (the last may be shorte
 test("streaming: the cut points do not depend on how the bytes are split into pushes", () => {
   fc.assert(
     fc.property(fc.array(fc.integer({ min: 1, max: 5000 }), { minLength: 1, maxLength: 40 }), (sizes) => {
-      const data = bytes("split", 60_000);
+      const data = pseudoRandomBytes("split", 60_000);
       const whole = new Chunker(SMALL);
       const expected = [...whole.push(data), ...whole.end()];
       const pieces = new Chunker(SMALL);
@@ -54,7 +44,7 @@ test("streaming: the cut points do not depend on how the bytes are split into pu
 });
 
 test("content-defined: bytes inserted near the start change only the chunks around them", () => {
-  const data = bytes("shift", 300_000);
+  const data = pseudoRandomBytes("shift", 300_000);
   const changed = Buffer.concat([
     data.subarray(0, 5000),
     Buffer.from("a few new bytes"),

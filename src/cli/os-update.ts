@@ -10,7 +10,8 @@ import type { Context } from "../io/context.ts";
 import { systemBootActions, type BootActions } from "../io/update/boot-actions.ts";
 import { sshOriginalRead } from "../io/update/source.ts";
 import { planBytes } from "../io/update/delta-apply.ts";
-import { apply, check, commit, firmware, rollback, type UpdaterOptions } from "../io/update/updater.ts";
+import { apply, check, firmware, type UpdaterOptions } from "../io/update/updater.ts";
+import { commit, rollback } from "../io/update/boot-switch.ts";
 import { newProgram, parseProgram, usageError } from "./main.ts";
 
 export interface OsUpdateDeps {
@@ -92,6 +93,7 @@ async function runCommit(ctx: Context, o: UpdaterOptions, opts: Options): Promis
   const r = await commit(o, { reboot: Boolean(opts.reboot) });
   if (r.status === "not-trial")
     o.say("not a trial boot (no COMMIT_UPDATE on the kernel command line): nothing to commit");
+  else if (r.status === "confirmed") o.say(`slot ${r.defaultSlot} came up: boot confirmed`);
   else if (r.status === "no-trial") o.say(`no slot on trial: slot ${r.defaultSlot} is the default`);
   else if (r.status === "committed") o.say(`committed slot ${r.slot} (${r.version ?? "?"})`);
   else if (r.status === "already-default") o.say(`slot ${r.slot} is already the default`);

@@ -10,6 +10,7 @@
 import { createHash, createPublicKey, sign, verify, type KeyObject } from "node:crypto";
 import { canonicalize } from "./canonical-json.ts";
 import { EosError, type ErrorCode } from "./errors.ts";
+import { VERITY_BLOCK, type VerityRecord } from "./verity.ts";
 
 export const MANIFEST_SCHEMA = 1;
 export const ROOT_LABEL = "p.lxreadonly";
@@ -23,6 +24,8 @@ export interface ManifestPartition {
   sha256: string;
   /** Reserved for delta transfer: fixed-size chunks and their hashes. */
   chunks?: { size: number; sha256: string[] } | undefined;
+  /** The slot's dm-verity tree (src/core/verity.ts): what the kernel checks every read against. */
+  verity?: VerityRecord | undefined;
 }
 
 export interface Manifest {
@@ -88,7 +91,7 @@ export class Shape {
 }
 
 function partitionOf(s: Shape, value: unknown, path: string): ManifestPartition {
-  const p = s.object(value, path, ["label", "size", "sha256"], ["chunks"]);
+  const p = s.object(value, path, ["label", "size", "sha256"], ["chunks", "verity"]);
   const part: ManifestPartition = {
     label: s.string(p.label, `${path}.label`, undefined, undefined, 36),
     size: s.count(p.size, `${path}.size`),
@@ -101,6 +104,18 @@ function partitionOf(s: Shape, value: unknown, path: string): ManifestPartition 
       sha256: s
         .list(c.sha256, `${path}.chunks.sha256`, 0)
         .map((h, i) => s.string(h, `${path}.chunks.sha256[${i}]`, SHA256, "must be 64 lowercase hex digits")),
+    };
+  }
+  if (p.verity !== undefined) {
+    const v = s.object(p.verity, `${path}.verity`, ["algorithm", "data_blocks", "root_hash"]);
+    if (v.algorithm !== "sha256") s.fail(`${path}.verity.algorithm`, 'must be "sha256"');
+    const dataBlocks = s.count(v.data_blocks, `${path}.verity.data_blocks`);
+    if (dataBlocks * VERITY_BLOCK >= part.size)
+      s.fail(`${path}.verity.data_blocks`, "must leave room for the tree");
+    part.verity = {
+      algorithm: "sha256",
+      data_blocks: dataBlocks,
+      root_hash: s.string(v.root_hash, `${path}.verity.root_hash`, SHA256, "must be 64 lowercase hex digits"),
     };
   }
   return part;

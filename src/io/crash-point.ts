@@ -26,6 +26,8 @@ export const CRASH_STEPS = [
   // os-update --commit
   "commit:before-rename",
   "commit:written",
+  // os-update --commit on a normal boot (confirms it)
+  "confirm:before-rename",
   // os-update --rollback
   "rollback:verified",
   "rollback:before-rename",

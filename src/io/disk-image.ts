@@ -2,6 +2,15 @@ import { readGpt, requirePartition, findPartition, partitionRange, type GptTable
 import { FIRMWARE_LABEL, ROOT_LABEL, type ManifestPartition } from "../core/manifest.ts";
 import { openBlockSource } from "./files.ts";
 import { hashRange } from "./hash.ts";
+import type { FileHandle } from "node:fs/promises";
+import {
+  checkVeritySuperblock,
+  squashfsBytesUsed,
+  VERITY_BLOCK,
+  verityLayout,
+  verityRootHash,
+  type VerityRecord,
+} from "../core/verity.ts";
 
 export interface DiskPartitions {
   table: GptTable;
@@ -21,11 +30,9 @@ export async function hashDiskPartitions(
       const part = required ? requirePartition(table, label, path) : findPartition(table, label);
       if (!part) return undefined;
       const range = partitionRange(table, part);
-      return {
-        label,
-        size: range.length,
-        sha256: await hashRange(source.handle, range.offset, range.length, onBytes),
-      };
+      const sha256 = await hashRange(source.handle, range.offset, range.length, onBytes);
+      const verity = label === ROOT_LABEL ? await readVerity(source.handle, range, path) : undefined;
+      return { label, size: range.length, sha256, ...(verity ? { verity } : {}) };
     };
     const root = (await describe(ROOT_LABEL, true)) as ManifestPartition;
     const firmware = await describe(FIRMWARE_LABEL, false);
@@ -33,4 +40,31 @@ export async function hashDiskPartitions(
   } finally {
     await source.close();
   }
+}
+
+async function readAt(handle: FileHandle, offset: number, length: number): Promise<Buffer> {
+  const buf = Buffer.alloc(length);
+  const { bytesRead } = await handle.read(buf, 0, length, offset);
+  return buf.subarray(0, bytesRead);
+}
+
+/**
+ * The dm-verity record of a root slot, read from the slot itself: the
+ * squashfs says how long it is, the superblock after it says the tree
+ * follows, and the tree's top block gives the root hash. The whole slot's
+ * sha256 (which covers the tree) is what makes this trustworthy.
+ */
+export async function readVerity(
+  handle: FileHandle,
+  range: { offset: number; length: number },
+  source: string,
+): Promise<VerityRecord | undefined> {
+  const fsBytes = squashfsBytesUsed(await readAt(handle, range.offset, 96));
+  if (fsBytes === undefined) return undefined;
+  const layout = verityLayout(fsBytes);
+  if (layout.totalBytes > range.length) return undefined;
+  const sb = await readAt(handle, range.offset + layout.superblockOffset, VERITY_BLOCK);
+  if (!checkVeritySuperblock(sb, layout.dataBlocks, source)) return undefined;
+  const top = await readAt(handle, range.offset + layout.treeOffset, VERITY_BLOCK);
+  return { algorithm: "sha256", data_blocks: layout.dataBlocks, root_hash: verityRootHash(top) };
 }

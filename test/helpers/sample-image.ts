@@ -3,6 +3,8 @@
  * sgdisk partitions labelled like an EOS image, a FAT ESP made by mkfs.vfat
  * and a squashfs root made by mksquashfs, written at the offsets of the GPT.
  */
+import { addVerity } from "../../src/io/image/disk.ts";
+import { systemRunner } from "../../src/io/process.ts";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdtemp, mkdir, open, readFile, rm, symlink, writeFile, truncate } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -26,6 +28,8 @@ export interface SampleImageOptions {
   seed?: string;
   /** More firmware files beside fw.txt on the ESP (name at its root → content). */
   firmwareFiles?: Record<string, string>;
+  /** Append a dm-verity tree to the root file system, as eos build does. */
+  verity?: boolean;
 }
 
 /** Deterministic pseudo-random bytes (a sha256 chain): incompressible, like a compressed root. */
@@ -61,6 +65,7 @@ export async function makeSampleImage(path: string, options: SampleImageOptions)
     await symlink(`/boot/initrd.img-${options.version}`, join(tree, "boot", "initrd.img"));
     const squash = join(work, "root.squashfs");
     await mustRun("mksquashfs", [tree, squash, "-noappend", "-quiet", "-comp", "gzip", "-all-root"]);
+    if (options.verity) await addVerity(systemRunner(), squash);
     const esp = join(work, "esp.vfat");
     await mustRun("mkfs.vfat", ["-C", esp, String(espMiB * 1024), "-n", "EFI"]);
     await writeFile(join(work, "fw.txt"), `firmware for ${options.version}\n`);

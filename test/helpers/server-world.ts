@@ -31,6 +31,8 @@ export async function releaseImage(
     arch?: string;
     /** Same seed, same payload: versions that differ by little (default: the version). */
     seed?: string;
+    /** A root slot with a dm-verity tree, as eos build makes it. */
+    verity?: boolean;
   } = {},
 ): Promise<string> {
   const raw = join(world.dir, "build", `${name}.raw`);
@@ -41,6 +43,7 @@ export async function releaseImage(
     ...(options.rootSizeMiB ? { rootSizeMiB: options.rootSizeMiB } : {}),
     ...(options.seed ? { seed: options.seed } : {}),
     ...(options.firmwareFiles ? { firmwareFiles: options.firmwareFiles } : {}),
+    ...(options.verity ? { verity: true } : {}),
   });
   const signed = await runEos("eos", [
     "manifest",

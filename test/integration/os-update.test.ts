@@ -9,6 +9,7 @@ import { DIST, runEos } from "../helpers/run.ts";
 import { partitionBytes, flipByte } from "../helpers/sample-image.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
 import { makeDevice, type TestDevice } from "../helpers/device.ts";
+import { encodeGrubenv } from "../../src/core/update/grubenv.ts";
 import { startSshd, type Sshd } from "../helpers/sshd.ts";
 
 const NAME = "EOS.x86_64-AB";
@@ -16,7 +17,7 @@ const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
 interface Manifest {
   version: string;
-  partitions: { root: { sha256: string; size: number } };
+  partitions: { root: { sha256: string; size: number; verity?: { root_hash: string; data_blocks: number } } };
 }
 
 async function manifestOf(raw: string): Promise<Manifest> {
@@ -56,7 +57,8 @@ describe("os-update: the full cycle over HTTPS and SSH", () => {
     v1 = await releaseImage(world, NAME, "1.0.0", { payloadBytes: 12 * 1024 * 1024 });
     v1Manifest = await manifestOf(v1);
     await copyFile(v1, join(world.dir, "device-v1.raw"));
-    const v2 = await releaseImage(world, NAME, "2.0.0", { payloadBytes: 12 * 1024 * 1024 });
+    // v2 as eos build makes it: the root under a dm-verity tree (v1 is an image from before).
+    const v2 = await releaseImage(world, NAME, "2.0.0", { payloadBytes: 12 * 1024 * 1024, verity: true });
     v2Manifest = await manifestOf(v2);
     await publish(world);
     const tls = await makeTestCert(world.dir);
@@ -116,6 +118,9 @@ describe("os-update: the full cycle over HTTPS and SSH", () => {
         assert.equal(env.get("eos_tries"), "3");
         assert.equal(env.get("eos_B_version"), "2.0.0");
         assert.equal(env.get("eos_B_sha256"), v2Manifest.partitions.root.sha256);
+        const verity = v2Manifest.partitions.root.verity;
+        assert.ok(verity, "the signed manifest carries the slot's dm-verity root hash");
+        assert.equal(env.get("eos_B_verity"), `${verity.root_hash}:${verity.data_blocks}`);
         assert.deepEqual(
           device.calls.map((c) => c.action),
           ["kexecLoad", "kexecExec"],
@@ -125,7 +130,9 @@ describe("os-update: the full cycle over HTTPS and SSH", () => {
         assert.equal(load.initrd, "initrd 2.0.0\n", "absolute initrd link resolved inside the new slot");
         assert.match(
           load.cmdline ?? "",
-          new RegExp(`root=PARTUUID=${device.uuid.B.toLowerCase()} eos.slot=B COMMIT_UPDATE$`),
+          new RegExp(
+            `root=PARTUUID=${device.uuid.B.toLowerCase()} eos.slot=B eos.verity=${verity.root_hash}:${verity.data_blocks} COMMIT_UPDATE$`,
+          ),
         );
         assert.match(load.cmdline ?? "", /^console=ttyS0 panic=10 /, "the rest of the command line is kept");
 
@@ -144,8 +151,20 @@ describe("os-update: the full cycle over HTTPS and SSH", () => {
 
         // A normal boot of the committed slot: nothing to commit, still up to date.
         await device.boot("B");
+        const envBytes = await readFile(join(device.esp, "EFI/BOOT/grubenv"));
         assert.match((await device.run(["--commit"])).stdout, /not a trial boot/);
+        assert.deepEqual(
+          await readFile(join(device.esp, "EFI/BOOT/grubenv")),
+          envBytes,
+          "no write on a plain boot",
+        );
         assert.equal((await device.run(["--check"])).code, 0);
+        // GRUB counted this boot as unconfirmed: --commit (the unit, once the system is up) confirms it.
+        env.set("eos_unconfirmed", "2");
+        await writeFile(join(device.esp, "EFI/BOOT/grubenv"), encodeGrubenv(env));
+        assert.match((await device.run(["--commit"])).stdout, /slot B came up: boot confirmed/);
+        assert.equal((await device.grubenv()).get("eos_unconfirmed"), "");
+        env = await device.grubenv();
 
         const rollback = await device.run(["--rollback"]);
         assert.equal(rollback.code, 0, rollback.stderr);

@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   commitSlot,
+  confirmBoot,
   DEFAULT_TRIES,
   kexecCommandLine,
   markInvalid,
@@ -15,7 +16,12 @@ import {
   type Slot,
 } from "../../src/core/update/bootctl.ts";
 import { decodeGrubenv, encodeGrubenv, GRUBENV_SIZE } from "../../src/core/update/grubenv.ts";
-import { generateGrubCfg, initialGrubenv, MAX_TRIES } from "../../src/core/image/grubcfg.ts";
+import {
+  generateGrubCfg,
+  initialGrubenv,
+  MAX_TRIES,
+  UNCONFIRMED_LIMIT,
+} from "../../src/core/image/grubcfg.ts";
 import { EosError } from "../../src/core/errors.ts";
 
 const A_UUID = "0F1E2D3C-4B5A-4978-8695-A4B3C2D1E0F9";
@@ -65,14 +71,16 @@ const isCode = (code: string, message?: RegExp) => (error: unknown) => {
 // Only what save_env writes persists; GRUB's `set` without save_env is gone at the next boot.
 // ---------------------------------------------------------------------------------------------
 
-function decrementTableOfCfg(): Map<string, string> {
+function tableOfCfg(name: string): Map<string, string> {
   const table = new Map<string, string>();
-  const re = /\[ "\$\{eos_tries\}" = "(\d+)" \]; then\n\s+set eos_tries=(\d+)\n/g;
+  const re = new RegExp(`\\[ "\\$\\{${name}\\}" = "(\\d+)" \\]; then\\n\\s+set ${name}=(\\d+)\\n`, "g");
   for (const m of generateGrubCfg().matchAll(re)) table.set(m[1] as string, m[2] as string);
   return table;
 }
 
-const DECREMENT = decrementTableOfCfg();
+const DECREMENT = tableOfCfg("eos_tries");
+/** Boots of the committed slot that were not confirmed: "" → 1 → 2 → … → UNCONFIRMED_LIMIT. */
+const UNCONFIRMED = tableOfCfg("eos_unconfirmed");
 
 interface GrubBoot {
   env: Map<string, string>;
@@ -108,14 +116,34 @@ function grubBoot(saved: Map<string, string>): GrubBoot {
       }
     }
   }
+  if (commit === "") {
+    const unconfirmed = v("eos_unconfirmed");
+    if (unconfirmed === String(UNCONFIRMED_LIMIT)) {
+      const other = def === "A" ? "B" : "A";
+      const verified = v(`eos_${other}_part`) !== "" && v(`eos_${other}_sha256`) !== "";
+      if (verified) {
+        boot = other;
+        env.set("eos_default", other);
+        env.set("eos_unconfirmed", "1");
+      }
+    } else env.set("eos_unconfirmed", UNCONFIRMED.get(unconfirmed) ?? "1");
+  }
   const uuid = v(`eos_${boot}_uuid`);
-  const cmdline = `root=PARTUUID=${uuid} eos.slot=${boot} panic=10 ${v("eos_cmdline")} ${commit}`;
+  const verity = v(`eos_${boot}_verity`) ? `eos.verity=${v(`eos_${boot}_verity`)} ` : "";
+  const cmdline = `root=PARTUUID=${uuid} eos.slot=${boot} panic=10 ${verity}${v("eos_cmdline")} ${commit}`;
   return { env, slot: boot as Slot, cmdline };
+}
+
+/** A boot of the committed slot that came up: update_commit.service runs os-update --commit. */
+function cameUp(boot: GrubBoot): Map<string, string> {
+  return persisted(confirmBoot(boot.env, boot.slot).vars);
 }
 
 test("the GRUB model reads a full 9..1 decrement table out of grub.cfg", () => {
   assert.equal(DECREMENT.size, MAX_TRIES);
   for (let n = 1; n <= MAX_TRIES; n++) assert.equal(DECREMENT.get(String(n)), String(n - 1));
+  assert.equal(UNCONFIRMED.size, UNCONFIRMED_LIMIT - 1);
+  for (let n = 1; n < UNCONFIRMED_LIMIT; n++) assert.equal(UNCONFIRMED.get(String(n)), String(n + 1));
 });
 
 // --------------------------------------------------------------------------------------------- slots
@@ -139,8 +167,22 @@ test("readBootState: the shipped block is A committed, nothing on trial, B holdi
     trial: undefined,
     tries: 0,
     slots: {
-      A: { part: "gpt2", uuid: A_UUID.toLowerCase(), version: "1.2.0", sha256: A_SHA, size: 209715200 },
-      B: { part: "gpt3", uuid: B_UUID.toLowerCase(), version: undefined, sha256: undefined, size: undefined },
+      A: {
+        part: "gpt2",
+        uuid: A_UUID.toLowerCase(),
+        version: "1.2.0",
+        sha256: A_SHA,
+        size: 209715200,
+        verity: undefined,
+      },
+      B: {
+        part: "gpt3",
+        uuid: B_UUID.toLowerCase(),
+        version: undefined,
+        sha256: undefined,
+        size: undefined,
+        verity: undefined,
+      },
     },
   });
 });
@@ -196,6 +238,7 @@ test("readBootState: empty record fields are undefined, a size is a whole number
     version: undefined,
     sha256: undefined,
     size: undefined,
+    verity: undefined,
   });
   const {
     eos_B_part: _p,
@@ -277,7 +320,14 @@ test("markTrial: records the new content and puts the slot on trial for exactly 
     {
       trial: "B",
       tries: 3,
-      B: { part: "gpt3", uuid: B_UUID.toLowerCase(), version: "1.3.0", sha256: B_SHA, size: 314572800 },
+      B: {
+        part: "gpt3",
+        uuid: B_UUID.toLowerCase(),
+        version: "1.3.0",
+        sha256: B_SHA,
+        size: 314572800,
+        verity: undefined,
+      },
     },
   );
 });
@@ -313,11 +363,13 @@ test("commitSlot: the running trial slot becomes the default and the trial is cl
   assert.equal(state.defaultSlot, "B");
   assert.equal(state.trial, undefined);
   assert.equal(state.tries, 0);
-  // GRUB now boots B without COMMIT_UPDATE, and keeps doing so.
+  // GRUB now boots B without COMMIT_UPDATE, and keeps doing so; it only counts the boot until
+  // the system confirms it.
   const boot = grubBoot(next);
   assert.equal(boot.slot, "B");
   assert.equal(parseKernelCommandLine(boot.cmdline).commitUpdate, false);
-  assert.deepEqual(boot.env, next, "nothing for GRUB to save");
+  assert.deepEqual(boot.env, new Map([...next, ["eos_unconfirmed", "1"]]));
+  assert.deepEqual(cameUp(boot), next);
 });
 
 test("commitSlot: the trial slot commits with no tries left (it was booted by the last one)", () => {
@@ -384,6 +436,81 @@ test("rollbackTo: the target becomes the default, any trial is cleared, records 
 
 // --------------------------------------------------------------------------------------------- fallback
 
+/** B committed (2.0.0, with a dm-verity record), A still holding the verified 1.2.0. */
+function committedB(): Map<string, string> {
+  const trial = markTrial(
+    markInvalid(shipped(), "B"),
+    "B",
+    { ...NEW, verity: `${"cd".repeat(32)}:51200` },
+    3,
+  );
+  return persisted(commitSlot(trial, "B").vars);
+}
+
+test("unconfirmed: a committed slot that never comes up gets UNCONFIRMED_LIMIT boots, then the other verified slot", () => {
+  let env = committedB();
+  for (let n = 1; n <= UNCONFIRMED_LIMIT; n++) {
+    const boot = grubBoot(env);
+    assert.equal(boot.slot, "B", `boot ${n} is still the committed slot`);
+    env = persisted(boot.env); // it panics (a root that fails dm-verity): no confirmation
+    assert.equal(env.get("eos_unconfirmed"), String(n));
+  }
+  const fallback = grubBoot(env);
+  assert.equal(fallback.slot, "A");
+  assert.equal(parseKernelCommandLine(fallback.cmdline).commitUpdate, false);
+  env = cameUp(fallback);
+  assert.equal(readBootState(env).defaultSlot, "A", "the fallback is the new default");
+  assert.equal(env.get("eos_unconfirmed"), "");
+  assert.equal(grubBoot(env).slot, "A");
+});
+
+test("unconfirmed: with no other verified slot GRUB keeps booting the committed one", () => {
+  let env = shipped(); // B holds nothing
+  for (let n = 0; n < 2 * UNCONFIRMED_LIMIT; n++) {
+    const boot = grubBoot(env);
+    assert.equal(boot.slot, "A");
+    env = persisted(boot.env);
+  }
+  const halfWritten = persisted(markInvalid(committedB(), "A"));
+  let env2 = halfWritten;
+  for (let n = 0; n < 2 * UNCONFIRMED_LIMIT; n++) env2 = persisted(grubBoot(env2).env);
+  assert.equal(grubBoot(env2).slot, "B", "a slot whose write never finished is no fallback");
+});
+
+test("unconfirmed: a confirmed boot resets the count, an unconfirmed one is never confirmed for another slot", () => {
+  let env = committedB();
+  env = persisted(grubBoot(env).env);
+  env = persisted(grubBoot(env).env);
+  assert.equal(env.get("eos_unconfirmed"), "2");
+  assert.equal(confirmBoot(env, "A").changed, false, "A is not the default: nothing to confirm");
+  env = cameUp(grubBoot(env));
+  assert.equal(env.get("eos_unconfirmed"), "");
+  assert.equal(confirmBoot(env, "B").changed, false, "nothing counted: no write");
+  assert.equal(rollbackTo(persisted(grubBoot(env).env), "A").get("eos_unconfirmed"), "");
+});
+
+test("verity: each slot boots with its own eos.verity, through GRUB and through kexec", () => {
+  const env = committedB();
+  assert.equal(env.get("eos_B_verity"), `${"cd".repeat(32)}:51200`);
+  assert.match(grubBoot(env).cmdline, new RegExp(`eos.slot=B panic=10 eos.verity=${"cd".repeat(32)}:51200 `));
+  assert.equal(readBootState(env).slots.B.verity, `${"cd".repeat(32)}:51200`);
+  assert.doesNotMatch(grubBoot(rollbackTo(env, "A")).cmdline, /eos.verity/, "A was built without a tree");
+  assert.equal(
+    markInvalid(rollbackTo(env, "A"), "B").get("eos_B_verity"),
+    "",
+    "a slot being written has none",
+  );
+  const line = kexecCommandLine(
+    `console=ttyS0 eos.verity=${"ab".repeat(32)}:9 eos.slot=A`,
+    B_UUID,
+    "B",
+    "ef".repeat(32) + ":7",
+  );
+  assert.equal(line.match(/eos\.verity=/g)?.length, 1);
+  assert.match(line, new RegExp(`eos.verity=${"ef".repeat(32)}:7 COMMIT_UPDATE$`));
+  assert.doesNotMatch(kexecCommandLine("console=ttyS0 eos.verity=x:1", B_UUID, "B"), /eos.verity/);
+});
+
 test("fallback: an update that never commits gets exactly `tries` GRUB boots, then the default boots", () => {
   for (let tries = 1; tries <= MAX_TRIES; tries++) {
     let env = persisted(markTrial(markInvalid(shipped(), "B"), "B", NEW, tries));
@@ -415,9 +542,13 @@ test("fallback: an update that never commits gets exactly `tries` GRUB boots, th
     // by hand is a no-op there, and the abandoned slot cannot commit any more.
     assert.equal(commitSlot(env, "A").changed, false);
     assert.throws(() => commitSlot(env, "B"), isCode("BOOT_CONTROL", /neither on trial nor the default/));
-    // And GRUB keeps booting A.
-    assert.equal(grubBoot(env).slot, "A");
-    assert.deepEqual(grubBoot(env).env, env);
+    // And GRUB keeps booting A, each boot confirmed once the system is up.
+    for (let i = 0; i < UNCONFIRMED_LIMIT + 2; i++) {
+      const again = grubBoot(env);
+      assert.equal(again.slot, "A");
+      env = cameUp(again);
+    }
+    assert.equal(env.get("eos_unconfirmed"), "");
   }
 });
 
@@ -430,7 +561,7 @@ test("fallback: a commit during the trial stops the counting", () => {
     const boot = grubBoot(env);
     assert.equal(boot.slot, "B");
     assert.equal(parseKernelCommandLine(boot.cmdline).commitUpdate, false);
-    env = boot.env;
+    env = cameUp(boot);
   }
   assert.equal(readBootState(env).defaultSlot, "B");
 });

@@ -27,8 +27,28 @@ test("the first grubenv has every contract variable: A committed, nothing on tri
     eos_B_version: "",
     eos_B_sha256: "",
     eos_B_size: "",
+    eos_B_verity: "",
     eos_cmdline: "console=ttyS0 rootfstype=squashfs",
   });
+});
+
+test("the first grubenv records slot A's dm-verity parameter and refuses one GRUB would pass on mangled", () => {
+  const sha256 = "ab".repeat(32);
+  const verity = `${"cd".repeat(32)}:44032`;
+  const vars = decodeGrubenv(
+    initialGrubenv({ ...slots, aRecord: { version: "1", sha256, size: 1, verity } }),
+  );
+  assert.equal(vars.get("eos_A_verity"), verity);
+  for (const bad of [
+    "cd:1",
+    `${"cd".repeat(32)}:`,
+    `${"cd".repeat(32)}:1 init=/bin/sh`,
+    `${"CD".repeat(32)}:1`,
+  ])
+    assert.throws(
+      () => initialGrubenv({ ...slots, aRecord: { version: "1", sha256, size: 1, verity: bad } }),
+      /verity parameter/,
+    );
 });
 
 test("the first grubenv records what slot A holds and leaves B's record empty", () => {
@@ -88,18 +108,20 @@ test("grub.cfg: no tries left clears the trial and boots the committed slot", ()
   );
 });
 
-test("grub.cfg passes root=PARTUUID, eos.slot, panic=10, eos_cmdline and COMMIT_UPDATE on trial", () => {
+test("grub.cfg passes root=PARTUUID, eos.slot, panic=10, eos.verity, eos_cmdline and COMMIT_UPDATE on trial", () => {
   const cfg = generateGrubCfg();
   assert.ok(
     cfg.includes(
-      "linux (${eos_disk},${eos_part})/boot/vmlinuz root=PARTUUID=${eos_uuid} eos.slot=${eos_boot} panic=10 ${eos_cmdline} ${eos_commit}",
+      "linux (${eos_disk},${eos_part})/boot/vmlinuz root=PARTUUID=${eos_uuid} eos.slot=${eos_boot} panic=10 ${eos_vargs} ${eos_cmdline} ${eos_commit}",
     ),
   );
+  assert.ok(cfg.includes('if [ -n "${eos_verity}" ]; then set eos_vargs="eos.verity=${eos_verity}"; fi'));
+  assert.match(cfg, /^export eos_vargs eos_dvargs eos_A_vargs eos_B_vargs$/m);
   assert.ok(cfg.includes("initrd (${eos_disk},${eos_part})/boot/initrd.img"));
   assert.match(cfg, /set eos_commit=COMMIT_UPDATE/);
   // The fallback entry boots the committed slot without COMMIT_UPDATE.
   assert.match(cfg, /set fallback=1/);
-  assert.ok(cfg.includes("eos.slot=${eos_default} panic=10 ${eos_cmdline}\n"));
+  assert.ok(cfg.includes("eos.slot=${eos_default} panic=10 ${eos_dvargs} ${eos_cmdline}\n"));
   // Menu entries see only exported variables.
   assert.match(cfg, /^export eos_boot eos_part eos_uuid eos_commit/m);
 });

@@ -173,7 +173,14 @@ test("root files: os-release VERSION, os-update.yml, update_commit.service, wrap
   const unit = files.get("/usr/lib/systemd/system/update_commit.service")?.content ?? "";
   assert.match(unit, /^ExecStart=\/usr\/bin\/os-update --commit$/m);
   assert.match(unit, /^After=multi-user\.target$/m);
-  assert.match(unit, /^ConditionKernelCommandLine=COMMIT_UPDATE$/m);
+  assert.doesNotMatch(unit, /^Condition/m, "it runs on every boot: a normal boot is confirmed");
+  // The root slot opens under dm-verity in the initramfs (root.verity is on by default).
+  assert.match(files.get("/etc/initramfs-tools/modules")?.content ?? "", /^dm_verity$/m);
+  assert.equal(files.get("/etc/initramfs-tools/scripts/local-premount/eos-verity")?.mode, 0o755);
+  assert.match(
+    files.get("/etc/initramfs-tools/hooks/eos-verity")?.content ?? "",
+    /copy_exec \/usr\/sbin\/veritysetup/,
+  );
   // A link, so that a flake's link to a pilot keeps the flake's name as argv[1].
   assert.equal(files.get("/usr/bin/os-update")?.link, "../lib/eos/os-update.mjs");
   assert.equal(files.get("/root/.ssh/authorized_keys")?.content, "ssh-ed25519 AAAA k\n");

@@ -3,7 +3,9 @@
  * cannot boot (no init), and grubenv puts B on trial with 2 tries. GRUB
  * counts each try, the initramfs panics, panic=10 resets the machine, and
  * once the tries are spent GRUB clears the trial and boots slot A, with
- * nobody touching the machine.
+ * nobody touching the machine. And a committed slot changed while the
+ * machine was off fails its dm-verity check in the initramfs; after
+ * UNCONFIRMED_LIMIT such boots GRUB makes the other verified slot the default.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -11,6 +13,7 @@ import { spawnSync } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { ROOT_CLONE_LABEL, ROOT_LABEL } from "../../src/core/manifest.ts";
+import { UNCONFIRMED_LIMIT } from "../../src/core/image/grubcfg.ts";
 import {
   BOOT_TIMEOUT_MS,
   copyImage,
@@ -101,3 +104,63 @@ async function readImageGrubenvFromVm(qcow2: string, dir: string): Promise<Map<s
     await rm(flat, { force: true });
   }
 }
+
+test(
+  "a root slot changed while the machine was off fails dm-verity at boot, and GRUB falls back to the verified slot",
+  { skip, timeout: 40 * 60_000 },
+  async (t) => {
+    const image = await testImage({ version: "1.0.0-test" });
+    await mkdir(join(VM_TMP, "run"), { recursive: true });
+    const dir = await mkdtemp(join(VM_TMP, "run", "verity-"));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const raw = await copyImage(image.raw, dir);
+    // Slot B: the same verified system, recorded as os-update records a written slot.
+    const slotA = await readPartition(raw, ROOT_LABEL);
+    await writePartition(raw, ROOT_CLONE_LABEL, slotA);
+    const shipped = await readImageGrubenv(raw);
+    assert.ok(shipped.get("eos_A_verity"), "eos build records slot A's dm-verity parameter");
+    await editImageGrubenv(raw, {
+      eos_B_version: shipped.get("eos_A_version") ?? "",
+      eos_B_sha256: shipped.get("eos_A_sha256") ?? "",
+      eos_B_size: shipped.get("eos_A_size") ?? "",
+      eos_B_verity: shipped.get("eos_A_verity") ?? "",
+    });
+    // Slot A changed offline: one byte of the squashfs's mkfs_time, which squashfs itself never checks.
+    slotA[8] = (slotA[8] as number) ^ 0xff;
+    await writePartition(raw, ROOT_LABEL, slotA);
+
+    const vm = await startTestVm(t, image, { raw, workDir: join(dir, "vm") });
+    const started = performance.now();
+    for (let attempt = 1; attempt <= UNCONFIRMED_LIMIT; attempt++) {
+      await vm.waitForConsole(new RegExp(`(?:[\\s\\S]*?fails its dm-verity check){${attempt}}`), {
+        timeoutMs: BOOT_TIMEOUT_MS,
+      });
+      process.stdout.write(
+        `# boot ${attempt} of slot A refused by dm-verity after ${((performance.now() - started) / 1000).toFixed(0)} s\n`,
+      );
+    }
+    await vm.waitForConsole(/EOS: slot A did not come up in \d boots: falling back to slot B/, {
+      timeoutMs: BOOT_TIMEOUT_MS,
+    });
+    await vm.waitForSsh({ timeoutMs: BOOT_TIMEOUT_MS });
+    const cmdline = (await vm.sshOk(["cat", "/proc/cmdline"])).trim().split(/\s+/);
+    assert.ok(cmdline.includes("eos.slot=B"), cmdline.join(" "));
+    assert.ok(cmdline.includes(`eos.verity=${shipped.get("eos_A_verity")}`), cmdline.join(" "));
+    assert.equal(
+      vm.console().match(/EOS: booting slot A/g)?.length,
+      UNCONFIRMED_LIMIT,
+      "slot A was tried exactly UNCONFIRMED_LIMIT times",
+    );
+    assert.match(vm.console(), /verity: .*data block 0 is corrupted/);
+    // The fallback came up and confirmed its boot; then power off and read what GRUB and it wrote.
+    for (let i = 0; i < 60; i++) {
+      const state = (await vm.ssh(["systemctl", "is-active", "update_commit.service"])).stdout.trim();
+      if (state === "active" || state === "failed") break;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    assert.equal(await vm.powerOff({ timeoutMs: 120_000 }), 0);
+    const env = await readImageGrubenvFromVm(join(dir, "vm", "disk.qcow2"), dir);
+    assert.equal(env.get("eos_default"), "B");
+    assert.equal(env.get("eos_unconfirmed"), "");
+  },
+);

@@ -80,7 +80,12 @@ describe("the default AB image boots", { skip, timeout: 40 * 60_000 }, () => {
     assert.equal(fstype, "squashfs");
     assert.match(options ?? "", /(^|,)ro(,|$)/);
     const slotA = (await vm.sshOk(["readlink", "-f", `/dev/disk/by-partlabel/${ROOT_LABEL}`])).trim();
-    assert.equal(source, slotA);
+    // The slot is mounted through its dm-verity mapping (checked in the next test).
+    assert.equal(source, "/dev/mapper/eos-root");
+    assert.match(
+      await vm.sshOk(["veritysetup", "status", "eos-root"]),
+      new RegExp(`data device:\\s+${slotA}$`, "m"),
+    );
     assert.equal((await vm.sshOk(["findmnt", "-n", "-o", "FSTYPE", "/media/root-rw"])).trim(), "tmpfs");
     // Slot B exists, same size, and is not mounted.
     const sizes = await vm.sshOk([
@@ -125,17 +130,35 @@ describe("the default AB image boots", { skip, timeout: 40 * 60_000 }, () => {
     assert.match(await vm.sshOk(["/usr/lib/eos/node", "--version"]), /^v\d+\./);
   });
 
-  it("has update_commit.service: os-update --commit after multi-user, only with COMMIT_UPDATE", async () => {
+  it("has update_commit.service: os-update --commit after multi-user, which confirmed this boot for GRUB", async () => {
     const unit = await vm.sshOk(["systemctl", "cat", "update_commit.service"]);
     assert.match(unit, /^ExecStart=\/usr\/bin\/os-update --commit$/m);
     assert.match(unit, /^After=multi-user\.target$/m);
-    assert.match(unit, /^ConditionKernelCommandLine=COMMIT_UPDATE$/m);
     assert.equal((await vm.sshOk(["systemctl", "is-enabled", "update_commit.service"])).trim(), "enabled");
-    // Not an update boot: the condition kept it from running.
-    const cond = (
-      await vm.sshOk(["systemctl", "show", "-P", "ConditionResult", "update_commit.service"])
-    ).trim();
-    assert.equal(cond, "no");
+    // GRUB counted this boot of the committed slot (eos_unconfirmed=1); the unit confirmed it.
+    for (let i = 0; i < 60; i++) {
+      const state = (await vm.ssh(["systemctl", "is-active", "update_commit.service"])).stdout.trim();
+      if (state !== "activating" && state !== "inactive") break;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    assert.equal((await vm.ssh(["systemctl", "is-active", "update_commit.service"])).stdout.trim(), "active");
+    const env = await vm.sshOk(["cat", "/boot/efi/EFI/BOOT/grubenv"]);
+    assert.match(env, /^eos_unconfirmed=$/m);
+    assert.match(await vm.sshOk(["journalctl", "-b", "-u", "update_commit.service"]), /boot confirmed/);
+  });
+
+  it("runs its root slot under dm-verity with the root hash GRUB passed", async () => {
+    const cmdline = await vm.sshOk(["cat", "/proc/cmdline"]);
+    const verity = / eos\.verity=([0-9a-f]{64}):(\d+) /.exec(cmdline);
+    assert.ok(verity, cmdline);
+    const manifest = JSON.parse(await readFile(`${image.raw}.manifest.json`, "utf8")) as {
+      partitions: { root: { verity: { root_hash: string; data_blocks: number } } };
+    };
+    assert.equal(verity[1], manifest.partitions.root.verity.root_hash);
+    assert.equal(Number(verity[2]), manifest.partitions.root.verity.data_blocks);
+    const status = await vm.sshOk(["veritysetup", "status", "eos-root"]);
+    assert.match(status, /status:\s+verified/);
+    assert.match(status, new RegExp(`root hash:\\s+${verity[1]}`));
   });
 
   it("keeps the boot control block of the contract on the ESP, untouched by a normal boot", async () => {

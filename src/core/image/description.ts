@@ -158,6 +158,8 @@ export const imageDescriptionSchema = z
       .strictObject({
         filesystem: z.enum(["squashfs", "erofs"]).default("squashfs"),
         compression: z.enum(ROOT_COMPRESSIONS).default("xz"),
+        /** dm-verity over the slot: every block the kernel reads is checked against the signed root hash. */
+        verity: z.boolean().default(true),
       })
       .prefault({}),
     partitions: z
@@ -241,6 +243,8 @@ export const REQUIRED_PACKAGES = [
 export function packageList(desc: ImageDescription): string[] {
   const list = new Set<string>(REQUIRED_PACKAGES);
   if (desc.eos.node === "debian") list.add("nodejs");
+  // veritysetup, which the initramfs opens the root slot with.
+  if (desc.root.verity) list.add("cryptsetup-bin");
   if (desc.users.root.ssh_authorized_keys.length > 0) list.add("openssh-server");
   for (const p of desc.packages) list.add(p);
   return [...list].sort();

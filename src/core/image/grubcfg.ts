@@ -6,8 +6,11 @@
  */
 import { EosError } from "../errors.ts";
 import { encodeGrubenv } from "../update/grubenv.ts";
+import { parseVerityParameter } from "../verity.ts";
 
 export const MAX_TRIES = 9;
+/** Boots of the committed slot that never confirmed (os-update --commit) before GRUB falls back. */
+export const UNCONFIRMED_LIMIT = 3;
 
 export interface BootSlots {
   /** GRUB partition names on the boot disk, e.g. gpt2 and gpt3; B is undefined for the Static profile. */
@@ -17,8 +20,8 @@ export interface BootSlots {
   bUuid: string | undefined;
   /** The rest of the kernel command line (console=, rootfstype=, …). */
   cmdline: string;
-  /** What slot A holds: the manifest's version and root hash and size. */
-  aRecord?: { version: string; sha256: string; size: number } | undefined;
+  /** What slot A holds: the manifest's version, root hash and size, and its dm-verity parameter. */
+  aRecord?: { version: string; sha256: string; size: number; verity?: string | undefined } | undefined;
   /** The disk's image and architecture, as its manifests name them (for a disk os-update acts on offline). */
   identity?: { image: string; architecture: string } | undefined;
 }
@@ -46,6 +49,11 @@ function check(slots: BootSlots): void {
       !/^[^\s\\]{1,64}$/.test(r.version))
   )
     throw new EosError("BOOT_CONTROL", "slot A record needs a version, a sha256 (64 hex digits) and a size");
+  if (r?.verity !== undefined && !parseVerityParameter(r.verity))
+    throw new EosError(
+      "BOOT_CONTROL",
+      `slot A verity parameter ${JSON.stringify(r.verity)} is not ROOT_HASH:BLOCKS`,
+    );
   const id = slots.identity;
   if (
     id &&
@@ -78,6 +86,7 @@ export function initialGrubenv(slots: BootSlots): Buffer {
     vars.set("eos_A_version", slots.aRecord.version);
     vars.set("eos_A_sha256", slots.aRecord.sha256);
     vars.set("eos_A_size", String(slots.aRecord.size));
+    vars.set("eos_A_verity", slots.aRecord.verity ?? "");
   }
   if (slots.identity) {
     vars.set("eos_image", slots.identity.image);
@@ -89,6 +98,7 @@ export function initialGrubenv(slots: BootSlots): Buffer {
     vars.set("eos_B_version", "");
     vars.set("eos_B_sha256", "");
     vars.set("eos_B_size", "");
+    vars.set("eos_B_verity", "");
   }
   return encodeGrubenv(vars);
 }
@@ -102,6 +112,10 @@ export function earlyGrubCfg(): string {
   return ["set prefix=$cmdpath", 'configfile "${prefix}/grub.cfg"', ""].join("\n");
 }
 
+function verityArgs(target: string, record: string): string[] {
+  return [`set ${target}=`, `if [ -n "\${${record}}" ]; then set ${target}="eos.verity=\${${record}}"; fi`];
+}
+
 function decrementTable(): string[] {
   const lines: string[] = [];
   for (let n = MAX_TRIES; n >= 1; n--) {
@@ -109,6 +123,16 @@ function decrementTable(): string[] {
     lines.push(`    ${head} [ "\${eos_tries}" = "${n}" ]; then`, `      set eos_tries=${n - 1}`);
   }
   lines.push("    else", "      set eos_tries=invalid", "    fi");
+  return lines;
+}
+
+function unconfirmedTable(): string[] {
+  const lines: string[] = [];
+  for (let n = UNCONFIRMED_LIMIT - 1; n >= 1; n--) {
+    const head = n === UNCONFIRMED_LIMIT - 1 ? "if" : "elif";
+    lines.push(`    ${head} [ "\${eos_unconfirmed}" = "${n}" ]; then`, `      set eos_unconfirmed=${n + 1}`);
+  }
+  lines.push("    else", "      set eos_unconfirmed=1", "    fi");
   return lines;
 }
 
@@ -163,22 +187,59 @@ export function generateGrubCfg(options: { timeout?: number } = {}): string {
     "  fi",
     "fi",
     "",
+    "# The committed slot confirms each boot once the system is up (os-update",
+    `# --commit). A slot that did not come up in ${UNCONFIRMED_LIMIT} boots (a root that fails its`,
+    "# dm-verity check panics, and panic=10 resets the machine) gives way to the",
+    "# other slot, if that one holds a verified system.",
+    'if [ -z "${eos_commit}" ]; then',
+    `  if [ "\${eos_unconfirmed}" = "${UNCONFIRMED_LIMIT}" ]; then`,
+    "    set eos_fallback=",
+    '    if [ "${eos_default}" = "A" -a -n "${eos_B_part}" -a -n "${eos_B_sha256}" ]; then',
+    "      set eos_fallback=B",
+    '    elif [ "${eos_default}" = "B" -a -n "${eos_A_sha256}" ]; then',
+    "      set eos_fallback=A",
+    "    fi",
+    '    if [ -n "${eos_fallback}" ]; then',
+    `      echo "EOS: slot \${eos_default} did not come up in ${UNCONFIRMED_LIMIT} boots: falling back to slot \${eos_fallback}"`,
+    "      set eos_default=${eos_fallback}",
+    "      set eos_boot=${eos_fallback}",
+    "      set eos_unconfirmed=1",
+    '      save_env -f "${eos_env}" eos_default eos_unconfirmed',
+    "    else",
+    `      echo "EOS: slot \${eos_default} did not come up in ${UNCONFIRMED_LIMIT} boots and no other slot holds a verified system"`,
+    "    fi",
+    "  else",
+    ...unconfirmedTable(),
+    '    save_env -f "${eos_env}" eos_unconfirmed',
+    "  fi",
+    "fi",
+    "",
     'if [ "${eos_boot}" = "B" ]; then',
     "  set eos_part=${eos_B_part}",
     "  set eos_uuid=${eos_B_uuid}",
+    "  set eos_verity=${eos_B_verity}",
     "else",
     "  set eos_part=${eos_A_part}",
     "  set eos_uuid=${eos_A_uuid}",
+    "  set eos_verity=${eos_A_verity}",
     "fi",
     'if [ "${eos_default}" = "B" ]; then',
     "  set eos_dpart=${eos_B_part}",
     "  set eos_duuid=${eos_B_uuid}",
+    "  set eos_dverity=${eos_B_verity}",
     "else",
     "  set eos_dpart=${eos_A_part}",
     "  set eos_duuid=${eos_A_uuid}",
+    "  set eos_dverity=${eos_A_verity}",
     "fi",
+    "# A slot with a dm-verity record boots with its root hash on the command line.",
+    ...verityArgs("eos_vargs", "eos_verity"),
+    ...verityArgs("eos_dvargs", "eos_dverity"),
+    ...verityArgs("eos_A_vargs", "eos_A_verity"),
+    ...verityArgs("eos_B_vargs", "eos_B_verity"),
     "export eos_boot eos_part eos_uuid eos_commit eos_default eos_dpart eos_duuid eos_cmdline",
     "export eos_disk eos_A_part eos_A_uuid eos_B_part eos_B_uuid",
+    "export eos_vargs eos_dvargs eos_A_vargs eos_B_vargs",
     "",
     "# Entry 0 boots the chosen slot; if GRUB cannot even load its kernel, the",
     "# fallback entry boots the committed slot.",
@@ -189,21 +250,21 @@ export function generateGrubCfg(options: { timeout?: number } = {}): string {
     "",
     'menuentry "EOS slot ${eos_boot} ${eos_commit}" {',
     '  echo "EOS: booting slot ${eos_boot} (${eos_disk},${eos_part}) ${eos_commit}"',
-    "  linux (${eos_disk},${eos_part})/boot/vmlinuz root=PARTUUID=${eos_uuid} eos.slot=${eos_boot} panic=10 ${eos_cmdline} ${eos_commit}",
+    "  linux (${eos_disk},${eos_part})/boot/vmlinuz root=PARTUUID=${eos_uuid} eos.slot=${eos_boot} panic=10 ${eos_vargs} ${eos_cmdline} ${eos_commit}",
     "  initrd (${eos_disk},${eos_part})/boot/initrd.img",
     "}",
     'menuentry "EOS committed slot ${eos_default}" {',
     '  echo "EOS: booting committed slot ${eos_default} (${eos_disk},${eos_dpart})"',
-    "  linux (${eos_disk},${eos_dpart})/boot/vmlinuz root=PARTUUID=${eos_duuid} eos.slot=${eos_default} panic=10 ${eos_cmdline}",
+    "  linux (${eos_disk},${eos_dpart})/boot/vmlinuz root=PARTUUID=${eos_duuid} eos.slot=${eos_default} panic=10 ${eos_dvargs} ${eos_cmdline}",
     "  initrd (${eos_disk},${eos_dpart})/boot/initrd.img",
     "}",
     'menuentry "EOS slot A" {',
-    "  linux (${eos_disk},${eos_A_part})/boot/vmlinuz root=PARTUUID=${eos_A_uuid} eos.slot=A panic=10 ${eos_cmdline}",
+    "  linux (${eos_disk},${eos_A_part})/boot/vmlinuz root=PARTUUID=${eos_A_uuid} eos.slot=A panic=10 ${eos_A_vargs} ${eos_cmdline}",
     "  initrd (${eos_disk},${eos_A_part})/boot/initrd.img",
     "}",
     'if [ -n "${eos_B_part}" ]; then',
     '  menuentry "EOS slot B" {',
-    "    linux (${eos_disk},${eos_B_part})/boot/vmlinuz root=PARTUUID=${eos_B_uuid} eos.slot=B panic=10 ${eos_cmdline}",
+    "    linux (${eos_disk},${eos_B_part})/boot/vmlinuz root=PARTUUID=${eos_B_uuid} eos.slot=B panic=10 ${eos_B_vargs} ${eos_cmdline}",
     "    initrd (${eos_disk},${eos_B_part})/boot/initrd.img",
     "  }",
     "fi",

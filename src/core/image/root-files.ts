@@ -41,6 +41,63 @@ mount -n -o move /eos.rw "\${rootmnt}/media/root-rw"
 exit 0
 `;
 
+// The root slot under dm-verity (src/core/verity.ts has the layout): opened
+// in local-premount, after the initramfs found the slot and before it mounts
+// it, so that the mount (and every later read) goes through the check. The
+// new ROOT reaches the init script through /conf/param.conf.
+const INITRAMFS_VERITY_SCRIPT = `#!/bin/sh
+PREREQ=""
+prereqs() { echo "$PREREQ"; }
+case "$1" in
+prereqs) prereqs; exit 0 ;;
+esac
+. /scripts/functions
+verity=
+for word in $(cat /proc/cmdline); do
+  case "$word" in
+  eos.verity=*) verity="\${word#eos.verity=}" ;;
+  esac
+done
+if [ -z "$verity" ]; then
+  log_warning_msg "EOS: no eos.verity= on the kernel command line: the root slot is not integrity-checked"
+  exit 0
+fi
+hash="\${verity%%:*}"
+blocks="\${verity#*:}"
+case "$hash" in
+*[!0-9a-f]* | "") panic "EOS: eos.verity=$verity: the root hash is not hexadecimal" ;;
+esac
+case "$blocks" in
+*[!0-9]* | "") panic "EOS: eos.verity=$verity: the block count is not a number" ;;
+esac
+[ "\${#hash}" -eq 64 ] || panic "EOS: eos.verity=$verity: the root hash is not 64 digits"
+# libdevmapper makes the node itself: this initramfs has no device-mapper udev rules to wait for.
+if ! DM_DISABLE_UDEV=1 veritysetup open --no-superblock --format=1 --hash=sha256 --data-block-size=4096 \\
+  --hash-block-size=4096 --salt=- --data-blocks="$blocks" --hash-offset=$(((blocks + 1) * 4096)) \\
+  "\${ROOT}" eos-root "\${ROOT}" "$hash"; then
+  panic "EOS: cannot open the root slot \${ROOT} under dm-verity"
+fi
+# The squashfs superblock is the first block read: a slot changed since it
+# was verified fails here, before anything runs from it.
+if ! dd if=/dev/mapper/eos-root of=/dev/null bs=4096 count=1 2>/dev/null; then
+  panic "EOS: the root slot \${ROOT} fails its dm-verity check (changed or damaged since it was written); rebooting so that the boot loader can fall back"
+fi
+echo "ROOT=/dev/mapper/eos-root" >>/conf/param.conf
+exit 0
+`;
+
+const INITRAMFS_VERITY_HOOK = `#!/bin/sh
+PREREQ=""
+prereqs() { echo "$PREREQ"; }
+case "$1" in
+prereqs) prereqs; exit 0 ;;
+esac
+. /usr/share/initramfs-tools/hook-functions
+copy_exec /usr/sbin/veritysetup /sbin
+manual_add_modules dm_verity
+exit 0
+`;
+
 /**
  * Files every EOS root carries, generated from the description: boot
  * (initramfs overlay hook and modules, fstab), identity (os-release,
@@ -61,12 +118,16 @@ export function rootFiles(
 ): RootFile[] {
   const files: RootFile[] = [];
   const add = (path: string, content: string, mode = 0o644) => files.push({ path, mode, content });
-  const modules = ["squashfs", "overlay", ...desc.kernel.modules];
+  const modules = ["squashfs", "overlay", ...(desc.root.verity ? ["dm_verity"] : []), ...desc.kernel.modules];
   add(
     "/etc/initramfs-tools/modules",
     `# EOS: the root slot is ${desc.root.filesystem}, the running root an overlay\n${[...new Set(modules)].join("\n")}\n`,
   );
   add("/etc/initramfs-tools/scripts/init-bottom/eos-overlay", INITRAMFS_OVERLAY_HOOK, 0o755);
+  if (desc.root.verity) {
+    add("/etc/initramfs-tools/scripts/local-premount/eos-verity", INITRAMFS_VERITY_SCRIPT, 0o755);
+    add("/etc/initramfs-tools/hooks/eos-verity", INITRAMFS_VERITY_HOOK, 0o755);
+  }
   // nofail: a missing ESP must not stop the boot. The device timeout is long because udev can
   // take more than 30 s to name the partition on a slow or loaded machine, and a mount given up
   // once stays unmounted: os-update and the commit unit would then find no boot control block.

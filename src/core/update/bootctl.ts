@@ -27,6 +27,8 @@ export interface SlotRecord {
   version: string | undefined;
   sha256: string | undefined;
   size: number | undefined;
+  /** The dm-verity parameter (ROOT_HASH:BLOCKS) GRUB and kexec boot the slot with. */
+  verity: string | undefined;
 }
 
 export interface BootState {
@@ -61,6 +63,7 @@ export function readBootState(vars: Map<string, string>): BootState {
       version: vars.get(slotVar(slot, "version")) || undefined,
       sha256: vars.get(slotVar(slot, "sha256")) || undefined,
       size: size && /^[0-9]+$/.test(size) ? Number(size) : undefined,
+      verity: vars.get(slotVar(slot, "verity")) || undefined,
     };
   };
   return {
@@ -87,6 +90,7 @@ export function markInvalid(vars: Map<string, string>, slot: Slot): Map<string, 
   next.set(slotVar(slot, "version"), "");
   next.set(slotVar(slot, "sha256"), "");
   next.set(slotVar(slot, "size"), "");
+  next.set(slotVar(slot, "verity"), "");
   if (state.trial === slot) {
     next.set("eos_trial", "");
     next.set("eos_tries", "0");
@@ -98,7 +102,7 @@ export function markInvalid(vars: Map<string, string>, slot: Slot): Map<string, 
 export function markTrial(
   vars: Map<string, string>,
   slot: Slot,
-  content: { version: string; sha256: string; size: number },
+  content: { version: string; sha256: string; size: number; verity?: string | undefined },
   tries: number,
 ): Map<string, string> {
   if (tries < 1 || tries > 9) throw new EosError("USAGE", `tries must be 1..9, got ${tries}`);
@@ -106,6 +110,7 @@ export function markTrial(
   next.set(slotVar(slot, "version"), content.version);
   next.set(slotVar(slot, "sha256"), content.sha256);
   next.set(slotVar(slot, "size"), String(content.size));
+  next.set(slotVar(slot, "verity"), content.verity ?? "");
   next.set("eos_trial", slot);
   next.set("eos_tries", String(tries));
   return next;
@@ -127,6 +132,23 @@ export function commitSlot(
   next.set("eos_default", running);
   next.set("eos_trial", "");
   next.set("eos_tries", "0");
+  next.set("eos_unconfirmed", "");
+  return { vars: next, changed: true };
+}
+
+/**
+ * The committed slot came up: GRUB stops counting its unconfirmed boots
+ * (docs/boot-control.md). `changed` is false when there was nothing to clear,
+ * so a normal boot does not rewrite the ESP.
+ */
+export function confirmBoot(
+  vars: Map<string, string>,
+  running: Slot,
+): { vars: Map<string, string>; changed: boolean } {
+  const state = readBootState(vars);
+  if (state.defaultSlot !== running || !vars.get("eos_unconfirmed")) return { vars, changed: false };
+  const next = copy(vars);
+  next.set("eos_unconfirmed", "");
   return { vars: next, changed: true };
 }
 
@@ -136,14 +158,20 @@ export function rollbackTo(vars: Map<string, string>, target: Slot): Map<string,
   next.set("eos_default", target);
   next.set("eos_trial", "");
   next.set("eos_tries", "0");
+  next.set("eos_unconfirmed", "");
   return next;
 }
 
 /**
  * The kernel command line for booting `slot` via kexec: the running one with
- * root=, eos.slot= and COMMIT_UPDATE replaced. Words are kept as they are.
+ * root=, eos.slot=, eos.verity= and COMMIT_UPDATE replaced. Words are kept as they are.
  */
-export function kexecCommandLine(current: string, partuuid: string, slot: Slot): string {
+export function kexecCommandLine(
+  current: string,
+  partuuid: string,
+  slot: Slot,
+  verity?: string | undefined,
+): string {
   const words = current
     .trim()
     .split(/\s+/)
@@ -152,10 +180,17 @@ export function kexecCommandLine(current: string, partuuid: string, slot: Slot):
         w !== "" &&
         !w.startsWith("root=") &&
         !w.startsWith("eos.slot=") &&
+        !w.startsWith("eos.verity=") &&
         w !== "COMMIT_UPDATE" &&
         !w.startsWith("BOOT_IMAGE="),
     );
-  return [...words, `root=PARTUUID=${partuuid.toLowerCase()}`, `eos.slot=${slot}`, "COMMIT_UPDATE"].join(" ");
+  return [
+    ...words,
+    `root=PARTUUID=${partuuid.toLowerCase()}`,
+    `eos.slot=${slot}`,
+    ...(verity ? [`eos.verity=${verity}`] : []),
+    "COMMIT_UPDATE",
+  ].join(" ");
 }
 
 export interface KernelCommandLine {

@@ -17,10 +17,11 @@ import {
 } from "../../core/image/description.ts";
 import { planLayout } from "../../core/image/layout.ts";
 import { keyId } from "../../core/manifest.ts";
+import { verityParameter, type VerityRecord } from "../../core/verity.ts";
 import type { Context } from "../context.ts";
 import { loadPrivateKey, loadPublicKey } from "../keys.ts";
 import { sourceDateEpoch, writeManifest } from "../release.ts";
-import { assembleDisk, compressXz, hashPadded, makeEsp, makeRootImage } from "./disk.ts";
+import { addVerity, assembleDisk, compressXz, hashPadded, makeEsp, makeRootImage } from "./disk.ts";
 import { buildRootTree } from "./rootfs.ts";
 
 export interface BuildOptions {
@@ -51,6 +52,8 @@ export interface BuildResult {
   rootSlotBytes: number;
   /** sha256 of the whole slot A partition: the manifest's root hash and grubenv's eos_A_sha256. */
   rootSha256: string;
+  /** The slot's dm-verity tree, when the description keeps root.verity on. */
+  verity: VerityRecord | undefined;
   rawBytes: number;
   xzBytes: number | undefined;
   kernel: string;
@@ -201,13 +204,17 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
   const rootFsBytes = await step(`root file system (squashfs ${desc.root.compression})`, () =>
     makeRootImage(ctx.proc, desc, tree, rootImg, epoch, ctx.signal),
   );
+  const verity = desc.root.verity
+    ? await step("dm-verity hash tree (veritysetup format)", () => addVerity(ctx.proc, rootImg, ctx.signal))
+    : undefined;
+  const slotBytes = verity?.bytes ?? rootFsBytes;
   log(
-    `root file system: ${(rootFsBytes / 1048576).toFixed(1)} MiB of a ${layout.slotA.size / 1048576} MiB slot`,
+    `root file system: ${(rootFsBytes / 1048576).toFixed(1)} MiB${verity ? ` + ${((slotBytes - rootFsBytes) / 1048576).toFixed(1)} MiB dm-verity tree (root hash ${verity.record.root_hash.slice(0, 16)}…)` : ""} of a ${layout.slotA.size / 1048576} MiB slot`,
   );
-  if (rootFsBytes > layout.slotA.size) {
+  if (slotBytes > layout.slotA.size) {
     throw new EosError(
       "BUILD",
-      `the root file system (${rootFsBytes} bytes) does not fit partitions.root (${layout.slotA.size} bytes)`,
+      `the root file system${verity ? " and its dm-verity tree" : ""} (${slotBytes} bytes) do not fit partitions.root (${layout.slotA.size} bytes)`,
       { hint: `raise partitions.root in ${descPath} or drop packages` },
     );
   }
@@ -221,7 +228,12 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
       work,
       espImg,
       epoch,
-      { version: desc.version, sha256: rootSha256, size: layout.slotA.size },
+      {
+        version: desc.version,
+        sha256: rootSha256,
+        size: layout.slotA.size,
+        verity: verity ? verityParameter(verity.record) : undefined,
+      },
       { image: desc.name, architecture },
     ),
   );
@@ -246,12 +258,19 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
       return written.manifestPath;
     });
     const written = JSON.parse(await readFile(manifest, "utf8")) as {
-      partitions?: { root?: { sha256?: string } };
+      partitions?: { root?: { sha256?: string; verity?: { root_hash?: string } } };
     };
     if (written.partitions?.root?.sha256 !== rootSha256) {
       throw new EosError(
         "BUILD",
         `${manifest}: root sha256 differs from the one recorded in grubenv (${rootSha256})`,
+      );
+    }
+    // The manifest reads the root hash back from the disk; veritysetup computed it from the data.
+    if (written.partitions?.root?.verity?.root_hash !== verity?.record.root_hash) {
+      throw new EosError(
+        "BUILD",
+        `${manifest}: dm-verity root hash ${written.partitions?.root?.verity?.root_hash ?? "(none)"} differs from veritysetup's (${verity?.record.root_hash ?? "none"})`,
       );
     }
   } else {
@@ -268,6 +287,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
     rootFsBytes,
     rootSlotBytes: layout.slotA.size,
     rootSha256,
+    verity: verity?.record,
     rawBytes: (await stat(raw)).size,
     xzBytes: xz ? (await stat(xz)).size : undefined,
     kernel,

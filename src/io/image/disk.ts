@@ -6,7 +6,7 @@
  */
 import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
-import { open, rename, rm, stat, writeFile } from "node:fs/promises";
+import { open, rename, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
@@ -15,6 +15,7 @@ import { encodeGpt } from "../../core/gpt-write.ts";
 import { earlyGrubCfg, generateGrubCfg, initialGrubenv } from "../../core/image/grubcfg.ts";
 import { baseCmdline, type ImageDescription } from "../../core/image/description.ts";
 import type { DiskLayout } from "../../core/image/layout.ts";
+import { verityLayout, verityUuid, type VerityRecord } from "../../core/verity.ts";
 import { pipeThrough, type ProcessRunner, type RunOptions } from "../process.ts";
 
 const build = (proc: ProcessRunner, argv: string[], o: RunOptions = {}) =>
@@ -90,6 +91,53 @@ export async function makeRootImage(
 }
 
 /**
+ * Appends the dm-verity superblock and hash tree to the root file system
+ * image in the one layout src/core/verity.ts describes (no salt, a UUID from
+ * the file system's hash: the same input builds the same bytes), and returns
+ * what the manifest and grubenv record.
+ */
+export async function addVerity(
+  proc: ProcessRunner,
+  image: string,
+  signal?: AbortSignal,
+): Promise<{ record: VerityRecord; bytes: number }> {
+  const fsBytes = (await stat(image)).size;
+  const layout = verityLayout(fsBytes);
+  await truncate(image, layout.superblockOffset);
+  const seed = createHash("sha256");
+  for await (const chunk of createReadStream(image, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>)
+    seed.update(chunk);
+  const { stdout } = await build(
+    proc,
+    [
+      "veritysetup",
+      "format",
+      "--format=1",
+      "--hash=sha256",
+      "--data-block-size=4096",
+      "--hash-block-size=4096",
+      `--data-blocks=${layout.dataBlocks}`,
+      `--hash-offset=${layout.superblockOffset}`,
+      "--salt=-",
+      `--uuid=${verityUuid(seed.digest())}`,
+      image,
+      image,
+    ],
+    { what: "veritysetup format", ...(signal ? { signal } : {}) },
+  );
+  const rootHash = /^Root hash:\s+([0-9a-f]{64})\s*$/m.exec(stdout)?.[1];
+  if (!rootHash)
+    throw new EosError("BUILD", `veritysetup format printed no root hash: ${stdout.slice(0, 400)}`);
+  const bytes = (await stat(image)).size;
+  if (bytes !== layout.totalBytes)
+    throw new EosError(
+      "BUILD",
+      `veritysetup wrote ${bytes} bytes for ${layout.dataBlocks} data blocks, EOS's layout has ${layout.totalBytes}`,
+    );
+  return { record: { algorithm: "sha256", data_blocks: layout.dataBlocks, root_hash: rootHash }, bytes };
+}
+
+/**
  * sha256 of a file padded with zeros to `size` bytes: the hash of the slot
  * partition it will fill (the manifest's root hash), known before the disk exists.
  */
@@ -116,7 +164,7 @@ export async function makeEsp(
   work: string,
   out: string,
   sourceDateEpoch: number,
-  slotA: { version: string; sha256: string; size: number },
+  slotA: { version: string; sha256: string; size: number; verity: string | undefined },
   identity: { image: string; architecture: string },
 ): Promise<void> {
   const env: NodeJS.ProcessEnv = {

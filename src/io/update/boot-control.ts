@@ -26,7 +26,7 @@ export async function readBootControl(esp: string): Promise<Map<string, string>>
 }
 
 /** Which transaction writes the block (names its crash point). */
-export type BootControlWrite = "apply:invalidate" | "apply:trial" | "commit" | "rollback";
+export type BootControlWrite = "apply:invalidate" | "apply:trial" | "commit" | "confirm" | "rollback";
 
 /**
  * Replaces the block atomically: GRUB sees the old one or the new one, never

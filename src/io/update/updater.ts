@@ -6,10 +6,9 @@
  * failure at any point leaves the running system and its boot state as they
  * were (a slot being written is marked invalid first).
  */
-import { mkdir, open, readFile } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
-  commitSlot,
   DEFAULT_TRIES,
   kexecCommandLine,
   markInvalid,
@@ -17,7 +16,6 @@ import {
   otherSlot,
   parseKernelCommandLine,
   readBootState,
-  rollbackTo,
   SLOT_LABEL,
   type KernelCommandLine,
   type Slot,
@@ -25,10 +23,10 @@ import {
 import { EosError } from "../../core/errors.ts";
 import type { DeviceConfig } from "../../core/config.ts";
 import type { Manifest } from "../../core/manifest.ts";
+import { verityParameter } from "../../core/verity.ts";
 import { checkMadeFor, judgeOffer } from "../../core/update/acceptance.ts";
 import { sysPath, type Context } from "../context.ts";
 import { crashPoint } from "../crash-point.ts";
-import { hashRange } from "../hash.ts";
 import { acquireLock } from "../lock.ts";
 import { findKernel, withSlotMounted, type BootActions } from "./boot-actions.ts";
 import { readBootControl, writeBootControl } from "./boot-control.ts";
@@ -85,7 +83,7 @@ export interface Device {
   cmdline: KernelCommandLine;
 }
 
-async function kernelCommandLine(ctx: Context): Promise<KernelCommandLine> {
+export async function kernelCommandLine(ctx: Context): Promise<KernelCommandLine> {
   return parseKernelCommandLine(await readFile(sysPath(ctx, "/proc/cmdline"), "utf8").catch(() => ""));
 }
 
@@ -237,7 +235,8 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
     const { timing } = written;
     crashPoint("apply:slot-verified");
     const tries = setup.config.update.tries ?? DEFAULT_TRIES;
-    const record = { version: manifest.version, sha256: root.sha256, size: root.size };
+    const verity = root.verity ? verityParameter(root.verity) : undefined;
+    const record = { version: manifest.version, sha256: root.sha256, size: root.size, verity };
     await writeBootControl(
       device.esp,
       markTrial(await readBootControl(device.esp), target, record, tries),
@@ -271,7 +270,7 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
       return { status: "rebooting", ...done };
     }
     const current = await readFile(sysPath(o.ctx, "/proc/cmdline"), "utf8");
-    const cmdline = kexecCommandLine(current, slot.partition.uniqueGuid, target);
+    const cmdline = kexecCommandLine(current, slot.partition.uniqueGuid, target, verity);
     await withSlotMounted(
       o.ctx.proc,
       device.layout.disk,
@@ -285,80 +284,6 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
     o.say(`kexec into slot ${target}: ${cmdline}`);
     await o.boot.kexecExec();
     return { status: "kexec", ...done, cmdline };
-  });
-}
-
-export type CommitResult =
-  | { status: "not-trial" | "no-trial"; defaultSlot?: Slot }
-  | { status: "committed" | "already-default"; slot: Slot; version: string | undefined };
-
-export async function commit(o: UpdaterOptions, options: { reboot: boolean }): Promise<CommitResult> {
-  if (o.rootDevice === undefined && !(await kernelCommandLine(o.ctx)).commitUpdate) {
-    return { status: "not-trial" };
-  }
-  return withUpdateLock(o.ctx, async () => {
-    const device = await openDevice(o);
-    const vars = await readBootControl(device.esp);
-    const state = readBootState(vars);
-    let running: Slot;
-    if (device.layout.online) running = device.layout.running;
-    else if (state.trial) running = state.trial;
-    else return { status: "no-trial", defaultSlot: state.defaultSlot };
-    const { vars: next, changed } = commitSlot(vars, running);
-    if (changed) await writeBootControl(device.esp, next, "commit");
-    crashPoint("commit:written");
-    const result: CommitResult = {
-      status: changed ? "committed" : "already-default",
-      slot: running,
-      version: state.slots[running].version,
-    };
-    if (options.reboot) await o.boot.reboot();
-    return result;
-  });
-}
-
-export interface RollbackResult {
-  slot: Slot;
-  version: string | undefined;
-}
-
-export async function rollback(o: UpdaterOptions, options: { reboot: boolean }): Promise<RollbackResult> {
-  return withUpdateLock(o.ctx, async () => {
-    const device = await openDevice(o);
-    const vars = await readBootControl(device.esp);
-    const state = readBootState(vars);
-    const from = device.layout.online ? device.layout.running : state.defaultSlot;
-    const target = otherSlot(from);
-    const slot = device.layout.slots[target];
-    const record = state.slots[target];
-    if (!slot)
-      throw new EosError("SLOT", `${device.layout.disk} has no ${SLOT_LABEL[target]} to roll back to`);
-    if (!record.sha256 || !record.size) {
-      throw new EosError("SLOT", `slot ${target} holds no verified root (it was never completely written)`, {
-        hint: "nothing to roll back to",
-      });
-    }
-    const handle = await open(device.layout.disk, "r");
-    let sha: string;
-    try {
-      sha = await hashRange(handle, slot.range.offset, record.size);
-    } finally {
-      await handle.close();
-    }
-    if (sha !== record.sha256) {
-      throw new EosError(
-        "HASH_MISMATCH",
-        `slot ${target} does not verify (sha256 ${sha}, recorded ${record.sha256}): refusing to roll back`,
-      );
-    }
-    crashPoint("rollback:verified");
-    await writeBootControl(device.esp, rollbackTo(vars, target), "rollback");
-    crashPoint("rollback:written");
-    o.say(
-      `slot ${target} (${record.version ?? "?"}) verified and made the default${options.reboot ? "; rebooting" : "; reboot to use it"}`,
-    );
-    if (options.reboot) await o.boot.reboot();
-    return { slot: target, version: record.version };
   });
 }
 

@@ -118,3 +118,45 @@ export function verityUuid(seed: Buffer): string {
   const h = createHash("sha256").update(seed).digest("hex");
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
 }
+
+/** The superblock veritysetup format writes for the EOS layout (struct verity_sb, padded to a block). */
+export function veritySuperblock(dataBlocks: number, uuid: string): Buffer {
+  const block = Buffer.alloc(VERITY_BLOCK);
+  VERITY_MAGIC.copy(block, 0);
+  block.writeUInt32LE(1, 8);
+  block.writeUInt32LE(1, 12);
+  Buffer.from(uuid.replace(/-/g, ""), "hex").copy(block, 16);
+  block.write("sha256", 32, "latin1");
+  block.writeUInt32LE(VERITY_BLOCK, 64);
+  block.writeUInt32LE(VERITY_BLOCK, 68);
+  block.writeBigUInt64LE(BigInt(dataBlocks), 72);
+  return block;
+}
+
+/**
+ * The hash tree over data blocks whose sha256s are `leaves` (32 bytes each,
+ * in order), as veritysetup lays it out: each level's hashes packed into
+ * zero-padded 4 KiB blocks, the top level (one block) first. Its root hash
+ * is verityRootHash of the first block.
+ */
+export function verityTree(leaves: Buffer): Buffer {
+  if (leaves.length === 0 || leaves.length % HASH_BYTES !== 0)
+    throw new EosError("DELTA", `dm-verity leaves are ${leaves.length} bytes, not a whole number of hashes`);
+  const levels: Buffer[] = [];
+  let hashes = leaves;
+  for (;;) {
+    const blocks = Math.ceil(hashes.length / VERITY_BLOCK);
+    const level = Buffer.alloc(blocks * VERITY_BLOCK);
+    hashes.copy(level);
+    levels.push(level);
+    if (blocks === 1) break;
+    const next = Buffer.alloc(blocks * HASH_BYTES);
+    for (let i = 0; i < blocks; i++)
+      createHash("sha256")
+        .update(level.subarray(i * VERITY_BLOCK, (i + 1) * VERITY_BLOCK))
+        .digest()
+        .copy(next, i * HASH_BYTES);
+    hashes = next;
+  }
+  return Buffer.concat(levels.reverse());
+}

@@ -14,6 +14,7 @@ import { systemRunner } from "../../src/io/process.ts";
 import { rootFiles } from "../../src/core/image/root-files.ts";
 import { parseImageDescription } from "../../src/core/image/description.ts";
 import { hashDiskPartitions } from "../../src/io/disk-image.ts";
+import { withVerityTree } from "../../src/io/update/verity-stream.ts";
 import { flipByte, makeSampleImage, pseudoRandomBytes } from "../helpers/sample-image.ts";
 import type { VerityRecord } from "../../src/core/verity.ts";
 
@@ -137,4 +138,38 @@ test("the manifest reads the root hash back from the disk; a disk without a tree
   const without = join(dir, "without.raw");
   await makeSampleImage(without, { version: "1.0.0" });
   assert.equal((await hashDiskPartitions(without)).root.verity, undefined);
+});
+
+test("a device computes the same superblock and tree as veritysetup from the file system alone", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "eos-verity-"));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  // Large enough for a three-level tree (more than 128 × 128 blocks), with odd chunking.
+  await mkdir(join(dir, "big.tree"), { recursive: true });
+  await writeFile(join(dir, "big.tree", "blob"), pseudoRandomBytes("big", 70 * 2 ** 20));
+  const slot = join(dir, "big.squashfs");
+  assert.equal(
+    sh(["mksquashfs", join(dir, "big.tree"), slot, "-noappend", "-quiet", "-no-progress", "-noI", "-noD"])
+      .code,
+    0,
+  );
+  const { record, bytes } = await addVerity(systemRunner(), slot);
+  const built = await readFile(slot);
+  const fs = built.subarray(0, record.data_blocks * 4096);
+  const chunks = function* () {
+    for (let at = 0, n = 1; at < fs.length; at += n, n = (n * 7919) % 300_001) yield fs.subarray(at, at + n);
+  };
+  const total = bytes + 3 * 4096; // the slot is larger than the tree: zeros follow it
+  const out: Buffer[] = [];
+  for await (const piece of withVerityTree(chunks(), record.data_blocks, total)) out.push(Buffer.from(piece));
+  const streamed = Buffer.concat(out);
+  assert.equal(streamed.length, total);
+  assert.ok(
+    streamed.subarray(0, bytes).equals(built),
+    "superblock and tree equal veritysetup's, byte for byte",
+  );
+  assert.ok(streamed.subarray(bytes).equals(Buffer.alloc(3 * 4096)));
+  // A file system that is not as long as its record says is refused, not padded.
+  await assert.rejects(async () => {
+    for await (const _ of withVerityTree([fs.subarray(0, fs.length - 1)], record.data_blocks, total)) void _;
+  }, /ended after/);
 });

@@ -20,7 +20,12 @@ export const DELTA_INDEX_SCHEMA = 1;
  * matches across a shift of up to about that much, e.g. a large package).
  */
 export const DELTA_WINDOW = 32 * 1024 * 1024;
-export const DELTA_ALGORITHMS = ["xdelta3"] as const;
+/**
+ * xdelta3: the whole root slot. xdelta3-verity: the file system part of a
+ * slot with a dm-verity tree (src/core/verity.ts), from the old slot's file
+ * system to the new one's; the device appends the tree it computes.
+ */
+export const DELTA_ALGORITHMS = ["xdelta3", "xdelta3-verity"] as const;
 export type DeltaAlgorithm = (typeof DELTA_ALGORITHMS)[number];
 
 export interface DeltaEntry {

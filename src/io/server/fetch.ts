@@ -24,6 +24,7 @@ import { decompressStream } from "../decompress.ts";
 import { hashDiskPartitions } from "../disk-image.ts";
 import { partitionRange, requirePartition } from "../../core/gpt.ts";
 import { makeDeltas, type DeltaEnd } from "./deltas.ts";
+import { VERITY_BLOCK } from "../../core/verity.ts";
 import type { PublishedImages } from "./published.ts";
 import type { Logger } from "../log.ts";
 import { fetchSmall, openOrigin, type Validators } from "../origin.ts";
@@ -112,6 +113,12 @@ function samePartition(
   return a?.size === b?.size && a?.sha256 === b?.sha256;
 }
 
+/** The bytes of a root slot before its dm-verity tree, when it has one (src/core/verity.ts). */
+function fsBytesOf(manifest: Manifest): number | undefined {
+  const verity = manifest.partitions.root.verity;
+  return verity ? verity.data_blocks * VERITY_BLOCK : undefined;
+}
+
 /** Older versions a new one gets deltas from (and that the server keeps for that). */
 export const DEFAULT_DELTA_FROM = 3;
 
@@ -132,6 +139,7 @@ async function deltasFromKept(
         rawPath: v.rawPath,
         root: v.ranges.root,
         sha256: v.manifest.partitions.root.sha256,
+        fsBytes: fsBytesOf(v.manifest),
       });
   }
   return makeDeltas(options.proc, { name, dir, to, from, logger: options.logger, signal: options.signal });
@@ -245,6 +253,7 @@ export async function fetchAndPublish(
                   requirePartition(parts.table, manifest.partitions.root.label),
                 ),
                 sha256: manifest.partitions.root.sha256,
+                fsBytes: fsBytesOf(manifest),
               },
               options,
             )

@@ -8,6 +8,7 @@
  * target slot is marked invalid throughout, so nothing unverified can boot.
  */
 import { createHash } from "node:crypto";
+import { open } from "node:fs/promises";
 import { Readable } from "node:stream";
 import type { ByteRange } from "../../core/gpt.ts";
 import { EosError, errorMessage } from "../../core/errors.ts";
@@ -20,6 +21,8 @@ import type { Context } from "../context.ts";
 import { interrupted, watchWithLimits, type TransferLimits } from "../watchdog.ts";
 import { writeSlot, type WriteSlotResult } from "./slot-writer.ts";
 import type { UpdateSource } from "./source.ts";
+import { squashfsBytesUsed, verityLayout, type VerityRecord } from "../../core/verity.ts";
+import { withVerityTree } from "./verity-stream.ts";
 
 /** A delta bigger than this is not worth holding in memory: the full stream is taken instead. */
 export const MAX_DELTA_BYTES = 48 * 1024 * 1024;
@@ -88,6 +91,8 @@ async function withLoopDevice<T>(
 
 export interface DeltaWrite {
   source: UpdateSource;
+  /** The new root's dm-verity record (the manifest's): an xdelta3-verity delta leaves the tree to the device. */
+  verity?: VerityRecord | undefined;
   proc: ProcessRunner;
   delta: DeltaEntry;
   disk: string;
@@ -99,6 +104,24 @@ export interface DeltaWrite {
   signal?: AbortSignal | undefined;
   progress?: (label: string, total: number) => Progress;
   log: (line: string) => void;
+}
+
+/** Bytes of the squashfs at the start of a slot, padded to dm-verity's blocks: where its tree begins. */
+async function fileSystemBytes(disk: string, slot: ByteRange): Promise<number> {
+  const handle = await open(disk, "r");
+  try {
+    const head = Buffer.alloc(96);
+    await handle.read(head, 0, head.length, slot.offset);
+    const used = squashfsBytesUsed(head);
+    if (used === undefined)
+      throw new EosError("DELTA", "the running slot holds no squashfs to decode the delta against");
+    const { superblockOffset } = verityLayout(used);
+    if (superblockOffset > slot.length)
+      throw new EosError("DELTA", "the running slot's squashfs claims more than the slot");
+    return superblockOffset;
+  } finally {
+    await handle.close();
+  }
 }
 
 /** Downloads and checks the delta: its bytes, exactly as the index describes them. */
@@ -138,9 +161,17 @@ async function downloadDelta(o: DeltaWrite): Promise<Buffer> {
  * INTERRUPTED and TIMEOUT mean stop, anything else means "take the full path".
  */
 export async function writeSlotFromDelta(o: DeltaWrite): Promise<WriteSlotResult> {
+  const fsOnly = o.delta.algorithm === "xdelta3-verity";
+  const verity = o.verity;
+  if (fsOnly && !verity)
+    throw new EosError("DELTA", "an xdelta3-verity delta for a root whose manifest has no dm-verity tree");
   const bytes = await downloadDelta(o);
   if (o.signal?.aborted) throw interrupted("the delta path");
-  return withLoopDevice(o.proc, o.disk, o.running, async (oldRoot) => {
+  // Such a delta was made from the old slot's file system alone: the decoder's source ends there too.
+  const source = fsOnly
+    ? { offset: o.running.offset, length: await fileSystemBytes(o.disk, o.running) }
+    : o.running;
+  return withLoopDevice(o.proc, o.disk, source, async (oldRoot) => {
     let opened = false;
     // The decoder's output is the slot's stream: one pass, no resume (a broken decode falls back).
     const decoded: UpdateSource = {
@@ -160,7 +191,13 @@ export async function writeSlotFromDelta(o: DeltaWrite): Promise<WriteSlotResult
               new EosError("DELTA", `cannot run xdelta3: ${error.message}`, { hint: "install xdelta3" }),
           },
         );
-        return { stream, offset: 0 };
+        if (!fsOnly || !verity) return { stream, offset: 0 };
+        const slot = Readable.from(
+          withVerityTree(stream as AsyncIterable<Buffer>, verity.data_blocks, o.size),
+        );
+        // The decoder's failure (its exit status, a missing binary) ends the slot stream with it.
+        stream.on("error", (error: Error) => slot.destroy(error));
+        return { stream: slot, offset: 0 };
       },
     };
     return writeSlot({
@@ -202,7 +239,7 @@ export async function writeRootByPlan(o: {
   target: ByteRange;
   /** The target slot's name, for progress lines. */
   label: string;
-  root: { size: number; sha256: string };
+  root: { size: number; sha256: string; verity?: VerityRecord | undefined };
   limits: TransferLimits;
   retryDelayMs?: number | undefined;
 }): Promise<RootWrite> {
@@ -223,6 +260,7 @@ export async function writeRootByPlan(o: {
         target: o.target,
         size: root.size,
         sha256: root.sha256,
+        verity: root.verity,
         limits: o.limits,
         signal: o.ctx.signal,
         progress: bar,

@@ -72,7 +72,7 @@ test("the slot's tree verifies with the initramfs's own parameters, and a change
   const { record } = await addVerity(systemRunner(), slot);
   const verify = initramfsVerify();
   const env = (file: string, r: VerityRecord) => ({
-    ROOT: file,
+    slot: file,
     hash: r.root_hash,
     blocks: String(r.data_blocks),
   });
@@ -129,7 +129,7 @@ test("the manifest reads the root hash back from the disk; a disk without a tree
   ]);
   assert.equal(r.code, 0, r.out);
   const check = sh(["sh", "-c", initramfsVerify()], {
-    ROOT: slotFile,
+    slot: slotFile,
     hash: verity.root_hash,
     blocks: String(verity.data_blocks),
   });

@@ -42,9 +42,11 @@ exit 0
 `;
 
 // The root slot under dm-verity (src/core/verity.ts has the layout): opened
-// in local-premount, after the initramfs found the slot and before it mounts
-// it, so that the mount (and every later read) goes through the check. The
-// new ROOT reaches the init script through /conf/param.conf.
+// in local-premount, before the initramfs mounts it, so that the mount (and
+// every later read) goes through the check. local-premount runs before the
+// initramfs has waited for the root device, so the script waits for it the
+// same way (local_device_setup); the new ROOT reaches the init script
+// through /conf/param.conf.
 const INITRAMFS_VERITY_SCRIPT = `#!/bin/sh
 PREREQ=""
 prereqs() { echo "$PREREQ"; }
@@ -52,6 +54,7 @@ case "$1" in
 prereqs) prereqs; exit 0 ;;
 esac
 . /scripts/functions
+. /scripts/local
 verity=
 for word in $(cat /proc/cmdline); do
   case "$word" in
@@ -71,16 +74,18 @@ case "$blocks" in
 *[!0-9]* | "") panic "EOS: eos.verity=$verity: the block count is not a number" ;;
 esac
 [ "\${#hash}" -eq 64 ] || panic "EOS: eos.verity=$verity: the root hash is not 64 digits"
+local_device_setup "\${ROOT}" "root file system"
+slot="\${DEV}"
 # libdevmapper makes the node itself: this initramfs has no device-mapper udev rules to wait for.
 if ! DM_DISABLE_UDEV=1 veritysetup open --no-superblock --format=1 --hash=sha256 --data-block-size=4096 \\
   --hash-block-size=4096 --salt=- --data-blocks="$blocks" --hash-offset=$(((blocks + 1) * 4096)) \\
-  "\${ROOT}" eos-root "\${ROOT}" "$hash"; then
-  panic "EOS: cannot open the root slot \${ROOT} under dm-verity"
+  "$slot" eos-root "$slot" "$hash"; then
+  panic "EOS: cannot open the root slot $slot under dm-verity"
 fi
 # The squashfs superblock is the first block read: a slot changed since it
 # was verified fails here, before anything runs from it.
 if ! dd if=/dev/mapper/eos-root of=/dev/null bs=4096 count=1 2>/dev/null; then
-  panic "EOS: the root slot \${ROOT} fails its dm-verity check (changed or damaged since it was written); rebooting so that the boot loader can fall back"
+  panic "EOS: the root slot $slot fails its dm-verity check (changed or damaged since it was written); rebooting so that the boot loader can fall back"
 fi
 echo "ROOT=/dev/mapper/eos-root" >>/conf/param.conf
 exit 0

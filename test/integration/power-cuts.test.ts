@@ -48,7 +48,8 @@ const FIRMWARE = {
 
 type Command = "--apply" | "--commit" | "--rollback" | "--firmware";
 /**
- * v1: slot A holds 1.0.0 and is the default, slot B was never written.
+ * v1: slot A holds 1.0.0 and is the default (GRUB has counted one unconfirmed
+ * boot of it), slot B was never written.
  * applied: 2.0.0 written into B, on trial. committed: B the default.
  * rolled-back: A the default again, B still holding (and recording) 2.0.0.
  * The server offers 3.0.0 to all of them.
@@ -84,6 +85,8 @@ const ROWS: Row[] = [
   { step: "apply:trial", command: "--apply", from: "rolled-back", killed: TRIAL_B },
   { step: "commit:before-rename", command: "--commit", from: "applied", killed: TRIAL_B },
   { step: "commit:written", command: "--commit", from: "applied", killed: DEFAULT_B },
+  // v1 as GRUB leaves it after a boot of the committed slot: --commit confirms that boot.
+  { step: "confirm:before-rename", command: "--commit", from: "v1", killed: FROM_V1 },
   { step: "rollback:verified", command: "--rollback", from: "committed", killed: DEFAULT_B },
   { step: "rollback:before-rename", command: "--rollback", from: "committed", killed: DEFAULT_B },
   { step: "rollback:written", command: "--rollback", from: "committed", killed: DEFAULT_A },
@@ -302,6 +305,7 @@ describe("power cuts: os-update killed at every step", () => {
       ["eos_A_version", v1.version],
       ["eos_A_sha256", v1.partitions.root.sha256],
       ["eos_A_size", String(v1.partitions.root.size)],
+      ["eos_unconfirmed", "1"],
     ]);
     await writeFile(join(v1Device.esp, GRUBENV), encodeGrubenv(vars));
     await writeFile(join(v1Device.esp, LOADER), "the running OS's loader\n");
@@ -396,7 +400,9 @@ describe("power cuts: os-update killed at every step", () => {
           assert.equal(vars.get("eos_B_version"), v3.version);
           assert.equal(vars.get("eos_B_sha256"), v3.partitions.root.sha256);
         } else if (row.command === "--commit") {
-          assert.deepEqual(done, DEFAULT_B);
+          assert.deepEqual(done, row.from === "v1" ? FROM_V1 : DEFAULT_B);
+          const vars = decodeGrubenv(await readFile(join(device.esp, GRUBENV)));
+          assert.equal(vars.get("eos_unconfirmed"), "", "the boot is confirmed");
         } else if (row.command === "--rollback") {
           // A rollback repeated after the cut rolls back from wherever the cut left the default.
           assert.deepEqual(done, { default: state.default === "A" ? "B" : "A", trial: "" });

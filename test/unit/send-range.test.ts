@@ -94,3 +94,52 @@ test("a client that goes away mid-stream ends the stream with ClientGone, every 
   await new Promise((r) => setTimeout(r, 20));
   assert.equal(pool.out, 0);
 });
+
+/** A response whose writes complete after `delayMs(n)` for the n-th write; keeps the largest chunk. */
+function pacedResponse(delayMs: (writes: number) => number): ServerResponse & { largest: number } {
+  const res = Object.assign(new EventEmitter(), {
+    writes: 0,
+    largest: 0,
+    destroyed: false,
+    writableFinished: false,
+    write(chunk: Buffer, callback: (error?: Error) => void) {
+      res.largest = Math.max(res.largest, chunk.length);
+      const ms = delayMs(++res.writes);
+      if (ms > 0) setTimeout(callback, ms);
+      else setImmediate(callback);
+      return true;
+    },
+    end(callback: () => void) {
+      res.writableFinished = true;
+      setImmediate(callback);
+    },
+    destroy() {
+      res.destroyed = true;
+      setImmediate(() => res.emit("close"));
+    },
+  });
+  return res as unknown as ServerResponse & { largest: number };
+}
+
+test("a slow reader whose writes complete in fast bursts keeps the smallest chunk", async () => {
+  // 32 chunks at memory speed, then a 200 ms wait (as when Linux wakes a writer once half its
+  // send buffer is free): 2.5 MiB/s in all. Judged by single takes, it looked fast and grew.
+  const res = pacedResponse((n) => (n % 32 === 0 ? 200 : 0));
+  const pool = new BufferPool(1024 * 1024, 16 * 1024 * 1024);
+  await sendRange(zeros, 0, 8 * 1024 * 1024, res, pool, DEFAULT_STREAM_LIMITS);
+  assert.equal(res.largest, SIZE_CLASSES[0]);
+  assert.equal(pool.bigInUse, 0);
+});
+
+test("a client that keeps up gets bigger chunks after its first second", async () => {
+  const res = pacedResponse(() => 0);
+  const pool = new BufferPool(1024 * 1024, 16 * 1024 * 1024);
+  const stream = sendRange(zeros, 0, 4 * 1024 ** 3, res, pool, DEFAULT_STREAM_LIMITS);
+  const started = performance.now();
+  while (res.largest <= SIZE_CLASSES[0] && performance.now() - started < 5000)
+    await new Promise((r) => setTimeout(r, 50));
+  res.destroy();
+  await assert.rejects(stream);
+  assert.ok(res.largest > SIZE_CLASSES[0], "still at the smallest chunk after 5 s");
+  assert.ok(performance.now() - started >= 1000, "grew within its first second");
+});

@@ -6,16 +6,24 @@
  *
  *   node --import tsx bench/slow-readers.ts [READERS]   (default 1000)
  *
- * Figures: server RSS before, with the readers attached (peak), and how long
- * after they leave it is back under 100 MiB (sampled for 60 s).
+ * Figures: server RSS before, with the readers attached (peak), what each
+ * reader added, and how long after they leave it is back under 100 MiB
+ * (sampled for 60 s). The server runs with the environment that
+ * systemd/os-update-server.service gives it. `--tls`: every client
+ * (readers and the normal one) over HTTPS with a device token, as devices
+ * connect in the field.
  */
-import { request, type IncomingMessage } from "node:http";
+import { request as httpRequest, type IncomingMessage } from "node:http";
+import { request as httpsRequest } from "node:https";
 import { readFile, rm } from "node:fs/promises";
+import { join } from "node:path";
 import { runEos } from "../test/helpers/run.ts";
 import { makeWorld, releaseImage, writeServerConfig } from "../test/helpers/server-world.ts";
-import { startServer } from "../test/helpers/serve.ts";
+import { makeTestCert, startServer } from "../test/helpers/serve.ts";
 
-const readers = Number(process.argv[2] ?? 1000);
+const args = process.argv.slice(2);
+const tls = args.includes("--tls");
+const readers = Number(args.find((a) => !a.startsWith("--")) ?? 1000);
 const NAME = "EOS.x86_64-AB";
 const MiB = 1024 * 1024;
 
@@ -24,9 +32,20 @@ async function rssMiB(pid: number): Promise<number> {
   return Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? 0) / 1024;
 }
 
+/** The Environment= lines of the unit the server runs under in the field. */
+async function unitEnvironment(): Promise<Record<string, string>> {
+  const unit = await readFile(join(import.meta.dirname, "../systemd/os-update-server.service"), "utf8");
+  const env: Record<string, string> = {};
+  for (const m of unit.matchAll(/^Environment=([A-Z_]+)=(.*)$/gm)) env[m[1] as string] = m[2] as string;
+  return env;
+}
+
+let client: { ca?: Buffer; headers?: Record<string, string> } = {};
+
 function get(url: string): Promise<IncomingMessage> {
   return new Promise((resolve, reject) => {
-    const req = request(url, { agent: false }, resolve);
+    const request = url.startsWith("https:") ? httpsRequest : httpRequest;
+    const req = request(url, { agent: false, ...client }, resolve);
     req.on("error", reject);
     req.end();
   });
@@ -50,13 +69,24 @@ try {
   await releaseImage(world, NAME, "1.0.0", { rootSizeMiB: 64, payloadBytes: 56 * MiB });
   if ((await runEos("os-update-server", ["fetch", "--config", world.config])).code !== 0)
     throw new Error("fetch");
-  // As systemd/os-update-server.service runs it.
+  const unitEnv = await unitEnvironment();
+  let tokensDir: string | undefined;
+  let cert: Awaited<ReturnType<typeof makeTestCert>> | undefined;
+  if (tls) {
+    tokensDir = join(world.dir, "tokens");
+    const added = await runEos("os-update-server", ["token", "add", "device-1", "--tokens-dir", tokensDir]);
+    if (added.code !== 0) throw new Error(added.stderr);
+    cert = await makeTestCert(world.dir);
+    client = {
+      ca: await readFile(cert.cert),
+      headers: { authorization: `Bearer ${added.stdout.toString().trim()}` },
+    };
+  }
   const server = await startServer({
     config: world.config,
-    env: {
-      ...process.env,
-      GLIBC_TUNABLES: "glibc.malloc.mmap_threshold=16384:glibc.malloc.trim_threshold=65536",
-    },
+    ...(tokensDir ? { tokensDir } : {}),
+    ...(cert ? { tls: cert } : {}),
+    env: { ...process.env, ...unitEnv },
   });
   server.child.stdout?.resume();
   const pid = server.child.pid as number;
@@ -95,9 +125,15 @@ try {
       }
       await new Promise((r) => setTimeout(r, 500));
     }
-    console.log(`slow readers: ${readers}, root 64 MiB, chunk sizes adapt from 16 KiB`);
     console.log(
-      `server RSS: before ${before.toFixed(0)} MiB, peak with readers ${peak.toFixed(0)} MiB (target <= 150)`,
+      `slow readers: ${readers}, root 64 MiB, ${tls ? "HTTPS with a device token" : "HTTP without auth"}; server env: ${Object.entries(
+        unitEnv,
+      )
+        .map(([k, v]) => `${k}=${v}`)
+        .join(" ")}`,
+    );
+    console.log(
+      `server RSS: before ${before.toFixed(0)} MiB, peak with readers ${peak.toFixed(0)} MiB (target <= 150): ${(((peak - before) * 1024) / readers).toFixed(0)} KiB per reader`,
     );
     console.log(
       back === undefined

@@ -31,3 +31,13 @@ test("freed buffers are reused up to the budget, never handed out twice", () => 
   assert.equal(x, a);
   assert.notEqual(y, a);
 });
+
+test("drain lets every kept buffer go", () => {
+  const pool = new BufferPool(4 * SMALL, 0);
+  const a = pool.take(SMALL);
+  pool.give(a);
+  assert.equal(pool.bytes, SMALL);
+  pool.drain();
+  assert.equal(pool.bytes, 0);
+  assert.notEqual(pool.take(SMALL), a, "a drained buffer is not handed out again");
+});

@@ -49,6 +49,12 @@ export class BufferPool {
     this.pooledBytes += buffer.length;
   }
 
+  /** Lets every kept buffer go (when no stream is left to reuse them). */
+  drain(): void {
+    for (const list of this.free.values()) list.length = 0;
+    this.pooledBytes = 0;
+  }
+
   get bytes(): number {
     return this.pooledBytes;
   }

@@ -98,7 +98,11 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
       if (released) return;
       released = true;
       active.total--;
-      if (active.total === 0) options.onIdle?.();
+      if (active.total === 0) {
+        // Nothing left to reuse them: kept buffers would stay pinned through a quiet spell.
+        pool.drain();
+        options.onIdle?.();
+      }
       const left = (active.byClient.get(client) ?? 1) - 1;
       if (left > 0) active.byClient.set(client, left);
       else active.byClient.delete(client);

@@ -35,14 +35,17 @@ export const DEFAULT_STREAM_LIMITS: StreamLimits = {
 /** The client went away or was dropped: not a server error. */
 export class ClientGone extends Error {}
 
+/** A stream whose client takes this much per second (after its first) gets the next bigger chunk. */
+const GROW_RATE = 8 * 1024 * 1024;
+
 const STALLED = "dropped: the client took too little within the stall window";
 
 /**
  * Streams a byte range: read into a pooled buffer while the previous chunk
  * is being written, and give a buffer back only once its write completed.
  * Chunks start small and grow while the client keeps up (to 256 KiB), and
- * shrink again when it does not, so a slow reader pins 2 × 16 KiB, not
- * 2 × 256 KiB. A client that accepts less than `stallBytes` per `stallMs`
+ * shrink again when it does not, so a slow reader pins one 16 KiB buffer,
+ * not 2 × 256 KiB. A client that accepts less than `stallBytes` per `stallMs`
  * is dropped.
  */
 export async function sendRange(
@@ -54,8 +57,9 @@ export async function sendRange(
   limits: StreamLimits,
 ): Promise<void> {
   let sizeClass = 0;
-  let fastTakes = 0;
   const streamStart = performance.now();
+  let rateStart = streamStart;
+  let rateBytes = 0;
   let stalled = false;
   let windowStart = Date.now();
   let windowBytes = 0;
@@ -72,38 +76,53 @@ export async function sendRange(
     Math.max(50, Math.min(1000, limits.stallMs / 4)),
   );
   stall.unref();
-  const closed = new Promise<never>((_resolve, reject) => {
-    res.once("close", () => {
-      if (!res.writableFinished) reject(new ClientGone(stalled ? STALLED : "client closed the connection"));
+  const gone = () => new ClientGone(stalled ? STALLED : "client closed the connection");
+  // Waits for one write, or rejects as soon as the client goes. Not a race against one promise
+  // that lives as long as the stream: each race leaves a reaction on it that is freed only when
+  // it settles, so a long stream kept one per chunk (a slow reader: hundreds, ~150 B each,
+  // 50 MiB of heap with 1000 readers). The listener here lives only while its write does.
+  const written = (done: Promise<void>) =>
+    new Promise<void>((resolve, reject) => {
+      if (res.destroyed) return reject(gone());
+      const onClose = () => reject(gone());
+      res.once("close", onClose);
+      done.then(
+        () => {
+          res.off("close", onClose);
+          resolve();
+        },
+        (error: unknown) => {
+          res.off("close", onClose);
+          reject(error as Error);
+        },
+      );
     });
-  });
-  closed.catch(() => undefined);
-  let pending: { done: Promise<void>; buffer: Buffer; started: number } | undefined;
+  let pending: { done: Promise<void>; buffer: Buffer; bytes: number; started: number } | undefined;
   // A buffer goes back to the pool once nothing can touch it: after its write's callback.
   // Each buffer is given back exactly once: a buffer in the pool twice would be shared by two streams.
   const settle = async (p: NonNullable<typeof pending>) => {
-    await Promise.race([p.done, closed]).catch((error: unknown) => {
+    await written(p.done).catch((error: unknown) => {
       // A write the client never took: its buffer is free once the write is failed or done.
       void p.done.catch(() => undefined).finally(() => pool.give(p.buffer));
-      throw res.destroyed ? new ClientGone(stalled ? STALLED : "client closed the connection") : error;
+      throw res.destroyed ? gone() : error;
     });
     pool.give(p.buffer);
-    // Grow while the client keeps up (a chunk taken within 20 ms, eight times in a row, after
-    // its first second: until then the kernel's socket buffers take anything at memory speed,
-    // and every client looks fast); a slow take sends it back to the smallest chunk at once,
-    // so a slow reader never keeps big buffers pinned.
-    const took = performance.now() - p.started;
-    if (took > 100) {
+    // Grow while the client keeps up: by its rate over whole seconds, not by how fast single
+    // writes complete. The kernel takes megabytes at memory speed while a socket's buffers fill
+    // (the first second, skipped), and again after a slow reader frees some (Linux wakes a writer
+    // only when half the send buffer is free): fast takes in a row let 1000 slow readers earn the
+    // whole big-buffer ration and pin it. A slow take sends a stream back to the smallest chunk.
+    const now = performance.now();
+    rateBytes += p.bytes;
+    if (now - p.started > 100) {
       sizeClass = 0;
-      fastTakes = 0;
-    } else if (
-      took < 20 &&
-      ++fastTakes >= 8 &&
-      performance.now() - streamStart > 1000 &&
-      sizeClass < SIZE_CLASSES.length - 1
-    ) {
-      sizeClass++;
-      fastTakes = 0;
+      rateStart = now;
+      rateBytes = 0;
+    } else if (now - rateStart >= 1000) {
+      const fast = rateBytes / ((now - rateStart) / 1000) >= GROW_RATE;
+      if (fast && rateStart > streamStart && sizeClass < SIZE_CLASSES.length - 1) sizeClass++;
+      rateStart = now;
+      rateBytes = 0;
     }
   };
   let position = offset;
@@ -134,7 +153,7 @@ export async function sendRange(
         res.write(chunk, (error) => (error ? reject(error) : resolve())),
       );
       done.then(() => (windowBytes += bytesRead)).catch(() => undefined);
-      pending = { done, buffer, started: performance.now() };
+      pending = { done, buffer, bytes: bytesRead, started: performance.now() };
       position += bytesRead;
       left -= bytesRead;
     }

@@ -72,6 +72,10 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
     .option("--tls-key <file>", "TLS private key (PEM)")
     .option("--tokens-dir <dir>", `device tokens (default ${DEFAULT_TOKENS_DIR})`)
     .option("--no-auth", "serve without device tokens (trusted networks only)")
+    .option(
+      "--state-dir <dir>",
+      "the control plane's SQLite database lives here (default /var/lib/os-update-server)",
+    )
     .action(async (opts: ServeOptions) => {
       await serve(ctx, opts);
     });

@@ -24,6 +24,9 @@ await build({
   banner: {
     js: "#!/usr/bin/env node\nimport { createRequire as __eosCreateRequire } from 'node:module'; const require = __eosCreateRequire(import.meta.url);",
   },
+  // better-sqlite3 is a native module: it is loaded from node_modules at run time (only by a
+  // server on SQLite). pg-native is pg's optional native binding, which EOS does not use.
+  external: ["better-sqlite3", "pg-native"],
   logLevel: "warning",
 });
 for (const file of entries) chmodSync(`dist/${file.replace(/\.ts$/, "")}.mjs`, 0o755);

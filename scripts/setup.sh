@@ -11,6 +11,7 @@ packages=(
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools tpm2-tools cryptsetup-bin
   mmdebstrap kexec-tools grub-efi-amd64-bin busybox-static gcc libc6-dev iproute2
   curl
+  postgresql
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -10,7 +10,20 @@ import { answerRestricted } from "../io/server/restricted.ts";
 import { serve, type ServeOptions } from "../io/server/serve.ts";
 import { DEFAULT_TOKENS_DIR } from "../io/server/server-config.ts";
 import { TokenStore } from "../io/server/tokens.ts";
+import { EosError } from "../core/errors.ts";
+import { ADMIN_NAME, isRole, ROLES } from "../core/fleet/admin.ts";
+import { formatDevice, formatDeviceList, type DeviceRow, type EventRow } from "../core/fleet/format.ts";
+import { adminClient } from "../io/server/fleet/admin-client.ts";
+import { openFleetStore } from "../io/server/fleet/open.ts";
+import { loadServerConfig } from "../io/server/server-config.ts";
 import { newProgram, parseProgram } from "./main.ts";
+
+interface ApiOpts {
+  server?: string;
+  tokenFile?: string;
+  ca?: string;
+  json?: boolean;
+}
 
 interface FetchOpts {
   config?: string;
@@ -72,6 +85,10 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
     .option("--tls-key <file>", "TLS private key (PEM)")
     .option("--tokens-dir <dir>", `device tokens (default ${DEFAULT_TOKENS_DIR})`)
     .option("--no-auth", "serve without device tokens (trusted networks only)")
+    .option(
+      "--state-dir <dir>",
+      "the control plane's SQLite database lives here (default /var/lib/os-update-server)",
+    )
     .action(async (opts: ServeOptions) => {
       await serve(ctx, opts);
     });
@@ -109,6 +126,96 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
     .action(async (opts: { tokensDir?: string }) => {
       for (const device of await tokenStore(opts.tokensDir).list()) ctx.stdout.write(`${device}\n`);
     });
+  // The inventory through the admin API, as the token given is allowed to see and change it.
+  const devices = program.command("devices").description("the fleet's devices (admin API)");
+  const api = (c: ReturnType<typeof program.command>) =>
+    c
+      .option("--server <url>", "the update server (default $EOS_SERVER_URL, else http://127.0.0.1:8080)")
+      .option("--token-file <file>", "admin token file (default: the token in $EOS_ADMIN_TOKEN)")
+      .option("--ca <file>", "CA of a private server certificate")
+      .option("--json", "print the API's JSON");
+  const client = (o: ApiOpts) =>
+    adminClient({ server: o.server, tokenFile: o.tokenFile, ca: o.ca, env: ctx.env });
+  api(devices.command("list").description("list devices, filtered"))
+    .option("--tag <tag>", "only devices with this tag")
+    .option("--version <version>", "only devices running this version")
+    .option("--state <state>", "only devices in this state (current, update-available, downloading, …)")
+    .option("--image <name>", "only devices of this image")
+    .action(async (o: ApiOpts & { tag?: string; version?: string; state?: string; image?: string }) => {
+      const query = new URLSearchParams();
+      for (const key of ["tag", "version", "state", "image"] as const)
+        if (o[key] !== undefined) query.set(key, o[key]);
+      const q = query.toString();
+      const answer = (await (await client(o)).get(`/v1/admin/devices${q ? `?${q}` : ""}`)) as {
+        devices: DeviceRow[];
+      };
+      ctx.stdout.write(o.json ? `${JSON.stringify(answer, null, 2)}\n` : formatDeviceList(answer.devices));
+    });
+  api(devices.command("show").description("one device and its event history").argument("<device>"))
+    .option("--limit <n>", "the newest N events (default 100)")
+    .action(async (id: string, o: ApiOpts & { limit?: string }) => {
+      const q = o.limit === undefined ? "" : `?limit=${encodeURIComponent(o.limit)}`;
+      const answer = (await (await client(o)).get(`/v1/admin/devices/${encodeURIComponent(id)}${q}`)) as {
+        device: DeviceRow;
+        events: EventRow[];
+      };
+      ctx.stdout.write(
+        o.json ? `${JSON.stringify(answer, null, 2)}\n` : formatDevice(answer.device, answer.events),
+      );
+    });
+  api(
+    devices
+      .command("tag")
+      .description("set a device's tags (replaces them; none clears)")
+      .argument("<device>"),
+  )
+    .argument("[tags...]")
+    .action(async (id: string, tags: string[], o: ApiOpts) => {
+      const answer = await (
+        await client(o)
+      ).send("PUT", `/v1/admin/devices/${encodeURIComponent(id)}/tags`, { tags });
+      ctx.stdout.write(o.json ? `${JSON.stringify(answer)}\n` : `${id}: ${tags.join(", ") || "no tags"}\n`);
+    });
+  // Admin tokens live in the database: made here directly, so the first one needs no other.
+  const admins = program
+    .command("admin-token")
+    .description("admin API tokens (in the control plane's database)");
+  const dbOpts = (c: ReturnType<typeof program.command>) =>
+    c
+      .option("--config <file>", "configuration (default /etc/os-update.yml): its database:")
+      .option("--state-dir <dir>", "where the SQLite database is (default /var/lib/os-update-server)");
+  const withStore = async <T>(
+    o: { config?: string; stateDir?: string },
+    fn: (s: Awaited<ReturnType<typeof openFleetStore>>) => Promise<T>,
+  ) => {
+    const store = await openFleetStore(ctx, await loadServerConfig(ctx, o.config, false), o.stateDir);
+    try {
+      return await fn(store);
+    } finally {
+      await store.close();
+    }
+  };
+  dbOpts(admins.command("add").description("make an admin token and print it once").argument("<name>"))
+    .requiredOption("--role <role>", `one of ${ROLES.join(", ")}`)
+    .action(async (name: string, o: { role: string; config?: string; stateDir?: string }) => {
+      if (!ADMIN_NAME.test(name))
+        throw new EosError("USAGE", `name: letters, digits and . _ - only: ${JSON.stringify(name)}`);
+      const role = o.role;
+      if (!isRole(role))
+        throw new EosError("USAGE", `--role: one of ${ROLES.join(", ")}, not ${JSON.stringify(role)}`);
+      ctx.stdout.write(`${await withStore(o, (s) => s.addAdminToken(name, role))}\n`);
+    });
+  dbOpts(admins.command("revoke").description("revoke an admin token").argument("<name>")).action(
+    async (name: string, o: { config?: string; stateDir?: string }) => {
+      await withStore(o, (s) => s.revokeAdminToken(name));
+    },
+  );
+  dbOpts(admins.command("list").description("list admin tokens (names and roles)")).action(
+    async (o: { config?: string; stateDir?: string }) => {
+      for (const t of await withStore(o, (s) => s.listAdminTokens()))
+        ctx.stdout.write(`${t.name}\t${t.role}\t${t.created}\n`);
+    },
+  );
   const early = await parseProgram(program, argv);
   return early ?? result;
 }

@@ -12,6 +12,8 @@ import { sshOriginalRead } from "../io/update/source.ts";
 import { planBytes } from "../io/update/delta-apply.ts";
 import { apply, check, firmware, type UpdaterOptions } from "../io/update/updater.ts";
 import { commit, rollback } from "../io/update/boot-switch.ts";
+import { openReporter, reportingOff } from "../io/update/reporter.ts";
+import { sysPath } from "../io/context.ts";
 import { newProgram, parseProgram, usageError } from "./main.ts";
 
 export interface OsUpdateDeps {
@@ -44,6 +46,14 @@ const json = (ctx: Context, value: unknown) => ctx.stdout.write(`${JSON.stringif
 
 async function runCheck(ctx: Context, o: UpdaterOptions, opts: Options): Promise<number> {
   const r = await check(o);
+  await o.events?.note({
+    type: "checked",
+    version: r.runningVersion ?? null,
+    slot: r.device.layout.running,
+    sha256: r.runningSha,
+    offered: r.manifest.version,
+    available: r.available,
+  });
   if (opts.json) {
     json(ctx, {
       update_available: r.available,
@@ -209,7 +219,43 @@ export async function osUpdateMain(
       if (!opts.json) ctx.stdout.write(`${line}\n`);
     },
   };
-  switch (actions[0]) {
+  // Reports: every action but --firmware; sent at the end whatever happened (bounded, never failing the command).
+  const action = actions[0] as "check" | "apply" | "commit" | "rollback" | "firmware";
+  const events =
+    action === "firmware"
+      ? reportingOff
+      : await openReporter({
+          ctx,
+          config: opts.config,
+          transport,
+          esp: opts.esp ?? sysPath(ctx, "/boot/efi"),
+          online: opts.rootDevice === undefined,
+          warn: (line) => ctx.stderr.write(`${line}\n`),
+        });
+  o.events = events;
+  try {
+    return await runAction(ctx, o, opts, action);
+  } catch (error) {
+    if (action !== "firmware")
+      await events.note({
+        type: "failed",
+        stage: action,
+        code: error instanceof EosError ? error.code : "INTERNAL",
+        message: (error instanceof Error ? error.message : String(error)).slice(0, 1000),
+      });
+    throw error;
+  } finally {
+    await events.flush();
+  }
+}
+
+async function runAction(
+  ctx: Context,
+  o: UpdaterOptions,
+  opts: Options,
+  action: "check" | "apply" | "commit" | "rollback" | "firmware",
+): Promise<number> {
+  switch (action) {
     case "check":
       return runCheck(ctx, o, opts);
     case "apply":

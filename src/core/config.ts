@@ -73,6 +73,16 @@ export const serverConfigSchema = z.strictObject({
   /** Less than stall_bytes (default 16 KiB) from an origin within this (default 60s) is a stall: that fetch fails. */
   stall: duration.optional(),
   stall_bytes: stallBytes,
+  /** The fleet control plane's database: postgres://… or sqlite:PATH (default: SQLite in state_dir). */
+  database: z
+    .string()
+    .refine(
+      (d) => /^postgres(ql)?:\/\//.test(d) || /^(sqlite:)?\//.test(d),
+      "must be postgres://… or sqlite:/PATH",
+    )
+    .optional(),
+  /** Where the server keeps its own state (default /var/lib/os-update-server). */
+  state_dir: z.string().startsWith("/", "must be an absolute path").optional(),
   serve: z
     .strictObject({
       listen: z.string().optional(),

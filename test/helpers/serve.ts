@@ -4,7 +4,7 @@
  * throwaway certificate. Tests, benches and the server demo share it.
  */
 import type { ChildProcess } from "node:child_process";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { mustRun, startEos, waitForLog } from "./run.ts";
 
 export interface TestCert {
@@ -66,6 +66,10 @@ export async function startServer(options: {
       "0",
       ...(options.tokensDir ? ["--tokens-dir", options.tokensDir] : ["--no-auth"]),
       ...(options.tls ? ["--cert", options.tls.cert, "--tls-key", options.tls.key] : []),
+      // The control plane's SQLite next to the test's config, never in the machine's /var/lib.
+      ...(options.extraArgs?.includes("--state-dir")
+        ? []
+        : ["--state-dir", join(dirname(options.config), "state")]),
       ...(options.extraArgs ?? []),
     ],
     options.env,

@@ -32,6 +32,8 @@ import {
 } from "./send-range.ts";
 import type { TokenStore } from "./tokens.ts";
 import { deltaFileName } from "./deltas.ts";
+import { HttpError, sendJson } from "./http-answer.ts";
+import type { ControlPlane } from "./fleet/api.ts";
 import { join } from "node:path";
 
 export interface UpdateServerOptions {
@@ -42,32 +44,8 @@ export interface UpdateServerOptions {
   tls?: { cert: Buffer; key: Buffer };
   limits?: Partial<StreamLimits>;
   onIdle?: IdleHook;
-}
-
-class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-    readonly headers: Record<string, string> = {},
-  ) {
-    super(message);
-  }
-}
-
-function sendJson(
-  res: ServerResponse,
-  status: number,
-  body: unknown,
-  headers: Record<string, string> = {},
-): number {
-  const text = `${JSON.stringify(body)}\n`;
-  res.writeHead(status, {
-    "content-type": "application/json",
-    "content-length": Buffer.byteLength(text),
-    ...headers,
-  });
-  res.end(text);
-  return Buffer.byteLength(text);
+  /** The fleet control plane (device reports, admin API), when the server has a database. */
+  control?: ControlPlane;
 }
 
 export function createUpdateServer(options: UpdateServerOptions): Server {
@@ -186,9 +164,15 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     }
   }
 
-  async function route(req: IncomingMessage, res: ServerResponse, log: { device?: string }): Promise<number> {
+  async function route(
+    req: IncomingMessage,
+    res: ServerResponse,
+    log: { device?: string; admin?: string },
+  ): Promise<number> {
     const url = new URL(req.url ?? "/", "http://localhost");
     const path = url.pathname;
+    if (options.control?.handles(path))
+      return options.control.handle(req, res, url, { device: () => authenticate(req), log });
     if (req.method !== "GET" && req.method !== "HEAD")
       throw new HttpError(405, "only GET and HEAD", { allow: "GET, HEAD" });
     if (path === "/health") return sendJson(res, 200, { status: "ok", images: (await store.list()).length });
@@ -289,12 +273,13 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
 
   const handler = (req: IncomingMessage, res: ServerResponse) => {
     const started = performance.now();
-    const fields: { device?: string } = {};
+    const fields: { device?: string; admin?: string } = {};
     route(req, res, fields)
       .then((bytes) => ({ status: res.statusCode, bytes, error: undefined as string | undefined }))
       .catch((error: unknown) => {
         if (error instanceof HttpError) {
-          if (!res.headersSent) sendJson(res, error.status, { error: error.message }, error.headers);
+          if (!res.headersSent)
+            sendJson(res, error.status, { error: error.message, ...error.detail }, error.headers);
           return { status: error.status, bytes: 0, error: error.message };
         }
         const message = (error as Error).message;
@@ -314,6 +299,7 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
           bytes,
           ms: Math.round(performance.now() - started),
           device: fields.device,
+          admin: fields.admin,
           remote: req.socket.remoteAddress,
           error,
         });

@@ -14,6 +14,7 @@ import { createUpdateServer } from "./http.ts";
 import { PublishedImages } from "./published.ts";
 import { DEFAULT_TOKENS_DIR, loadServerConfig, publishedDir } from "./server-config.ts";
 import { TokenStore } from "./tokens.ts";
+import { openControlPlane } from "./fleet/open.ts";
 
 export interface ServeOptions {
   config?: string | undefined;
@@ -23,6 +24,7 @@ export interface ServeOptions {
   cert?: string | undefined;
   tlsKey?: string | undefined;
   tokensDir?: string | undefined;
+  stateDir?: string | undefined;
   auth: boolean;
 }
 
@@ -81,7 +83,9 @@ export async function serve(ctx: Context, o: ServeOptions): Promise<void> {
     throw new EosError("USAGE", `--port: not a port: ${o.port}`);
   const host = o.listen ?? conf.listen ?? "0.0.0.0";
   const store = new PublishedImages(publishedDir(ctx, setup, o.imagesDir));
+  const fleet = await openControlPlane(ctx, setup, o.stateDir, logger);
   const server = createUpdateServer({
+    ...(fleet ? { control: fleet.control } : {}),
     store,
     tokens,
     logger,
@@ -113,5 +117,6 @@ export async function serve(ctx: Context, o: ServeOptions): Promise<void> {
   });
   server.close();
   server.closeAllConnections();
+  await fleet?.store.close();
   logger.info("stopped");
 }

@@ -48,6 +48,7 @@ export async function commit(o: UpdaterOptions, options: { reboot: boolean }): P
       slot: running,
       version: state.slots[running].version,
     };
+    if (changed) await o.events?.note({ type: "committed", version: result.version ?? null, slot: running });
     if (options.reboot) await o.boot.reboot();
     return result;
   });
@@ -90,6 +91,7 @@ export async function rollback(o: UpdaterOptions, options: { reboot: boolean }):
     crashPoint("rollback:verified");
     await writeBootControl(device.esp, rollbackTo(vars, target), "rollback");
     crashPoint("rollback:written");
+    await o.events?.note({ type: "rolled_back", version: record.version ?? null, slot: target });
     o.say(
       `slot ${target} (${record.version ?? "?"}) verified and made the default${options.reboot ? "; rebooting" : "; reboot to use it"}`,
     );

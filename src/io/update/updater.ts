@@ -45,6 +45,7 @@ import { limitsFrom, type TransferLimits } from "../watchdog.ts";
 import { locateSlots, type SlotLayout } from "./slots.ts";
 import { runningRootHash } from "./running-root.ts";
 import type { UpdateSource } from "./source.ts";
+import { downloadStarted, type UpdateEvents } from "./reporter.ts";
 
 const DEFAULT_ESP = "/boot/efi";
 
@@ -70,6 +71,7 @@ export interface UpdaterOptions {
    * over os-update.yml's (which then need not exist).
    */
   transport?: SshTransport | undefined;
+  events?: UpdateEvents | undefined; // reports to the update server (see reporter.ts); none when absent
 }
 
 /** The bounds on a download from os-update.yml (deadline, stall), with their defaults. */
@@ -219,6 +221,7 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
       `writing ${manifest.version} into slot ${target} (${SLOT_LABEL[target]}) from ${setup.source.describe}`,
     );
     const running = device.layout.slots[device.layout.running];
+    await o.events?.note(downloadStarted(manifest, r.plan));
     const written = await writeRootByPlan({
       ctx: o.ctx,
       say: o.say,
@@ -243,6 +246,7 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
       "apply:trial",
     );
     crashPoint("apply:trial");
+    await o.events?.note({ type: "written", version: manifest.version, slot: target, sha256: root.sha256 });
     const done = {
       version: manifest.version,
       slot: target,
@@ -264,6 +268,7 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
       o.say(`${device.layout.disk} boots ${manifest.version} on trial at its next start`);
       return { status: "trial", ...done };
     }
+    await o.events?.note({ type: "kexec", version: manifest.version, slot: target });
     if (options.reboot) {
       o.say("rebooting into the trial slot");
       await o.boot.reboot();

@@ -1,0 +1,85 @@
+/**
+ * How `os-update-server devices list|show` print the inventory for a person
+ * (--json prints the API's answer as it is).
+ */
+
+export interface DeviceRow {
+  id: string;
+  image: string | null;
+  running_version: string | null;
+  running_slot: string | null;
+  other_version: string | null;
+  state: string;
+  last_seen: string;
+  last_event: string | null;
+  registry: string | null;
+  architecture: string | null;
+  first_seen: string;
+  dropped: number;
+  tags: string[];
+}
+
+export interface EventRow {
+  time: string;
+  type: string;
+  data: Record<string, unknown>;
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length))) ?? [];
+  return (
+    rows
+      .map((r) =>
+        r
+          .map((c, i) => c.padEnd(widths[i] ?? 0))
+          .join("  ")
+          .trimEnd(),
+      )
+      .join("\n") + "\n"
+  );
+}
+
+export function formatDeviceList(devices: DeviceRow[]): string {
+  if (devices.length === 0) return "no devices\n";
+  return table([
+    ["DEVICE", "IMAGE", "VERSION", "SLOT", "OTHER", "STATE", "LAST SEEN", "TAGS"],
+    ...devices.map((d) => [
+      d.id,
+      d.image ?? "-",
+      d.running_version ?? "-",
+      d.running_slot ?? "-",
+      d.other_version ?? "-",
+      d.state,
+      d.last_seen,
+      d.tags.join(",") || "-",
+    ]),
+  ]);
+}
+
+const DETAIL_SKIP = new Set(["id", "time", "type"]);
+
+export function formatDevice(device: DeviceRow, events: EventRow[]): string {
+  const fields: Array<[string, string]> = [
+    ["device", device.id],
+    ["image", device.image ?? "-"],
+    ["architecture", device.architecture ?? "-"],
+    ["running", `${device.running_version ?? "?"} (slot ${device.running_slot ?? "?"})`],
+    ["other slot", device.other_version ?? "-"],
+    ["state", device.state],
+    ["last event", device.last_event ?? "-"],
+    ["registry", device.registry ?? "-"],
+    ["tags", device.tags.join(", ") || "-"],
+    ["first seen", device.first_seen],
+    ["last seen", device.last_seen],
+  ];
+  if (device.dropped > 0) fields.push(["dropped", `${device.dropped} events (its queue was full)`]);
+  const head = fields.map(([k, v]) => `${`${k}:`.padEnd(14)}${v}`).join("\n");
+  const history = events.map((e) => {
+    const detail = Object.entries(e.data)
+      .filter(([k]) => !DETAIL_SKIP.has(k))
+      .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`)
+      .join(" ");
+    return `  ${e.time}  ${e.type.padEnd(17)} ${detail}`.trimEnd();
+  });
+  return `${head}\n\nevents (oldest first):\n${history.join("\n") || "  none"}\n`;
+}

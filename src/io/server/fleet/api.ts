@@ -1,0 +1,202 @@
+/**
+ * The control plane's HTTP routes, next to the image routes of http.ts:
+ *   POST   /v1/events                  a device's batch of reports (device token)
+ *   GET    /v1/admin/whoami            the admin token's name and role (viewer)
+ *   GET    /v1/admin/devices           inventory; ?tag= &version= &state= &image= (viewer)
+ *   GET    /v1/admin/devices/ID        one device and its history; ?limit= (viewer)
+ *   PUT    /v1/admin/devices/ID/tags   {"tags": […]} replaces its tags (operator)
+ *   GET    /v1/admin/tokens            admin tokens, without secrets (admin)
+ *   POST   /v1/admin/tokens            {"name", "role"} → a new token, shown once (admin)
+ *   DELETE /v1/admin/tokens/NAME       revokes one (admin)
+ * Every body is bounded and validated; a refusal names the field at fault
+ * and carries the error's stable code.
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { z } from "zod";
+import { EosError, type ErrorCode } from "../../../core/errors.ts";
+import {
+  ADMIN_NAME,
+  allows,
+  normaliseTags,
+  parseDeviceFilter,
+  ROLES,
+  type Role,
+} from "../../../core/fleet/admin.ts";
+import { describeIssue, eventBatchSchema, MAX_EVENTS_BODY_BYTES } from "../../../core/fleet/events.ts";
+import { readBounded } from "../../read-bounded.ts";
+import { HttpError, sendJson } from "../http-answer.ts";
+import { DEVICE_NAME } from "../tokens.ts";
+import type { FleetStore } from "./store.ts";
+
+export interface ControlPlane {
+  handles(path: string): boolean;
+  handle(
+    req: IncomingMessage,
+    res: ServerResponse,
+    url: URL,
+    auth: { device(): Promise<string | undefined>; log: { device?: string; admin?: string } },
+  ): Promise<number>;
+}
+
+const ADMIN_BODY_BYTES = 16 * 1024;
+const DEFAULT_HISTORY = 100;
+const MAX_HISTORY = 1000;
+
+const tagsBody = z.strictObject({ tags: z.array(z.string()).max(256) });
+const tokenBody = z.strictObject({
+  name: z.string().regex(ADMIN_NAME, "letters, digits and . _ - only"),
+  role: z.enum(ROLES),
+});
+
+const STATUS: Partial<Record<ErrorCode, number>> = { USAGE: 400, NOT_FOUND: 404, REFUSED: 409, AUTH: 401 };
+
+function asHttpError(error: unknown): unknown {
+  if (!(error instanceof EosError)) return error;
+  const status = STATUS[error.code];
+  if (status === undefined) return error;
+  return new HttpError(
+    status,
+    error.message,
+    {},
+    { code: error.code, ...(error.hint ? { hint: error.hint } : {}) },
+  );
+}
+
+const refuse = (status: number, message: string, code: ErrorCode, headers: Record<string, string> = {}) =>
+  new HttpError(status, message, headers, { code });
+
+async function readJson<T>(req: IncomingMessage, max: number, schema: z.ZodType<T>): Promise<T> {
+  const type = req.headers["content-type"] ?? "";
+  if (!/^application\/json\s*(;|$)/i.test(type))
+    throw refuse(415, `content-type: must be application/json, not ${JSON.stringify(type)}`, "USAGE");
+  const declared = Number(req.headers["content-length"] ?? "0");
+  if (declared > max) throw refuse(413, `body: larger than ${max} bytes`, "REFUSED");
+  let bytes: Buffer;
+  try {
+    bytes = await readBounded(req, max, "body", "REFUSED", { deadlineMs: 10_000 });
+  } catch (error) {
+    if (error instanceof EosError && error.code === "REFUSED") throw refuse(413, error.message, "REFUSED");
+    throw refuse(408, "body: not received in time", "TIMEOUT");
+  }
+  let data: unknown;
+  try {
+    data = JSON.parse(bytes.toString("utf8"));
+  } catch {
+    throw refuse(400, "body: not JSON", "USAGE");
+  }
+  const parsed = schema.safeParse(data);
+  if (!parsed.success) throw refuse(400, describeIssue(parsed.error), "USAGE");
+  return parsed.data;
+}
+
+function pathId(encoded: string, what: string, pattern: RegExp): string {
+  let id: string;
+  try {
+    id = decodeURIComponent(encoded);
+  } catch {
+    throw refuse(400, `${what}: bad percent-encoding`, "USAGE");
+  }
+  if (!pattern.test(id)) throw refuse(400, `${what}: not a valid name: ${JSON.stringify(id)}`, "USAGE");
+  return id;
+}
+
+export function controlPlane(store: FleetStore): ControlPlane {
+  async function admin(
+    req: IncomingMessage,
+    needed: Role,
+    log: { admin?: string },
+  ): Promise<{ name: string; role: Role }> {
+    const m = /^Bearer (eosadm_[A-Za-z0-9_-]{16,128})$/.exec(req.headers.authorization ?? "");
+    const who = m ? await store.authenticateAdmin(m[1] as string) : undefined;
+    if (!who)
+      throw refuse(401, "an admin token is required", "AUTH", {
+        "www-authenticate": 'Bearer realm="eos-admin"',
+      });
+    log.admin = who.name;
+    if (!allows(who.role, needed))
+      throw refuse(403, `this needs the ${needed} role; admin token ${who.name} has ${who.role}`, "AUTH");
+    return who;
+  }
+
+  function method(req: IncomingMessage, allowed: string[]): void {
+    if (!allowed.includes(req.method ?? ""))
+      throw refuse(405, `only ${allowed.join(", ")} here`, "USAGE", { allow: allowed.join(", ") });
+  }
+
+  async function route(
+    req: IncomingMessage,
+    res: ServerResponse,
+    url: URL,
+    auth: Parameters<ControlPlane["handle"]>[3],
+  ): Promise<number> {
+    const path = url.pathname;
+    if (path === "/v1/events") {
+      method(req, ["POST"]);
+      const device = await auth.device();
+      if (!device) throw refuse(401, "reports need a device token (the server runs with --no-auth)", "AUTH");
+      auth.log.device = device;
+      const batch = await readJson(req, MAX_EVENTS_BODY_BYTES, eventBatchSchema);
+      return sendJson(res, 200, await store.record(device, batch));
+    }
+    if (path === "/v1/admin/whoami") {
+      method(req, ["GET"]);
+      return sendJson(res, 200, await admin(req, "viewer", auth.log));
+    }
+    if (path === "/v1/admin/devices") {
+      method(req, ["GET"]);
+      await admin(req, "viewer", auth.log);
+      return sendJson(res, 200, { devices: await store.listDevices(parseDeviceFilter(url.searchParams)) });
+    }
+    const tags = /^\/v1\/admin\/devices\/([^/]+)\/tags$/.exec(path);
+    if (tags) {
+      method(req, ["PUT"]);
+      await admin(req, "operator", auth.log);
+      const id = pathId(tags[1] as string, "device", DEVICE_NAME);
+      const body = await readJson(req, ADMIN_BODY_BYTES, tagsBody);
+      const normalised = normaliseTags(body.tags);
+      await store.setTags(id, normalised);
+      return sendJson(res, 200, { id, tags: normalised });
+    }
+    const one = /^\/v1\/admin\/devices\/([^/]+)$/.exec(path);
+    if (one) {
+      method(req, ["GET"]);
+      await admin(req, "viewer", auth.log);
+      const id = pathId(one[1] as string, "device", DEVICE_NAME);
+      const limitText = url.searchParams.get("limit");
+      const limit = limitText === null ? DEFAULT_HISTORY : Number(limitText);
+      if (!Number.isInteger(limit) || limit < 1 || limit > MAX_HISTORY)
+        throw refuse(400, `limit: a whole number from 1 to ${MAX_HISTORY}`, "USAGE");
+      const found = await store.device(id, limit);
+      if (!found) throw refuse(404, `no device ${id} in the inventory`, "NOT_FOUND");
+      return sendJson(res, 200, found);
+    }
+    if (path === "/v1/admin/tokens") {
+      method(req, ["GET", "POST"]);
+      await admin(req, "admin", auth.log);
+      if (req.method === "GET") return sendJson(res, 200, { tokens: await store.listAdminTokens() });
+      const body = await readJson(req, ADMIN_BODY_BYTES, tokenBody);
+      const token = await store.addAdminToken(body.name, body.role);
+      return sendJson(res, 201, { name: body.name, role: body.role, token });
+    }
+    const token = /^\/v1\/admin\/tokens\/([^/]+)$/.exec(path);
+    if (token) {
+      method(req, ["DELETE"]);
+      await admin(req, "admin", auth.log);
+      const name = pathId(token[1] as string, "token", ADMIN_NAME);
+      await store.revokeAdminToken(name);
+      return sendJson(res, 200, { revoked: name });
+    }
+    throw refuse(404, "no such resource", "NOT_FOUND");
+  }
+
+  return {
+    handles: (path) => path === "/v1/events" || path === "/v1/admin" || path.startsWith("/v1/admin/"),
+    async handle(req, res, url, auth) {
+      try {
+        return await route(req, res, url, auth);
+      } catch (error) {
+        throw asHttpError(error);
+      }
+    },
+  };
+}

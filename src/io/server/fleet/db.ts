@@ -1,0 +1,151 @@
+/**
+ * The control plane's database: SQLite in the server's state directory by
+ * default, PostgreSQL when `database:` names one. One query layer (kysely)
+ * for both, so every query below it is written once; versioned migrations
+ * run at every start (kysely's migrator takes a lock, so two servers
+ * starting on one PostgreSQL migrate once).
+ */
+import { mkdir } from "node:fs/promises";
+import { dirname } from "node:path";
+import { Kysely, Migrator, PostgresDialect, SqliteDialect, type Generated } from "kysely";
+import { EosError, errorMessage } from "../../../core/errors.ts";
+import { fleetMigrations } from "./migrations.ts";
+
+export interface DevicesTable {
+  id: string;
+  image: string | null;
+  architecture: string | null;
+  running_slot: string | null;
+  running_version: string | null;
+  other_version: string | null;
+  root_sha256: string | null;
+  registry: string | null;
+  state: string;
+  last_event: string | null;
+  last_event_at: string | null;
+  first_seen: string;
+  last_seen: string;
+  dropped: number;
+}
+
+export interface DeviceTagsTable {
+  device: string;
+  tag: string;
+}
+
+export interface EventsTable {
+  seq: Generated<number>;
+  device: string;
+  event_id: string;
+  type: string;
+  time: string;
+  received: string;
+  data: string;
+}
+
+export interface AdminTokensTable {
+  name: string;
+  role: string;
+  hash: string;
+  created: string;
+}
+
+export interface FleetSchema {
+  devices: DevicesTable;
+  device_tags: DeviceTagsTable;
+  events: EventsTable;
+  admin_tokens: AdminTokensTable;
+}
+
+export type DbKind = "sqlite" | "postgres";
+
+export interface FleetDb {
+  db: Kysely<FleetSchema>;
+  kind: DbKind;
+  /** Where it is, without a password: for logs. */
+  describe: string;
+  close(): Promise<void>;
+}
+
+export const DEFAULT_STATE_DIR = "/var/lib/os-update-server";
+export const SQLITE_FILE = "fleet.sqlite";
+
+/** `postgres://…` / `postgresql://…` → PostgreSQL; `sqlite:PATH` or an absolute path → SQLite there. */
+export function parseDatabase(spec: string): { kind: DbKind; target: string } {
+  if (/^postgres(ql)?:\/\//.test(spec)) return { kind: "postgres", target: spec };
+  const path = spec.startsWith("sqlite:") ? spec.slice("sqlite:".length) : spec;
+  if (!path.startsWith("/"))
+    throw new EosError(
+      "CONFIG",
+      `database: ${JSON.stringify(spec)} is neither postgres://… nor an absolute path`,
+      {
+        hint: "database: postgres://USER@HOST:PORT/DB, or sqlite:/var/lib/os-update-server/fleet.sqlite",
+      },
+    );
+  return { kind: "sqlite", target: path };
+}
+
+function withoutPassword(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "postgres://(unparsable)";
+  }
+}
+
+async function openSqlite(path: string): Promise<FleetDb> {
+  await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+  let Database: typeof import("better-sqlite3");
+  try {
+    // Loaded only here: a native module, which a server on PostgreSQL never needs.
+    Database = (await import("better-sqlite3")).default;
+  } catch (error) {
+    throw new EosError("NOT_FOUND", `SQLite is not available here: ${errorMessage(error)}`, {
+      hint: "install better-sqlite3 next to EOS, or set database: postgres://… in the server config",
+    });
+  }
+  const sqlite = new Database(path);
+  // WAL: readers (the admin API) do not wait for the writer (device reports), and a crash loses no commit.
+  sqlite.pragma("journal_mode = WAL");
+  sqlite.pragma("busy_timeout = 5000");
+  sqlite.pragma("synchronous = NORMAL");
+  const db = new Kysely<FleetSchema>({ dialect: new SqliteDialect({ database: sqlite }) });
+  return { db, kind: "sqlite", describe: `sqlite:${path}`, close: () => db.destroy() };
+}
+
+async function openPostgres(url: string): Promise<FleetDb> {
+  const pg = (await import("pg")).default;
+  const pool = new pg.Pool({ connectionString: url, max: 10, connectionTimeoutMillis: 10_000 });
+  // An idle connection the server drops must not take the update server down with it.
+  pool.on("error", () => undefined);
+  const db = new Kysely<FleetSchema>({ dialect: new PostgresDialect({ pool }) });
+  return { db, kind: "postgres", describe: withoutPassword(url), close: () => db.destroy() };
+}
+
+/** Opens the database and brings its schema up to date. */
+export async function openFleetDb(spec: string): Promise<FleetDb> {
+  const { kind, target } = parseDatabase(spec);
+  const fleet = kind === "sqlite" ? await openSqlite(target) : await openPostgres(target);
+  try {
+    const migrator = new Migrator({
+      db: fleet.db,
+      provider: { getMigrations: () => Promise.resolve(fleetMigrations(kind)) },
+    });
+    const { error, results } = await migrator.migrateToLatest();
+    if (error) {
+      const failed = results?.find((r) => r.status === "Error")?.migrationName ?? "?";
+      throw new EosError("CONFIG", `${fleet.describe}: migration ${failed} failed: ${errorMessage(error)}`, {
+        hint: "is the database reachable and writable by this user?",
+      });
+    }
+  } catch (error) {
+    await fleet.close().catch(() => undefined);
+    if (error instanceof EosError) throw error;
+    throw new EosError("CONFIG", `${fleet.describe}: cannot open the database: ${errorMessage(error)}`, {
+      hint: "is the database reachable and writable by this user?",
+    });
+  }
+  return fleet;
+}

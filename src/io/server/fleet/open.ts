@@ -1,0 +1,55 @@
+/**
+ * Which database the control plane uses, for `serve` and for the commands
+ * that work on it directly (`admin-token`): `database:` from the server
+ * config, else SQLite in the state directory (--state-dir, state_dir:, or
+ * /var/lib/os-update-server).
+ */
+import { join } from "node:path";
+import { EosError } from "../../../core/errors.ts";
+import { sysPath, type Context } from "../../context.ts";
+import type { Logger } from "../../log.ts";
+import type { ServerSetup } from "../server-config.ts";
+import { controlPlane, type ControlPlane } from "./api.ts";
+import { DEFAULT_STATE_DIR, openFleetDb, SQLITE_FILE } from "./db.ts";
+import { FleetStore } from "./store.ts";
+
+export function databaseSpec(ctx: Context, setup: ServerSetup, stateDir: string | undefined): string {
+  if (setup.config.database !== undefined) return setup.config.database;
+  const dir = stateDir ?? setup.config.state_dir ?? sysPath(ctx, DEFAULT_STATE_DIR);
+  return `sqlite:${join(dir, SQLITE_FILE)}`;
+}
+
+export async function openFleetStore(
+  ctx: Context,
+  setup: ServerSetup,
+  stateDir: string | undefined,
+): Promise<FleetStore> {
+  return new FleetStore(await openFleetDb(databaseSpec(ctx, setup, stateDir)), ctx.now);
+}
+
+/**
+ * The store and its routes for `serve`. Without SQLite's native module (a
+ * host whose Node cannot load it) the server still serves images, and says
+ * loudly that the control plane is off; any other database failure stops it.
+ */
+export async function openControlPlane(
+  ctx: Context,
+  setup: ServerSetup,
+  stateDir: string | undefined,
+  logger: Logger,
+): Promise<{ store: FleetStore; control: ControlPlane } | undefined> {
+  try {
+    const store = await openFleetStore(ctx, setup, stateDir);
+    logger.info("control plane", { database: store.describe });
+    return { store, control: controlPlane(store) };
+  } catch (error) {
+    if (error instanceof EosError && error.code === "NOT_FOUND") {
+      logger.error("control plane off: device reports and the admin API answer 404", {
+        error: error.message,
+        hint: error.hint,
+      });
+      return undefined;
+    }
+    throw error;
+  }
+}

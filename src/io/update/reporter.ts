@@ -1,0 +1,210 @@
+/**
+ * A device's reports to its update server (POST /v1/events with its token).
+ * An event is first put in a small bounded queue file, then sent: a server
+ * that is down, slow or refusing costs the update nothing but a bounded wait,
+ * and what could not be sent goes out with a later run. The queue lives on
+ * the flake registry when it is active (it survives a reboot, a kexec and a
+ * fallback), else in /run. Over SSH there is no endpoint to report to:
+ * reporting is off, and os-update says so once per boot.
+ */
+import { randomBytes } from "node:crypto";
+import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
+import { join } from "node:path";
+import { parseKernelCommandLine, readBootState, type Slot } from "../../core/update/bootctl.ts";
+import type { DeviceEvent, DeviceFacts } from "../../core/fleet/events.ts";
+import { REGISTRY_MOUNT } from "../../core/registry/registry.ts";
+import { sysPath, type Context } from "../context.ts";
+import { atomicWriteFile } from "../files.ts";
+import { readBootControl } from "./boot-control.ts";
+import { loadSetupWith, type DeviceSetup, type SshTransport } from "./device-config.ts";
+import { deviceIdentity } from "./device-identity.ts";
+import { planBytes, type DeltaPlan } from "./delta-apply.ts";
+import type { Manifest } from "../../core/manifest.ts";
+
+type Distribute<T> = T extends DeviceEvent ? Omit<T, "id" | "time"> : never;
+/** An event as the updater says it; the reporter adds its id and time. */
+export type NewEvent = Distribute<DeviceEvent>;
+
+export interface UpdateEvents {
+  /**
+   * Queues an event, and sends the queue at once after the steps that a
+   * reboot or kexec may follow (SEND_AT_ONCE). Never throws: reporting must
+   * not fail an update.
+   */
+  note(event: NewEvent): Promise<void>;
+  /** Sends what is queued within a bounded time. Never throws. */
+  flush(): Promise<void>;
+}
+
+/** Events kept while the server is unreachable; older ones are dropped (and counted) beyond this. */
+export const QUEUE_MAX = 64;
+/** The whole send (connect, upload, answer) of one flush. */
+export const SEND_TIMEOUT_MS = 5000;
+const QUEUE_FILE = "eos/reports.json";
+/** This process may not live to send them later: the system reboots or kexecs next. */
+const SEND_AT_ONCE: ReadonlySet<DeviceEvent["type"]> = new Set(["kexec", "committed", "rolled_back"]);
+
+interface Queue {
+  events: DeviceEvent[];
+  dropped: number;
+}
+
+export const reportingOff: UpdateEvents = { note: async () => undefined, flush: async () => undefined };
+
+async function queuePath(ctx: Context): Promise<string> {
+  // The registry's flakes directory exists only while the registry is set up and mounted.
+  const registry = sysPath(ctx, REGISTRY_MOUNT);
+  const active = await stat(join(registry, "flakes")).catch(() => undefined);
+  return join(active?.isDirectory() ? registry : sysPath(ctx, "/run"), QUEUE_FILE);
+}
+
+async function readQueue(path: string): Promise<Queue> {
+  try {
+    const q = JSON.parse(await readFile(path, "utf8")) as Partial<Queue>;
+    return { events: Array.isArray(q.events) ? q.events : [], dropped: Number(q.dropped) || 0 };
+  } catch {
+    return { events: [], dropped: 0 };
+  }
+}
+
+function post(url: URL, body: string, token: string, ca: Buffer | undefined): Promise<number> {
+  const request = url.protocol === "https:" ? httpsRequest : httpRequest;
+  return new Promise((resolve, reject) => {
+    const req = request(
+      url,
+      {
+        method: "POST",
+        agent: false,
+        ...(ca ? { ca } : {}),
+        headers: {
+          "content-type": "application/json",
+          "content-length": Buffer.byteLength(body),
+          authorization: `Bearer ${token}`,
+          "user-agent": "eos-os-update",
+        },
+      },
+      (res) => {
+        res.resume();
+        res.on("end", () => resolve(res.statusCode ?? 0));
+        res.on("error", reject);
+      },
+    );
+    const timer = setTimeout(() => req.destroy(new Error("timed out")), SEND_TIMEOUT_MS);
+    req.on("close", () => clearTimeout(timer));
+    req.on("error", reject);
+    req.end(body);
+  });
+}
+
+export interface ReporterOptions {
+  ctx: Context;
+  config?: string | undefined;
+  transport?: SshTransport | undefined;
+  esp: string;
+  online: boolean;
+  /** Where to say that reporting is off (stderr). */
+  warn(line: string): void;
+}
+
+/** What the device says about itself with a batch: read when it is sent, so it is current. */
+async function deviceFacts(o: ReporterOptions, setup: DeviceSetup, registry: boolean): Promise<DeviceFacts> {
+  const vars = await readBootControl(o.esp).catch(() => undefined);
+  const identity = await deviceIdentity(o.ctx, {
+    online: o.online,
+    bootVars: vars,
+    configuredName: setup.config.update.name,
+  });
+  const facts: DeviceFacts = {
+    image: identity.image,
+    architecture: identity.architecture,
+    registry: registry ? "active" : "none",
+  };
+  if (vars) {
+    const state = readBootState(vars);
+    const cmdline = await readFile(sysPath(o.ctx, "/proc/cmdline"), "utf8").catch(() => "");
+    const running: Slot = parseKernelCommandLine(cmdline).slot ?? state.defaultSlot;
+    facts.running = running;
+    facts.slots = { A: state.slots.A.version ?? null, B: state.slots.B.version ?? null };
+  }
+  return facts;
+}
+
+/** The reporter for this os-update run, or one that does nothing (no config, SSH transport). */
+export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
+  let setup: DeviceSetup;
+  try {
+    setup = await loadSetupWith(o.ctx, o.config, o.transport);
+  } catch {
+    return reportingOff; // no configuration: the command itself will say what is wrong, if it needs one
+  }
+  const u = setup.config.update;
+  if (!u.url) {
+    await sayOffOncePerBoot(o);
+    return reportingOff;
+  }
+  const url = new URL(`${u.url.replace(/\/+$/, "")}/v1/events`);
+  const tokenFile = u.token ?? sysPath(o.ctx, "/run/eos/fleet-token");
+  const path = await queuePath(o.ctx);
+  const registry = !path.startsWith(sysPath(o.ctx, "/run"));
+  const reporter: UpdateEvents = {
+    async note(event) {
+      try {
+        const q = await readQueue(path);
+        const id = `${Date.now().toString(36)}-${randomBytes(6).toString("base64url")}`;
+        q.events.push({ ...event, id, time: o.ctx.now().toISOString() } as DeviceEvent);
+        while (q.events.length > QUEUE_MAX) {
+          q.events.shift();
+          q.dropped++;
+        }
+        await mkdir(join(path, ".."), { recursive: true, mode: 0o700 });
+        await atomicWriteFile(path, JSON.stringify(q), 0o600);
+      } catch {
+        // a full or read-only disk loses this report, never the update
+      }
+      if (SEND_AT_ONCE.has(event.type)) await reporter.flush();
+    },
+    async flush() {
+      try {
+        const q = await readQueue(path);
+        if (q.events.length === 0) return;
+        const token = (await readFile(tokenFile, "utf8")).trim();
+        const ca = u.ca ? await readFile(u.ca) : undefined;
+        const body = JSON.stringify({
+          device: await deviceFacts(o, setup, registry),
+          events: q.events,
+          ...(q.dropped > 0 ? { dropped: q.dropped } : {}),
+        });
+        const status = await post(url, body, token, ca);
+        // Kept for later: the server is down, overloaded, or does not (yet) know this token.
+        if (status >= 500 || status === 401 || status === 403 || status === 429 || status === 408) return;
+        // Sent (200), or refused for good (another 4xx: resending the same bytes cannot help).
+        const sent = new Set(q.events.map((e) => e.id));
+        const now = await readQueue(path);
+        const left = {
+          events: now.events.filter((e) => !sent.has(e.id)),
+          dropped: Math.max(0, now.dropped - q.dropped),
+        };
+        await atomicWriteFile(path, JSON.stringify(left), 0o600);
+      } catch {
+        // unreachable, timed out, no token: the queue keeps the events for the next run
+      }
+    },
+  };
+  return reporter;
+}
+
+/** The download_started event of an apply: the path (delta or full) and the bytes it will download. */
+export function downloadStarted(manifest: Manifest, plan: DeltaPlan | undefined): NewEvent {
+  const bytes = plan ? planBytes(plan, manifest) : manifest.partitions.root.size;
+  return { type: "download_started", version: manifest.version, path: plan?.path ?? "full", bytes };
+}
+
+async function sayOffOncePerBoot(o: ReporterOptions): Promise<void> {
+  const marker = sysPath(o.ctx, "/run/eos/reporting-off");
+  if (await stat(marker).catch(() => undefined)) return;
+  o.warn("os-update: reporting to the update server is off over SSH (it needs update.url, HTTPS)");
+  await mkdir(join(marker, ".."), { recursive: true }).catch(() => undefined);
+  await writeFile(marker, "").catch(() => undefined);
+}

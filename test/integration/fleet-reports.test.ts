@@ -1,0 +1,297 @@
+/**
+ * The control plane end to end, on SQLite and on a real PostgreSQL: devices
+ * (real os-update runs on their own disks, offline --root-device style as in
+ * os-update.test.ts) report to the real server; the inventory, filters,
+ * roles and history are read through the CLI and the API; the server is
+ * restarted and keeps its state; a device that commits while the server is
+ * down reports it with its next run.
+ */
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { copyFile, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { once } from "node:events";
+import { request as httpsRequest } from "node:https";
+import { runEos } from "../helpers/run.ts";
+import { makeTestCert, startServer, type RunningServer, type TestCert } from "../helpers/serve.ts";
+import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
+import { makeDevice, type TestDevice } from "../helpers/device.ts";
+import { startPostgres, type Postgres } from "../helpers/postgres.ts";
+
+const NAME = "EOS.x86_64-AB";
+
+interface Manifest {
+  version: string;
+  partitions: { root: { sha256: string; size: number } };
+}
+
+let world: World;
+let v1Manifest: Manifest;
+let tls: TestCert;
+let pg: Postgres | undefined;
+let pgUnavailable = "";
+
+before(async () => {
+  world = await makeWorld();
+  await writeServerConfig(world, [{ image: `${world.origin.url}/${NAME}.raw.xz`, name: NAME }]);
+  const v1 = await releaseImage(world, NAME, "1.0.0", { payloadBytes: 2 * 1024 * 1024 });
+  v1Manifest = JSON.parse(await readFile(`${v1}.manifest.json`, "utf8")) as Manifest;
+  await copyFile(v1, join(world.dir, "device-v1.raw"));
+  await releaseImage(world, NAME, "2.0.0", { payloadBytes: 2 * 1024 * 1024 });
+  const fetched = await runEos("os-update-server", ["fetch", "--config", world.config]);
+  assert.equal(fetched.code, 0, fetched.stderr);
+  tls = await makeTestCert(world.dir);
+  const started = await startPostgres();
+  if ("unavailable" in started) pgUnavailable = started.unavailable;
+  else pg = started;
+});
+
+after(async () => {
+  await pg?.stop();
+  await world.origin.close();
+  await rm(world.dir, { recursive: true, force: true });
+});
+
+async function stop(server: RunningServer): Promise<void> {
+  const exited = once(server.child, "exit");
+  server.stop();
+  await exited;
+}
+
+for (const kind of ["sqlite", "postgres"] as const) {
+  describe(`fleet reports on ${kind}`, () => {
+    let dir: string;
+    let config: string;
+    let tokensDir: string;
+    const devices: TestDevice[] = [];
+    const tokens = new Map<string, string>();
+    let server: RunningServer;
+    let env: NodeJS.ProcessEnv;
+
+    before(async () => {
+      if (kind === "postgres" && !pg) return;
+      dir = join(world.dir, kind);
+      await mkdir(dir, { recursive: true });
+      config = join(dir, "os-update.yml");
+      const database = kind === "postgres" && pg ? `database: ${await pg.freshDatabase()}\n` : "";
+      await writeFile(config, `${await readFile(world.config, "utf8")}${database}`);
+      tokensDir = join(dir, "tokens");
+      for (const id of ["dev-1", "dev-2", "dev-3"]) {
+        const r = await runEos("os-update-server", ["token", "add", id, "--tokens-dir", tokensDir]);
+        tokens.set(id, r.stdout.toString().trim());
+      }
+      const admin = (name: string, role: string) =>
+        runEos("os-update-server", [
+          "admin-token",
+          "add",
+          name,
+          "--role",
+          role,
+          "--config",
+          config,
+          "--state-dir",
+          join(dir, "state"),
+        ]);
+      const ops = await admin("ops", "operator");
+      assert.equal(ops.code, 0, ops.stderr);
+      const viewer = await admin("watcher", "viewer");
+      env = {
+        ...process.env,
+        EOS_ADMIN_TOKEN: ops.stdout.toString().trim(),
+        VIEWER: viewer.stdout.toString().trim(),
+      };
+      server = await startServer({ config, tokensDir, tls });
+      env.EOS_SERVER_URL = server.url;
+    });
+
+    after(async () => {
+      if (server) await stop(server);
+      for (const d of devices) await d.close();
+    });
+
+    const deviceConfig = () =>
+      `update:\n  name: ${NAME}\n  url: ${server.url}\n  ca: ${tls.cert}\n  tries: 3\n`;
+    const cli = (args: string[], extra: NodeJS.ProcessEnv = {}) =>
+      runEos("os-update-server", [...args, "--ca", tls.cert], { env: { ...env, ...extra } });
+    const api = async (
+      method: string,
+      path: string,
+      token: string,
+      body?: string,
+      type = "application/json",
+    ) => {
+      const ca = await readFile(tls.cert);
+      return new Promise<{ status: number; body: Record<string, unknown> }>((resolve, reject) => {
+        const headers: Record<string, string> = { authorization: `Bearer ${token}` };
+        if (body !== undefined) headers["content-type"] = type;
+        const req = httpsRequest(`${server.url}${path}`, { method, ca, headers }, (res) => {
+          let text = "";
+          res.setEncoding("utf8").on("data", (s: string) => (text += s));
+          res.on("end", () =>
+            resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as Record<string, unknown> }),
+          );
+        });
+        req.on("error", reject);
+        req.end(body);
+      });
+    };
+
+    test("devices report check, apply, kexec and commit; the inventory and history show it", async (t) => {
+      if (!server) return t.skip(`PostgreSQL cannot start here: ${pgUnavailable}`);
+      for (const id of ["dev-1", "dev-2", "dev-3"]) {
+        devices.push(
+          await makeDevice(join(world.dir, "device-v1.raw"), v1Manifest, {
+            config: deviceConfig(),
+            keys: [join(world.keysDir, "release.pub")],
+            token: tokens.get(id) as string,
+          }),
+        );
+      }
+      const [d1, d2, d3] = devices as [TestDevice, TestDevice, TestDevice];
+      assert.equal((await d1.run(["--check"])).code, 1);
+      assert.equal((await d2.run(["--check"])).code, 1);
+      const applied = await d1.run(["--apply"]);
+      assert.equal(applied.code, 0, applied.stderr);
+      await d1.boot("B", "COMMIT_UPDATE");
+      assert.equal((await d1.run(["--commit"])).code, 0);
+      assert.equal((await d3.run(["--apply"])).code, 0);
+
+      const list = await cli(["devices", "list", "--json"]);
+      assert.equal(list.code, 0, list.stderr);
+      const byId = new Map(
+        (JSON.parse(list.stdout.toString()) as { devices: Array<Record<string, unknown>> }).devices.map(
+          (d) => [d.id, d],
+        ),
+      );
+      assert.deepEqual([...byId.keys()], ["dev-1", "dev-2", "dev-3"]);
+      assert.deepEqual(
+        [byId.get("dev-1")?.state, byId.get("dev-1")?.running_version, byId.get("dev-1")?.running_slot],
+        ["committed", "2.0.0", "B"],
+      );
+      assert.equal(byId.get("dev-1")?.other_version, "1.0.0");
+      assert.equal(byId.get("dev-2")?.state, "update-available");
+      assert.equal(byId.get("dev-3")?.state, "rebooting");
+      assert.equal(byId.get("dev-3")?.other_version, "2.0.0");
+      assert.equal(byId.get("dev-1")?.image, NAME);
+      assert.equal(byId.get("dev-1")?.registry, "none");
+
+      const show = await cli(["devices", "show", "dev-1", "--json"]);
+      const history = (JSON.parse(show.stdout.toString()) as { events: Array<{ type: string }> }).events;
+      assert.deepEqual(
+        history.map((e) => e.type),
+        ["checked", "download_started", "written", "kexec", "committed"],
+      );
+      const text = await cli(["devices", "show", "dev-1"]);
+      assert.match(text.stdout.toString(), /running: +2\.0\.0 \(slot B\)/);
+      assert.match(text.stdout.toString(), /committed +version=2\.0\.0 slot=B/);
+    });
+
+    test("roles, filters and refusals: viewers read, operators tag; bad input is a 4xx naming the field", async (t) => {
+      if (!server) return t.skip(`PostgreSQL cannot start here: ${pgUnavailable}`);
+      const denied = await cli(["devices", "tag", "dev-1", "canary"], { EOS_ADMIN_TOKEN: env.VIEWER });
+      assert.equal(denied.code, 3);
+      assert.match(denied.stderr, /\[AUTH\].*needs the operator role; admin token watcher has viewer/);
+      assert.equal((await cli(["devices", "tag", "dev-1", "canary", "lab"])).code, 0);
+      const ids = async (...args: string[]) =>
+        (
+          JSON.parse((await cli(["devices", "list", "--json", ...args])).stdout.toString()) as {
+            devices: Array<{ id: string }>;
+          }
+        ).devices.map((d) => d.id);
+      assert.deepEqual(await ids("--tag", "canary"), ["dev-1"]);
+      assert.deepEqual(await ids("--version", "1.0.0"), ["dev-2", "dev-3"]);
+      assert.deepEqual(await ids("--state", "committed"), ["dev-1"]);
+      const table = await cli(["devices", "list", "--tag", "lab"], { EOS_ADMIN_TOKEN: env.VIEWER });
+      assert.match(table.stdout.toString(), /^DEVICE +IMAGE +VERSION/);
+      assert.match(
+        table.stdout.toString(),
+        /dev-1 +EOS\.x86_64-AB +2\.0\.0 +B +1\.0\.0 +committed .* canary,lab/,
+      );
+      const badState = await cli(["devices", "list", "--state", "happy"]);
+      assert.equal(badState.code, 2);
+      assert.match(badState.stderr, /state: one of/);
+
+      const token = tokens.get("dev-2") as string;
+      const device = { image: NAME, architecture: "x86_64" };
+      const event = {
+        id: "test-0001",
+        time: new Date().toISOString(),
+        type: "kexec",
+        version: "2.0.0",
+        slot: "C",
+      };
+      const bad = await api("POST", "/v1/events", token, JSON.stringify({ device, events: [event] }));
+      assert.equal(bad.status, 400);
+      assert.match(String(bad.body.error), /^events\[0\]\.slot: /);
+      assert.equal(bad.body.code, "USAGE");
+      const big = await api(
+        "POST",
+        "/v1/events",
+        token,
+        JSON.stringify({ device, events: [event], pad: "x".repeat(200_000) }),
+      );
+      assert.equal(big.status, 413);
+      assert.equal((await api("POST", "/v1/events", token, "{}", "text/plain")).status, 415);
+      assert.equal((await api("POST", "/v1/events", "not-a-valid-token-at-all", "{}")).status, 401);
+      assert.equal(
+        (await api("GET", "/v1/admin/devices", token)).status,
+        401,
+        "a device token is no admin token",
+      );
+    });
+
+    test("restarted, the server keeps its state; a device that committed while it was down reports later", async (t) => {
+      if (!server) return t.skip(`PostgreSQL cannot start here: ${pgUnavailable}`);
+      const d3 = devices[2] as TestDevice;
+      await stop(server);
+      await d3.boot("B", "COMMIT_UPDATE");
+      const commit = await d3.run(["--commit"]);
+      assert.equal(commit.code, 0, `committing needs no server: ${commit.stderr}`);
+      const queued = JSON.parse(await readFile(join(d3.root, "run/eos/reports.json"), "utf8")) as {
+        events: Array<{ type: string }>;
+      };
+      assert.deepEqual(
+        queued.events.map((e) => e.type),
+        ["committed"],
+      );
+      server = await startServer({
+        config,
+        tokensDir,
+        tls,
+        extraArgs: ["--port", new URL(env.EOS_SERVER_URL as string).port],
+      });
+      const before = await cli(["devices", "show", "dev-3", "--json"]);
+      assert.equal(JSON.parse(before.stdout.toString()).device.state, "rebooting", "kept across the restart");
+      assert.equal((await d3.run(["--check"])).code, 0);
+      const after = JSON.parse((await cli(["devices", "show", "dev-3", "--json"])).stdout.toString()) as {
+        device: { state: string; running_version: string };
+        events: Array<{ type: string }>;
+      };
+      assert.deepEqual(after.events.map((e) => e.type).slice(-2), ["committed", "checked"]);
+      assert.deepEqual([after.device.state, after.device.running_version], ["current", "2.0.0"]);
+      assert.equal(
+        JSON.parse(await readFile(join(d3.root, "run/eos/reports.json"), "utf8")).events.length,
+        0,
+      );
+      const d1 = JSON.parse((await cli(["devices", "show", "dev-1", "--json"])).stdout.toString()) as {
+        device: { state: string; tags: string[] };
+      };
+      assert.deepEqual([d1.device.state, d1.device.tags], ["committed", ["canary", "lab"]]);
+    });
+  });
+}
+
+test("over SSH, reporting is off and os-update says so once per boot", async () => {
+  const device = await makeDevice(join(world.dir, "device-v1.raw"), v1Manifest, {
+    config: `update:\n  name: ${NAME}\n  server: root@127.0.0.1\n  port: 1\n`,
+    keys: [join(world.keysDir, "release.pub")],
+  });
+  try {
+    const first = await device.run(["--commit"]);
+    assert.match(first.stderr, /reporting to the update server is off over SSH/);
+    const second = await device.run(["--commit"]);
+    assert.doesNotMatch(second.stderr, /reporting/);
+  } finally {
+    await device.close();
+  }
+});

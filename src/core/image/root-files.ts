@@ -82,9 +82,11 @@ if ! DM_DISABLE_UDEV=1 veritysetup open --no-superblock --format=1 --hash=sha256
   "$slot" eos-root "$slot" "$hash"; then
   panic "EOS: cannot open the root slot $slot under dm-verity"
 fi
-# The squashfs superblock is the first block read: a slot changed since it
-# was verified fails here, before anything runs from it.
-if ! dd if=/dev/mapper/eos-root of=/dev/null bs=4096 count=1 2>/dev/null; then
+# Probing the file system reads its superblock through the mapping (klibc's
+# dd does not report the read error): a slot changed since it was verified
+# fails here, before anything runs from it, instead of leaving the initramfs
+# to wait out rootdelay for a root it cannot identify.
+if [ "$(get_fstype /dev/mapper/eos-root 2>/dev/null)" != squashfs ]; then
   panic "EOS: the root slot $slot fails its dm-verity check (changed or damaged since it was written); rebooting so that the boot loader can fall back"
 fi
 echo "ROOT=/dev/mapper/eos-root" >>/conf/param.conf

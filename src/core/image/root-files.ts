@@ -17,16 +17,13 @@ function yamlString(value: string): string {
   return JSON.stringify(value);
 }
 
-const INITRAMFS_OVERLAY_HOOK = `#!/bin/sh
-# EOS: the read-only root slot becomes the lower layer of an overlay whose
-# upper layer is tmpfs, like overlayroot=tmpfs. The lower and upper mounts
-# move under the new root (/run/eos/...), or run-init refuses to switch.
-PREREQ=""
-prereqs() { echo "$PREREQ"; }
-case "$1" in
-prereqs) prereqs; exit 0 ;;
-esac
-. /scripts/functions
+/** An initramfs-tools script or hook: the prerequisites boilerplate, then `body`. */
+function initramfsScript(body: string, comment = ""): string {
+  return `#!/bin/sh\n${comment}PREREQ=""\nprereqs() { echo "$PREREQ"; }\ncase "$1" in\nprereqs) prereqs; exit 0 ;;\nesac\n${body}`;
+}
+
+const INITRAMFS_OVERLAY_HOOK = initramfsScript(
+  `. /scripts/functions
 grep -qw eos.overlay=off /proc/cmdline && exit 0
 mkdir -p /eos.lower /eos.rw
 mount -n -o move "\${rootmnt}" /eos.lower || panic "EOS: cannot move the root slot aside"
@@ -39,7 +36,11 @@ mkdir -p "\${rootmnt}/media/root-ro" "\${rootmnt}/media/root-rw"
 mount -n -o move /eos.lower "\${rootmnt}/media/root-ro"
 mount -n -o move /eos.rw "\${rootmnt}/media/root-rw"
 exit 0
-`;
+`,
+  "# EOS: the read-only root slot becomes the lower layer of an overlay whose\n" +
+    "# upper layer is tmpfs, like overlayroot=tmpfs. The lower and upper mounts\n" +
+    "# move under the new root (/run/eos/...), or run-init refuses to switch.\n",
+);
 
 // The root slot under dm-verity (src/core/verity.ts has the layout): opened
 // in local-premount, before the initramfs mounts it, so that the mount (and
@@ -47,13 +48,7 @@ exit 0
 // initramfs has waited for the root device, so the script waits for it the
 // same way (local_device_setup); the new ROOT reaches the init script
 // through /conf/param.conf.
-const INITRAMFS_VERITY_SCRIPT = `#!/bin/sh
-PREREQ=""
-prereqs() { echo "$PREREQ"; }
-case "$1" in
-prereqs) prereqs; exit 0 ;;
-esac
-. /scripts/functions
+const INITRAMFS_VERITY_SCRIPT = initramfsScript(`. /scripts/functions
 . /scripts/local
 verity=
 for word in $(cat /proc/cmdline); do
@@ -91,19 +86,13 @@ if [ "$(get_fstype /dev/mapper/eos-root 2>/dev/null)" != squashfs ]; then
 fi
 echo "ROOT=/dev/mapper/eos-root" >>/conf/param.conf
 exit 0
-`;
+`);
 
-const INITRAMFS_VERITY_HOOK = `#!/bin/sh
-PREREQ=""
-prereqs() { echo "$PREREQ"; }
-case "$1" in
-prereqs) prereqs; exit 0 ;;
-esac
-. /usr/share/initramfs-tools/hook-functions
+const INITRAMFS_VERITY_HOOK = initramfsScript(`. /usr/share/initramfs-tools/hook-functions
 copy_exec /usr/sbin/veritysetup /sbin
 manual_add_modules dm_verity
 exit 0
-`;
+`);
 
 /**
  * Files every EOS root carries, generated from the description: boot

@@ -146,8 +146,9 @@ test(
     const cmdline = (await vm.sshOk(["cat", "/proc/cmdline"])).trim().split(/\s+/);
     assert.ok(cmdline.includes("eos.slot=B"), cmdline.join(" "));
     assert.ok(cmdline.includes(`eos.verity=${shipped.get("eos_A_verity")}`), cmdline.join(" "));
+    // Counted by the initramfs's refusals: GRUB's own "booting" line can be garbled by its screen codes.
     assert.equal(
-      vm.console().match(/EOS: booting slot A/g)?.length,
+      vm.console().match(/fails its dm-verity check/g)?.length,
       UNCONFIRMED_LIMIT,
       "slot A was tried exactly UNCONFIRMED_LIMIT times",
     );

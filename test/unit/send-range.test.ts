@@ -25,17 +25,27 @@ const zeros = {
   },
 } as unknown as FileHandle;
 
-/** A response whose writes complete a turn later; `onWrite` sees the count of writes so far. */
-function fakeResponse(onWrite: (writes: number) => void): ServerResponse & { bytes: number } {
+/**
+ * A response that takes every write: it counts them and their bytes, keeps the
+ * largest chunk, calls `onWrite` with the write's number and completes it after
+ * `delayMs(n)` ms (0: on the next turn).
+ */
+function fakeResponse(
+  o: { onWrite?: (writes: number) => void; delayMs?: (writes: number) => number } = {},
+): ServerResponse & { bytes: number; largest: number } {
   const res = Object.assign(new EventEmitter(), {
     bytes: 0,
     writes: 0,
+    largest: 0,
     destroyed: false,
     writableFinished: false,
     write(chunk: Buffer, callback: (error?: Error) => void) {
       res.bytes += chunk.length;
-      onWrite(++res.writes);
-      setImmediate(callback);
+      res.largest = Math.max(res.largest, chunk.length);
+      o.onWrite?.(++res.writes);
+      const ms = o.delayMs?.(res.writes) ?? 0;
+      if (ms > 0) setTimeout(callback, ms);
+      else setImmediate(callback);
       return true;
     },
     end(callback: () => void) {
@@ -47,7 +57,7 @@ function fakeResponse(onWrite: (writes: number) => void): ServerResponse & { byt
       setImmediate(() => res.emit("close"));
     },
   });
-  return res as unknown as ServerResponse & { bytes: number };
+  return res as unknown as ServerResponse & { bytes: number; largest: number };
 }
 
 test("a long stream holds the same heap at its end as near its start (nothing kept per chunk)", async () => {
@@ -55,9 +65,11 @@ test("a long stream holds the same heap at its end as near its start (nothing ke
   const chunk = SIZE_CLASSES[0];
   let early = 0;
   let late = 0;
-  const res = fakeResponse((writes) => {
-    if (writes === 500) early = heapAfterGc();
-    if (writes === chunks - 10) late = heapAfterGc();
+  const res = fakeResponse({
+    onWrite: (writes) => {
+      if (writes === 500) early = heapAfterGc();
+      if (writes === chunks - 10) late = heapAfterGc();
+    },
   });
   // A big-buffer ration of 0 keeps every chunk at the smallest size: one chunk per write.
   const pool = new BufferPool(1024 * 1024, 0);
@@ -83,8 +95,10 @@ class CountingPool extends BufferPool {
 
 test("a client that goes away mid-stream ends the stream with ClientGone, every buffer given back once", async () => {
   const chunk = SIZE_CLASSES[0];
-  const res = fakeResponse((writes) => {
-    if (writes === 3) res.destroy();
+  const res = fakeResponse({
+    onWrite: (writes) => {
+      if (writes === 3) res.destroy();
+    },
   });
   const pool = new CountingPool(1024 * 1024, 0);
   await assert.rejects(
@@ -95,36 +109,10 @@ test("a client that goes away mid-stream ends the stream with ClientGone, every 
   assert.equal(pool.out, 0);
 });
 
-/** A response whose writes complete after `delayMs(n)` for the n-th write; keeps the largest chunk. */
-function pacedResponse(delayMs: (writes: number) => number): ServerResponse & { largest: number } {
-  const res = Object.assign(new EventEmitter(), {
-    writes: 0,
-    largest: 0,
-    destroyed: false,
-    writableFinished: false,
-    write(chunk: Buffer, callback: (error?: Error) => void) {
-      res.largest = Math.max(res.largest, chunk.length);
-      const ms = delayMs(++res.writes);
-      if (ms > 0) setTimeout(callback, ms);
-      else setImmediate(callback);
-      return true;
-    },
-    end(callback: () => void) {
-      res.writableFinished = true;
-      setImmediate(callback);
-    },
-    destroy() {
-      res.destroyed = true;
-      setImmediate(() => res.emit("close"));
-    },
-  });
-  return res as unknown as ServerResponse & { largest: number };
-}
-
 test("a slow reader whose writes complete in fast bursts keeps the smallest chunk", async () => {
   // 32 chunks at memory speed, then a 200 ms wait (as when Linux wakes a writer once half its
   // send buffer is free): 2.5 MiB/s in all. Judged by single takes, it looked fast and grew.
-  const res = pacedResponse((n) => (n % 32 === 0 ? 200 : 0));
+  const res = fakeResponse({ delayMs: (n) => (n % 32 === 0 ? 200 : 0) });
   const pool = new BufferPool(1024 * 1024, 16 * 1024 * 1024);
   await sendRange(zeros, 0, 8 * 1024 * 1024, res, pool, DEFAULT_STREAM_LIMITS);
   assert.equal(res.largest, SIZE_CLASSES[0]);
@@ -132,7 +120,7 @@ test("a slow reader whose writes complete in fast bursts keeps the smallest chun
 });
 
 test("a client that keeps up gets bigger chunks after its first second", async () => {
-  const res = pacedResponse(() => 0);
+  const res = fakeResponse();
   const pool = new BufferPool(1024 * 1024, 16 * 1024 * 1024);
   const stream = sendRange(zeros, 0, 4 * 1024 ** 3, res, pool, DEFAULT_STREAM_LIMITS);
   const started = performance.now();

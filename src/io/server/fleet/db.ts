@@ -9,20 +9,13 @@ import { mkdir } from "node:fs/promises";
 import { dirname } from "node:path";
 import { Kysely, Migrator, PostgresDialect, SqliteDialect, type Generated } from "kysely";
 import { EosError, errorMessage } from "../../../core/errors.ts";
+import type { DeviceInventory } from "../../../core/fleet/events.ts";
 import { fleetMigrations } from "./migrations.ts";
 
-export interface DevicesTable {
+/** A device row: its inventory (core/fleet/events.ts), with the state as the text column stores it. */
+export interface DevicesTable extends Omit<DeviceInventory, "state"> {
   id: string;
-  image: string | null;
-  architecture: string | null;
-  running_slot: string | null;
-  running_version: string | null;
-  other_version: string | null;
-  root_sha256: string | null;
-  registry: string | null;
   state: string;
-  last_event: string | null;
-  last_event_at: string | null;
   first_seen: string;
   last_seen: string;
   dropped: number;

@@ -57,7 +57,7 @@ const control = [
   `Architecture: all`,
   `Maintainer: EOS developers <eos@localhost>`,
   `Installed-Size: ${sizeKiB}`,
-  `Depends: nodejs (>= 18.19)`,
+  `Depends: nodejs (>= 18.19), libjemalloc2`,
   `Recommends: openssh-client, xz-utils, zstd`,
   `Suggests: podman, qemu-system-x86, gdisk, squashfs-tools, erofs-utils, mtools, dosfstools, cryptsetup-bin, kexec-tools`,
   `Section: admin`,

@@ -10,7 +10,7 @@ packages=(
   podman runc uidmap slirp4netns fuse-overlayfs catatonit
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools tpm2-tools cryptsetup-bin
   mmdebstrap kexec-tools grub-efi-amd64-bin busybox-static gcc libc6-dev iproute2
-  curl
+  curl libjemalloc2
   postgresql
 )
 missing=()

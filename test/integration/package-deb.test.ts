@@ -55,7 +55,7 @@ describe("the Debian package", () => {
     const info = await run("dpkg-deb", ["--field", deb, "Package", "Architecture", "Depends"]);
     assert.match(
       info.stdout.toString(),
-      /^Package: eos\nArchitecture: all\nDepends: nodejs \(>= 18\.19\)\n$/,
+      /^Package: eos\nArchitecture: all\nDepends: nodejs \(>= 18\.19\), libjemalloc2\n$/,
     );
     const contents = (await run("dpkg-deb", ["--contents", deb])).stdout.toString();
     for (const cmd of [

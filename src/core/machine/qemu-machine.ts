@@ -20,6 +20,8 @@ export interface MachinePlan {
   interactive: boolean;
   registryDisk?: string | undefined;
   tpmSocket?: string | undefined;
+  /** A reset ends QEMU instead of restarting the machine (the disk stays as the reset left it). */
+  noReboot?: boolean | undefined;
 }
 
 export function machineArgv(p: MachinePlan): string[] {
@@ -76,6 +78,7 @@ export function machineArgv(p: MachinePlan): string[] {
       "tpm-tis,tpmdev=tpm0",
     );
   }
+  if (p.noReboot) args.push("-no-reboot");
   return args;
 }
 

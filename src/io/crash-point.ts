@@ -46,6 +46,10 @@ export const CRASH_STEPS = [
   "firmware:switched-partly",
   "firmware:switched",
   "firmware:removed-partly",
+  // flake-registry --setup (and the first boot's set-up)
+  "registry:formatted",
+  "registry:token",
+  "registry:before-complete",
 ] as const;
 
 export type CrashStep = (typeof CRASH_STEPS)[number];

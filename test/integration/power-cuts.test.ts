@@ -346,10 +346,11 @@ describe("power cuts: os-update killed at every step", () => {
     await rm(dir ?? "/nonexistent", { recursive: true, force: true });
   });
 
-  test("every crash step has exactly one row", () => {
+  test("every crash step of os-update has exactly one row", () => {
+    // The registry's steps are walked in registry.test.ts (cryptsetup on files).
     assert.deepEqual(
       ROWS.map((r) => r.step),
-      [...CRASH_STEPS],
+      CRASH_STEPS.filter((s) => !s.startsWith("registry:")),
     );
   });
 

@@ -21,7 +21,8 @@ import { reportError } from "../../src/cli/main.ts";
 import { openBlockSource } from "../../src/io/files.ts";
 import { luksTokens } from "../../src/io/registry/luks.ts";
 import { systemRunner } from "../../src/io/process.ts";
-import { setupRegistry, unlockKey } from "../../src/io/registry/registry.ts";
+import { setupRegistry, setupWasCutShort, unlockKey } from "../../src/io/registry/registry.ts";
+import { CRASH_ENV, CRASH_STEPS } from "../../src/io/crash-point.ts";
 import { freePort } from "../../src/io/machine/host.ts";
 
 const MiB = 1024 * 1024;
@@ -286,3 +287,52 @@ test(
     void PartitionType;
   },
 );
+
+describe("power cuts in the registry's set-up", { skip: toolsMissing }, () => {
+  const SETUP_STEPS = ["registry:formatted", "registry:token", "registry:before-complete"] as const;
+  const label = (dev: string) =>
+    spawnSync("blkid", ["-p", "-s", "LABEL", "-o", "value", dev]).stdout.toString().trim();
+
+  test("every registry crash step is walked here", () => {
+    assert.deepEqual(
+      CRASH_STEPS.filter((s) => s.startsWith("registry:")),
+      [...SETUP_STEPS],
+    );
+  });
+
+  for (const step of SETUP_STEPS) {
+    test(`killed at ${step}: the header says the set-up is unfinished, and the next set-up takes it over`, async () => {
+      const dev = await blank(`cut-${step.replace(/\W/g, "-")}.img`, 320 * MiB);
+      const k = await keyFile(`kc-${step.replace(/\W/g, "-")}`);
+      // A process of its own, so that the crash point's SIGKILL ends it (as a power cut ends the unit).
+      const script = [
+        `import { setupRegistry } from ${JSON.stringify(new URL("../../src/io/registry/registry.ts", import.meta.url).pathname)};`,
+        `import { systemRunner } from ${JSON.stringify(new URL("../../src/io/process.ts", import.meta.url).pathname)};`,
+        `await setupRegistry(${JSON.stringify(dev)}, { keyFile: ${JSON.stringify(k)}, mkfs: false, log: () => {}, proc: systemRunner() });`,
+      ].join("\n");
+      const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+        env: { ...process.env, [CRASH_ENV]: step },
+      });
+      assert.equal(r.signal, "SIGKILL", `the set-up reaches ${step}: ${r.stderr.toString()}`);
+      assert.equal(label(dev), "eos-setup-incomplete");
+      assert.equal(await setupWasCutShort(proc, dev), true);
+      // By hand it is still a LUKS header: --setup says what it is and wants --force.
+      const refused = await cli(["--setup", dev, "--key-file", k]);
+      assert.equal(refused.code, 3);
+      assert.match(refused.stderr, /holds a LUKS2 header labelled eos-setup-incomplete/);
+      // What the boot does with it: set it up again, with a fresh header.
+      await setupRegistry(dev, { keyFile: k, force: true, mkfs: false, log, proc });
+      assert.equal(label(dev), "");
+      assert.equal(await setupWasCutShort(proc, dev), false);
+      assert.ok(opens(dev, (await unlockKey(dev, { keyFile: k, log, proc })).key));
+    });
+  }
+
+  test("a finished set-up is never taken for a cut-short one", async () => {
+    const dev = await blank("finished.img", 320 * MiB);
+    const k = await keyFile("kfin");
+    await setupRegistry(dev, { keyFile: k, mkfs: false, log, proc });
+    assert.equal(label(dev), "");
+    assert.equal(await setupWasCutShort(proc, dev), false);
+  });
+});

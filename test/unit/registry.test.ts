@@ -8,6 +8,7 @@ import {
   checkRegistrySize,
   decodeToken,
   describeSignature,
+  setupCutShort,
   encodeToken,
   parseBlkidExport,
   parsePcrs,
@@ -108,4 +109,17 @@ test("grow: the last partition (p.spare) to the end of a larger disk, 1 MiB alig
 test("mapper names stay plain", () => {
   assert.equal(checkMapperName("luksInstances"), "luksInstances");
   assert.throws(() => checkMapperName("../x"), /mapper name/);
+});
+
+test("setupCutShort: only a LUKS header still labelled eos-setup-incomplete", () => {
+  const probe = (text: string) => setupCutShort(parseBlkidExport(text));
+  assert.equal(probe("TYPE=crypto_LUKS\nVERSION=2\nLABEL=eos-setup-incomplete\n"), true);
+  assert.equal(probe("TYPE=crypto_LUKS\nVERSION=2\n"), false, "a finished registry has no label");
+  assert.equal(probe("TYPE=crypto_LUKS\nLABEL=something-else\n"), false);
+  assert.equal(
+    probe("TYPE=xfs\nLABEL=eos-setup-incomplete\n"),
+    false,
+    "only a LUKS header, never a file system",
+  );
+  assert.equal(probe(""), false);
 });

@@ -4,7 +4,9 @@
  *  1. first boot: registry-rw.service grows p.spare to fill the disk, sets it
  *     up (LUKS2, key sealed in this VM's TPM, XFS labelled INSTANCE) and
  *     mounts it at /var/lib/containers/storage; a container flake is
- *     registered (image imported locally) and data written;
+ *     registered (image imported locally) and data written. The first
+ *     set-up is killed half-way (a crash point, after luksFormat and the
+ *     token, before the file system) and the unit's next run starts over;
  *  2. reboot: the flake and the data are there;
  *     then the XFS superblock is damaged on purpose;
  *  3. reboot: the mount fails, the unit reports why, the system is up, the
@@ -20,7 +22,13 @@ import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, rm, stat, symlink, copyFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Vm } from "../../src/io/machine/qemu.ts";
-import { BOOT_TIMEOUT_MS, startTestVm } from "../helpers/vm.ts";
+import {
+  BOOT_TIMEOUT_MS,
+  copyImage,
+  editImageGrubenv,
+  readImageGrubenv,
+  startTestVm,
+} from "../helpers/vm.ts";
 import { VM_TMP, testImage, vmSkipReason, type TestImage } from "../helpers/vm-image.ts";
 
 const GiB = 1024 ** 3;
@@ -97,10 +105,31 @@ describe("the flake registry on p.spare (QEMU + swtpm)", { skip, timeout: 40 * 6
   });
 
   it("first boot: p.spare grown, LUKS2 with the key sealed in the TPM, XFS INSTANCE mounted", async () => {
-    const v = await boot("first boot", { reuseDisk: false });
+    // The first set-up dies after luksFormat and the token import (every boot's unit gets the
+    // crash point; only a set-up reaches it).
+    const raw = await copyImage(image.raw, work, "first-boot.raw");
+    const cmdline = (await readImageGrubenv(raw)).get("eos_cmdline") ?? "";
+    await editImageGrubenv(raw, {
+      eos_cmdline: `${cmdline} systemd.setenv=EOS_TEST_CRASH_AT=registry:token`.trim(),
+    });
+    const v = await boot("first boot", { reuseDisk: false, raw });
+    assert.equal((await v.ssh(["systemctl", "is-failed", "registry-rw.service"])).stdout.trim(), "failed");
+    assert.equal(
+      (await v.sshOk(["blkid", "-p", "-s", "LABEL", "-o", "value", "/dev/disk/by-partlabel/p.spare"])).trim(),
+      "eos-setup-incomplete",
+      "the killed set-up left its LUKS header marked as unfinished",
+    );
+    await v.sshOk(["systemctl", "unset-environment", "EOS_TEST_CRASH_AT"]);
+    await v.sshOk(["systemctl", "restart", "registry-rw.service"]);
     assert.equal((await v.sshOk(["systemctl", "is-active", "registry-rw.service"])).trim(), "active");
     const log = await journal(v);
     assert.match(log, /blank: first boot, setting up the registry/);
+    assert.match(log, /p\.spare: its set-up was cut short \(a LUKS2 header labelled eos-setup-incomplete/);
+    assert.equal(
+      (await v.sshOk(["blkid", "-p", "-s", "LABEL", "-o", "value", "/dev/disk/by-partlabel/p.spare"])).trim(),
+      "",
+      "a finished set-up clears the mark",
+    );
     assert.match(log, /p\.spare: grown from 64 MiB to \d+ MiB/);
     const [source, fstype] = (await v.sshOk(["findmnt", "-n", "-o", "SOURCE,FSTYPE", MOUNT]))
       .trim()

@@ -14,6 +14,18 @@ export { REGISTRY_LABEL };
 export const REGISTRY_MAPPER = "luksInstances";
 /** XFS label of the opened registry (the original's). */
 export const REGISTRY_FS_LABEL = "INSTANCE";
+
+/**
+ * LUKS2 label of a registry whose set-up has not finished: written by
+ * luksFormat, cleared once the file system exists. A header that still
+ * carries it was never mounted, so it holds no data and may be set up again.
+ */
+export const SETUP_INCOMPLETE_LABEL = "eos-setup-incomplete";
+
+/** Whether a `blkid -p` probe shows a registry whose set-up was cut short. */
+export function setupCutShort(vars: Map<string, string>): boolean {
+  return vars.get("TYPE") === "crypto_LUKS" && vars.get("LABEL") === SETUP_INCOMPLETE_LABEL;
+}
 export const REGISTRY_MOUNT = "/var/lib/containers/storage";
 /** Directories created on activation, relative to the mount point. */
 export const REGISTRY_DIRS = ["flakes", "tmp/flakes", "firecracker"] as const;

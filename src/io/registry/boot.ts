@@ -27,6 +27,7 @@ import {
   deviceFsBytes,
   foundOn,
   setupRegistry,
+  setupWasCutShort,
   type RegistryOptions,
 } from "./registry.ts";
 import { tpmMissingReason } from "./tpm.ts";
@@ -123,7 +124,11 @@ export async function bootRegistry(
     for (let i = 0; i < 20 && !existsSync("/dev/tpmrm0"); i++) await sleep(250);
   }
   const found = await foundOn(o.proc, dev);
-  if (!found) {
+  // A first boot cut short between luksFormat and the file system left a header that was
+  // never mounted: nothing of the user's is on it, so the set-up starts over.
+  const cutShort = found !== undefined && (await setupWasCutShort(o.proc, dev));
+  if (cutShort) o.log(`${dev}: its set-up was cut short (${found}, never mounted): setting it up again`);
+  if (!found || cutShort) {
     const bytes = await deviceBytes(dev);
     try {
       checkRegistrySize(dev, bytes);
@@ -138,7 +143,7 @@ export async function bootRegistry(
       };
     }
     o.log(`${dev} is blank: first boot, setting up the registry`);
-    await setupRegistry(dev, o);
+    await setupRegistry(dev, { ...o, force: cutShort });
   } else if (!(await isLuks(o.proc, dev))) {
     return {
       code: 1,

@@ -53,12 +53,34 @@ export async function mustRun(
 /** Fast key derivation: our keys are 64 random bytes, so a slow PBKDF adds nothing (as systemd-cryptenroll does). */
 const PBKDF = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
 
-export async function luksFormat(proc: ProcessRunner, device: string, key: Buffer): Promise<void> {
+export async function luksFormat(
+  proc: ProcessRunner,
+  device: string,
+  key: Buffer,
+  label: string,
+): Promise<void> {
   await mustRun(
     proc,
-    ["cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", ...PBKDF, "--key-file=-", device],
+    [
+      "cryptsetup",
+      "luksFormat",
+      "--batch-mode",
+      "--type",
+      "luks2",
+      ...PBKDF,
+      `--label=${label}`,
+      "--key-file=-",
+      device,
+    ],
     { input: key, what: `cryptsetup luksFormat ${device}` },
   );
+}
+
+/** Sets the LUKS2 header's label ("" clears it). */
+export async function luksSetLabel(proc: ProcessRunner, device: string, label: string): Promise<void> {
+  await mustRun(proc, ["cryptsetup", "config", `--label=${label}`, device], {
+    what: `cryptsetup config --label ${device}`,
+  });
 }
 
 export async function isLuks(proc: ProcessRunner, device: string): Promise<boolean> {

@@ -17,16 +17,19 @@ import {
   REGISTRY_FS_LABEL,
   REGISTRY_MAPPER,
   REGISTRY_MOUNT,
+  SETUP_INCOMPLETE_LABEL,
   checkMapperName,
   checkRegistrySize,
   decodeToken,
   describeSignature,
   encodeToken,
   parseBlkidExport,
+  setupCutShort,
   type KeyProviderName,
   type RegistryToken,
 } from "../../core/registry/registry.ts";
 import { sysPath, type Context } from "../context.ts";
+import { crashPoint } from "../crash-point.ts";
 import { openBlockSource } from "../files.ts";
 import type { ProcessRunner } from "../process.ts";
 import {
@@ -34,6 +37,7 @@ import {
   luksClose,
   luksFormat,
   luksOpen,
+  luksSetLabel,
   luksStatus,
   luksTokenImport,
   luksTokens,
@@ -97,6 +101,11 @@ export async function inUseReason(proc: ProcessRunner, device: string): Promise<
   const swaps = await readFile("/proc/swaps", "utf8").catch(() => "");
   if (swaps.split("\n").some((l) => l.split(/\s+/)[0] === d.path)) return `${device} is in use as swap`;
   return undefined;
+}
+
+/** Whether DEVICE is a registry whose set-up was cut short (see SETUP_INCOMPLETE_LABEL). */
+export async function setupWasCutShort(proc: ProcessRunner, device: string): Promise<boolean> {
+  return setupCutShort(parseBlkidExport(await probeSignatures(proc, device)));
 }
 
 /** What the device holds ("an xfs file system labelled X"), or undefined when blank. */
@@ -175,8 +184,10 @@ export async function setupRegistry(
       await mustRun(o.proc, ["wipefs", "--all", "--quiet", device], { what: `wipefs ${device}` });
     }
     o.log(`${device}: LUKS2 (key ${provider === "tpm2" ? "sealed in the TPM" : `from ${o.keyFile}`})`);
-    await luksFormat(o.proc, device, key);
+    await luksFormat(o.proc, device, key, SETUP_INCOMPLETE_LABEL);
+    crashPoint("registry:formatted");
     await luksTokenImport(o.proc, device, encodeToken(token, 0));
+    crashPoint("registry:token");
     if (o.mkfs ?? true) {
       const mapper = mapperOf(o);
       await luksOpen(o.proc, device, mapper, key);
@@ -189,6 +200,8 @@ export async function setupRegistry(
         await luksClose(o.proc, mapper);
       }
     }
+    crashPoint("registry:before-complete");
+    await luksSetLabel(o.proc, device, "");
   } finally {
     key.fill(0);
   }

@@ -23,12 +23,15 @@ import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpe
 import { makeDevice, type TestDevice } from "../helpers/device.ts";
 import { startPostgres, type Postgres } from "../helpers/postgres.ts";
 import { parseWaves, waveOf } from "../../src/core/fleet/rollout.ts";
+import { encodeGrubenv } from "../../src/core/update/grubenv.ts";
 
 const NAME = "EOS.x86_64-AB";
 const SIMS = Array.from({ length: 20 }, (_, i) => `sim-${String(i).padStart(2, "0")}`);
 const REAL = ["real-trusts", "real-other-key"] as const;
 const ROLLOUT = "r-main";
 const WAVES = "30%,100%";
+/** Longer than the first wave takes to commit, so the timer (not a report) must open the next wave. */
+const SOAK = 6;
 
 interface Manifest {
   version: string;
@@ -105,7 +108,7 @@ for (const kind of ["sqlite", "postgres"] as const) {
       await mkdir(dir, { recursive: true });
       config = join(dir, "os-update.yml");
       const database = kind === "postgres" && pg ? `database: ${await pg.freshDatabase()}\n` : "";
-      const serve = `serve:\n  rollout_interval: 200ms\n  assignment_key: ${keys.private}\n`;
+      const serve = `serve:\n  rollout_interval: 500ms\n  assignment_key: ${keys.private}\n`;
       await writeFile(config, `${await readFile(world.config, "utf8")}${database}${serve}`);
       tokensDir = join(dir, "tokens");
       for (const id of [...SIMS, ...REAL]) {
@@ -294,7 +297,7 @@ for (const kind of ["sqlite", "postgres"] as const) {
         "--waves",
         WAVES,
         "--soak",
-        "1s",
+        `${SOAK}s`,
         "--error-threshold",
         "20%",
         "--success-threshold",
@@ -314,12 +317,16 @@ for (const kind of ["sqlite", "postgres"] as const) {
       }
       // The first wave's simulated devices install 2.0.0 and GRUB falls back to 1.0.0 on each.
       const firstSims = first.filter((id) => SIMS.includes(id));
-      for (const id of firstSims) await fellBack(id);
-      const paused = await waitFor("paused", (s) => s.rollout.state === "paused");
-      // It pauses on the report that crosses the threshold, not when the whole wave has reported.
+      // The rollout is judged on each report: the one that crosses the threshold pauses it at once.
       const crossing = Array.from({ length: first.length }, (_, k) => k + 1).find(
         (k) => k / first.length > 0.2,
       );
+      assert.ok(crossing !== undefined && crossing <= firstSims.length);
+      for (const [i, id] of firstSims.entries()) {
+        await fellBack(id);
+        assert.equal((await show()).rollout.state, i + 1 < crossing ? "running" : "paused", `after ${i + 1}`);
+      }
+      const paused = await show();
       assert.match(
         paused.rollout.reason ?? "",
         new RegExp(
@@ -343,6 +350,7 @@ for (const kind of ["sqlite", "postgres"] as const) {
       assert.equal(denied.code, 3);
       assert.match(denied.stderr, /needs the operator role/);
       assert.equal((await cli(["rollout", "resume", ROLLOUT])).code, 0);
+      const resumed = Date.now();
       const again = await cli(["rollout", "resume", ROLLOUT]);
       assert.equal(again.code, 3);
       assert.match(again.stderr, /error \[REFUSED\]: rollout r-main is running: it cannot resume/);
@@ -355,6 +363,12 @@ for (const kind of ["sqlite", "postgres"] as const) {
         if (d) await realUpdate(d);
         else await commit(id);
       }
+      if (Date.now() - resumed < SOAK * 1000 - 500)
+        assert.equal(
+          (await show()).rollout.current_wave,
+          0,
+          "soaking: every device committed, the wave stays",
+        );
       await waitFor("second wave", (s) => s.rollout.current_wave === 1 && s.rollout.state === "running");
       for (const id of SIMS) assert.equal(await offered(id), id === pinned ? "1.0.0" : "2.0.0", id);
       assert.equal((await cli(["rollout", "unpin", pinned])).code, 0);
@@ -415,6 +429,36 @@ for (const kind of ["sqlite", "postgres"] as const) {
       assert.equal(JSON.parse(doc.text).assignment.reason, `abort ${ROLLOUT}`);
       const notRunning = await call("GET", `/v1/images/${NAME}/assignment?from=${"0".repeat(64)}`, token);
       assert.equal(notRunning.status, 404, "only a device running the aborted version is sent back");
+    });
+
+    test("a trial that runs out of tries is reported as fell_back at the next boot, once", async (t) => {
+      if (!server) return t.skip(`PostgreSQL cannot start here: ${pgUnavailable}`);
+      const d = real.get(REAL[0]) as TestDevice;
+      // 1.0.0 is on trial in slot A since the abort; GRUB spends its tries on it and boots B again.
+      const env = await d.grubenv();
+      assert.equal(env.get("eos_trial"), "A");
+      env.set("eos_trial", "");
+      env.set("eos_tries", "0");
+      await writeFile(join(d.esp, "EFI/BOOT/grubenv"), encodeGrubenv(env));
+      await d.boot("B");
+      const first = await d.run(["--commit"]);
+      assert.equal(first.code, 0, first.stderr);
+      assert.match(
+        first.stdout + first.stderr,
+        /1\.0\.0 did not come up \(tries-ran-out\): slot B runs again/,
+      );
+      assert.equal((await d.run(["--commit"])).code, 0);
+      const shown = await cli(["devices", "show", REAL[0], "--json"]);
+      const answer = JSON.parse(shown.stdout.toString()) as {
+        device: { state: string; running_version: string };
+        events: Array<{ type: string; data: { version?: string; slot?: string } }>;
+      };
+      const fell = answer.events.filter((e) => e.type === "fell_back");
+      assert.deepEqual(
+        fell.map((e) => [e.data.version, e.data.slot]),
+        [["1.0.0", "B"]],
+      );
+      assert.deepEqual([answer.device.state, answer.device.running_version], ["fell-back", "2.0.0"]);
     });
   });
 }

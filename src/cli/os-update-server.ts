@@ -17,12 +17,27 @@ import { adminClient } from "../io/server/fleet/admin-client.ts";
 import { openFleetStore } from "../io/server/fleet/open.ts";
 import { loadServerConfig } from "../io/server/server-config.ts";
 import { newProgram, parseProgram } from "./main.ts";
+import type { Command } from "commander";
+import { parseDuration } from "../core/config.ts";
+import { formatRollout, formatRolloutList } from "../core/fleet/format.ts";
+import { parseShare, parseWaves, type Rollout, type WaveCount } from "../core/fleet/rollout.ts";
+import type { AdminClient } from "../io/server/fleet/admin-client.ts";
 
 interface ApiOpts {
   server?: string;
   tokenFile?: string;
   ca?: string;
   json?: boolean;
+}
+
+interface CreateOpts extends ApiOpts {
+  waves: string;
+  previous?: string;
+  tag?: string[];
+  soak: string;
+  errorThreshold: string;
+  successThreshold: string;
+  id?: string;
 }
 
 interface FetchOpts {
@@ -89,6 +104,7 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
       "--state-dir <dir>",
       "the control plane's SQLite database lives here (default /var/lib/os-update-server)",
     )
+    .option("--assignment-key <file>", "ed25519 key that signs downgrade assignments (abort, pin)")
     .action(async (opts: ServeOptions) => {
       await serve(ctx, opts);
     });
@@ -176,6 +192,7 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
       ).send("PUT", `/v1/admin/devices/${encodeURIComponent(id)}/tags`, { tags });
       ctx.stdout.write(o.json ? `${JSON.stringify(answer)}\n` : `${id}: ${tags.join(", ") || "no tags"}\n`);
     });
+  addRolloutCommands(program, ctx, api, client);
   // Admin tokens live in the database: made here directly, so the first one needs no other.
   const admins = program
     .command("admin-token")
@@ -218,4 +235,129 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
   );
   const early = await parseProgram(program, argv);
   return early ?? result;
+}
+
+function soakSeconds(text: string): number {
+  if (/^0+$/.test(text.trim())) return 0;
+  try {
+    return Math.round(parseDuration(text));
+  } catch (error) {
+    throw new EosError("USAGE", `--soak: ${(error as Error).message}`);
+  }
+}
+
+/** rollout create|list|show|pause|resume|abort|pin|unpin: rollouts and pins through the admin API. */
+function addRolloutCommands(
+  program: Command,
+  ctx: Context,
+  api: (c: Command) => Command,
+  client: (o: ApiOpts) => Promise<AdminClient>,
+): void {
+  const rollout = program.command("rollout").description("staged rollouts and device pins (admin API)");
+  const print = (o: ApiOpts, answer: unknown, text: string) =>
+    ctx.stdout.write(o.json ? `${JSON.stringify(answer, null, 2)}\n` : text);
+  const id = (text: string) => encodeURIComponent(text);
+
+  api(
+    rollout
+      .command("create")
+      .description("roll a published version out in waves")
+      .argument("<image>")
+      .argument("<version>"),
+  )
+    .requiredOption("--waves <list>", "shares and canary tags, e.g. 1%,10%,50%,100% or tag:canary,100%")
+    .option(
+      "--previous <version>",
+      "what devices keep until their wave, and get back on abort (default: the newest older published)",
+    )
+    .option("--tag <tag...>", "only devices with all these tags")
+    .option("--soak <duration>", "how long each wave runs before the next opens", "1h")
+    .option(
+      "--error-threshold <share>",
+      "pause when failed + fell back + rolled back exceed this share of a wave",
+      "10%",
+    )
+    .option(
+      "--success-threshold <share>",
+      "open the next wave once this share of the wave runs the version",
+      "90%",
+    )
+    .option("--id <name>", "the rollout's name (default: generated)")
+    .action(async (image: string, version: string, o: CreateOpts) => {
+      parseWaves(o.waves, "--waves");
+      const body = {
+        image,
+        version,
+        ...(o.previous === undefined ? {} : { previous: o.previous }),
+        ...(o.id === undefined ? {} : { id: o.id }),
+        tags: o.tag ?? [],
+        waves: o.waves,
+        soak_seconds: soakSeconds(o.soak),
+        error_threshold: parseShare(o.errorThreshold, "--error-threshold"),
+        success_threshold: parseShare(o.successThreshold, "--success-threshold"),
+      };
+      const answer = (await (await client(o)).send("POST", "/v1/admin/rollouts", body)) as {
+        rollout: Rollout;
+      };
+      print(
+        o,
+        answer,
+        `rollout ${answer.rollout.id}: ${image} ${version} over ${answer.rollout.previous}, wave 1 open\n`,
+      );
+    });
+  api(rollout.command("list").description("rollouts, newest first"))
+    .option("--image <name>", "only rollouts of this image")
+    .action(async (o: ApiOpts & { image?: string }) => {
+      const q = o.image === undefined ? "" : `?image=${encodeURIComponent(o.image)}`;
+      const answer = (await (await client(o)).get(`/v1/admin/rollouts${q}`)) as { rollouts: Rollout[] };
+      print(o, answer, formatRolloutList(answer.rollouts));
+    });
+  api(rollout.command("show").description("one rollout and its current wave").argument("<rollout>")).action(
+    async (name: string, o: ApiOpts) => {
+      const answer = (await (await client(o)).get(`/v1/admin/rollouts/${id(name)}`)) as {
+        rollout: Rollout;
+        wave: WaveCount;
+      };
+      print(o, answer, formatRollout(answer.rollout, answer.wave));
+    },
+  );
+  for (const [action, what] of [
+    ["pause", "stop opening waves (devices already released keep the version)"],
+    ["resume", "carry on from the current wave (its soak starts again)"],
+    ["abort", "assign the previous version back to every covered device (a signed downgrade)"],
+  ] as const) {
+    api(rollout.command(action).description(what).argument("<rollout>"))
+      .option("--reason <text>", "why, shown with the rollout")
+      .action(async (name: string, o: ApiOpts & { reason?: string }) => {
+        const answer = (await (
+          await client(o)
+        ).send(
+          "POST",
+          `/v1/admin/rollouts/${id(name)}/${action}`,
+          o.reason === undefined ? {} : { reason: o.reason },
+        )) as { rollout: Rollout };
+        print(o, answer, `rollout ${name}: ${answer.rollout.state}\n`);
+      });
+  }
+  api(
+    rollout
+      .command("pin")
+      .description(
+        "serve this device this version, whatever rollouts say (an older one is a signed downgrade)",
+      )
+      .argument("<device>")
+      .argument("<version>"),
+  ).action(async (device: string, version: string, o: ApiOpts) => {
+    const answer = await (await client(o)).send("PUT", `/v1/admin/devices/${id(device)}/pin`, { version });
+    print(o, answer, `${device}: pinned to ${version}\n`);
+  });
+  api(
+    rollout
+      .command("unpin")
+      .description("let rollouts decide this device's version again")
+      .argument("<device>"),
+  ).action(async (device: string, o: ApiOpts) => {
+    const answer = await (await client(o)).send("DELETE", `/v1/admin/devices/${id(device)}/pin`);
+    print(o, answer, `${device}: not pinned\n`);
+  });
 }

@@ -96,6 +96,10 @@ export const serverConfigSchema = z.strictObject({
       /** A device that takes less than stall_bytes within this (default 60s) is dropped. */
       stall: duration.optional(),
       stall_bytes: stallBytes,
+      /** ed25519 private key that signs downgrade assignments (abort, pin); none: no downgrades. */
+      assignment_key: z.string().startsWith("/", "must be an absolute path").optional(),
+      /** How often running rollouts are judged besides on each report (default 30s). */
+      rollout_interval: duration.optional(),
     })
     .optional(),
 });
@@ -117,6 +121,8 @@ export const deviceConfigSchema = z.strictObject({
       .optional(),
     token: z.string().optional(),
     keys: z.array(z.string()).optional(),
+    /** Keys whose signed assignment allows a downgrade (default /usr/share/eos/assignment-keys). */
+    assignment_keys: z.array(z.string()).optional(),
     tries: z.number().int().min(1).max(9).optional(),
     ca: z.string().optional(),
     port: z.number().int().min(1).max(65535).optional(),

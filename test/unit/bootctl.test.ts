@@ -23,6 +23,7 @@ import {
   UNCONFIRMED_LIMIT,
 } from "../../src/core/image/grubcfg.ts";
 import { EosError } from "../../src/core/errors.ts";
+import { detectFallback } from "../../src/core/update/fallback.ts";
 
 const A_UUID = "0F1E2D3C-4B5A-4978-8695-A4B3C2D1E0F9";
 const B_UUID = "1F1E2D3C-4B5A-4978-8695-A4B3C2D1E0F9";
@@ -703,5 +704,42 @@ test("grubenv: a block GRUB or a person could leave behind is refused or read as
   assert.throws(
     () => encodeGrubenv(vars({ eos_cmdline: "x".repeat(1024) })),
     isCode("BOOT_CONTROL", /1024-byte/),
+  );
+});
+
+// ------------------------------------------------------------------------------- fallback detection
+
+test("fell back: a trial whose tries ran out is reported once at the next boot of the old slot", () => {
+  let env = persisted(markTrial(markInvalid(shipped(), "B"), "B", NEW, 2));
+  assert.equal(detectFallback(env, "A").fellBack, undefined, "still on trial: not a fallback yet");
+  for (let n = 0; n < 2; n++) env = persisted(grubBoot(env).env); // trial boots that never commit
+  const back = grubBoot(env);
+  assert.equal(back.slot, "A");
+  const found = detectFallback(persisted(back.env), "A");
+  assert.deepEqual(found.fellBack, { version: "1.3.0", slot: "A", why: "tries-ran-out" });
+  assert.equal(detectFallback(persisted(found.vars), "A").fellBack, undefined, "reported once");
+});
+
+test("fell back: GRUB's switch after unconfirmed boots of the committed slot is reported once", () => {
+  let env = committedB();
+  for (let n = 0; n < UNCONFIRMED_LIMIT; n++) env = persisted(grubBoot(env).env);
+  const switched = grubBoot(env);
+  assert.equal(switched.slot, "A");
+  const found = detectFallback(persisted(switched.env), "A");
+  assert.deepEqual(found.fellBack, { version: "1.3.0", slot: "A", why: "unconfirmed" });
+  assert.equal(detectFallback(cameUp({ ...switched, env: found.vars }), "A").fellBack, undefined);
+});
+
+test("not a fallback: a commit, a confirmed boot, an operator's rollback", () => {
+  const committed = committedB();
+  assert.equal(committed.get("eos_pending"), "");
+  assert.equal(detectFallback(cameUp(grubBoot(committed)), "B").fellBack, undefined);
+  const rolled = persisted(rollbackTo(committed, "A"));
+  assert.equal(detectFallback(cameUp(grubBoot(rolled)), "A").fellBack, undefined);
+  const rewritten = persisted(markInvalid(persisted(markTrial(shipped(), "B", NEW, 3)), "B"));
+  assert.equal(
+    detectFallback(rewritten, "A").fellBack,
+    undefined,
+    "a slot being written again is no fallback",
   );
 });

@@ -1,7 +1,8 @@
 /**
- * How `os-update-server devices list|show` print the inventory for a person
- * (--json prints the API's answer as it is).
+ * How `os-update-server devices list|show` and `rollout list|show` print
+ * for a person (--json prints the API's answer as it is).
  */
+import { formatWaves, type Rollout, type WaveCount } from "./rollout.ts";
 
 export interface DeviceRow {
   id: string;
@@ -82,4 +83,47 @@ export function formatDevice(device: DeviceRow, events: EventRow[]): string {
     return `  ${e.time}  ${e.type.padEnd(17)} ${detail}`.trimEnd();
   });
   return `${head}\n\nevents (oldest first):\n${history.join("\n") || "  none"}\n`;
+}
+
+const share = (x: number) => `${Math.round(x * 1000) / 10}%`;
+
+export function formatRolloutList(rollouts: Rollout[]): string {
+  if (rollouts.length === 0) return "no rollouts\n";
+  return table([
+    ["ROLLOUT", "IMAGE", "VERSION", "PREVIOUS", "STATE", "WAVE", "WAVES", "REASON"],
+    ...rollouts.map((r) => [
+      r.id,
+      r.image,
+      r.version,
+      r.previous,
+      r.state,
+      `${r.current_wave + 1}/${r.waves.length}`,
+      formatWaves(r.waves),
+      r.reason ?? "",
+    ]),
+  ]);
+}
+
+export function formatRollout(r: Rollout, wave: WaveCount): string {
+  const fields: Array<[string, string]> = [
+    ["rollout", r.id],
+    ["image", r.image],
+    ["version", `${r.version} (devices outside released waves keep ${r.previous})`],
+    ["state", r.state],
+    ["reason", r.reason ?? "-"],
+    ["devices", r.filter.tags.length ? `with tags ${r.filter.tags.join(", ")}` : "all of the image"],
+    ["waves", formatWaves(r.waves)],
+    ["wave", `${r.current_wave + 1} of ${r.waves.length}, since ${r.wave_started}`],
+    [
+      "in the wave",
+      `${wave.members} devices: ${wave.succeeded} run ${r.version}, ${wave.errors} failed/fell back/rolled back`,
+    ],
+    ["soak", `${r.soak_seconds} s`],
+    [
+      "thresholds",
+      `pause above ${share(r.error_threshold)} errors; next wave at ${share(r.success_threshold)} success`,
+    ],
+    ["created", r.created],
+  ];
+  return `${fields.map(([k, v]) => `${`${k}:`.padEnd(13)}${v}`).join("\n")}\n`;
 }

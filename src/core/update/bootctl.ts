@@ -95,6 +95,8 @@ export function markInvalid(vars: Map<string, string>, slot: Slot): Map<string, 
     next.set("eos_trial", "");
     next.set("eos_tries", "0");
   }
+  // Being written again: whatever was pending there is no longer waiting for its boots (fallback.ts).
+  if (vars.get("eos_pending") === slot) next.set("eos_pending", "");
   return next;
 }
 
@@ -113,6 +115,7 @@ export function markTrial(
   next.set(slotVar(slot, "verity"), content.verity ?? "");
   next.set("eos_trial", slot);
   next.set("eos_tries", String(tries));
+  next.set("eos_pending", slot);
   return next;
 }
 
@@ -133,6 +136,8 @@ export function commitSlot(
   next.set("eos_trial", "");
   next.set("eos_tries", "0");
   next.set("eos_unconfirmed", "");
+  next.set("eos_pending", "");
+  next.set("eos_confirmed", running);
   return { vars: next, changed: true };
 }
 
@@ -159,6 +164,9 @@ export function rollbackTo(vars: Map<string, string>, target: Slot): Map<string,
   next.set("eos_trial", "");
   next.set("eos_tries", "0");
   next.set("eos_unconfirmed", "");
+  // The operator's choice, not GRUB's: no fallback to report at the next boot.
+  next.set("eos_pending", "");
+  next.set("eos_confirmed", target);
   return next;
 }
 

@@ -34,6 +34,7 @@ import type { TokenStore } from "./tokens.ts";
 import { deltaFileName } from "./deltas.ts";
 import { HttpError, sendJson } from "./http-answer.ts";
 import type { ControlPlane } from "./fleet/api.ts";
+import type { VersionResolver } from "./fleet/assigned.ts";
 import { join } from "node:path";
 
 export interface UpdateServerOptions {
@@ -46,10 +47,14 @@ export interface UpdateServerOptions {
   onIdle?: IdleHook;
   /** The fleet control plane (device reports, admin API), when the server has a database. */
   control?: ControlPlane;
+  /** Which version each device is served (rollouts, pins); without it, the newest for all. */
+  resolve?: VersionResolver;
 }
 
 export function createUpdateServer(options: UpdateServerOptions): Server {
   const { store, tokens, logger } = options;
+  const versionFor = (name: string, device: string | undefined) =>
+    options.resolve ? options.resolve.version(name, device) : store.current(name);
   const limits: StreamLimits = { ...DEFAULT_STREAM_LIMITS, ...options.limits };
   const pool = new BufferPool(limits.poolBytes, limits.bigBufferBytes);
   const active = { total: 0, byClient: new Map<string, number>() };
@@ -105,10 +110,11 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     name: string,
     kind: StreamKind,
     client: string,
+    device: string | undefined,
   ): Promise<number> {
     const release = admit(client);
     try {
-      return await streamAdmitted(req, res, name, kind);
+      return await streamAdmitted(req, res, name, kind, device);
     } finally {
       release();
     }
@@ -119,8 +125,9 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     res: ServerResponse,
     name: string,
     kind: StreamKind,
+    device: string | undefined,
   ): Promise<number> {
-    const version = await store.current(name);
+    const version = await versionFor(name, device);
     const range = version?.ranges[kind];
     const part = kind === "root" ? version?.manifest.partitions.root : version?.manifest.partitions.firmware;
     if (!version || !range || !part) throw new HttpError(404, `no ${kind} stream for image ${name}`);
@@ -189,20 +196,34 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     const d = /^\/v1\/images\/([^/]+)\/deltas(?:\/([0-9a-f]{64}))?$/.exec(path);
     if (d) {
       const name = imageNameOf(d[1] as string);
-      if (d[2]) return sendDelta(req, res, name, d[2], device ?? req.socket.remoteAddress ?? "unknown");
-      const version = await store.current(name);
+      if (d[2])
+        return sendDelta(req, res, name, d[2], device ?? req.socket.remoteAddress ?? "unknown", device);
+      const version = await versionFor(name, device);
       if (!version) throw new HttpError(404, `image ${name} is not published`);
       if (!version.deltaIndexBytes)
         throw new HttpError(404, `no deltas for ${name} ${version.manifest.version}`);
       return sendBytes(req, res, version.deltaIndexBytes, `"${version.vid}"`);
+    }
+    const a = /^\/v1\/images\/([^/]+)\/assignment$/.exec(path);
+    if (a && options.resolve) {
+      const from = url.searchParams.get("from") ?? "";
+      if (!/^[0-9a-f]{64}$/.test(from))
+        throw new HttpError(400, "from: the running root's sha256 (64 hex digits)");
+      const bytes = await options.resolve.assignment(
+        imageNameOf(a[1] as string),
+        device,
+        req.headers.authorization,
+        from,
+      );
+      return sendBytes(req, res, bytes, `"${from}"`);
     }
     const m = /^\/v1\/images\/([^/]+)\/(manifest\.json|manifest\.json\.sig|root|firmware)$/.exec(path);
     if (!m) throw new HttpError(404, "no such resource");
     const name = imageNameOf(m[1] as string);
     const what = m[2] as string;
     if (what === "root" || what === "firmware")
-      return stream(req, res, name, what, device ?? req.socket.remoteAddress ?? "unknown");
-    const version = await store.current(name);
+      return stream(req, res, name, what, device ?? req.socket.remoteAddress ?? "unknown", device);
+    const version = await versionFor(name, device);
     if (!version) throw new HttpError(404, `image ${name} is not published`);
     const bytes = what === "manifest.json" ? version.manifestBytes : version.signatureBytes;
     if (!bytes) throw new HttpError(404, `image ${name} is unsigned`);
@@ -238,8 +259,9 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     name: string,
     fromSha256: string,
     client: string,
+    device: string | undefined,
   ): Promise<number> {
-    const version = await store.current(name);
+    const version = await versionFor(name, device);
     if (!version) throw new HttpError(404, `image ${name} is not published`);
     let handle: FileHandle;
     try {

@@ -61,6 +61,8 @@ async function fsyncPath(path: string, directory = false): Promise<void> {
 export class PublishedImages {
   readonly dir: string;
   private readonly cache = new Map<string, PublishedVersion>();
+  /** Versions read by find(), by NAME/VID: a version directory never changes once published. */
+  private readonly older = new Map<string, PublishedVersion>();
 
   constructor(dir: string) {
     this.dir = dir;
@@ -129,6 +131,23 @@ export class PublishedImages {
       await source.close();
     }
     return { name, vid, dir, rawPath, manifestBytes, signatureBytes, deltaIndexBytes, manifest, ranges };
+  }
+
+  /**
+   * A kept version by its version string (a rollout names versions, not
+   * directories): the newest publish of it, or undefined when it is gone.
+   */
+  async find(name: string, version: string): Promise<PublishedVersion | undefined> {
+    const current = await this.current(name);
+    if (current?.manifest.version === version) return current;
+    for (const vid of await this.history(name)) {
+      const key = `${name}/${vid}`;
+      const kept = this.older.get(key) ?? (await this.load(name, vid).catch(() => undefined));
+      if (!kept) continue;
+      this.older.set(key, kept);
+      if (kept.manifest.version === version) return kept;
+    }
+    return undefined;
   }
 
   /** The version directories kept for `name`, newest publish first. */

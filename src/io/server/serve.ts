@@ -15,6 +15,8 @@ import { PublishedImages } from "./published.ts";
 import { DEFAULT_TOKENS_DIR, loadServerConfig, publishedDir } from "./server-config.ts";
 import { TokenStore } from "./tokens.ts";
 import { openControlPlane } from "./fleet/open.ts";
+import { versionResolver } from "./fleet/assigned.ts";
+import { loadPrivateKey } from "../keys.ts";
 
 export interface ServeOptions {
   config?: string | undefined;
@@ -25,6 +27,7 @@ export interface ServeOptions {
   tlsKey?: string | undefined;
   tokensDir?: string | undefined;
   stateDir?: string | undefined;
+  assignmentKey?: string | undefined;
   auth: boolean;
 }
 
@@ -83,9 +86,16 @@ export async function serve(ctx: Context, o: ServeOptions): Promise<void> {
     throw new EosError("USAGE", `--port: not a port: ${o.port}`);
   const host = o.listen ?? conf.listen ?? "0.0.0.0";
   const store = new PublishedImages(publishedDir(ctx, setup, o.imagesDir));
-  const fleet = await openControlPlane(ctx, setup, o.stateDir, logger);
+  const fleet = await openControlPlane(ctx, setup, o.stateDir, logger, store);
+  const signerPath = o.assignmentKey ?? conf.assignment_key;
+  const assignmentKey = signerPath === undefined ? undefined : await loadPrivateKey(signerPath);
   const server = createUpdateServer({
-    ...(fleet ? { control: fleet.control } : {}),
+    ...(fleet
+      ? {
+          control: fleet.control,
+          resolve: versionResolver(store, fleet.rollouts, assignmentKey, logger, ctx.now),
+        }
+      : {}),
     store,
     tokens,
     logger,
@@ -111,10 +121,27 @@ export async function serve(ctx: Context, o: ServeOptions): Promise<void> {
   const shown = address.family === "IPv6" ? `[${address.address}]` : address.address;
   const url = `${tls ? "https" : "http"}://${shown}:${address.port}`;
   logger.info("listening", { url, images_dir: store.dir, auth: Boolean(tokens) });
+  // Soak times end without a report to notice it: judge the running rollouts on a timer as well.
+  const judge = fleet
+    ? setInterval(
+        () => {
+          fleet.rollouts
+            .evaluate()
+            .then((steps) => {
+              for (const s of steps) logger.info("rollout", { id: s.id, ...s.step });
+            })
+            .catch((error: unknown) =>
+              logger.error("judging rollouts failed", { error: errorMessage(error) }),
+            );
+        },
+        (conf.rollout_interval ?? 30) * 1000,
+      )
+    : undefined;
   await new Promise<void>((resolve) => {
     if (ctx.signal.aborted) resolve();
     ctx.signal.addEventListener("abort", () => resolve(), { once: true });
   });
+  clearInterval(judge);
   server.close();
   server.closeAllConnections();
   await fleet?.store.close();

@@ -15,6 +15,7 @@ import {
   type Slot,
 } from "../../core/update/bootctl.ts";
 import { crashPoint } from "../crash-point.ts";
+import { detectFallback } from "../../core/update/fallback.ts";
 import { hashRange } from "../hash.ts";
 import { readBootControl, writeBootControl } from "./boot-control.ts";
 import { kernelCommandLine, openDevice, withUpdateLock, type UpdaterOptions } from "./updater.ts";
@@ -35,8 +36,16 @@ export async function commit(o: UpdaterOptions, options: { reboot: boolean }): P
     else {
       // A normal boot of the committed slot (or a disk with nothing on trial): confirm it.
       const slot = device.layout.online ? device.layout.running : state.defaultSlot;
-      const { vars: next, changed } = confirmBoot(vars, slot);
-      if (changed) await writeBootControl(device.esp, next, "confirm");
+      // GRUB went back on its own since the last boot: say so once (core/update/fallback.ts).
+      const { vars: marked, fellBack } = detectFallback(vars, slot);
+      const { vars: next, changed } = confirmBoot(marked, slot);
+      if (changed || fellBack) await writeBootControl(device.esp, next, "confirm");
+      if (fellBack) {
+        o.say(
+          `${fellBack.version ?? "the update"} did not come up (${fellBack.why}): slot ${slot} runs again`,
+        );
+        await o.events?.note({ type: "fell_back", version: fellBack.version, slot });
+      }
       const status = changed ? "confirmed" : device.layout.online ? "not-trial" : "no-trial";
       return { status, defaultSlot: state.defaultSlot };
     }

@@ -27,6 +27,12 @@ export interface UpdateSource {
   fetchDeltaIndex(): Promise<Buffer | undefined>;
   /** The delta from the root with this sha256 to the current version. */
   openDelta(fromSha256: string): Promise<Readable>;
+  /**
+   * The server's signed downgrade assignment for this device running the
+   * root with this sha256 (HTTPS only), with the token it is bound to;
+   * undefined when the server assigns none.
+   */
+  fetchAssignment?(fromSha256: string): Promise<{ body: Buffer; token: string | undefined } | undefined>;
 }
 
 export interface HttpSourceOptions {
@@ -102,6 +108,15 @@ export function httpSource(options: HttpSourceOptions): UpdateSource {
       if (res.statusCode !== 200)
         throw statusError(res, `${options.name} delta from ${fromSha256.slice(0, 12)}…`);
       return res;
+    },
+    async fetchAssignment(fromSha256) {
+      const res = await httpGet(url(`assignment?from=${fromSha256}`), headers(), options.ca, timeout);
+      if (res.statusCode === 404) {
+        res.resume();
+        return undefined;
+      }
+      if (res.statusCode !== 200) throw statusError(res, `${options.name} assignment`);
+      return { body: await readBounded(res, 64 << 10, `${options.name} assignment`), token: options.token };
     },
     async openStream(kind, offset, etag) {
       const h = headers();

@@ -46,6 +46,7 @@ import { locateSlots, type SlotLayout } from "./slots.ts";
 import { runningRootHash } from "./running-root.ts";
 import type { UpdateSource } from "./source.ts";
 import { downloadStarted, type UpdateEvents } from "./reporter.ts";
+import { judgeAssignment } from "./assignment.ts";
 
 const DEFAULT_ESP = "/boot/efi";
 
@@ -116,6 +117,8 @@ export interface CheckResult {
   available: boolean;
   /** How it would be downloaded, when available: a pair delta, or the full stream (and why). */
   plan: DeltaPlan | undefined;
+  /** Why the server's assignment did not allow the downgrade, when it is one. */
+  refusal?: string;
 }
 
 export async function check(o: UpdaterOptions): Promise<CheckResult> {
@@ -136,7 +139,13 @@ export async function check(o: UpdaterOptions): Promise<CheckResult> {
   const offer = judgeOffer(manifest, identity, { version: runningVersion, sha256: runningSha });
   const upToDate = offer.kind === "up-to-date";
   const downgrade = offer.kind === "not-newer";
-  const available = offer.kind === "update" || (downgrade && Boolean(o.allowDowngrade));
+  // An older version is installed on the operator's word on this device, or the server's signed one.
+  const verdict =
+    downgrade && !o.allowDowngrade
+      ? await judgeAssignment(o.ctx, setup.config, source, manifest, runningSha)
+      : undefined;
+  const assigned = verdict !== undefined && "allowed" in verdict;
+  const available = offer.kind === "update" || (downgrade && (Boolean(o.allowDowngrade) || assigned));
   const plan = !available
     ? undefined
     : o.noDelta
@@ -152,6 +161,7 @@ export async function check(o: UpdaterOptions): Promise<CheckResult> {
     downgrade,
     available,
     plan,
+    ...(verdict && "refused" in verdict ? { refusal: verdict.refused } : {}),
   };
 }
 
@@ -188,10 +198,11 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
     const r = await check(o);
     const { manifest, device, setup } = r;
     if (r.upToDate) return { status: "up-to-date", version: manifest.version };
-    if (r.downgrade && !o.allowDowngrade) {
+    if (r.downgrade && !r.available) {
       throw new EosError(
         "DOWNGRADE",
-        `the server offers ${manifest.version}, not newer than the running ${r.runningVersion}`,
+        `the server offers ${manifest.version}, not newer than the running ${r.runningVersion}` +
+          (r.refusal ? ` (${r.refusal})` : ""),
         { hint: "pass --allow-downgrade to install it anyway" },
       );
     }

@@ -84,7 +84,9 @@ export async function adminClient(o: AdminClientOptions): Promise<AdminClient> {
             ? "NOT_FOUND"
             : res.statusCode === 400
               ? "USAGE"
-              : "HTTP";
+              : res.statusCode === 409
+                ? "REFUSED"
+                : "HTTP";
       throw new EosError(
         code,
         `${answer.error ?? `HTTP ${res.statusCode}`}`,

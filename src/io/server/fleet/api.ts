@@ -27,6 +27,9 @@ import { readBounded } from "../../read-bounded.ts";
 import { HttpError, sendJson } from "../http-answer.ts";
 import { DEVICE_NAME } from "../tokens.ts";
 import type { FleetStore } from "./store.ts";
+import type { PublishedImages } from "../published.ts";
+import { rolloutRoute } from "./rollout-api.ts";
+import type { RolloutStore } from "./rollouts.ts";
 
 export interface ControlPlane {
   handles(path: string): boolean;
@@ -100,7 +103,10 @@ function pathId(encoded: string, what: string, pattern: RegExp): string {
   return id;
 }
 
-export function controlPlane(store: FleetStore): ControlPlane {
+export function controlPlane(
+  store: FleetStore,
+  rollouts?: { store: RolloutStore; images: PublishedImages; onError(error: unknown): void },
+): ControlPlane {
   async function admin(
     req: IncomingMessage,
     needed: Role,
@@ -136,7 +142,27 @@ export function controlPlane(store: FleetStore): ControlPlane {
       if (!device) throw refuse(401, "reports need a device token (the server runs with --no-auth)", "AUTH");
       auth.log.device = device;
       const batch = await readJson(req, MAX_EVENTS_BODY_BYTES, eventBatchSchema);
-      return sendJson(res, 200, await store.record(device, batch));
+      const stored = await store.record(device, batch);
+      // A report can end a wave (its last commit) or cross the error threshold: judge it now.
+      if (rollouts && stored.stored > 0)
+        await rollouts.store.evaluate(batch.device.image).catch(rollouts.onError);
+      return sendJson(res, 200, stored);
+    }
+    if (rollouts) {
+      const answered = await rolloutRoute(
+        req,
+        res,
+        url,
+        {
+          admin: (needed) => admin(req, needed, auth.log),
+          method: (allowed) => method(req, allowed),
+          body: (schema) => readJson(req, ADMIN_BODY_BYTES, schema),
+          pathId,
+        },
+        rollouts.store,
+        rollouts.images,
+      );
+      if (answered !== undefined) return answered;
     }
     if (path === "/v1/admin/whoami") {
       method(req, ["GET"]);

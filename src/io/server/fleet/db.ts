@@ -43,7 +43,33 @@ export interface AdminTokensTable {
   created: string;
 }
 
+export interface RolloutsTable {
+  id: string;
+  image: string;
+  version: string;
+  previous: string;
+  filter: string;
+  waves: string;
+  soak_seconds: number;
+  error_threshold: number;
+  success_threshold: number;
+  state: string;
+  current_wave: number;
+  wave_started: string;
+  reason: string | null;
+  created: string;
+  updated: string;
+}
+
+export interface DevicePinsTable {
+  device: string;
+  version: string;
+  created: string;
+}
+
 export interface FleetSchema {
+  rollouts: RolloutsTable;
+  device_pins: DevicePinsTable;
   devices: DevicesTable;
   device_tags: DeviceTagsTable;
   events: EventsTable;

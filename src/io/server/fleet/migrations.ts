@@ -59,5 +59,35 @@ export function fleetMigrations(kind: DbKind): Record<string, Migration> {
           .execute();
       },
     },
+    "0002_rollouts": {
+      async up(db: Kysely<unknown>) {
+        // Filter and waves are small JSON documents: read whole, never queried inside.
+        await db.schema
+          .createTable("rollouts")
+          .addColumn("id", "text", (c) => c.primaryKey())
+          .addColumn("image", "text", (c) => c.notNull())
+          .addColumn("version", "text", (c) => c.notNull())
+          .addColumn("previous", "text", (c) => c.notNull())
+          .addColumn("filter", "text", (c) => c.notNull())
+          .addColumn("waves", "text", (c) => c.notNull())
+          .addColumn("soak_seconds", "integer", (c) => c.notNull())
+          .addColumn("error_threshold", "double precision", (c) => c.notNull())
+          .addColumn("success_threshold", "double precision", (c) => c.notNull())
+          .addColumn("state", "text", (c) => c.notNull())
+          .addColumn("current_wave", "integer", (c) => c.notNull())
+          .addColumn("wave_started", "text", (c) => c.notNull())
+          .addColumn("reason", "text")
+          .addColumn("created", "text", (c) => c.notNull())
+          .addColumn("updated", "text", (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex("rollouts_image").on("rollouts").columns(["image", "created"]).execute();
+        await db.schema
+          .createTable("device_pins")
+          .addColumn("device", "text", (c) => c.primaryKey())
+          .addColumn("version", "text", (c) => c.notNull())
+          .addColumn("created", "text", (c) => c.notNull())
+          .execute();
+      },
+    },
   };
 }

@@ -12,6 +12,9 @@ import type { ServerSetup } from "../server-config.ts";
 import { controlPlane, type ControlPlane } from "./api.ts";
 import { DEFAULT_STATE_DIR, openFleetDb, SQLITE_FILE } from "./db.ts";
 import { FleetStore } from "./store.ts";
+import { RolloutStore } from "./rollouts.ts";
+import type { PublishedImages } from "../published.ts";
+import { errorMessage } from "../../../core/errors.ts";
 
 export function databaseSpec(ctx: Context, setup: ServerSetup, stateDir: string | undefined): string {
   if (setup.config.database !== undefined) return setup.config.database;
@@ -37,11 +40,16 @@ export async function openControlPlane(
   setup: ServerSetup,
   stateDir: string | undefined,
   logger: Logger,
-): Promise<{ store: FleetStore; control: ControlPlane } | undefined> {
+  images: PublishedImages,
+): Promise<{ store: FleetStore; rollouts: RolloutStore; control: ControlPlane } | undefined> {
   try {
-    const store = await openFleetStore(ctx, setup, stateDir);
+    const db = await openFleetDb(databaseSpec(ctx, setup, stateDir));
+    const store = new FleetStore(db, ctx.now);
+    const rollouts = new RolloutStore(db, ctx.now);
     logger.info("control plane", { database: store.describe });
-    return { store, control: controlPlane(store) };
+    const onError = (error: unknown) =>
+      logger.error("judging rollouts failed", { error: errorMessage(error) });
+    return { store, rollouts, control: controlPlane(store, { store: rollouts, images, onError }) };
   } catch (error) {
     if (error instanceof EosError && error.code === "NOT_FOUND") {
       logger.error("control plane off: device reports and the admin API answer 404", {

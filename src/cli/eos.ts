@@ -5,6 +5,7 @@
  */
 import { resolve } from "node:path";
 import { EosError } from "../core/errors.ts";
+import { ARCHITECTURES, parseArchitecture } from "../core/image/arch.ts";
 import { PROFILES, parseSize, type Profile } from "../core/image/description.ts";
 import type { Context } from "../io/context.ts";
 import { runDemo } from "../io/demo.ts";
@@ -31,6 +32,8 @@ function size(name: string, value: string): number {
 
 interface BuildOpts {
   profile: string;
+  arch: string;
+  cache: boolean;
   out: string;
   key?: string[];
   version?: string;
@@ -111,6 +114,11 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
     )
     .argument("<description>", "image description (YAML), e.g. images/default.yaml")
     .option("--profile <profile>", "AB (two root slots) or Static (slot A only)", "AB")
+    .option("--arch <arch>", `target architecture: ${ARCHITECTURES.join(" or ")}`, "x86_64")
+    .option(
+      "--no-cache",
+      "build the base root with mmdebstrap even if the root cache (EOS_CACHE_DIR, default /var/cache/eos/roots) has it",
+    )
     .option("--out <dir>", "output directory", "out")
     .option(
       "--key <file...>",
@@ -125,9 +133,12 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
     .action(async (description: string, opts: BuildOpts) => {
       if (!(PROFILES as readonly string[]).includes(opts.profile))
         throw usageError(`--profile ${opts.profile}: must be one of ${PROFILES.join(", ")}`);
+      const architecture = parseArchitecture(opts.arch);
       const r = await buildImage(ctx, {
         description,
         profile: opts.profile as Profile,
+        architecture,
+        noCache: !opts.cache,
         outDir: opts.out,
         keys: opts.key ?? [],
         noXz: !opts.xz,
@@ -147,7 +158,8 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
           ...(r.xz ? [`xz:        ${r.xz} (${formatBytes(r.xzBytes ?? 0)})`] : []),
           `root:      ${formatBytes(r.rootFsBytes)} in a ${formatBytes(r.rootSlotBytes)} slot`,
           `manifest:  ${r.manifest ?? "(none: pass --key)"}`,
-          `version:   ${r.name} ${r.version} (${r.profile})`,
+          `version:   ${r.name} ${r.version} (${r.architecture}, ${r.profile})`,
+          `base root: ${r.baseRootCached ? "from the root cache" : "built with mmdebstrap"}`,
           `build:     ${total.toFixed(1)} s`,
           "",
         ].join("\n"),

@@ -45,6 +45,7 @@ interface BuildOpts {
 }
 
 interface RunOpts {
+  arch?: string;
   sshPort?: string;
   sshKey?: string;
   tpm?: boolean;
@@ -171,6 +172,10 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
     .description("boot a disk image in QEMU: the image stays untouched, writes go to a working disk")
     .argument("<image>", "disk image (NAME.raw) made by eos build")
     .option(
+      "--arch <arch>",
+      `${ARCHITECTURES.join(" or ")} (default: what the image's root slot type says): QEMU, board and UEFI firmware`,
+    )
+    .option(
       "--ssh-port <port>",
       "host port (127.0.0.1) forwarded to the guest's SSH port; default: a free one",
     )
@@ -196,6 +201,7 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
         throw usageError(`--accel ${opts.accel}: auto, kvm or tcg`);
       result = await runImage(ctx, {
         image,
+        architecture: opts.arch === undefined ? undefined : parseArchitecture(opts.arch),
         work: opts.work,
         headless: Boolean(opts.headless),
         consoleLog: opts.consoleLog,

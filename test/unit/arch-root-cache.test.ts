@@ -3,7 +3,8 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { EosError } from "../../src/core/errors.ts";
 import { PartitionType } from "../../src/core/gpt.ts";
-import { parseArchitecture } from "../../src/core/image/arch.ts";
+import { architectureOfRootType, parseArchitecture } from "../../src/core/image/arch.ts";
+import { machineArgv } from "../../src/core/machine/qemu-machine.ts";
 import { packageList, parseImageDescription } from "../../src/core/image/description.ts";
 import { planLayout } from "../../src/core/image/layout.ts";
 import {
@@ -131,4 +132,36 @@ test("images/aarch64.yaml is valid and differs from default.yaml only where arm6
   assert.deepEqual(arm.kernel.cmdline, ["console=ttyAMA0"]);
   assert.deepEqual(arm.packages, x86.packages);
   assert.deepEqual(arm.services, x86.services);
+});
+
+test("aarch64 machines: virt with pauth-impdef under TCG, host CPU under KVM, AAVMF pflash, TIS device", () => {
+  const plan = {
+    accel: "tcg" as const,
+    cpus: 2,
+    memoryMiB: 1024,
+    firmwareCode: "/usr/share/AAVMF/AAVMF_CODE.fd",
+    firmwareVars: "/w/AAVMF_VARS.fd",
+    disk: "/w/disk.qcow2",
+    sshPort: 2222,
+    interactive: false,
+    tpmSocket: "/w/tpm.sock",
+  };
+  const arm = machineArgv({ ...plan, architecture: "aarch64" });
+  const after = (args: string[], flag: string) => args[args.indexOf(flag) + 1];
+  assert.equal(after(arm, "-machine"), "virt");
+  assert.equal(after(arm, "-cpu"), "max,pauth-impdef=on");
+  assert.ok(arm.includes("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd"));
+  assert.ok(arm.includes("tpm-tis-device,tpmdev=tpm0"));
+  const kvm = machineArgv({ ...plan, architecture: "aarch64", accel: "kvm" });
+  assert.equal(after(kvm, "-cpu"), "host");
+  const x86 = machineArgv(plan);
+  assert.equal(after(x86, "-machine"), "q35");
+  assert.equal(after(x86, "-cpu"), "max");
+  assert.ok(x86.includes("tpm-tis,tpmdev=tpm0"));
+});
+
+test("an image's architecture is its root slot type", () => {
+  assert.equal(architectureOfRootType(PartitionType.linuxRootArm64.toLowerCase()), "aarch64");
+  assert.equal(architectureOfRootType(PartitionType.linuxRootX86_64), "x86_64");
+  assert.equal(architectureOfRootType(PartitionType.linuxData), undefined);
 });

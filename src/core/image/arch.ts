@@ -116,3 +116,8 @@ export function parseArchitecture(value: string, what = "--arch"): Architecture 
 export function hostArchitecture(nodeArch: string): Architecture | undefined {
   return nodeArch === "x64" ? "x86_64" : nodeArch === "arm64" ? "aarch64" : undefined;
 }
+
+/** The architecture whose root slots carry this GPT type (what an EOS disk says it is for). */
+export function architectureOfRootType(typeGuid: string): Architecture | undefined {
+  return ARCHITECTURES.find((a) => ARCH_PROFILES[a].rootPartitionType === typeGuid.toUpperCase());
+}

@@ -92,7 +92,7 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
     .requiredOption("--key <file...>", "release private key(s); several sign a key rotation")
     .option("--name <name>", "image name (default: file name without .raw)")
     .option("--version <version>", "image version (default: creation time, sortable)")
-    .option("--arch <arch>", "architecture (default: this machine's)")
+    .option("--arch <arch>", "architecture (default: what the slots' GPT type says, else this machine's)")
     .option("--json", "print the manifest as JSON")
     .action(
       async (

@@ -18,6 +18,9 @@ import { planLayout } from "../../src/core/image/layout.ts";
 import { decodeGrubenv } from "../../src/core/update/grubenv.ts";
 import { ROOT_CLONE_LABEL, ROOT_LABEL } from "../../src/core/manifest.ts";
 import { imageArchitecture } from "../../src/io/disk-image.ts";
+import { generateReleaseKeys } from "../../src/io/keys.ts";
+import { writeManifest } from "../../src/io/release.ts";
+import { captureContext } from "../helpers/context.ts";
 import { assembleDisk, makeEsp, makeRootImage } from "../../src/io/image/disk.ts";
 import { openBlockSource } from "../../src/io/files.ts";
 import { rootCacheDir } from "../../src/io/image/root-cache.ts";
@@ -119,4 +122,8 @@ test("aarch64 AB disk: Linux root (ARM64) slots, BOOTAA64.EFI from arm64 modules
   assert.match(sg, /\s2\s+\d+\s+\d+\s+[\d.]+ MiB\s+8305\s+p\.lxreadonly/);
   assert.match(sg, /\s3\s+\d+\s+\d+\s+[\d.]+ MiB\s+8305\s+p\.lxrootclone1/);
   assert.equal(await imageArchitecture(raw), "aarch64");
+  // `eos manifest` without --arch on this x86_64 machine: the disk's own architecture.
+  const { key } = await generateReleaseKeys(join(work, "keys"), true);
+  const { manifest } = await writeManifest(captureContext().ctx, raw, { keys: [key], quiet: true });
+  assert.equal(manifest.architecture, "aarch64");
 });

@@ -1,5 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { EosError } from "../../src/core/errors.ts";
 import { PartitionType } from "../../src/core/gpt.ts";
@@ -164,4 +165,14 @@ test("an image's architecture is its root slot type", () => {
   assert.equal(architectureOfRootType(PartitionType.linuxRootArm64.toLowerCase()), "aarch64");
   assert.equal(architectureOfRootType(PartitionType.linuxRootX86_64), "x86_64");
   assert.equal(architectureOfRootType(PartitionType.linuxData), undefined);
+});
+
+test("device code runs on Debian's Node 18 (eos.node: debian): only core/crc32.ts touches zlib's crc32", () => {
+  // grep exits 1 when nothing matches.
+  const r = spawnSync("grep", ["-rlE", 'import \\{[^}]*crc32[^}]*\\} from "node:zlib"', "src"]);
+  const offenders = r.stdout
+    .toString()
+    .split("\n")
+    .filter((f) => f && f !== "src/core/crc32.ts");
+  assert.deepEqual(offenders, []);
 });

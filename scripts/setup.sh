@@ -10,6 +10,8 @@ packages=(
   podman runc uidmap slirp4netns fuse-overlayfs catatonit
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools tpm2-tools cryptsetup-bin
   mmdebstrap kexec-tools grub-efi-amd64-bin busybox-static gcc libc6-dev iproute2
+  # eos build --arch aarch64 (arm64 maintainer scripts under qemu-user) and eos run of its image
+  qemu-user-static binfmt-support arch-test qemu-system-arm qemu-efi-aarch64
   curl libjemalloc2
   postgresql
 )
@@ -28,6 +30,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt_opts=(-o "DPkg::Lock::Timeout=${lock_timeout}")
   "${sudo_cmd[@]}" apt-get "${apt_opts[@]}" update -q
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get "${apt_opts[@]}" install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# qemu-user runs foreign binaries through binfmt_misc; some containers start without it mounted.
+if [ ! -e /proc/sys/fs/binfmt_misc/status ] && [ "$(id -u)" -eq 0 ]; then
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || echo "setup: cannot mount binfmt_misc: no aarch64 builds"
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then

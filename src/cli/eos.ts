@@ -5,6 +5,7 @@
  */
 import { resolve } from "node:path";
 import { EosError } from "../core/errors.ts";
+import { ARCHITECTURES, parseArchitecture } from "../core/image/arch.ts";
 import { PROFILES, parseSize, type Profile } from "../core/image/description.ts";
 import type { Context } from "../io/context.ts";
 import { runDemo } from "../io/demo.ts";
@@ -31,6 +32,8 @@ function size(name: string, value: string): number {
 
 interface BuildOpts {
   profile: string;
+  arch: string;
+  cache: boolean;
   out: string;
   key?: string[];
   version?: string;
@@ -42,6 +45,7 @@ interface BuildOpts {
 }
 
 interface RunOpts {
+  arch?: string;
   sshPort?: string;
   sshKey?: string;
   tpm?: boolean;
@@ -88,7 +92,7 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
     .requiredOption("--key <file...>", "release private key(s); several sign a key rotation")
     .option("--name <name>", "image name (default: file name without .raw)")
     .option("--version <version>", "image version (default: creation time, sortable)")
-    .option("--arch <arch>", "architecture (default: this machine's)")
+    .option("--arch <arch>", "architecture (default: what the slots' GPT type says, else this machine's)")
     .option("--json", "print the manifest as JSON")
     .action(
       async (
@@ -111,6 +115,11 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
     )
     .argument("<description>", "image description (YAML), e.g. images/default.yaml")
     .option("--profile <profile>", "AB (two root slots) or Static (slot A only)", "AB")
+    .option("--arch <arch>", `target architecture: ${ARCHITECTURES.join(" or ")}`, "x86_64")
+    .option(
+      "--no-cache",
+      "build the base root with mmdebstrap even if the root cache (EOS_CACHE_DIR, default /var/cache/eos/roots) has it",
+    )
     .option("--out <dir>", "output directory", "out")
     .option(
       "--key <file...>",
@@ -125,9 +134,12 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
     .action(async (description: string, opts: BuildOpts) => {
       if (!(PROFILES as readonly string[]).includes(opts.profile))
         throw usageError(`--profile ${opts.profile}: must be one of ${PROFILES.join(", ")}`);
+      const architecture = parseArchitecture(opts.arch);
       const r = await buildImage(ctx, {
         description,
         profile: opts.profile as Profile,
+        architecture,
+        noCache: !opts.cache,
         outDir: opts.out,
         keys: opts.key ?? [],
         noXz: !opts.xz,
@@ -147,7 +159,8 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
           ...(r.xz ? [`xz:        ${r.xz} (${formatBytes(r.xzBytes ?? 0)})`] : []),
           `root:      ${formatBytes(r.rootFsBytes)} in a ${formatBytes(r.rootSlotBytes)} slot`,
           `manifest:  ${r.manifest ?? "(none: pass --key)"}`,
-          `version:   ${r.name} ${r.version} (${r.profile})`,
+          `version:   ${r.name} ${r.version} (${r.architecture}, ${r.profile})`,
+          `base root: ${r.baseRootCached ? "from the root cache" : "built with mmdebstrap"}`,
           `build:     ${total.toFixed(1)} s`,
           "",
         ].join("\n"),
@@ -158,6 +171,10 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
     .command("run")
     .description("boot a disk image in QEMU: the image stays untouched, writes go to a working disk")
     .argument("<image>", "disk image (NAME.raw) made by eos build")
+    .option(
+      "--arch <arch>",
+      `${ARCHITECTURES.join(" or ")} (default: what the image's root slot type says): QEMU, board and UEFI firmware`,
+    )
     .option(
       "--ssh-port <port>",
       "host port (127.0.0.1) forwarded to the guest's SSH port; default: a free one",
@@ -184,6 +201,7 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
         throw usageError(`--accel ${opts.accel}: auto, kvm or tcg`);
       result = await runImage(ctx, {
         image,
+        architecture: opts.arch === undefined ? undefined : parseArchitecture(opts.arch),
         work: opts.work,
         headless: Boolean(opts.headless),
         consoleLog: opts.consoleLog,

@@ -1,5 +1,6 @@
 /** Writing a GPT: protective MBR, both headers and entry arrays, as block writes. */
-import { crc32 } from "node:zlib";
+// Not node:zlib's crc32: Node 18 (Debian 12's nodejs, on images with eos.node: debian) lacks it.
+import { crc32 } from "./crc32.ts";
 import { EosError } from "./errors.ts";
 import {
   hasLoneSurrogate,

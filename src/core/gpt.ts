@@ -27,6 +27,8 @@ export const PartitionType = {
   efiSystem: "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
   linuxData: "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
   linuxRootX86_64: "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+  /** sgdisk 8305, "Linux root (ARM64)". */
+  linuxRootArm64: "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
 } as const;
 
 export interface GptPartition {

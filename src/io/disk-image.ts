@@ -1,4 +1,5 @@
 import { readGpt, requirePartition, findPartition, partitionRange, type GptTable } from "../core/gpt.ts";
+import { architectureOfRootType, type Architecture } from "../core/image/arch.ts";
 import { FIRMWARE_LABEL, ROOT_LABEL, type ManifestPartition } from "../core/manifest.ts";
 import { openBlockSource } from "./files.ts";
 import { hashRange } from "./hash.ts";
@@ -16,6 +17,18 @@ export interface DiskPartitions {
   table: GptTable;
   root: ManifestPartition;
   firmware: ManifestPartition | undefined;
+}
+
+/** The architecture an EOS disk image is for, from its slot A's GPT type; undefined if it says none. */
+export async function imageArchitecture(path: string): Promise<Architecture | undefined> {
+  const source = await openBlockSource(path);
+  try {
+    const { table } = await readGpt(source);
+    const slot = findPartition(table, ROOT_LABEL);
+    return slot ? architectureOfRootType(slot.typeGuid) : undefined;
+  } finally {
+    await source.close();
+  }
 }
 
 /** Size and sha256 of the updatable partitions of a disk image, found by label. */

@@ -6,7 +6,10 @@
 import { stat } from "node:fs/promises";
 import { basename } from "node:path";
 import { EosError } from "../core/errors.ts";
+import { findPartition, type GptTable } from "../core/gpt.ts";
+import { architectureOfRootType } from "../core/image/arch.ts";
 import {
+  ROOT_LABEL,
   encodeManifest,
   encodeSignatures,
   signManifest,
@@ -24,6 +27,11 @@ const ARCH: Record<string, string> = { x64: "x86_64", arm64: "aarch64", arm: "ar
 /** The architecture of this machine, as manifests name it. */
 export function hostArchitecture(): string {
   return ARCH[process.arch] ?? process.arch;
+}
+
+function slotArchitecture(table: GptTable): string | undefined {
+  const slot = findPartition(table, ROOT_LABEL);
+  return slot ? architectureOfRootType(slot.typeGuid) : undefined;
 }
 
 /** SOURCE_DATE_EPOCH from the environment (seconds since 1970), or undefined when unset. */
@@ -77,7 +85,8 @@ export async function writeManifest(
     schema: MANIFEST_SCHEMA,
     name: options.name ?? basename(image).replace(/\.raw$/, ""),
     version: options.version ?? defaultVersion(created),
-    architecture: options.arch ?? hostArchitecture(),
+    // An EOS disk says what it is for (its slots' GPT type); this machine's is the last resort.
+    architecture: options.arch ?? slotArchitecture(parts.table) ?? hostArchitecture(),
     created: created.toISOString(),
     partitions: parts.firmware ? { root: parts.root, firmware: parts.firmware } : { root: parts.root },
   };

@@ -6,6 +6,7 @@
 import { z } from "zod";
 import { parseYamlConfig } from "../config.ts";
 import { isSafeImageName } from "../image-name.ts";
+import { ARCH_PROFILES, type Architecture } from "./arch.ts";
 
 export const PROFILES = ["AB", "Static"] as const;
 export type Profile = (typeof PROFILES)[number];
@@ -173,7 +174,10 @@ export const imageDescriptionSchema = z
       .strictObject({
         /** Copy the bundled EOS commands (dist/*.mjs) into /usr/lib/eos. */
         commands: z.boolean().default(true),
-        /** host: the build machine's node binary; debian: bookworm's nodejs (Node 18); none. */
+        /**
+         * host: the build machine's node binary (only for an image of the build
+         * machine's architecture); debian: bookworm's nodejs (Node 18); none.
+         */
         node: z.enum(["host", "debian", "none"]).default("host"),
       })
       .prefault({}),
@@ -228,20 +232,23 @@ export function parseImageDescription(text: string, file: string): ImageDescript
   return parseYamlConfig(text, file, imageDescriptionSchema);
 }
 
-/** Packages every EOS root needs to boot and update itself, whatever the description lists. */
+/**
+ * Packages every EOS root needs to boot and update itself, whatever the
+ * description lists; the kernel comes from the architecture (src/core/image/arch.ts).
+ */
 export const REQUIRED_PACKAGES = [
   "systemd-sysv",
   "udev",
   "initramfs-tools",
-  "linux-image-cloud-amd64",
   "kexec-tools",
   "dosfstools",
   // os-update's delta path decodes pair deltas against the running slot.
   "xdelta3",
 ] as const;
 
-export function packageList(desc: ImageDescription): string[] {
-  const list = new Set<string>(REQUIRED_PACKAGES);
+export function packageList(desc: ImageDescription, architecture: Architecture = "x86_64"): string[] {
+  const arch = ARCH_PROFILES[architecture];
+  const list = new Set<string>([...REQUIRED_PACKAGES, arch.kernelPackage, ...arch.extraPackages]);
   if (desc.eos.node === "debian") list.add("nodejs");
   // veritysetup, which the initramfs opens the root slot with.
   if (desc.root.verity) list.add("cryptsetup-bin");

@@ -8,6 +8,7 @@ import { EosError } from "../errors.ts";
 import { FIRMWARE_LABEL, REGISTRY_LABEL, ROOT_CLONE_LABEL, ROOT_LABEL } from "../manifest.ts";
 import { PartitionType, type GptTable } from "../gpt.ts";
 import { usableRange } from "../gpt-write.ts";
+import { ARCH_PROFILES, type Architecture } from "./arch.ts";
 import type { ImageDescription, Profile } from "./description.ts";
 
 const MiB = 1024 * 1024;
@@ -44,18 +45,23 @@ const ALIGN = MiB;
 
 /**
  * GPT layout: p.UEFI, p.lxreadonly, p.lxrootclone1 (profile AB), p.spare
- * last. Partitions are MiB-aligned; the disk ends 1 MiB after the spare
+ * last; the slots carry the architecture's "Linux root" type. Partitions are MiB-aligned; the disk ends 1 MiB after the spare
  * partition (room for the backup GPT). GUIDs derive from the image name so
  * two builds of the same description are byte-identical.
  */
-export function planLayout(desc: ImageDescription, profile: Profile): DiskLayout {
+export function planLayout(
+  desc: ImageDescription,
+  profile: Profile,
+  architecture: Architecture = "x86_64",
+): DiskLayout {
   const sectorSize = 512;
+  const rootType = ARCH_PROFILES[architecture].rootPartitionType;
   const specs: Array<{ label: string; size: number; type: string }> = [
     { label: FIRMWARE_LABEL, size: desc.partitions.esp, type: PartitionType.efiSystem },
-    { label: ROOT_LABEL, size: desc.partitions.root, type: PartitionType.linuxRootX86_64 },
+    { label: ROOT_LABEL, size: desc.partitions.root, type: rootType },
   ];
   if (profile === "AB") {
-    specs.push({ label: ROOT_CLONE_LABEL, size: desc.partitions.root, type: PartitionType.linuxRootX86_64 });
+    specs.push({ label: ROOT_CLONE_LABEL, size: desc.partitions.root, type: rootType });
   }
   specs.push({ label: REGISTRY_LABEL, size: desc.partitions.spare, type: PartitionType.linuxData });
   let offset = ALIGN;

@@ -3,6 +3,7 @@
  * as EOS: the initramfs overlay hook, fstab, os-release, os-update.yml,
  * update_commit.service, the command wrappers and root's access.
  */
+import { ARCH_PROFILES, isArchitecture } from "./arch.ts";
 import type { ImageDescription } from "./description.ts";
 
 export interface RootFile {
@@ -95,6 +96,16 @@ exit 0
 `);
 
 /**
+ * The serial tty the kernel's console is on: the last console= (the one
+ * /dev/console is), e.g. ttyS0 on x86_64, ttyAMA0 on arm64 QEMU virt.
+ */
+export function serialConsole(cmdline: readonly string[]): string {
+  const consoles = cmdline.filter((w) => w.startsWith("console=")).map((w) => w.slice(8).split(",")[0] ?? "");
+  const last = consoles.at(-1);
+  return last && /^tty[A-Za-z]+[0-9]+$/.test(last) ? last : "ttyS0";
+}
+
+/**
  * Files every EOS root carries, generated from the description: boot
  * (initramfs overlay hook and modules, fstab), identity (os-release,
  * hostname), update (os-update.yml, update_commit.service), access (root's
@@ -114,11 +125,25 @@ export function rootFiles(
 ): RootFile[] {
   const files: RootFile[] = [];
   const add = (path: string, content: string, mode = 0o644) => files.push({ path, mode, content });
-  const modules = ["squashfs", "overlay", ...(desc.root.verity ? ["dm_verity"] : []), ...desc.kernel.modules];
+  const arch = isArchitecture(options.architecture) ? ARCH_PROFILES[options.architecture] : undefined;
+  const modules = [
+    "squashfs",
+    "overlay",
+    ...(desc.root.verity ? ["dm_verity"] : []),
+    ...(arch?.initramfsModules ?? []),
+    ...desc.kernel.modules,
+  ];
   add(
     "/etc/initramfs-tools/modules",
     `# EOS: the root slot is ${desc.root.filesystem}, the running root an overlay\n${[...new Set(modules)].join("\n")}\n`,
   );
+  if (arch?.initramfsModulesPolicy) {
+    // conf.d is read after initramfs.conf: the package's own file stays untouched.
+    add(
+      "/etc/initramfs-tools/conf.d/eos-modules",
+      `# EOS: the modules file above is the whole set (plus dependencies), not an addition\nMODULES=${arch.initramfsModulesPolicy}\n`,
+    );
+  }
   add("/etc/initramfs-tools/scripts/init-bottom/eos-overlay", INITRAMFS_OVERLAY_HOOK, 0o755);
   if (desc.root.verity) {
     add("/etc/initramfs-tools/scripts/local-premount/eos-verity", INITRAMFS_VERITY_SCRIPT, 0o755);
@@ -192,7 +217,7 @@ export function rootFiles(
   }
   if (desc.users.root.autologin_serial) {
     add(
-      "/etc/systemd/system/serial-getty@ttyS0.service.d/eos-autologin.conf",
+      `/etc/systemd/system/serial-getty@${serialConsole(desc.kernel.cmdline)}.service.d/eos-autologin.conf`,
       "[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --keep-baud 115200,57600,38400,9600 %I $TERM\n",
     );
   }

@@ -5,7 +5,7 @@
  */
 import { createPrivateKey, createPublicKey } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { EosError } from "../../core/errors.ts";
@@ -15,6 +15,7 @@ import {
   type ImageDescription,
   type Profile,
 } from "../../core/image/description.ts";
+import { ARCH_PROFILES, hostArchitecture, type Architecture } from "../../core/image/arch.ts";
 import { planLayout } from "../../core/image/layout.ts";
 import { keyId } from "../../core/manifest.ts";
 import { verityParameter, type VerityRecord } from "../../core/verity.ts";
@@ -22,11 +23,17 @@ import type { Context } from "../context.ts";
 import { loadPrivateKey, loadPublicKey } from "../keys.ts";
 import { sourceDateEpoch, writeManifest } from "../release.ts";
 import { addVerity, assembleDisk, compressXz, hashPadded, makeEsp, makeRootImage } from "./disk.ts";
-import { buildRootTree } from "./rootfs.ts";
+import { makeBaseRoot } from "./base-root.ts";
+import { RootCache, rootCacheDir } from "./root-cache.ts";
+import { buildRootTree, rootBuildEnv } from "./rootfs.ts";
 
 export interface BuildOptions {
   description: string;
   profile: Profile;
+  /** Default x86_64. */
+  architecture?: Architecture;
+  /** Build the base root with mmdebstrap even if the root cache has it (and do not store it). */
+  noCache?: boolean;
   outDir: string;
   /** Release private keys: sign the manifest; their public keys become trusted in the image. */
   keys: string[];
@@ -43,6 +50,9 @@ export interface BuildOptions {
 
 export interface BuildResult {
   name: string;
+  architecture: Architecture;
+  /** Whether the base root came from the root cache. */
+  baseRootCached: boolean;
   version: string;
   profile: Profile;
   raw: string;
@@ -136,6 +146,34 @@ async function trustedKeys(
   return out;
 }
 
+/**
+ * GRUB's modules for a foreign target, from the grub-efi-<arch>-bin .deb the
+ * base root fetched; undefined on x86_64, where the host's own are used.
+ */
+async function foreignGrubModules(
+  ctx: Context,
+  architecture: Architecture,
+  bootDebs: string,
+  work: string,
+): Promise<string | undefined> {
+  if (architecture === "x86_64") return undefined;
+  const arch = ARCH_PROFILES[architecture];
+  const debs = (await readdir(bootDebs).catch(() => [] as string[])).filter((n) =>
+    n.startsWith(`${arch.grubPackage}_`),
+  );
+  if (debs.length !== 1)
+    throw new EosError(
+      "BUILD",
+      `expected one ${arch.grubPackage} .deb in ${bootDebs}, found ${debs.length}`,
+      {
+        hint: "build again with --no-cache (the cached root lacks its boot loader packages)",
+      },
+    );
+  const dest = join(work, "grub-modules");
+  await ctx.proc.run(["dpkg-deb", "-x", join(bootDebs, debs[0] as string), dest], { code: "BUILD" });
+  return join(dest, "usr/lib/grub", arch.grubTarget);
+}
+
 export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildResult> {
   const log = (line: string) => ctx.stderr.write(`eos build: ${line}\n`);
   const descPath = resolve(o.description);
@@ -158,11 +196,22 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
       : desc.epoch !== undefined
         ? "the description's epoch"
         : `${desc.distribution.suite}'s release date; set epoch in the description to change it`;
-  const architecture = "x86_64";
-  const layout = planLayout(desc, o.profile);
+  const architecture = o.architecture ?? "x86_64";
+  if (desc.eos.node === "host" && hostArchitecture(process.arch) !== architecture) {
+    throw new EosError(
+      "CONFIG",
+      `${descPath}: eos.node: host ships this machine's ${process.arch} node binary, which cannot run on ${architecture}`,
+      {
+        hint: `set eos.node to debian (bookworm's nodejs 18.20, within the package's engines) or none; images/aarch64.yaml does`,
+      },
+    );
+  }
+  const layout = planLayout(desc, o.profile, architecture);
+  // x86_64 keeps its historical NAME.raw; other architectures say what they are, as the seed does.
+  const fileBase = architecture === "x86_64" ? desc.name : `${desc.name}.${architecture}-${o.profile}`;
   const outDir = resolve(o.outDir);
   await mkdir(outDir, { recursive: true });
-  const work = resolve(o.workDir ?? join(outDir, `.work-${desc.name}`));
+  const work = resolve(o.workDir ?? join(outDir, `.work-${fileBase}`));
   await rm(work, { recursive: true, force: true });
   await mkdir(work, { recursive: true });
   const overlays = desc.files.map((f) => (isAbsolute(f) ? f : resolve(base, f)));
@@ -177,11 +226,27 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
     return value;
   };
   log(
-    `${desc.name} ${desc.version}, profile ${o.profile}, SOURCE_DATE_EPOCH=${epoch} (${epochFrom}), work ${work}`,
+    `${desc.name} ${desc.version}, ${architecture}, profile ${o.profile}, SOURCE_DATE_EPOCH=${epoch} (${epochFrom}), work ${work}`,
   );
   if (keys.size === 0)
     log("warning: no trusted release keys (update.keys or --key): os-update will refuse updates");
   const tree = join(work, "tree");
+  const bootDebs = join(work, "boot-debs");
+  const cache = o.noCache ? undefined : new RootCache(rootCacheDir(ctx.env), ctx.proc);
+  const baseRoot = await step("base root", () =>
+    makeBaseRoot({
+      desc,
+      architecture,
+      tree,
+      bootDir: bootDebs,
+      sourceDateEpoch: epoch,
+      cache,
+      env: rootBuildEnv(epoch),
+      log,
+      proc: ctx.proc,
+      signal: ctx.signal,
+    }),
+  );
   const updateCommitUnit = await projectUnit("update_commit.service");
   const { kernel, commands } = await step("root tree", () =>
     buildRootTree({
@@ -220,6 +285,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
   }
   const rootSha256 = await step("root slot hash", () => hashPadded(rootImg, layout.slotA.size));
   const espImg = join(work, "esp.img");
+  const grubModuleDir = await foreignGrubModules(ctx, architecture, bootDebs, work);
   await step("ESP (GRUB EFI, grub.cfg, grubenv)", () =>
     makeEsp(
       ctx.proc,
@@ -235,9 +301,10 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
         verity: verity ? verityParameter(verity.record) : undefined,
       },
       { image: desc.name, architecture },
+      grubModuleDir,
     ),
   );
-  const raw = join(outDir, `${desc.name}.raw`);
+  const raw = join(outDir, `${fileBase}.raw`);
   await step("GPT disk", () => assembleDisk(layout, espImg, rootImg, raw));
   let xz: string | undefined;
   if (!o.noXz) {
@@ -279,6 +346,8 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
   if (!o.keepWork) await rm(work, { recursive: true, force: true });
   const result: BuildResult = {
     name: desc.name,
+    architecture,
+    baseRootCached: baseRoot.cached,
     version: desc.version,
     profile: o.profile,
     raw,
@@ -295,6 +364,6 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
     sourceDateEpoch: epoch,
     seconds,
   };
-  await writeFile(join(outDir, `${desc.name}.build.json`), `${JSON.stringify(result, null, 2)}\n`);
+  await writeFile(join(outDir, `${fileBase}.build.json`), `${JSON.stringify(result, null, 2)}\n`);
   return result;
 }

@@ -13,6 +13,7 @@ import { pipeline } from "node:stream/promises";
 import { EosError } from "../../core/errors.ts";
 import { encodeGpt } from "../../core/gpt-write.ts";
 import { earlyGrubCfg, generateGrubCfg, initialGrubenv } from "../../core/image/grubcfg.ts";
+import { ARCH_PROFILES, type Architecture } from "../../core/image/arch.ts";
 import { baseCmdline, type ImageDescription } from "../../core/image/description.ts";
 import type { DiskLayout } from "../../core/image/layout.ts";
 import { verityLayout, verityUuid, type VerityRecord } from "../../core/verity.ts";
@@ -156,7 +157,11 @@ export async function hashPadded(file: string, size: number): Promise<string> {
   return hash.digest("hex");
 }
 
-/** The ESP image: FAT with EFI/BOOT/{BOOTX64.EFI,grub.cfg,grubenv}. */
+/**
+ * The ESP image: FAT with EFI/BOOT/{BOOTX64.EFI or BOOTAA64.EFI,grub.cfg,grubenv}.
+ * GRUB's modules come from the host (x86_64) or from `grubModuleDir`, the
+ * target's modules extracted from its grub-efi-<arch>-bin .deb.
+ */
 export async function makeEsp(
   proc: ProcessRunner,
   desc: ImageDescription,
@@ -165,15 +170,17 @@ export async function makeEsp(
   out: string,
   sourceDateEpoch: number,
   slotA: { version: string; sha256: string; size: number; verity: string | undefined },
-  identity: { image: string; architecture: string },
+  identity: { image: string; architecture: Architecture },
+  grubModuleDir?: string,
 ): Promise<void> {
+  const arch = ARCH_PROFILES[identity.architecture];
   const env: NodeJS.ProcessEnv = {
     PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin",
     SOURCE_DATE_EPOCH: String(sourceDateEpoch),
     MTOOLS_SKIP_CHECK: "1",
   };
   const early = join(work, "early.cfg");
-  const efi = join(work, "BOOTX64.EFI");
+  const efi = join(work, arch.efiBinary);
   const cfg = join(work, "grub.cfg");
   const envblk = join(work, "grubenv");
   await writeFile(early, earlyGrubCfg());
@@ -192,7 +199,19 @@ export async function makeEsp(
   );
   await build(
     proc,
-    ["grub-mkimage", "-O", "x86_64-efi", "-p", "/EFI/BOOT", "-c", early, "-o", efi, ...GRUB_MODULES],
+    [
+      "grub-mkimage",
+      "-O",
+      arch.grubTarget,
+      ...(grubModuleDir ? ["-d", grubModuleDir] : []),
+      "-p",
+      "/EFI/BOOT",
+      "-c",
+      early,
+      "-o",
+      efi,
+      ...GRUB_MODULES,
+    ],
     { env },
   );
   await rm(out, { force: true });

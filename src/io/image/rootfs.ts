@@ -1,6 +1,6 @@
 /**
- * The root tree: mmdebstrap (bookworm, minbase) into a directory, then the
- * EOS customisation done from here with argv-only tools: generated files,
+ * The root tree: the base root (src/io/image/base-root.ts: mmdebstrap, or
+ * the root cache), then the EOS customisation done from here with argv-only tools: generated files,
  * overlay directories, keys, the Node runtime and the EOS bundles, services,
  * the initramfs with the overlay hook, and a clean-up so that two builds with
  * the same SOURCE_DATE_EPOCH give the same tree. Needs root (dpkg in a
@@ -20,7 +20,8 @@ import {
 } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { EosError } from "../../core/errors.ts";
-import { packageList, type ImageDescription } from "../../core/image/description.ts";
+import { ARCH_PROFILES, type Architecture } from "../../core/image/arch.ts";
+import type { ImageDescription } from "../../core/image/description.ts";
 import { rootFiles } from "../../core/image/root-files.ts";
 import type { ProcessRunner, RunOptions } from "../process.ts";
 
@@ -38,7 +39,7 @@ export interface RootTreeOptions {
   /** update_commit.service as os-update ships it (systemd/ in the checkout). */
   updateCommitUnit: string;
   /** The architecture the root is for, as manifests name it. */
-  architecture: string;
+  architecture: Architecture;
   sourceDateEpoch: number;
   log: (line: string) => void;
   signal?: AbortSignal;
@@ -70,37 +71,6 @@ function inTree(tree: string, path: string): string {
   return join(tree, path);
 }
 
-async function mmdebstrap(o: RootTreeOptions, env: NodeJS.ProcessEnv): Promise<void> {
-  const { desc } = o;
-  const argv = [
-    "mmdebstrap",
-    "--mode=root",
-    "--variant=minbase",
-    "--format=directory",
-    `--components=${desc.distribution.components.join(",")}`,
-    `--include=${packageList(desc).join(",")}`,
-    '--aptopt=APT::Install-Recommends "false"',
-    "--dpkgopt=path-exclude=/usr/share/doc/*",
-    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-    "--dpkgopt=path-exclude=/usr/share/man/*",
-    "--dpkgopt=path-exclude=/usr/share/info/*",
-    "--dpkgopt=path-exclude=/usr/share/locale/*",
-    "--dpkgopt=path-include=/usr/share/locale/locale.alias",
-    "--dpkgopt=path-exclude=/usr/share/lintian/*",
-    desc.distribution.suite,
-    o.tree,
-    desc.distribution.mirror,
-  ];
-  await run(o, argv, {
-    env,
-    capture: false,
-    onLine: (l) => {
-      if (/^(I|W|E): /.test(l)) o.log(`mmdebstrap: ${l}`);
-    },
-    ...(o.signal ? { signal: o.signal } : {}),
-  });
-}
-
 async function copyOverlay(
   o: RootTreeOptions,
   src: string,
@@ -119,7 +89,7 @@ async function kernelVersion(tree: string): Promise<string> {
   const names = (await readdir(join(tree, "boot"))).filter((n) => n.startsWith("vmlinuz-")).sort();
   if (names.length !== 1) {
     throw new EosError("BUILD", `expected one kernel in the root tree's /boot, found ${names.length}`, {
-      hint: "list exactly one linux-image package (the description always adds linux-image-cloud-amd64)",
+      hint: "list no linux-image package: every root gets its architecture's (src/core/image/arch.ts)",
     });
   }
   return (names[0] as string).slice("vmlinuz-".length);
@@ -158,21 +128,20 @@ async function removeVolatile(tree: string): Promise<void> {
   }
 }
 
-export async function buildRootTree(o: RootTreeOptions): Promise<{ kernel: string; commands: string[] }> {
-  const { desc, tree } = o;
-  const env: NodeJS.ProcessEnv = {
+/** The environment of mmdebstrap, chroot and systemctl --root: the same for every build. */
+export function rootBuildEnv(sourceDateEpoch: number): NodeJS.ProcessEnv {
+  return {
     PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin",
     LC_ALL: "C.UTF-8",
-    SOURCE_DATE_EPOCH: String(o.sourceDateEpoch),
+    SOURCE_DATE_EPOCH: String(sourceDateEpoch),
     DEBIAN_FRONTEND: "noninteractive",
     ...(process.env.TMPDIR ? { TMPDIR: process.env.TMPDIR } : {}),
   };
-  await rm(tree, { recursive: true, force: true });
-  o.log(
-    `root tree: mmdebstrap ${desc.distribution.suite} (${packageList(desc).length} packages and their dependencies)`,
-  );
-  await mmdebstrap(o, env);
+}
 
+export async function buildRootTree(o: RootTreeOptions): Promise<{ kernel: string; commands: string[] }> {
+  const { desc, tree } = o;
+  const env = rootBuildEnv(o.sourceDateEpoch);
   o.log("root tree: EOS files, overlays, keys, commands");
   for (const overlay of o.overlays) await copyOverlay(o, overlay, tree, env);
 
@@ -249,8 +218,12 @@ export async function buildRootTree(o: RootTreeOptions): Promise<{ kernel: strin
   if (desc.services.mask.length > 0)
     await run(o, ["systemctl", `--root=${tree}`, "mask", ...desc.services.mask], { env });
 
-  o.log(`root tree: initramfs for ${kernel} (squashfs, overlay, tmpfs root hook)`);
-  await run(o, ["chroot", tree, "update-initramfs", "-u", "-k", kernel], {
+  // With the initramfs deferred (arm64), this is its first and only run: -c creates it.
+  const deferred = ARCH_PROFILES[o.architecture].deferInitramfs;
+  o.log(
+    `root tree: initramfs for ${kernel} (squashfs, overlay, tmpfs root hook${deferred ? "; the one run mmdebstrap deferred" : ""})`,
+  );
+  await run(o, ["chroot", tree, "update-initramfs", deferred ? "-c" : "-u", "-k", kernel], {
     env,
     capture: false,
     ...(o.signal ? { signal: o.signal } : {}),

@@ -9,18 +9,21 @@
  */
 import { createWriteStream, existsSync, type WriteStream } from "node:fs";
 import { copyFile, mkdir, stat } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { EosError } from "../../core/errors.ts";
 import { guestSshArgv, machineArgv, type Accel } from "../../core/machine/qemu-machine.ts";
 import { systemRunner, type ChildProcess, type ProcessRunner } from "../process.ts";
-import { detectAccel, freePort, OVMF_CODE, OVMF_VARS, QEMU } from "./host.ts";
+import type { Architecture } from "../../core/image/arch.ts";
+import { detectAccel, freePort, MACHINE_HOSTS } from "./host.ts";
 
 export type { Accel };
 
 export interface VmOptions {
   /** The disk image (raw); a qcow2 overlay in workDir takes the writes. */
   image: string;
+  /** The image's architecture (default x86_64): QEMU binary, board and UEFI firmware. */
+  architecture?: Architecture;
   /** Overlay disk, OVMF variables, registry disk, TPM state and console log live here. */
   workDir: string;
   memoryMiB?: number;
@@ -132,22 +135,28 @@ export class Vm {
     const image = resolve(options.image);
     const imageStat = await stat(image).catch(() => undefined);
     if (!imageStat?.isFile()) throw new EosError("NOT_FOUND", `image ${image} does not exist`);
-    for (const f of [OVMF_CODE, OVMF_VARS]) {
+    const architecture = options.architecture ?? "x86_64";
+    const host = MACHINE_HOSTS[architecture];
+    for (const f of [host.firmwareCode, host.firmwareVars]) {
       if (!existsSync(f))
-        throw new EosError("VM", `${f} is missing`, { hint: "apt-get install ovmf (scripts/setup.sh)" });
+        throw new EosError("VM", `${f} is missing`, {
+          hint: `apt-get install ${host.packages} (scripts/setup.sh)`,
+        });
     }
     const proc = options.proc ?? systemRunner();
     const accel =
-      options.accel && options.accel !== "auto" ? options.accel : await detectAccel(process.env, proc);
+      options.accel && options.accel !== "auto"
+        ? options.accel
+        : await detectAccel(process.env, proc, architecture);
     const disk = join(workDir, "disk.qcow2");
-    const vars = join(workDir, "OVMF_VARS.fd");
+    const vars = join(workDir, basename(host.firmwareVars));
     if (!options.reuseDisk || !existsSync(disk)) {
       const size = Math.max(options.diskBytes ?? 0, imageStat.size);
       await proc.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", image, disk, String(size)],
         { code: "VM" },
       );
-      await copyFile(OVMF_VARS, vars);
+      await copyFile(host.firmwareVars, vars);
     }
     const registryBytes = options.registryDiskBytes ?? 2 * 1024 * 1024 * 1024;
     const registry = join(workDir, "registry.qcow2");
@@ -166,10 +175,11 @@ export class Vm {
     }
     const consoleLog = options.consoleLog ? resolve(options.consoleLog) : join(workDir, "console.log");
     const args = machineArgv({
+      architecture,
       accel,
       cpus: options.cpus ?? 2,
       memoryMiB: options.memoryMiB ?? 1024,
-      firmwareCode: OVMF_CODE,
+      firmwareCode: host.firmwareCode,
       firmwareVars: vars,
       disk,
       sshPort,
@@ -178,7 +188,7 @@ export class Vm {
       tpmSocket,
       noReboot: options.noReboot,
     });
-    const qemu = proc.start([QEMU, ...args], {
+    const qemu = proc.start([host.qemu, ...args], {
       stdio: options.interactive ? "inherit" : ["pipe", "pipe", "pipe"],
     }).child;
     const log = options.interactive ? undefined : createWriteStream(consoleLog, { flags: "a" });
@@ -195,7 +205,7 @@ export class Vm {
       onConsoleLine: options.onConsoleLine,
     });
     qemu.once("error", (error) => {
-      vm.consoleText += `\n[eos: cannot start ${QEMU}: ${error.message}]\n`;
+      vm.consoleText += `\n[eos: cannot start ${host.qemu}: ${error.message}]\n`;
     });
     return vm;
   }

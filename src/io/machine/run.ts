@@ -6,7 +6,10 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
+import { EosError } from "../../core/errors.ts";
+import type { Architecture } from "../../core/image/arch.ts";
 import type { Context } from "../context.ts";
+import { imageArchitecture } from "../disk-image.ts";
 import { Vm, type VmOptions } from "./qemu.ts";
 
 export interface RunImageOptions extends Omit<
@@ -14,6 +17,8 @@ export interface RunImageOptions extends Omit<
   "workDir" | "interactive" | "consoleLog" | "proc" | "image"
 > {
   image: string;
+  /** --arch; default: what the image's slot type says (x86_64 for a disk that says nothing). */
+  architecture?: Architecture | undefined;
   /** Kept when given; else a temporary directory removed at exit. */
   work?: string | undefined;
   headless: boolean;
@@ -27,9 +32,16 @@ export async function runImage(ctx: Context, o: RunImageOptions): Promise<number
   const interactive = !o.headless;
   const say = (line: string) => ctx.stderr.write(`eos run: ${line}\n`);
   try {
+    const fromImage = await imageArchitecture(o.image).catch(() => undefined);
+    if (o.architecture && fromImage && o.architecture !== fromImage)
+      throw new EosError("USAGE", `--arch ${o.architecture}: ${o.image} is an ${fromImage} image`, {
+        hint: `leave out --arch, or pass --arch ${fromImage}`,
+      });
+    const architecture = o.architecture ?? fromImage ?? "x86_64";
     const { work: _work, headless: _headless, waitSsh: _waitSsh, ...vmOptions } = o;
     const vm = await Vm.start({
       ...vmOptions,
+      architecture,
       workDir: work,
       interactive,
       proc: ctx.proc,
@@ -41,7 +53,9 @@ export async function runImage(ctx: Context, o: RunImageOptions): Promise<number
           : { consoleLog: `${basename(o.image).replace(/\.raw$/, "")}.console.log` }),
     });
     const key = o.sshKey ? `-i ${o.sshKey} ` : "";
-    say(`${o.image} under ${vm.accel.toUpperCase()}${o.tpm ? " with a TPM" : ""}; work ${work}`);
+    say(
+      `${o.image} (${architecture}) under ${vm.accel.toUpperCase()}${o.tpm ? " with a TPM" : ""}; work ${work}`,
+    );
     say(
       `ssh ${key}-p ${vm.sshPort} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1`,
     );
@@ -52,6 +66,10 @@ export async function runImage(ctx: Context, o: RunImageOptions): Promise<number
       void vm
         .waitForConsole(/Reached target.*Multi-User System/, { timeoutMs: 30 * 60_000 })
         .then(() => say(`multi-user.target after ${vm.uptime().toFixed(1)} s`))
+        .catch(() => undefined);
+      void vm
+        .waitForConsole(/ login: |root@[^:\s]+:[^#]*# /, { timeoutMs: 30 * 60_000 })
+        .then(() => say(`login prompt (or autologin shell) after ${vm.uptime().toFixed(1)} s`))
         .catch(() => undefined);
       if (o.waitSsh && o.sshKey) {
         void vm

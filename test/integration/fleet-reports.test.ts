@@ -8,13 +8,13 @@
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { copyFile, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { copyFile, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { once } from "node:events";
 import { request as httpsRequest } from "node:https";
 import { runEos } from "../helpers/run.ts";
 import { makeTestCert, startServer, type RunningServer, type TestCert } from "../helpers/serve.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
+import { startFleetServer, stopServer } from "../helpers/fleet-server.ts";
 import { makeDevice, type TestDevice } from "../helpers/device.ts";
 import { startPostgres, type Postgres } from "../helpers/postgres.ts";
 
@@ -52,12 +52,6 @@ after(async () => {
   await rm(world.dir, { recursive: true, force: true });
 });
 
-async function stop(server: RunningServer): Promise<void> {
-  const exited = once(server.child, "exit");
-  server.stop();
-  await exited;
-}
-
 for (const kind of ["sqlite", "postgres"] as const) {
   describe(`fleet reports on ${kind}`, () => {
     let dir: string;
@@ -71,41 +65,20 @@ for (const kind of ["sqlite", "postgres"] as const) {
     before(async () => {
       if (kind === "postgres" && !pg) return;
       dir = join(world.dir, kind);
-      await mkdir(dir, { recursive: true });
-      config = join(dir, "os-update.yml");
       const database = kind === "postgres" && pg ? `database: ${await pg.freshDatabase()}\n` : "";
-      await writeFile(config, `${await readFile(world.config, "utf8")}${database}`);
-      tokensDir = join(dir, "tokens");
-      for (const id of ["dev-1", "dev-2", "dev-3"]) {
-        const r = await runEos("os-update-server", ["token", "add", id, "--tokens-dir", tokensDir]);
-        tokens.set(id, r.stdout.toString().trim());
-      }
-      const admin = (name: string, role: string) =>
-        runEos("os-update-server", [
-          "admin-token",
-          "add",
-          name,
-          "--role",
-          role,
-          "--config",
-          config,
-          "--state-dir",
-          join(dir, "state"),
-        ]);
-      const ops = await admin("ops", "operator");
-      assert.equal(ops.code, 0, ops.stderr);
-      const viewer = await admin("watcher", "viewer");
-      env = {
-        ...process.env,
-        EOS_ADMIN_TOKEN: ops.stdout.toString().trim(),
-        VIEWER: viewer.stdout.toString().trim(),
-      };
-      server = await startServer({ config, tokensDir, tls });
-      env.EOS_SERVER_URL = server.url;
+      const fleet = await startFleetServer({
+        world,
+        dir,
+        extraConfig: database,
+        deviceIds: ["dev-1", "dev-2", "dev-3"],
+        tls,
+      });
+      ({ config, tokensDir, env, server } = fleet);
+      for (const [id, token] of fleet.tokens) tokens.set(id, token);
     });
 
     after(async () => {
-      if (server) await stop(server);
+      if (server) await stopServer(server);
       for (const d of devices) await d.close();
     });
 
@@ -243,7 +216,7 @@ for (const kind of ["sqlite", "postgres"] as const) {
     test("restarted, the server keeps its state; a device that committed while it was down reports later", async (t) => {
       if (!server) return t.skip(`PostgreSQL cannot start here: ${pgUnavailable}`);
       const d3 = devices[2] as TestDevice;
-      await stop(server);
+      await stopServer(server);
       await d3.boot("B", "COMMIT_UPDATE");
       const commit = await d3.run(["--commit"]);
       assert.equal(commit.code, 0, `committing needs no server: ${commit.stderr}`);

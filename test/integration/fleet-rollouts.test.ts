@@ -13,13 +13,13 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { generateKeyPairSync } from "node:crypto";
-import { copyFile, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { copyFile, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { once } from "node:events";
 import { request as httpsRequest } from "node:https";
 import { runEos } from "../helpers/run.ts";
 import { makeTestCert, startServer, type RunningServer, type TestCert } from "../helpers/serve.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
+import { startFleetServer, stopServer } from "../helpers/fleet-server.ts";
 import { makeDevice, type TestDevice } from "../helpers/device.ts";
 import { startPostgres, type Postgres } from "../helpers/postgres.ts";
 import { parseWaves, waveOf } from "../../src/core/fleet/rollout.ts";
@@ -82,12 +82,6 @@ after(async () => {
   await rm(world.dir, { recursive: true, force: true });
 });
 
-async function stop(server: RunningServer): Promise<void> {
-  const exited = once(server.child, "exit");
-  server.stop();
-  await exited;
-}
-
 const wave = (id: string) => waveOf({ id: ROLLOUT, waves: parseWaves(WAVES) }, id, []);
 
 for (const kind of ["sqlite", "postgres"] as const) {
@@ -105,38 +99,17 @@ for (const kind of ["sqlite", "postgres"] as const) {
     before(async () => {
       if (kind === "postgres" && !pg) return;
       dir = join(world.dir, kind);
-      await mkdir(dir, { recursive: true });
-      config = join(dir, "os-update.yml");
       const database = kind === "postgres" && pg ? `database: ${await pg.freshDatabase()}\n` : "";
       const serve = `serve:\n  rollout_interval: 500ms\n  assignment_key: ${keys.private}\n`;
-      await writeFile(config, `${await readFile(world.config, "utf8")}${database}${serve}`);
-      tokensDir = join(dir, "tokens");
-      for (const id of [...SIMS, ...REAL]) {
-        const r = await runEos("os-update-server", ["token", "add", id, "--tokens-dir", tokensDir]);
-        tokens.set(id, r.stdout.toString().trim());
-      }
-      const admin = (name: string, role: string) =>
-        runEos("os-update-server", [
-          "admin-token",
-          "add",
-          name,
-          "--role",
-          role,
-          "--config",
-          config,
-          "--state-dir",
-          join(dir, "state"),
-        ]);
-      const ops = await admin("ops", "operator");
-      assert.equal(ops.code, 0, ops.stderr);
-      const viewer = await admin("watcher", "viewer");
-      env = {
-        ...process.env,
-        EOS_ADMIN_TOKEN: ops.stdout.toString().trim(),
-        VIEWER: viewer.stdout.toString().trim(),
-      };
-      server = await startServer({ config, tokensDir, tls });
-      env.EOS_SERVER_URL = server.url;
+      const fleet = await startFleetServer({
+        world,
+        dir,
+        extraConfig: `${database}${serve}`,
+        deviceIds: [...SIMS, ...REAL],
+        tls,
+      });
+      ({ config, tokensDir, env, server } = fleet);
+      for (const [id, token] of fleet.tokens) tokens.set(id, token);
       port = String(server.port);
       for (const [id, trusted] of [
         [REAL[0], keys.public],
@@ -156,7 +129,7 @@ for (const kind of ["sqlite", "postgres"] as const) {
     });
 
     after(async () => {
-      if (server) await stop(server);
+      if (server) await stopServer(server);
       for (const d of real.values()) await d.close();
     });
 
@@ -341,7 +314,7 @@ for (const kind of ["sqlite", "postgres"] as const) {
 
     test("restarted, the server keeps the paused rollout; resume, the waves open as devices commit, a pin holds one back", async (t) => {
       if (!server) return t.skip(`PostgreSQL cannot start here: ${pgUnavailable}`);
-      await stop(server);
+      await stopServer(server);
       server = await startServer({ config, tokensDir, tls, extraArgs: ["--port", port] });
       const kept = await show();
       assert.equal(kept.rollout.state, "paused");

@@ -24,17 +24,18 @@ import {
 import type { DeviceState } from "../../../core/fleet/events.ts";
 import type { FleetDb, RolloutsTable } from "./db.ts";
 
-export interface NewRollout {
-  id?: string | undefined;
-  image: string;
-  version: string;
-  previous: string;
-  filter: RolloutFilter;
-  waves: Wave[];
-  soak_seconds: number;
-  error_threshold: number;
-  success_threshold: number;
-}
+/** What an operator gives; the store adds the state, the wave position and the times. */
+export type NewRollout = Pick<
+  Rollout,
+  | "image"
+  | "version"
+  | "previous"
+  | "filter"
+  | "waves"
+  | "soak_seconds"
+  | "error_threshold"
+  | "success_threshold"
+> & { id?: string | undefined };
 
 export type RolloutAction = "pause" | "resume" | "abort";
 

@@ -105,7 +105,7 @@ async function buildVersion(
   return { result, cached: false };
 }
 
-async function guestState(vm: Vm): Promise<GuestState> {
+export async function guestState(vm: Vm): Promise<GuestState> {
   const osRelease = await vm.sshOk(["cat", "/etc/os-release"]);
   const cmdline = (await vm.sshOk(["cat", "/proc/cmdline"])).trim();
   const grubenv: Record<string, string> = {};
@@ -127,7 +127,7 @@ async function guestState(vm: Vm): Promise<GuestState> {
 }
 
 /** Waits until the guest has committed its trial boot (update_commit.service ran). */
-async function waitForCommit(vm: Vm, timeoutMs: number): Promise<string> {
+export async function waitForCommit(vm: Vm, timeoutMs: number): Promise<string> {
   const deadline = performance.now() + timeoutMs;
   for (;;) {
     const state = (

@@ -2,15 +2,27 @@
  * The proof of the update cycle: what `eos demo` does (build v1 and v2,
  * serve v2, boot v1, check, apply with kexec into slot B, commit, roll back
  * with a reboot), asserted from inside the guest at each state, then a power
- * cut in the middle of --apply.
+ * cut in the middle of --apply, and one in the middle of the commit's write
+ * of the boot control block.
  */
 import { consoleContext } from "../helpers/context.ts";
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { runDemo, type DemoResult, type GuestState } from "../../src/io/demo.ts";
+import { spawnSync } from "node:child_process";
+import { mkdir, rm } from "node:fs/promises";
+import { guestState, runDemo, waitForCommit, type DemoResult, type GuestState } from "../../src/io/demo.ts";
+import { FIRMWARE_LABEL, ROOT_CLONE_LABEL, ROOT_LABEL } from "../../src/core/manifest.ts";
 import { Vm } from "../../src/io/machine/qemu.ts";
 import { vmSkipReason, VM_TMP, REPO } from "../helpers/vm-image.ts";
+import {
+  BOOT_TIMEOUT_MS,
+  editImageGrubenv,
+  partitionByLabel,
+  readImageGrubenv,
+  readPartition,
+  writePartition,
+} from "../helpers/vm.ts";
 
 const skip = vmSkipReason();
 if (skip) process.stdout.write(`# vm tier skipped: ${skip}\n`);
@@ -112,5 +124,87 @@ describe("update cycle in a real VM (the demo, asserted)", { skip, timeout: 75 *
     const check = await again.ssh(["os-update", "--check"], { timeoutMs: 300_000 });
     assert.equal(check.code, 1, check.stderr);
     assert.match(check.stdout, /update available: 1.0.0 → 2.0.0/);
+  });
+
+  it("a power cut during the commit's write of the boot control block keeps the trial, and the next boot commits", async () => {
+    // The machine from the last test, powered off: slot B gets v2 as --apply writes it, on trial,
+    // and update_commit.service gets a power cut (sysrq reset, QEMU ends) between the flushed
+    // temp block and its rename.
+    await demo.vm?.kill();
+    const dir = join(workDir, "commit-cut");
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(dir, { recursive: true });
+    const flatten = (qcow2: string, raw: string) => {
+      const r = spawnSync("qemu-img", ["convert", "-O", "raw", qcow2, raw]);
+      assert.equal(r.status, 0, r.stderr.toString());
+    };
+    const disk = join(dir, "before.raw");
+    flatten(join(workDir, "vm/disk.qcow2"), disk);
+    await writePartition(disk, ROOT_CLONE_LABEL, await readPartition(demo.v2.raw, ROOT_LABEL));
+    const v2env = await readImageGrubenv(demo.v2.raw);
+    const shipped = await readImageGrubenv(disk);
+    const cmdline = shipped.get("eos_cmdline") ?? "";
+    const crash =
+      "systemd.setenv=EOS_TEST_CRASH_AT=commit:before-rename systemd.setenv=EOS_TEST_CRASH_MODE=power";
+    await editImageGrubenv(disk, {
+      eos_B_version: "2.0.0",
+      eos_B_sha256: v2env.get("eos_A_sha256") ?? "",
+      eos_B_size: v2env.get("eos_A_size") ?? "",
+      eos_B_verity: v2env.get("eos_A_verity") ?? "",
+      eos_trial: "B",
+      eos_tries: "3",
+      eos_cmdline: `${cmdline} ${crash}`.trim(),
+    });
+    const sshKey = join(workDir, "keys/id_ed25519");
+    const cut = await Vm.start({
+      image: disk,
+      workDir: join(dir, "vm1"),
+      sshKey,
+      registryDiskBytes: 0,
+      noReboot: true,
+    });
+    let code: number | null;
+    try {
+      await cut.waitForConsole(/EOS: booting slot B .*COMMIT_UPDATE/, { timeoutMs: BOOT_TIMEOUT_MS });
+      code = await Promise.race([
+        cut.exited,
+        new Promise<never>((_, reject) =>
+          setTimeout(() => reject(new Error("the commit never reached its crash point")), BOOT_TIMEOUT_MS),
+        ),
+      ]);
+    } finally {
+      await cut.kill();
+    }
+    assert.equal(code, 0, "QEMU ended because the guest reset (-no-reboot), not by a kill");
+
+    // On the disk as the cut left it: GRUB's count of the trial boot, the old block, the flushed temp block.
+    const afterCut = join(dir, "after-cut.raw");
+    flatten(join(dir, "vm1/disk.qcow2"), afterCut);
+    const env = await readImageGrubenv(afterCut);
+    assert.equal(env.get("eos_default"), "A", "the commit never landed");
+    assert.equal(env.get("eos_trial"), "B", "B is still on trial");
+    assert.equal(env.get("eos_tries"), "2", "GRUB counted the cut boot");
+    const esp = await partitionByLabel(afterCut, FIRMWARE_LABEL);
+    const listing = spawnSync("mdir", ["-b", "-i", `${afterCut}@@${esp.offset}`, "::EFI/BOOT"], {
+      env: { ...process.env, MTOOLS_SKIP_CHECK: "1" },
+    }).stdout.toString();
+    assert.match(listing, /\.grubenv\.tmp-/, `the cut came after the temp block was flushed: ${listing}`);
+
+    // The next boot, without the crash point: B on trial again, commits, and cleans up.
+    await editImageGrubenv(afterCut, { eos_cmdline: cmdline });
+    const vm = await Vm.start({ image: afterCut, workDir: join(dir, "vm2"), sshKey, registryDiskBytes: 0 });
+    demo.vm = vm;
+    await vm.waitForSsh({ timeoutMs: BOOT_TIMEOUT_MS });
+    await vm.sshOk(["fleet", "--getkey"]);
+    assert.equal(await waitForCommit(vm, 5 * 60_000), "active (success)");
+    const s = await guestState(vm);
+    expectState(s, { version: "2.0.0", slot: "B", def: "B", check: 0 });
+    assert.match(s.cmdline, /COMMIT_UPDATE/, "the second boot was still the trial");
+    assert.doesNotMatch(s.cmdline, /EOS_TEST_CRASH/);
+    assert.doesNotMatch(
+      await vm.sshOk(["ls", "-a", "/boot/efi/EFI/BOOT"]),
+      /\.tmp-/,
+      "the stale temp block is gone",
+    );
   });
 });

@@ -23,6 +23,8 @@ export interface MachinePlan {
   interactive: boolean;
   registryDisk?: string | undefined;
   tpmSocket?: string | undefined;
+  /** A reset ends QEMU instead of restarting the machine (the disk stays as the reset left it). */
+  noReboot?: boolean | undefined;
 }
 
 /** -machine and -cpu for each architecture and accelerator. */
@@ -92,6 +94,7 @@ export function machineArgv(p: MachinePlan): string[] {
       architecture === "aarch64" ? "tpm-tis-device,tpmdev=tpm0" : "tpm-tis,tpmdev=tpm0",
     );
   }
+  if (p.noReboot) args.push("-no-reboot");
   return args;
 }
 

@@ -44,6 +44,8 @@ export interface VmOptions {
   consoleLog?: string;
   /** Called with each console line (headless only). */
   onConsoleLine?: (line: string) => void;
+  /** A reset of the guest ends QEMU (a power cut test inspects the disk before the next boot). */
+  noReboot?: boolean;
   /** Reuse the existing working disk and OVMF variables in workDir (a second boot of the same machine). */
   reuseDisk?: boolean;
   /** Starts QEMU, swtpm, qemu-img and ssh (default: the system's). */
@@ -184,6 +186,7 @@ export class Vm {
       interactive: Boolean(options.interactive),
       registryDisk: registryBytes > 0 ? registry : undefined,
       tpmSocket,
+      noReboot: options.noReboot,
     });
     const qemu = proc.start([host.qemu, ...args], {
       stdio: options.interactive ? "inherit" : ["pipe", "pipe", "pipe"],

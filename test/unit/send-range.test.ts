@@ -42,7 +42,9 @@ function fakeResponse(
     write(chunk: Buffer, callback: (error?: Error) => void) {
       res.bytes += chunk.length;
       res.largest = Math.max(res.largest, chunk.length);
-      o.onWrite?.(++res.writes);
+      // Counted apart from the hook: an optional call skips evaluating its arguments.
+      res.writes++;
+      o.onWrite?.(res.writes);
       const ms = o.delayMs?.(res.writes) ?? 0;
       if (ms > 0) setTimeout(callback, ms);
       else setImmediate(callback);

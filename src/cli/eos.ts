@@ -1,7 +1,8 @@
 /**
  * `eos`: the image tooling. keygen and manifest (release keys, signed
  * manifests), build (a bootable A/B disk image from a description), run
- * (boot it in QEMU) and demo (build, serve, boot, update, roll back).
+ * (boot it in QEMU), demo (build, serve, boot, update, roll back) and flash
+ * (write an image to an SD card or USB stick, verified).
  */
 import { resolve } from "node:path";
 import { EosError } from "../core/errors.ts";
@@ -14,6 +15,7 @@ import { generateReleaseKeys } from "../io/keys.ts";
 import { runImage } from "../io/machine/run.ts";
 import { formatBytes } from "../io/progress.ts";
 import { writeManifest } from "../io/release.ts";
+import { addFlashCommand } from "./eos-flash.ts";
 import { newProgram, parseProgram, usageError } from "./main.ts";
 
 function wholeNumber(name: string, value: string, min: number, max: number): number {
@@ -254,6 +256,8 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
       );
       result = ok ? 0 : 1;
     });
+
+  addFlashCommand(program, ctx);
 
   const early = await parseProgram(program, argv);
   return early ?? result;

@@ -19,11 +19,18 @@ import {
   symlink,
   writeFile,
   link,
+  utimes,
 } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { baseRootEntryName, baseRootKey } from "../../src/core/image/root-cache.ts";
-import { RootCache, rootCacheDir, DEFAULT_ROOT_CACHE } from "../../src/io/image/root-cache.ts";
+import {
+  DEFAULT_CACHE_KEEP,
+  DEFAULT_ROOT_CACHE,
+  RootCache,
+  rootCacheDir,
+  rootCacheKeep,
+} from "../../src/io/image/root-cache.ts";
 import { systemRunner } from "../../src/io/process.ts";
 import { fixedInputs } from "../helpers/root-cache-inputs.ts";
 
@@ -163,4 +170,49 @@ test("restore keeps owners, modes, symlinks, hard links, xattrs and device nodes
     (await stat(join(tree, "usr/bin/ping-hard"))).ino,
   );
   assert.ok((await lstat(join(tree, "null"))).isCharacterDevice());
+});
+
+test("a new entry prunes its architecture and suite to the most recently used, never one in use", async (t) => {
+  const dir = await tempDir(t);
+  const hour = 3600_000;
+  const now = Date.parse("2026-12-01T12:00:00Z");
+  const cache = new RootCache(dir, systemRunner(), { keep: 1, now: () => now });
+  const make = async (name: string, usedHoursAgo: number) => {
+    await mkdir(join(dir, name, "tree"), { recursive: true });
+    await writeFile(join(dir, name, "meta.json"), "{}");
+    const when = new Date(now - usedHoursAgo * hour);
+    await utimes(join(dir, name), when, when);
+  };
+  await make("x86_64-bookworm-aaaaaaaaaaaaaaaaaaaaaaaa", 48);
+  await make("x86_64-bookworm-bbbbbbbbbbbbbbbbbbbbbbbb", 24);
+  await make("x86_64-bookworm-cccccccccccccccccccccccc", 72);
+  await make("x86_64-bookworm-dddddddddddddddddddddddd", 0.5); // a build may still be copying it
+  await make("aarch64-bookworm-eeeeeeeeeeeeeeeeeeeeeeee", 100); // another family
+  await make("x86_64-trixie-ffffffffffffffffffffffff", 100);
+  const inputs = fixedInputs("2".repeat(64));
+  const name = baseRootEntryName(inputs, baseRootKey(inputs));
+  const { built } = await cache.obtain(inputs, async (fresh) => writeFile(join(fresh.tree, "x"), "1"));
+  assert.equal(built, true);
+  assert.deepEqual(
+    (await readdir(dir)).sort(),
+    [
+      "aarch64-bookworm-eeeeeeeeeeeeeeeeeeeeeeee",
+      name,
+      "x86_64-bookworm-dddddddddddddddddddddddd",
+      "x86_64-trixie-ffffffffffffffffffffffff",
+    ].sort(),
+  );
+  // A hit marks its entry used (its mtime), which is what pruning goes by.
+  const old = new Date(now - 30 * hour);
+  await utimes(join(dir, name), old, old);
+  const later = new RootCache(dir, systemRunner(), { keep: 1, now: () => now + hour });
+  assert.ok(await later.lookup(inputs));
+  assert.equal((await stat(join(dir, name))).mtimeMs, now + hour);
+});
+
+test("EOS_CACHE_KEEP: a whole number of at least 1, named when it is not", () => {
+  assert.equal(rootCacheKeep({}), DEFAULT_CACHE_KEEP);
+  assert.equal(rootCacheKeep({ EOS_CACHE_KEEP: "7" }), 7);
+  assert.throws(() => rootCacheKeep({ EOS_CACHE_KEEP: "0" }), /EOS_CACHE_KEEP=0: must be a whole number/);
+  assert.throws(() => rootCacheKeep({ EOS_CACHE_KEEP: "two" }), /EOS_CACHE_KEEP=two/);
 });

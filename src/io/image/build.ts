@@ -24,7 +24,7 @@ import { loadPrivateKey, loadPublicKey } from "../keys.ts";
 import { sourceDateEpoch, writeManifest } from "../release.ts";
 import { addVerity, assembleDisk, compressXz, hashPadded, makeEsp, makeRootImage } from "./disk.ts";
 import { makeBaseRoot } from "./base-root.ts";
-import { RootCache, rootCacheDir } from "./root-cache.ts";
+import { RootCache, rootCacheDir, rootCacheKeep } from "./root-cache.ts";
 import { buildRootTree, rootBuildEnv } from "./rootfs.ts";
 
 export interface BuildOptions {
@@ -232,7 +232,9 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
     log("warning: no trusted release keys (update.keys or --key): os-update will refuse updates");
   const tree = join(work, "tree");
   const bootDebs = join(work, "boot-debs");
-  const cache = o.noCache ? undefined : new RootCache(rootCacheDir(ctx.env), ctx.proc);
+  const cache = o.noCache
+    ? undefined
+    : new RootCache(rootCacheDir(ctx.env), ctx.proc, { keep: rootCacheKeep(ctx.env) });
   const baseRoot = await step("base root", () =>
     makeBaseRoot({
       desc,

@@ -10,7 +10,18 @@
  * matching meta.json (a crash, a partial copy, a hand edit) is not used:
  * it is removed and built again.
  */
-import { link, mkdir, readFile, readdir, rename, rm, unlink, writeFile } from "node:fs/promises";
+import {
+  link,
+  mkdir,
+  readFile,
+  readdir,
+  rename,
+  rm,
+  stat,
+  unlink,
+  utimes,
+  writeFile,
+} from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { EosError } from "../../core/errors.ts";
@@ -22,6 +33,27 @@ export const DEFAULT_ROOT_CACHE = "/var/cache/eos/roots";
 export function rootCacheDir(env: NodeJS.ProcessEnv): string {
   return env.EOS_CACHE_DIR && env.EOS_CACHE_DIR.length > 0 ? env.EOS_CACHE_DIR : DEFAULT_ROOT_CACHE;
 }
+
+/**
+ * Entries kept per architecture and suite (EOS_CACHE_KEEP): each is a whole
+ * root, most of a GB. Four: the demo's v1 and v2 (another package list) and
+ * the tests' own epoch are three keys of one archive state, plus one spare.
+ */
+export const DEFAULT_CACHE_KEEP = 4;
+
+export function rootCacheKeep(env: NodeJS.ProcessEnv): number {
+  const value = env.EOS_CACHE_KEEP;
+  if (value === undefined || value === "") return DEFAULT_CACHE_KEEP;
+  if (!/^\d+$/.test(value) || Number(value) < 1)
+    throw new EosError("CONFIG", `EOS_CACHE_KEEP=${value}: must be a whole number of at least 1`);
+  return Number(value);
+}
+
+/**
+ * An entry used within this time is never pruned: a build that found it may
+ * still be copying its tree (a copy takes well under a minute).
+ */
+const IN_USE_MS = 3600_000;
 
 export interface RootCacheEntry {
   key: string;
@@ -60,7 +92,12 @@ export class RootCache {
   constructor(
     readonly dir: string,
     private readonly proc: ProcessRunner,
-    private readonly options: { lockWaitMs?: number; pollMs?: number } = {},
+    private readonly options: {
+      lockWaitMs?: number;
+      pollMs?: number;
+      keep?: number;
+      now?: () => number;
+    } = {},
   ) {}
 
   private paths(name: string, key: string): RootCacheEntry {
@@ -76,7 +113,11 @@ export class RootCache {
     if (meta === undefined) return undefined;
     try {
       const parsed = JSON.parse(meta) as Partial<Meta>;
-      return parsed.key === key ? entry : undefined;
+      if (parsed.key !== key) return undefined;
+      // The entry's mtime is its last use: pruning keeps the recently used ones.
+      const now = new Date(this.options.now?.() ?? Date.now());
+      await utimes(entry.dir, now, now).catch(() => undefined);
+      return entry;
     } catch {
       return undefined;
     }
@@ -167,10 +208,39 @@ export class RootCache {
         await removeTree(tmp.dir);
         return { entry: other, built: false };
       }
+      await this.prune(name);
       return { entry, built: true };
     } finally {
       await release();
     }
+  }
+
+  /**
+   * After a new entry of an architecture and suite: removes that family's
+   * entries beyond the `keep` most recently used, except any used within the
+   * last hour. Other families are left alone. Returns the removed names.
+   */
+  async prune(fresh: string): Promise<string[]> {
+    const family = fresh.slice(0, fresh.lastIndexOf("-") + 1);
+    const now = this.options.now?.() ?? Date.now();
+    const entries: Array<{ name: string; used: number }> = [];
+    for (const name of await readdir(this.dir)) {
+      if (!name.startsWith(family) || name.includes(".tmp-") || name.endsWith(".lock")) continue;
+      if (name.slice(family.length).includes("-")) continue;
+      const info = await stat(join(this.dir, name)).catch(() => undefined);
+      if (info?.isDirectory()) entries.push({ name, used: name === fresh ? now : info.mtimeMs });
+    }
+    entries.sort((a, b) => b.used - a.used);
+    const removed: string[] = [];
+    for (const old of entries.slice(this.options.keep ?? DEFAULT_CACHE_KEEP)) {
+      if (now - old.used < IN_USE_MS) continue;
+      // Out of sight first (a lookup now misses it), then away.
+      const doomed = join(this.dir, `${old.name}.tmp-prune-${process.pid}`);
+      await rename(join(this.dir, old.name), doomed);
+      await removeTree(doomed);
+      removed.push(old.name);
+    }
+    return removed;
   }
 
   /** Copies an entry's tree to `tree` (which must not exist): owners, modes, links, xattrs, devices. */

@@ -37,9 +37,22 @@ if [ ! -e /proc/sys/fs/binfmt_misc/status ] && [ "$(id -u)" -eq 0 ]; then
   mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || echo "setup: cannot mount binfmt_misc: no aarch64 builds"
 fi
 
+# better-sqlite3 publishes no binary for this Node, so every npm ci of a fresh clone compiled
+# it (about a minute). prebuild-install looks in a local directory before it compiles: keep
+# the binary compiled here there, keyed by version, Node ABI and architecture.
+prebuilds="${EOS_PREBUILD_CACHE:-/var/cache/eos/prebuilds}"
+export npm_config_better_sqlite3_local_prebuilds="$prebuilds"
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: npm ci"
   npm ci --no-audit --no-fund
 else
   npm run --silent build
+fi
+sqlite_dir=node_modules/better-sqlite3
+if [ -e "$sqlite_dir/build/Release/better_sqlite3.node" ]; then
+  tarball="$prebuilds/better-sqlite3-v$(node -p "require('./$sqlite_dir/package.json').version")-node-v$(node -p process.versions.modules)-linux-$(node -p process.arch).tar.gz"
+  if [ ! -e "$tarball" ] && mkdir -p "$prebuilds" 2>/dev/null; then
+    tar -czf "$tarball.tmp-$$" -C "$sqlite_dir" build/Release/better_sqlite3.node && mv "$tarball.tmp-$$" "$tarball" &&
+      echo "setup: kept the compiled better-sqlite3 in $tarball" || rm -f "$tarball.tmp-$$"
+  fi
 fi

@@ -268,8 +268,14 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
         sshKey,
         registryDiskBytes: 0,
       });
-      await machine.waitForConsole(/ login: /, { timeoutMs: BOOT_MS });
-      await machine.waitForSsh({ timeoutMs: 3 * 60_000 });
+      // Not yet `vm`, which close() kills: a boot that never answers must not leave QEMU running.
+      try {
+        await machine.waitForConsole(/ login: /, { timeoutMs: BOOT_MS });
+        await machine.waitForSsh({ timeoutMs: 3 * 60_000 });
+      } catch (error) {
+        await machine.kill();
+        throw error;
+      }
       return [machine, `${machine.accel}: login and SSH after ${machine.uptime().toFixed(0)} s`];
     });
     const booted = await step("in the guest: fleet --getkey; os-update --check", async () => {

@@ -6,6 +6,7 @@
 import { pipeline } from "node:stream/promises";
 import { EosError } from "../core/errors.ts";
 import { expandLongOptionPrefixes } from "../core/long-options.ts";
+import { streamBytes } from "../core/manifest.ts";
 import type { Context } from "../io/context.ts";
 import { systemBootActions, type BootActions } from "../io/update/boot-actions.ts";
 import { sshOriginalRead } from "../io/update/source.ts";
@@ -68,7 +69,7 @@ async function runCheck(ctx: Context, o: UpdaterOptions, opts: Options): Promise
         ? {
             path: r.plan.path,
             bytes: planBytes(r.plan, r.manifest),
-            full_bytes: r.manifest.partitions.root.size,
+            full_bytes: streamBytes(r.manifest.partitions.root),
             ...(r.plan.path === "delta"
               ? { from_version: r.plan.delta.from_version }
               : { reason: r.plan.reason }),

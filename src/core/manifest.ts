@@ -22,6 +22,14 @@ export interface ManifestPartition {
   label: string;
   size: number;
   sha256: string;
+  /**
+   * Bytes from the partition's start up to its zero tail (a 4 KiB multiple, or
+   * the size): the stream carries only these, the device writes the zeros
+   * itself, and the whole-partition sha256 covers both. Absent: the whole size.
+   */
+  data_bytes?: number | undefined;
+  /** The root's chunk index (src/core/update/chunk-index.ts), signed by its size and sha256. */
+  chunk_index?: { size: number; sha256: string } | undefined;
   /** Reserved for delta transfer: fixed-size chunks and their hashes. */
   chunks?: { size: number; sha256: string[] } | undefined;
   /** The slot's dm-verity tree (src/core/verity.ts): what the kernel checks every read against. */
@@ -91,12 +99,28 @@ export class Shape {
 }
 
 function partitionOf(s: Shape, value: unknown, path: string): ManifestPartition {
-  const p = s.object(value, path, ["label", "size", "sha256"], ["chunks", "verity"]);
+  const p = s.object(
+    value,
+    path,
+    ["label", "size", "sha256"],
+    ["data_bytes", "chunk_index", "chunks", "verity"],
+  );
   const part: ManifestPartition = {
     label: s.string(p.label, `${path}.label`, undefined, undefined, 36),
     size: s.count(p.size, `${path}.size`),
     sha256: s.string(p.sha256, `${path}.sha256`, SHA256, "must be 64 lowercase hex digits"),
   };
+  if (p.data_bytes !== undefined) {
+    part.data_bytes = s.count(p.data_bytes, `${path}.data_bytes`);
+    if (part.data_bytes > part.size) s.fail(`${path}.data_bytes`, "must not exceed size");
+  }
+  if (p.chunk_index !== undefined) {
+    const c = s.object(p.chunk_index, `${path}.chunk_index`, ["size", "sha256"]);
+    part.chunk_index = {
+      size: s.count(c.size, `${path}.chunk_index.size`),
+      sha256: s.string(c.sha256, `${path}.chunk_index.sha256`, SHA256, "must be 64 lowercase hex digits"),
+    };
+  }
   if (p.chunks !== undefined) {
     const c = s.object(p.chunks, `${path}.chunks`, ["size", "sha256"]);
     part.chunks = {
@@ -142,6 +166,11 @@ export function checkManifest(value: unknown, source = "manifest"): Manifest {
         : { firmware: partitionOf(s, parts.firmware, "partitions.firmware") }),
     },
   };
+}
+
+/** Bytes of a partition's stream that a device downloads: up to its zero tail. */
+export function streamBytes(part: ManifestPartition): number {
+  return part.data_bytes ?? part.size;
 }
 
 export function encodeManifest(manifest: Manifest): Buffer {

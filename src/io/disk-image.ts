@@ -3,6 +3,7 @@ import { architectureOfRootType, type Architecture } from "../core/image/arch.ts
 import { FIRMWARE_LABEL, ROOT_LABEL, type ManifestPartition } from "../core/manifest.ts";
 import { openBlockSource } from "./files.ts";
 import { hashRange } from "./hash.ts";
+import { DATA_PAGE, DataEnd } from "../core/zero-tail.ts";
 import type { FileHandle } from "node:fs/promises";
 import {
   checkVeritySuperblock,
@@ -43,9 +44,20 @@ export async function hashDiskPartitions(
       const part = required ? requirePartition(table, label, path) : findPartition(table, label);
       if (!part) return undefined;
       const range = partitionRange(table, part);
-      const sha256 = await hashRange(source.handle, range.offset, range.length, onBytes);
+      const data = new DataEnd();
+      const sha256 = await hashRange(source.handle, range.offset, range.length, onBytes, (bytes, at) =>
+        data.see(bytes, at),
+      );
       const verity = label === ROOT_LABEL ? await readVerity(source.handle, range, path) : undefined;
-      return { label, size: range.length, sha256, ...(verity ? { verity } : {}) };
+      // An all-zero partition still streams one page: data_bytes is a positive count.
+      const dataBytes = Math.min(range.length, Math.max(data.end, DATA_PAGE));
+      return {
+        label,
+        size: range.length,
+        sha256,
+        ...(dataBytes < range.length ? { data_bytes: dataBytes } : {}),
+        ...(verity ? { verity } : {}),
+      };
     };
     const root = (await describe(ROOT_LABEL, true)) as ManifestPartition;
     const firmware = await describe(FIRMWARE_LABEL, false);

@@ -11,6 +11,8 @@ export async function hashRange(
   offset: number,
   length: number,
   onBytes?: (n: number) => void,
+  /** Sees each block read, with its offset in the range (before it is hashed). */
+  onBlock?: (bytes: Buffer, at: number) => void,
 ): Promise<string> {
   const hash = createHash("sha256");
   const buffers = [Buffer.allocUnsafe(BLOCK), Buffer.allocUnsafe(BLOCK)];
@@ -33,6 +35,7 @@ export async function hashRange(
     at += got;
     turn ^= 1;
     pending = at < length ? readAt(buffers[turn] as Buffer, at) : undefined;
+    onBlock?.(current.subarray(0, got), at - got);
     hash.update(current.subarray(0, got));
     onBytes?.(got);
   }

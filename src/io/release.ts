@@ -3,10 +3,13 @@
  * creation time, and size + sha256 of each updatable partition found by
  * label), in canonical form, with a detached signature by each release key.
  */
-import { stat } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { open, stat } from "node:fs/promises";
 import { basename } from "node:path";
 import { EosError } from "../core/errors.ts";
-import { findPartition, type GptTable } from "../core/gpt.ts";
+import { findPartition, partitionRange, requirePartition, type GptTable } from "../core/gpt.ts";
+import { ChunkHasher, DEFAULT_CHUNKER, type Chunk } from "../core/update/chunker.ts";
+import { CHUNK_INDEX_SCHEMA, encodeChunkIndex } from "../core/update/chunk-index.ts";
 import { architectureOfRootType } from "../core/image/arch.ts";
 import {
   ROOT_LABEL,
@@ -14,10 +17,13 @@ import {
   encodeSignatures,
   signManifest,
   MANIFEST_SCHEMA,
+  streamBytes,
   type Manifest,
+  type ManifestPartition,
 } from "../core/manifest.ts";
 import type { Context } from "./context.ts";
 import { hashDiskPartitions } from "./disk-image.ts";
+import { hashRange } from "./hash.ts";
 import { atomicWriteFile } from "./files.ts";
 import { loadPrivateKey } from "./keys.ts";
 import { progress } from "./progress.ts";
@@ -66,7 +72,20 @@ export interface ManifestOptions {
   quiet?: boolean | undefined;
 }
 
-/** Writes IMAGE.manifest.json and IMAGE.manifest.json.sig beside the image. */
+/** The chunk list of the root's data (its zero tail is not chunked: devices write zeros). */
+async function chunkIndexOf(image: string, table: GptTable, root: ManifestPartition): Promise<Chunk[]> {
+  const range = partitionRange(table, requirePartition(table, ROOT_LABEL, image));
+  const hasher = new ChunkHasher(DEFAULT_CHUNKER);
+  const handle = await open(image, "r");
+  try {
+    await hashRange(handle, range.offset, streamBytes(root), undefined, (bytes) => hasher.push(bytes));
+  } finally {
+    await handle.close();
+  }
+  return hasher.end();
+}
+
+/** Writes IMAGE.manifest.json, its signatures IMAGE.manifest.json.sig and the root's chunk index IMAGE.chunks. */
 export async function writeManifest(
   ctx: Context,
   image: string,
@@ -80,6 +99,7 @@ export async function writeManifest(
     : progress(ctx.stderr, `hashing ${basename(image)}`, st.size, { interactive: ctx.interactive });
   const parts = await hashDiskPartitions(image, (n) => bar?.add(n));
   bar?.done();
+  const index = await chunkIndexOf(image, parts.table, parts.root);
   const created = creationTime(ctx);
   const manifest: Manifest = {
     schema: MANIFEST_SCHEMA,
@@ -88,7 +108,27 @@ export async function writeManifest(
     // An EOS disk says what it is for (its slots' GPT type); this machine's is the last resort.
     architecture: options.arch ?? slotArchitecture(parts.table) ?? hostArchitecture(),
     created: created.toISOString(),
-    partitions: parts.firmware ? { root: parts.root, firmware: parts.firmware } : { root: parts.root },
+    partitions: { root: { ...parts.root, chunk_index: { size: 0, sha256: "" } } },
+  };
+  const indexBytes = encodeChunkIndex(
+    {
+      schema: CHUNK_INDEX_SCHEMA,
+      name: manifest.name,
+      architecture: manifest.architecture,
+      version: manifest.version,
+      root_sha256: parts.root.sha256,
+      data_bytes: streamBytes(parts.root),
+      chunker: DEFAULT_CHUNKER,
+    },
+    index,
+  );
+  const chunkIndex = {
+    size: indexBytes.length,
+    sha256: createHash("sha256").update(indexBytes).digest("hex"),
+  };
+  manifest.partitions = {
+    root: { ...parts.root, chunk_index: chunkIndex },
+    ...(parts.firmware ? { firmware: parts.firmware } : {}),
   };
   let bytes: Buffer;
   try {
@@ -97,6 +137,8 @@ export async function writeManifest(
     throw new EosError("USAGE", `invalid manifest field: ${(error as Error).message.split("\n")[0]}`);
   }
   const manifestPath = `${image}.manifest.json`;
+  // The index first: a manifest on disk never names an index that is not there.
+  await atomicWriteFile(`${image}.chunks`, indexBytes);
   await atomicWriteFile(manifestPath, bytes);
   await atomicWriteFile(`${manifestPath}.sig`, encodeSignatures(signManifest(bytes, keys)));
   return { manifestPath, manifest };

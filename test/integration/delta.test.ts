@@ -26,7 +26,10 @@ const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
 interface Manifest {
   version: string;
-  partitions: { root: { sha256: string; size: number } };
+  partitions: {
+    root: { sha256: string; size: number; data_bytes?: number };
+    firmware?: { size: number; data_bytes?: number };
+  };
 }
 
 async function manifestOf(raw: string): Promise<Manifest> {
@@ -187,6 +190,56 @@ describe("delta updates: pair deltas made by the server, taken by the device", (
     }
   });
 
+  test("the root and firmware streams carry their data, not the zero tail (https and ssh)", async () => {
+    const { size, data_bytes: dataBytes } = v2Manifest.partitions.root;
+    assert.ok(dataBytes !== undefined && dataBytes < size / 2, `data_bytes ${dataBytes} of ${size}`);
+    const https = await deviceOnV1(httpsConfig());
+    try {
+      requests.length = 0;
+      const apply = await https.run(["--apply", "--no-delta"]);
+      assert.equal(apply.code, 0, apply.stderr);
+      assert.match(apply.stdout, new RegExp(`from ${dataBytes} bytes downloaded \\(full\\)`));
+      await slotBMatchesV2(https);
+      const served = requests.filter((r) => r.path.endsWith("/root")).reduce((n, r) => n + r.bytes, 0);
+      assert.equal(served, dataBytes, "bytes of the root stream the server sent");
+      console.log(`full stream: ${served} bytes on the wire for a ${size}-byte slot`);
+      // The firmware stream too: the ESP's zero tail stays on the server.
+      const firmware = v2Manifest.partitions.firmware;
+      assert.ok(firmware?.data_bytes !== undefined && firmware.data_bytes < firmware.size / 2);
+      requests.length = 0;
+      const fw = await https.run(["--firmware"]);
+      assert.equal(fw.code, 0, fw.stderr);
+      assert.equal(await readFile(join(https.esp, "fw.txt"), "utf8"), "firmware for 2.0.0\n");
+      const fwServed = requests.filter((r) => r.path.endsWith("/firmware")).reduce((n, r) => n + r.bytes, 0);
+      assert.equal(fwServed, firmware.data_bytes, "bytes of the firmware stream the server sent");
+    } finally {
+      await https.close();
+    }
+    const ssh = await deviceOnV1(sshConfig());
+    try {
+      const apply = await ssh.run(["--apply", "--no-delta"]);
+      assert.equal(apply.code, 0, apply.stderr);
+      assert.match(apply.stdout, new RegExp(`from ${dataBytes} bytes downloaded \\(full\\)`));
+      await slotBMatchesV2(ssh);
+      const fw = await ssh.run(["--firmware"]);
+      assert.equal(fw.code, 0, fw.stderr);
+      assert.equal(await readFile(join(ssh.esp, "fw.txt"), "utf8"), "firmware for 2.0.0\n");
+    } finally {
+      await ssh.close();
+    }
+    // What the forced command sends for such a request: the data, nothing after it.
+    const read = (command: string) =>
+      runEos("os-update-server", ["restricted", "--images-dir", world.imagesDir], {
+        env: { ...process.env, SSH_ORIGINAL_COMMAND: command },
+      });
+    const head = await read(`eos-read ${NAME} root 4096 ${dataBytes}`);
+    assert.equal(head.code, 0, head.stderr);
+    assert.equal(head.stdout.length, dataBytes - 4096);
+    const refused = await read(`eos-read ${NAME} manifest 0 10`);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /END is only for the root and firmware streams/);
+  });
+
   test("a delta whose bytes do not match the index: refused before decoding, the full stream is taken", async () => {
     const good = await readFile(deltaFile);
     const bad = Buffer.from(good);
@@ -261,7 +314,7 @@ describe("delta updates: pair deltas made by the server, taken by the device", (
       const download = JSON.parse(check.stdout).download;
       assert.equal(download.path, "full");
       assert.match(download.reason, /no delta from the running root/);
-      assert.equal(download.bytes, v2Manifest.partitions.root.size);
+      assert.equal(download.bytes, v2Manifest.partitions.root.data_bytes);
     } finally {
       await device.close();
     }

@@ -8,6 +8,8 @@ import { once } from "node:events";
 import { DIST, runEos } from "../helpers/run.ts";
 import { partitionBytes, zstdFile, flipByte } from "../helpers/sample-image.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
+import { decodeManifest, encodeManifest, encodeSignatures, signManifest } from "../../src/core/manifest.ts";
+import { loadPrivateKey } from "../../src/io/keys.ts";
 
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
@@ -112,6 +114,20 @@ describe("os-update-server fetch", () => {
         });
         await flipByte(raw, 2048 * 512 + 8 * 1024 * 1024 + 11 * 1024 * 1024); // inside the root, past 10 MB
         await copyFile(await zstdFile(raw), join(w.originDir, `${name}.raw.zst`));
+      },
+      /root partition does not match the signed manifest/,
+    ],
+    [
+      "a signed manifest that says zeros where the image has data (every full update would fail)",
+      async (w) => {
+        await releaseImage(w, name, "3.0.0", { compress: zstdFile, payloadBytes: 12 * 1024 * 1024 });
+        const path = join(w.originDir, `${name}.raw.manifest.json`);
+        const manifest = decodeManifest(await readFile(path));
+        manifest.partitions.root.data_bytes = 4096;
+        const bytes = encodeManifest(manifest);
+        const key = await loadPrivateKey(join(w.keysDir, "release.key"));
+        await writeFile(path, bytes);
+        await writeFile(`${path}.sig`, encodeSignatures(signManifest(bytes, [key])));
       },
       /root partition does not match the signed manifest/,
     ],

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { Chunker, chunkBuffer, type ChunkerParams } from "../../src/core/update/chunker.ts";
+import { Chunker, ChunkHasher, chunkBuffer, type ChunkerParams } from "../../src/core/update/chunker.ts";
 
 import { pseudoRandomBytes } from "../helpers/sample-image.ts";
 
@@ -59,4 +59,14 @@ test("content-defined: bytes inserted near the start change only the chunks arou
 test("bad parameters are refused", () => {
   assert.throws(() => new Chunker({ min: 0, avg: 1024, max: 4096 }), RangeError);
   assert.throws(() => new Chunker({ min: 2048, avg: 1024, max: 4096 }), RangeError);
+});
+
+test("ChunkHasher gives chunkBuffer's chunks and hashes for a stream in any pieces", () => {
+  const data = pseudoRandomBytes("hasher", 50_000);
+  const whole = chunkBuffer(data, SMALL);
+  for (const piece of [1, 777, 4096, data.length]) {
+    const hasher = new ChunkHasher(SMALL);
+    for (let at = 0; at < data.length; at += piece) hasher.push(data.subarray(at, at + piece));
+    assert.deepEqual(hasher.end(), whole, `pieces of ${piece}`);
+  }
 });

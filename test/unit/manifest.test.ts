@@ -311,3 +311,13 @@ test("the downgrade rule: only a strictly older server version is a downgrade", 
   assert.equal(isDowngrade("1.3.1", "1.3.0"), false);
   assert.equal(isDowngrade("2", "1.99.99"), false);
 });
+
+test("data_bytes says where a partition's zero tail begins: signed, and never past the partition", () => {
+  const root = { ...manifest.partitions.root, data_bytes: 182_452_224 };
+  const withData = { ...manifest, partitions: { root } };
+  assert.equal(decodeManifest(encodeManifest(withData)).partitions.root.data_bytes, 182_452_224);
+  assert.throws(
+    () => encodeManifest({ ...manifest, partitions: { root: { ...root, data_bytes: root.size + 1 } } }),
+    /partitions\.root\.data_bytes: must not exceed size/,
+  );
+});

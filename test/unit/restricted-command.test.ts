@@ -33,6 +33,20 @@ test("eos-read takes a resume offset", () => {
   });
 });
 
+test("eos-read takes an end for the root and firmware streams: the zero tail is not sent", () => {
+  assert.deepEqual(parseRestrictedCommand("eos-read EOS root 4096 12697600", DIRS), {
+    ok: true,
+    request: { kind: "read", name: "EOS", what: "root", offset: 4096, end: 12697600 },
+  });
+  for (const command of [
+    "eos-read EOS root 4096 100",
+    "eos-read EOS manifest 0 10",
+    "eos-read EOS root 0 1 2",
+    "eos-read EOS firmware 0 -1",
+  ])
+    assert.equal(parseRestrictedCommand(command, DIRS).ok, false, command);
+});
+
 test("hostile commands are refused with a reason", () => {
   const hostile = [
     "",

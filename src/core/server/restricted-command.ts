@@ -10,6 +10,7 @@
  *                                            (the original `os-update --read NAME`)
  *   [sudo] test -e|-f DIR/NAME.raw[.dev|.firmware]   does the image exist
  *   eos-read NAME root|firmware|manifest|signature [OFFSET]   (resume from OFFSET)
+ *   eos-read NAME root|firmware OFFSET END   bytes OFFSET to END (exclusive): not the zero tail
  *   eos-read NAME deltas                     the current version's delta index
  *   eos-read NAME delta FROM_SHA256          the delta to it from that root
  *
@@ -23,6 +24,8 @@ export type RestrictedRequest =
       name: string;
       what: "root" | "firmware" | "manifest" | "signature" | "disk";
       offset: number;
+      /** Where to stop (exclusive); the stream's end when absent. */
+      end?: number | undefined;
     }
   | { kind: "test"; name: string }
   | { kind: "deltas"; name: string }
@@ -68,7 +71,7 @@ export function parseRestrictedCommand(command: string | undefined, imageDirs: s
   const [verb, ...args] = words;
 
   if (verb === "eos-read") {
-    const [name, what, offsetText, ...extra] = args;
+    const [name, what, offsetText, endText, ...extra] = args;
     if (name && what === "deltas" && args.length === 2) {
       if (!isSafeImageName(name)) return refuse("invalid image name");
       return { ok: true, request: { kind: "deltas", name } };
@@ -79,14 +82,20 @@ export function parseRestrictedCommand(command: string | undefined, imageDirs: s
       return { ok: true, request: { kind: "delta", name, from: offsetText as string } };
     }
     if (extra.length > 0 || !name || !what)
-      return refuse("usage: eos-read NAME root|firmware|manifest|signature [OFFSET]");
+      return refuse("usage: eos-read NAME root|firmware|manifest|signature [OFFSET [END]]");
     if (!isSafeImageName(name)) return refuse("invalid image name");
     if (what !== "root" && what !== "firmware" && what !== "manifest" && what !== "signature") {
       return refuse(`unknown stream ${what}`);
     }
-    const offset = offsetText === undefined ? 0 : /^\d{1,15}$/.test(offsetText) ? Number(offsetText) : NaN;
+    const count = (text: string | undefined) => (/^\d{1,15}$/.test(text ?? "") ? Number(text) : NaN);
+    const offset = offsetText === undefined ? 0 : count(offsetText);
     if (Number.isNaN(offset)) return refuse("OFFSET must be a byte count");
-    return { ok: true, request: { kind: "read", name, what, offset } };
+    if (endText === undefined) return { ok: true, request: { kind: "read", name, what, offset } };
+    if (what !== "root" && what !== "firmware")
+      return refuse("END is only for the root and firmware streams");
+    const end = count(endText);
+    if (Number.isNaN(end) || end < offset) return refuse("END must be a byte count not below OFFSET");
+    return { ok: true, request: { kind: "read", name, what, offset, end } };
   }
 
   if (verb === "cat") {

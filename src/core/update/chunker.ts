@@ -104,6 +104,39 @@ export interface Chunk {
   sha256: string;
 }
 
+/** Chunks and their hashes of a stream pushed in pieces of any size: what `chunkBuffer` gives for the whole. */
+export class ChunkHasher {
+  readonly chunks: Chunk[] = [];
+  private readonly chunker: Chunker;
+  private hash = createHash("sha256");
+  private start = 0;
+  private offset = 0;
+
+  constructor(params: ChunkerParams = DEFAULT_CHUNKER) {
+    this.chunker = new Chunker(params);
+  }
+
+  push(bytes: Uint8Array): void {
+    let at = 0;
+    for (const cut of this.chunker.push(bytes)) this.cutAt(bytes, at, (at = cut - this.offset));
+    this.hash.update(bytes.subarray(at));
+    this.offset += bytes.length;
+  }
+
+  end(): Chunk[] {
+    for (const cut of this.chunker.end()) this.cutAt(new Uint8Array(0), 0, cut - this.offset);
+    return this.chunks;
+  }
+
+  private cutAt(bytes: Uint8Array, from: number, to: number): void {
+    this.hash.update(bytes.subarray(from, to));
+    const offset = this.offset + to;
+    this.chunks.push({ offset: this.start, size: offset - this.start, sha256: this.hash.digest("hex") });
+    this.start = offset;
+    this.hash = createHash("sha256");
+  }
+}
+
 /** Chunks of a whole buffer with their hashes (tests and small inputs; devices stream). */
 export function chunkBuffer(data: Uint8Array, params: ChunkerParams = DEFAULT_CHUNKER): Chunk[] {
   const chunker = new Chunker(params);

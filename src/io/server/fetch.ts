@@ -17,7 +17,9 @@ import {
   encodeManifest,
   verifyManifestSignature,
   MANIFEST_SCHEMA,
+  streamBytes,
   type Manifest,
+  type ManifestPartition,
 } from "../../core/manifest.ts";
 import type { ProcessRunner } from "../process.ts";
 import { decompressStream } from "../decompress.ts";
@@ -106,11 +108,19 @@ async function download(
   return { status: "ok", sha256: hash.digest("hex"), validators: origin.validators };
 }
 
-function samePartition(
-  a: { size: number; sha256: string } | undefined,
-  b: { size: number; sha256: string } | undefined,
-) {
-  return a?.size === b?.size && a?.sha256 === b?.sha256;
+/**
+ * The image's partition `a` is what the signed `b` describes; where `b` says
+ * the rest is zeros, the image has none but zeros there (else every device's
+ * full update would fail its hash check).
+ */
+function samePartition(a: ManifestPartition | undefined, b: ManifestPartition | undefined) {
+  return (
+    a !== undefined &&
+    b !== undefined &&
+    a.size === b.size &&
+    a.sha256 === b.sha256 &&
+    streamBytes(a) <= streamBytes(b)
+  );
 }
 
 /** The bytes of a root slot before its dm-verity tree, when it has one (src/core/verity.ts). */

@@ -58,11 +58,12 @@ export async function answerRestricted(
   const range = version.ranges[request.what];
   if (!range) return refuse(`image ${request.name} has no ${request.what} partition`);
   if (request.offset > range.length) return refuse("OFFSET is past the end of the stream");
-  if (request.offset === range.length) return 0;
+  const end = Math.min(request.end ?? range.length, range.length);
+  if (request.offset === end) return 0;
   await pipeline(
     createReadStream(version.rawPath, {
       start: range.offset + request.offset,
-      end: range.offset + range.length - 1,
+      end: range.offset + end - 1,
       highWaterMark: 1 << 20,
     }),
     ctx.stdout,

@@ -13,7 +13,7 @@ import { Readable } from "node:stream";
 import type { ByteRange } from "../../core/gpt.ts";
 import { EosError, errorMessage } from "../../core/errors.ts";
 import { decodeDeltaIndex, DELTA_WINDOW, pickDelta, type DeltaEntry } from "../../core/update/delta-index.ts";
-import type { Manifest } from "../../core/manifest.ts";
+import { streamBytes, type Manifest, type ManifestPartition } from "../../core/manifest.ts";
 import { pipeThrough, type ProcessRunner } from "../process.ts";
 import { findInPath } from "../files.ts";
 import { progress, type Progress } from "../progress.ts";
@@ -239,7 +239,7 @@ export async function writeRootByPlan(o: {
   target: ByteRange;
   /** The target slot's name, for progress lines. */
   label: string;
-  root: { size: number; sha256: string; verity?: VerityRecord | undefined };
+  root: ManifestPartition;
   limits: TransferLimits;
   retryDelayMs?: number | undefined;
 }): Promise<RootWrite> {
@@ -249,7 +249,7 @@ export async function writeRootByPlan(o: {
   const { root } = o;
   if (o.plan?.path === "delta" && o.running) {
     const { delta } = o.plan;
-    o.say(`taking the delta from ${delta.from_version}: ${delta.size} bytes instead of ${root.size}`);
+    o.say(`taking the delta from ${delta.from_version}: ${delta.size} bytes instead of ${streamBytes(root)}`);
     try {
       const timing = await writeSlotFromDelta({
         source: o.source,
@@ -279,20 +279,21 @@ export async function writeRootByPlan(o: {
     disk: o.disk,
     range: o.target,
     size: root.size,
+    dataBytes: streamBytes(root),
     sha256: root.sha256,
     source: o.source,
     kind: "root",
-    progress: bar(`slot ${o.label}`, root.size),
+    progress: bar(`slot ${o.label}`, streamBytes(root)),
     log,
     signal: o.ctx.signal,
     proc: o.ctx.proc,
     limits: o.limits,
     ...(o.retryDelayMs === undefined ? {} : { retryDelayMs: o.retryDelayMs }),
   });
-  return { timing, path: "full", downloaded: root.size };
+  return { timing, path: "full", downloaded: streamBytes(root) };
 }
 
 /** Bytes a plan downloads. */
 export function planBytes(plan: DeltaPlan, manifest: Manifest): number {
-  return plan.path === "delta" ? plan.delta.size : manifest.partitions.root.size;
+  return plan.path === "delta" ? plan.delta.size : streamBytes(manifest.partitions.root);
 }

@@ -7,12 +7,12 @@
  */
 import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { mkdir, mkdtemp, readdir, rename, rm, copyFile, open, lstat } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rename, rm, copyFile, open, lstat, truncate } from "node:fs/promises";
 import { dirname, join, relative } from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { EosError } from "../../core/errors.ts";
-import type { ManifestPartition } from "../../core/manifest.ts";
+import { streamBytes, type ManifestPartition } from "../../core/manifest.ts";
 import { crashPoint } from "../crash-point.ts";
 import type { ProcessRunner } from "../process.ts";
 import { watchWithLimits, type TransferLimits } from "../watchdog.ts";
@@ -68,23 +68,34 @@ export async function updateFirmware(options: {
     const image = join(work, "esp.img");
     const hash = createHash("sha256");
     let size = 0;
-    const { stream } = await options.source.openStream("firmware", 0, undefined);
+    // Only the data travels (a server that sends more is cut); the zero tail is hashed and left sparse here.
+    const dataEnd = streamBytes(options.firmware);
+    const end = dataEnd < options.firmware.size ? dataEnd : undefined;
+    const { stream } = await options.source.openStream("firmware", 0, undefined, end);
     const watch = watchWithLimits(stream, options.limits, "download of firmware", options.signal);
     try {
       await pipeline(
         stream,
         new Transform({
           transform(chunk: Buffer, _enc, cb) {
-            hash.update(chunk);
-            size += chunk.length;
             watch.add(chunk.length);
-            cb(null, chunk);
+            const data = end === undefined ? chunk : chunk.subarray(0, Math.max(0, end - size));
+            hash.update(data);
+            size += data.length;
+            cb(null, data);
           },
         }),
         createWriteStream(image, { mode: 0o600 }),
       );
     } finally {
       watch.stop();
+    }
+    if (end !== undefined && size === end) {
+      const zeros = Buffer.alloc(1 << 20);
+      for (let left = options.firmware.size - end; left > 0; left -= zeros.length)
+        hash.update(zeros.subarray(0, Math.min(left, zeros.length)));
+      await truncate(image, options.firmware.size);
+      size = options.firmware.size;
     }
     const sha = hash.digest("hex");
     if (size !== options.firmware.size || sha !== options.firmware.sha256) {

@@ -21,7 +21,7 @@ import { readBootControl } from "./boot-control.ts";
 import { loadSetupWith, type DeviceSetup, type SshTransport } from "./device-config.ts";
 import { deviceIdentity } from "./device-identity.ts";
 import { planBytes, type DeltaPlan } from "./delta-apply.ts";
-import type { Manifest } from "../../core/manifest.ts";
+import { streamBytes, type Manifest } from "../../core/manifest.ts";
 
 type Distribute<T> = T extends DeviceEvent ? Omit<T, "id" | "time"> : never;
 /** An event as the updater says it; the reporter adds its id and time. */
@@ -197,7 +197,7 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
 
 /** The download_started event of an apply: the path (delta or full) and the bytes it will download. */
 export function downloadStarted(manifest: Manifest, plan: DeltaPlan | undefined): NewEvent {
-  const bytes = plan ? planBytes(plan, manifest) : manifest.partitions.root.size;
+  const bytes = plan ? planBytes(plan, manifest) : streamBytes(manifest.partitions.root);
   return { type: "download_started", version: manifest.version, path: plan?.path ?? "full", bytes };
 }
 

@@ -22,6 +22,8 @@ export interface WriteSlotOptions {
   disk: string;
   range: ByteRange;
   size: number;
+  /** Bytes to download (the manifest's data_bytes); the rest of `size` are zeros the device writes. */
+  dataBytes?: number | undefined;
   sha256: string;
   source: UpdateSource;
   kind: StreamKind;
@@ -50,6 +52,17 @@ async function writeFully(
   while (done < length) {
     const { bytesWritten } = await handle.write(buffer, done, length - done, position + done);
     done += bytesWritten;
+  }
+}
+
+/** The zero tail: written, not trimmed, so the slot hashes the same on any storage. */
+async function writeZeros(handle: FileHandle, position: number, length: number, block: Buffer) {
+  if (length <= 0) return;
+  block.fill(0);
+  for (let done = 0; done < length;) {
+    const take = Math.min(block.length, length - done);
+    await writeFully(handle, block, take, position + done);
+    done += take;
   }
 }
 
@@ -108,14 +121,17 @@ export async function writeSlot(options: WriteSlotOptions): Promise<WriteSlotRes
         inFlight = undefined;
       }
     };
+    // Only the stream's data travels; a source that sends more (no Range) is cut there.
+    const dataEnd = Math.min(options.dataBytes ?? size, size);
+    const end = dataEnd < size ? dataEnd : undefined;
     let attempt = 0;
     const deadline = Date.now() + options.limits.deadlineMs;
     const what = `download of ${options.kind}`;
-    while (written < size) {
+    while (written < dataEnd) {
       if (options.signal?.aborted) throw interrupted(what);
       let watch: Watch | undefined;
       try {
-        const response = await options.source.openStream(options.kind, written, etag);
+        const response = await options.source.openStream(options.kind, written, etag, end);
         watch = watchTransfer(response.stream, {
           minBytes: options.limits.stallBytes,
           windowMs: options.limits.stallMs,
@@ -132,19 +148,24 @@ export async function writeSlot(options: WriteSlotOptions): Promise<WriteSlotRes
           watch.add(chunk.length);
           let at = 0;
           while (at < chunk.length) {
-            if (written + filled >= size) {
-              throw new EosError("HASH_MISMATCH", `the server sent more than the manifest's ${size} bytes`);
+            if (written + filled >= dataEnd) {
+              if (end === undefined)
+                throw new EosError("HASH_MISMATCH", `the server sent more than the manifest's ${size} bytes`);
+              break;
             }
-            const take = Math.min(chunk.length - at, BLOCK - filled, size - written - filled);
+            const take = Math.min(chunk.length - at, BLOCK - filled, dataEnd - written - filled);
             chunk.copy(blocks[turn] as Buffer, filled, at, at + take);
             filled += take;
             at += take;
             options.progress?.add(take);
             if (filled === BLOCK) await flush(false);
           }
+          // Leaving the loop destroys the stream: the rest is the zero tail, not worth its bytes.
+          if (written + filled >= dataEnd) break;
         }
         await flush(true);
-        if (written < size) throw new EosError("TRUNCATED", `stream ended at ${written} of ${size} bytes`);
+        if (written < dataEnd)
+          throw new EosError("TRUNCATED", `stream ended at ${written} of ${dataEnd} bytes`);
       } catch (error) {
         watch?.stop();
         if (options.signal?.aborted) throw interrupted(`${what} (the slot stays marked invalid)`);
@@ -173,6 +194,7 @@ export async function writeSlot(options: WriteSlotOptions): Promise<WriteSlotRes
         watch?.stop();
       }
     }
+    await writeZeros(handle, range.offset + dataEnd, size - dataEnd, blocks[0] as Buffer);
     await handle.datasync();
     crashPoint("apply:slot-written");
     options.progress?.done();

@@ -22,7 +22,16 @@ export interface StreamResponse {
 export interface UpdateSource {
   describe: string;
   fetchManifest(): Promise<{ manifest: Buffer; signature: Buffer }>;
-  openStream(kind: StreamKind, offset: number, etag: string | undefined): Promise<StreamResponse>;
+  /**
+   * The stream from `offset`; with `end`, up to that byte (exclusive): the
+   * server may still send more (an answer without Range), the caller stops.
+   */
+  openStream(
+    kind: StreamKind,
+    offset: number,
+    etag: string | undefined,
+    end?: number | undefined,
+  ): Promise<StreamResponse>;
   /** The server's delta index for its current version; undefined when it offers none. */
   fetchDeltaIndex(): Promise<Buffer | undefined>;
   /** The delta from the root with this sha256 to the current version. */
@@ -118,10 +127,10 @@ export function httpSource(options: HttpSourceOptions): UpdateSource {
       if (res.statusCode !== 200) throw statusError(res, `${options.name} assignment`);
       return { body: await readBounded(res, 64 << 10, `${options.name} assignment`), token: options.token };
     },
-    async openStream(kind, offset, etag) {
+    async openStream(kind, offset, etag, end) {
       const h = headers();
-      if (offset > 0) {
-        h.range = `bytes=${offset}-`;
+      if (offset > 0 || end !== undefined) {
+        h.range = `bytes=${offset}-${end === undefined ? "" : end - 1}`;
         if (etag) h["if-range"] = etag;
       }
       const res = await httpGet(url(kind), h, options.ca, timeout);
@@ -193,8 +202,9 @@ export function sshSource(options: SshSourceOptions): UpdateSource {
       );
       return { manifest, signature };
     },
-    async openStream(kind, offset) {
-      return { stream: sshStream(options, `eos-read ${options.name} ${kind} ${offset}`), offset };
+    async openStream(kind, offset, _etag, end) {
+      const range = end === undefined ? `${offset}` : `${offset} ${end}`;
+      return { stream: sshStream(options, `eos-read ${options.name} ${kind} ${range}`), offset };
     },
     async fetchDeltaIndex() {
       try {

@@ -67,7 +67,17 @@ export interface DevicePinsTable {
   created: string;
 }
 
+export interface DeviceTokensTable {
+  device: string;
+  hash: string;
+  /** The enrolment key's name in the tokens directory. */
+  enrolled_with: string;
+  created: string;
+  revoked: string | null;
+}
+
 export interface FleetSchema {
+  device_tokens: DeviceTokensTable;
   rollouts: RolloutsTable;
   device_pins: DevicePinsTable;
   devices: DevicesTable;

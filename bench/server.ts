@@ -7,10 +7,11 @@
  *   node --import tsx bench/server.ts [N ...]     (default: 1 10 100)
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { cpuSeconds, currentRss, peakRss } from "./proc-stats.ts";
 import { DIST, runEos, waitForLog } from "../test/helpers/run.ts";
 import { partitionBytes } from "../test/helpers/sample-image.ts";
 import { makeWorld, releaseImage, writeServerConfig } from "../test/helpers/server-world.ts";
@@ -34,21 +35,6 @@ function download(url: string, headers: Record<string, string>): Promise<number>
     req.on("error", reject);
     req.end();
   });
-}
-
-async function peakRss(pid: number): Promise<number> {
-  const status = await readFile(`/proc/${pid}/status`, "utf8");
-  return Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0) * 1024;
-}
-
-async function currentRss(pid: number): Promise<number> {
-  const status = await readFile(`/proc/${pid}/status`, "utf8");
-  return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? 0) * 1024;
-}
-
-async function cpuSeconds(pid: number): Promise<number> {
-  const fields = (await readFile(`/proc/${pid}/stat`, "utf8")).split(") ")[1]!.split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
 async function measure(url: string, headers: Record<string, string>, n: number, pid: number) {

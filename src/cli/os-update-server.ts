@@ -124,8 +124,12 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
     .description("create a token for a device and print it once")
     .argument("<device>")
     .option(...tokensDirOption)
-    .action(async (device: string, opts: { tokensDir?: string }) => {
-      ctx.stdout.write(`${await tokenStore(opts.tokensDir).add(device)}\n`);
+    .option(
+      "--enrolment",
+      "the fleet's enrolment key instead (shipped in images): good only for a device to enrol and get its own token",
+    )
+    .action(async (device: string, opts: { tokensDir?: string; enrolment?: boolean }) => {
+      ctx.stdout.write(`${await tokenStore(opts.tokensDir).add(device, opts.enrolment === true)}\n`);
     });
   token
     .command("revoke")
@@ -140,7 +144,8 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
     .description("list devices that have a token")
     .option(...tokensDirOption)
     .action(async (opts: { tokensDir?: string }) => {
-      for (const device of await tokenStore(opts.tokensDir).list()) ctx.stdout.write(`${device}\n`);
+      for (const t of await tokenStore(opts.tokensDir).list())
+        ctx.stdout.write(`${t.device}${t.enrolment ? "\t(enrolment key)" : ""}\n`);
     });
   // The inventory through the admin API, as the token given is allowed to see and change it.
   const devices = program.command("devices").description("the fleet's devices (admin API)");
@@ -192,6 +197,15 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
       ).send("PUT", `/v1/admin/devices/${encodeURIComponent(id)}/tags`, { tags });
       ctx.stdout.write(o.json ? `${JSON.stringify(answer)}\n` : `${id}: ${tags.join(", ") || "no tags"}\n`);
     });
+  api(
+    devices
+      .command("revoke")
+      .description("revoke an enrolled device's token: it is refused until enrolled again")
+      .argument("<device>"),
+  ).action(async (id: string, o: ApiOpts) => {
+    const answer = await (await client(o)).send("POST", `/v1/admin/devices/${encodeURIComponent(id)}/revoke`);
+    ctx.stdout.write(o.json ? `${JSON.stringify(answer)}\n` : `${id}: revoked\n`);
+  });
   addRolloutCommands(program, ctx, api, client);
   // Admin tokens live in the database: made here directly, so the first one needs no other.
   const admins = program

@@ -14,6 +14,7 @@ export type ErrorCode =
   | "NETWORK"
   | "HTTP"
   | "AUTH"
+  | "REVOKED"
   | "DECOMPRESS"
   | "IO"
   | "REFUSED"

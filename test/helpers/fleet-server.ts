@@ -19,6 +19,8 @@ export interface FleetServer {
   /** EOS_ADMIN_TOKEN (operator), VIEWER (a viewer's token) and EOS_SERVER_URL for the admin CLI. */
   env: NodeJS.ProcessEnv;
   server: RunningServer;
+  /** The fleet's enrolment key (`token add fleet --enrolment`), when asked for. */
+  enrolmentKey?: string;
 }
 
 export async function startFleetServer(o: {
@@ -28,6 +30,7 @@ export async function startFleetServer(o: {
   extraConfig: string;
   deviceIds: readonly string[];
   tls: TestCert;
+  enrolmentKey?: boolean;
 }): Promise<FleetServer> {
   await mkdir(o.dir, { recursive: true });
   const config = join(o.dir, "os-update.yml");
@@ -38,6 +41,10 @@ export async function startFleetServer(o: {
     const r = await runEos("os-update-server", ["token", "add", id, "--tokens-dir", tokensDir]);
     tokens.set(id, r.stdout.toString().trim());
   }
+  const key = o.enrolmentKey
+    ? await runEos("os-update-server", ["token", "add", "fleet", "--enrolment", "--tokens-dir", tokensDir])
+    : undefined;
+  assert.equal(key?.code ?? 0, 0, key?.stderr);
   const admin = (name: string, role: string) =>
     runEos("os-update-server", [
       "admin-token",
@@ -60,7 +67,8 @@ export async function startFleetServer(o: {
     VIEWER: viewer.stdout.toString().trim(),
     EOS_SERVER_URL: server.url,
   };
-  return { config, tokensDir, tokens, env, server };
+  const enrolment = key ? { enrolmentKey: key.stdout.toString().trim() } : {};
+  return { config, tokensDir, tokens, env, server, ...enrolment };
 }
 
 /** Stops the server and waits until it has exited (its database is closed). */

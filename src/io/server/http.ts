@@ -96,12 +96,23 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     if (!tokens) return undefined;
     const header = req.headers.authorization ?? "";
     const m = /^Bearer ([A-Za-z0-9._~+/=-]{16,256})$/.exec(header);
-    const device = m ? await tokens.authenticate(m[1] as string) : undefined;
+    const token = m?.[1];
+    // A device token from enrolment lives in the control plane's database; anything else in the tokens directory.
+    const device =
+      token === undefined
+        ? undefined
+        : ((await options.control?.deviceOf(token)) ?? (await tokens.authenticate(token)));
     if (!device)
       throw new HttpError(401, "a valid bearer token is required", {
         "www-authenticate": 'Bearer realm="eos"',
       });
     return device;
+  }
+
+  /** What the tokens directory says the bearer token is: an enrolment key, or a device's own token. */
+  async function enroller(req: IncomingMessage) {
+    const m = /^Bearer ([A-Za-z0-9._~+/=-]{16,256})$/.exec(req.headers.authorization ?? "");
+    return m && tokens ? tokens.identify(m[1] as string) : undefined;
   }
 
   async function stream(
@@ -179,7 +190,11 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     const url = new URL(req.url ?? "/", "http://localhost");
     const path = url.pathname;
     if (options.control?.handles(path))
-      return options.control.handle(req, res, url, { device: () => authenticate(req), log });
+      return options.control.handle(req, res, url, {
+        device: () => authenticate(req),
+        enroller: () => enroller(req),
+        log,
+      });
     if (req.method !== "GET" && req.method !== "HEAD")
       throw new HttpError(405, "only GET and HEAD", { allow: "GET, HEAD" });
     if (path === "/health") return sendJson(res, 200, { status: "ok", images: (await store.list()).length });

@@ -2,7 +2,9 @@
  * Per-device bearer tokens. The tokens directory holds one file per device
  * named after it, containing the sha256 of the device's token: a leaked
  * directory listing or backup gives no usable credential, and deleting the
- * file revokes the device.
+ * file revokes the device. A file that starts with `enrolment ` holds the
+ * fleet's enrolment key instead: it is good for POST /v1/enrol only, where a
+ * device exchanges it for a token of its own (fleet/device-tokens.ts).
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { mkdir, readdir, readFile, stat, unlink } from "node:fs/promises";
@@ -16,12 +18,20 @@ function digest(token: string): Buffer {
   return createHash("sha256").update(token, "utf8").digest();
 }
 
+interface Entry {
+  device: string;
+  hash: Buffer;
+  enrolment: boolean;
+}
+
+const ENROLMENT = "enrolment ";
+
 export class TokenStore {
   private readonly dir: string;
   private loadedAt = -1;
   /** Date.now() of the last full read, to bound re-reads on unknown tokens. */
   private readAt = -Infinity;
-  private entries: Array<{ device: string; hash: Buffer }> = [];
+  private entries: Entry[] = [];
 
   constructor(dir: string) {
     this.dir = dir;
@@ -36,40 +46,41 @@ export class TokenStore {
   }
 
   private async load(dirMtimeMs: number): Promise<void> {
-    const entries: Array<{ device: string; hash: Buffer }> = [];
+    const entries: Entry[] = [];
     for (const device of await readdir(this.dir)) {
       if (!DEVICE_NAME.test(device)) continue;
-      const hash = await this.readHash(device);
-      if (hash) entries.push({ device, hash });
+      const entry = await this.readEntry(device);
+      if (entry) entries.push(entry);
     }
     this.entries = entries;
     this.loadedAt = dirMtimeMs;
     this.readAt = Date.now();
   }
 
-  private async readHash(device: string): Promise<Buffer | undefined> {
+  private async readEntry(device: string): Promise<Entry | undefined> {
     const text = (await readFile(join(this.dir, device), "utf8").catch(() => "")).trim();
-    return /^[0-9a-f]{64}$/.test(text) ? Buffer.from(text, "hex") : undefined;
+    const enrolment = text.startsWith(ENROLMENT);
+    const hex = enrolment ? text.slice(ENROLMENT.length) : text;
+    return /^[0-9a-f]{64}$/.test(hex) ? { device, hash: Buffer.from(hex, "hex"), enrolment } : undefined;
   }
 
-  private match(hash: Buffer): string | undefined {
-    let found: string | undefined;
+  private match(hash: Buffer): Entry | undefined {
+    let found: Entry | undefined;
     for (const entry of this.entries) {
-      if (timingSafeEqual(entry.hash, hash)) found = entry.device;
+      if (timingSafeEqual(entry.hash, hash)) found = entry;
     }
     return found;
   }
 
-  /** The device a bearer token belongs to, or undefined. */
-  async authenticate(token: string): Promise<string | undefined> {
+  private async find(token: string): Promise<Entry | undefined> {
     await this.refresh();
     const hash = digest(token);
     const found = this.match(hash);
     if (found !== undefined) {
       // A file edited in place leaves the directory's mtime alone: the device's
       // own file (65 bytes) is read again for every request it makes.
-      const current = await this.readHash(found);
-      if (current && timingSafeEqual(current, hash)) return found;
+      const current = await this.readEntry(found.device);
+      if (current && timingSafeEqual(current.hash, hash)) return current;
       await this.load(this.loadedAt);
       return this.match(hash);
     }
@@ -79,13 +90,27 @@ export class TokenStore {
     return this.match(hash);
   }
 
-  async add(device: string): Promise<string> {
+  /** The device a bearer token belongs to, or undefined (an enrolment key is no device's token). */
+  async authenticate(token: string): Promise<string | undefined> {
+    const found = await this.find(token);
+    return found && !found.enrolment ? found.device : undefined;
+  }
+
+  /** What a token is here: a device's own, or an enrolment key (by its name). */
+  async identify(token: string): Promise<{ name: string; enrolment: boolean } | undefined> {
+    const found = await this.find(token);
+    return found && { name: found.device, enrolment: found.enrolment };
+  }
+
+  /** A token for a device, or (enrolment) the fleet's key that devices exchange for their own. */
+  async add(device: string, enrolment = false): Promise<string> {
     if (!DEVICE_NAME.test(device)) {
       throw new EosError("USAGE", `device name ${JSON.stringify(device)}: letters, digits and . _ - only`);
     }
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
     const token = randomBytes(32).toString("base64url");
-    await atomicWriteFile(join(this.dir, device), `${digest(token).toString("hex")}\n`, 0o600);
+    const line = `${enrolment ? ENROLMENT : ""}${digest(token).toString("hex")}\n`;
+    await atomicWriteFile(join(this.dir, device), line, 0o600);
     return token;
   }
 
@@ -99,8 +124,10 @@ export class TokenStore {
     }
   }
 
-  async list(): Promise<string[]> {
+  async list(): Promise<Array<{ device: string; enrolment: boolean }>> {
     await this.refresh();
-    return this.entries.map((e) => e.device).sort();
+    return this.entries
+      .map(({ device, enrolment }) => ({ device, enrolment }))
+      .sort((a, b) => a.device.localeCompare(b.device));
   }
 }

@@ -18,9 +18,9 @@ import { sysPath, type Context } from "../context.ts";
 import { atomicWriteFile } from "../files.ts";
 import { loadTrustedKeys } from "../keys.ts";
 import { httpSource, sshSource, type UpdateSource } from "./source.ts";
+import { deviceToken } from "./enrolment.ts";
 
 const DEFAULT_KEYS = "/usr/share/eos/keys";
-const DEFAULT_TOKEN = "/run/eos/fleet-token";
 const CACHE_DIR = "/run/os-update";
 
 export interface DeviceSetup {
@@ -72,10 +72,9 @@ export async function loadDeviceConfig(ctx: Context, file: string | undefined): 
 export async function openUpdateSource(ctx: Context, setup: DeviceSetup): Promise<UpdateSource> {
   const u = setup.config.update;
   if (u.url) {
-    const tokenFile = u.token ?? sysPath(ctx, DEFAULT_TOKEN);
-    const token = (await readFile(tokenFile, "utf8").catch(() => undefined))?.trim();
+    const token = await deviceToken(ctx, setup, (line) => ctx.stderr.write(`${line}\n`));
     if (u.token && token === undefined) {
-      throw new EosError("AUTH", `${setup.path}: update.token: cannot read ${tokenFile}`, {
+      throw new EosError("AUTH", `${setup.path}: update.token: cannot read ${u.token}`, {
         hint: "run `fleet --getkey`",
       });
     }

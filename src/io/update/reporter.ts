@@ -9,8 +9,6 @@
  */
 import { randomBytes } from "node:crypto";
 import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
-import { request as httpRequest } from "node:http";
-import { request as httpsRequest } from "node:https";
 import { join } from "node:path";
 import { parseKernelCommandLine, readBootState, type Slot } from "../../core/update/bootctl.ts";
 import type { DeviceEvent, DeviceFacts } from "../../core/fleet/events.ts";
@@ -20,6 +18,8 @@ import { atomicWriteFile } from "../files.ts";
 import { readBootControl } from "./boot-control.ts";
 import { loadSetupWith, type DeviceSetup, type SshTransport } from "./device-config.ts";
 import { deviceIdentity } from "./device-identity.ts";
+import { deviceToken } from "./enrolment.ts";
+import { postJson } from "./post-json.ts";
 import { planBytes, type DeltaPlan } from "./delta-apply.ts";
 import { streamBytes, type Manifest } from "../../core/manifest.ts";
 
@@ -69,35 +69,6 @@ async function readQueue(path: string): Promise<Queue> {
   }
 }
 
-function post(url: URL, body: string, token: string, ca: Buffer | undefined): Promise<number> {
-  const request = url.protocol === "https:" ? httpsRequest : httpRequest;
-  return new Promise((resolve, reject) => {
-    const req = request(
-      url,
-      {
-        method: "POST",
-        agent: false,
-        ...(ca ? { ca } : {}),
-        headers: {
-          "content-type": "application/json",
-          "content-length": Buffer.byteLength(body),
-          authorization: `Bearer ${token}`,
-          "user-agent": "eos-os-update",
-        },
-      },
-      (res) => {
-        res.resume();
-        res.on("end", () => resolve(res.statusCode ?? 0));
-        res.on("error", reject);
-      },
-    );
-    const timer = setTimeout(() => req.destroy(new Error("timed out")), SEND_TIMEOUT_MS);
-    req.on("close", () => clearTimeout(timer));
-    req.on("error", reject);
-    req.end(body);
-  });
-}
-
 export interface ReporterOptions {
   ctx: Context;
   config?: string | undefined;
@@ -145,7 +116,6 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
     return reportingOff;
   }
   const url = new URL(`${u.url.replace(/\/+$/, "")}/v1/events`);
-  const tokenFile = u.token ?? sysPath(o.ctx, "/run/eos/fleet-token");
   const path = await queuePath(o.ctx);
   const registry = !path.startsWith(sysPath(o.ctx, "/run"));
   const reporter: UpdateEvents = {
@@ -169,14 +139,15 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
       try {
         const q = await readQueue(path);
         if (q.events.length === 0) return;
-        const token = (await readFile(tokenFile, "utf8")).trim();
+        const token = await deviceToken(o.ctx, setup, o.warn);
+        if (token === undefined) return;
         const ca = u.ca ? await readFile(u.ca) : undefined;
         const body = JSON.stringify({
           device: await deviceFacts(o, setup, registry),
           events: q.events,
           ...(q.dropped > 0 ? { dropped: q.dropped } : {}),
         });
-        const status = await post(url, body, token, ca);
+        const { status } = await postJson(url, token, body, ca, SEND_TIMEOUT_MS);
         // Kept for later: the server is down, overloaded, or does not (yet) know this token.
         if (status >= 500 || status === 401 || status === 403 || status === 429 || status === 408) return;
         // Sent (200), or refused for good (another 4xx: resending the same bytes cannot help).

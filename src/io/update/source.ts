@@ -75,6 +75,11 @@ function httpGet(
 
 function statusError(res: IncomingMessage, what: string): EosError {
   res.resume();
+  if (res.statusCode === 401 && res.headers["x-eos-error"] === "REVOKED") {
+    return new EosError("REVOKED", `${what}: the server revoked this device's token (HTTP 401)`, {
+      hint: "an operator revoked this device (os-update-server devices revoke); ask them before enrolling it again",
+    });
+  }
   if (res.statusCode === 401 || res.statusCode === 403) {
     return new EosError("AUTH", `${what}: the server refused this device's token (HTTP ${res.statusCode})`, {
       hint: "run `fleet --getkey`, or check update.token",

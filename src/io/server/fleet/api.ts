@@ -1,10 +1,12 @@
 /**
  * The control plane's HTTP routes, next to the image routes of http.ts:
  *   POST   /v1/events                  a device's batch of reports (device token)
+ *   POST   /v1/enrol                   {"hint"?} with the fleet's enrolment key → {"device", "token"}
  *   GET    /v1/admin/whoami            the admin token's name and role (viewer)
  *   GET    /v1/admin/devices           inventory; ?tag= &version= &state= &image= (viewer)
  *   GET    /v1/admin/devices/ID        one device and its history; ?limit= (viewer)
  *   PUT    /v1/admin/devices/ID/tags   {"tags": […]} replaces its tags (operator)
+ *   POST   /v1/admin/devices/ID/revoke revokes an enrolled device's token (operator)
  *   GET    /v1/admin/tokens            admin tokens, without secrets (admin)
  *   POST   /v1/admin/tokens            {"name", "role"} → a new token, shown once (admin)
  *   DELETE /v1/admin/tokens/NAME       revokes one (admin)
@@ -29,6 +31,7 @@ import { DEVICE_NAME } from "../tokens.ts";
 import type { FleetStore } from "./store.ts";
 import type { PublishedImages } from "../published.ts";
 import { rolloutRoute } from "./rollout-api.ts";
+import { DEVICE_TOKEN_PREFIX, ID_HINT, type DeviceTokenStore } from "./device-tokens.ts";
 import type { RolloutStore } from "./rollouts.ts";
 
 export interface ControlPlane {
@@ -37,8 +40,15 @@ export interface ControlPlane {
     req: IncomingMessage,
     res: ServerResponse,
     url: URL,
-    auth: { device(): Promise<string | undefined>; log: { device?: string; admin?: string } },
+    auth: {
+      device(): Promise<string | undefined>;
+      /** What the tokens directory says the bearer token is (never a device token from enrolment). */
+      enroller(): Promise<{ name: string; enrolment: boolean } | undefined>;
+      log: { device?: string; admin?: string };
+    },
   ): Promise<number>;
+  /** The enrolled device a device token belongs to (undefined: unknown; a 401 HttpError: revoked). */
+  deviceOf(token: string): Promise<string | undefined>;
 }
 
 const ADMIN_BODY_BYTES = 16 * 1024;
@@ -46,10 +56,15 @@ const DEFAULT_HISTORY = 100;
 const MAX_HISTORY = 1000;
 
 const tagsBody = z.strictObject({ tags: z.array(z.string()).max(256) });
+const enrolBody = z.strictObject({
+  hint: z.string().regex(ID_HINT, "letters, digits and . _ - only").optional(),
+});
 const tokenBody = z.strictObject({
   name: z.string().regex(ADMIN_NAME, "letters, digits and . _ - only"),
   role: z.enum(ROLES),
 });
+
+const UNJUDGED: ReadonlySet<string> = new Set(["checked", "download_started", "download_progress"]);
 
 const STATUS: Partial<Record<ErrorCode, number>> = { USAGE: 400, NOT_FOUND: 404, REFUSED: 409, AUTH: 401 };
 
@@ -105,6 +120,7 @@ function pathId(encoded: string, what: string, pattern: RegExp): string {
 
 export function controlPlane(
   store: FleetStore,
+  deviceTokens: DeviceTokenStore,
   rollouts?: { store: RolloutStore; images: PublishedImages; onError(error: unknown): void },
 ): ControlPlane {
   async function admin(
@@ -143,10 +159,34 @@ export function controlPlane(
       auth.log.device = device;
       const batch = await readJson(req, MAX_EVENTS_BODY_BYTES, eventBatchSchema);
       const stored = await store.record(device, batch);
-      // A report can end a wave (its last commit) or cross the error threshold: judge it now.
-      if (rollouts && stored.stored > 0)
+      // A report can end a wave (its last commit) or cross the error threshold: judge it now. Not for
+      // checks and downloads, most of the traffic, which add no error: judging reads every device of
+      // the image (bench/fleet.ts: most of the server's time at 10k devices); the timer judges those.
+      if (rollouts && stored.stored > 0 && batch.events.some((e) => !UNJUDGED.has(e.type)))
         await rollouts.store.evaluate(batch.device.image).catch(rollouts.onError);
       return sendJson(res, 200, stored);
+    }
+    if (path === "/v1/enrol") {
+      method(req, ["POST"]);
+      const key = await auth.enroller();
+      if (!key) throw refuse(401, "enrolment needs the fleet's enrolment key", "AUTH");
+      // A token from `token add DEVICE` is that device's own already: it keeps using it.
+      if (!key.enrolment)
+        throw refuse(409, `this is device ${key.name}'s own token, not an enrolment key`, "REFUSED", {
+          "x-eos-error": "NOT_ENROLMENT_KEY",
+        });
+      const body = await readJson(req, ADMIN_BODY_BYTES, enrolBody);
+      const enrolled = await deviceTokens.enrol(key.name, body.hint);
+      auth.log.device = enrolled.device;
+      return sendJson(res, 201, enrolled);
+    }
+    const revoke = /^\/v1\/admin\/devices\/([^/]+)\/revoke$/.exec(path);
+    if (revoke) {
+      method(req, ["POST"]);
+      await admin(req, "operator", auth.log);
+      const id = pathId(revoke[1] as string, "device", DEVICE_NAME);
+      await deviceTokens.revoke(id);
+      return sendJson(res, 200, { revoked: id });
     }
     if (rollouts) {
       const answered = await rolloutRoute(
@@ -216,7 +256,8 @@ export function controlPlane(
   }
 
   return {
-    handles: (path) => path === "/v1/events" || path === "/v1/admin" || path.startsWith("/v1/admin/"),
+    handles: (path) =>
+      path === "/v1/events" || path === "/v1/enrol" || path === "/v1/admin" || path.startsWith("/v1/admin/"),
     async handle(req, res, url, auth) {
       try {
         return await route(req, res, url, auth);
@@ -224,5 +265,7 @@ export function controlPlane(
         throw asHttpError(error);
       }
     },
+    deviceOf: (token) =>
+      token.startsWith(DEVICE_TOKEN_PREFIX) ? deviceTokens.authenticate(token) : Promise.resolve(undefined),
   };
 }

@@ -6,6 +6,7 @@
  */
 import { type Kysely, type Migration } from "kysely";
 import type { DbKind } from "./db.ts";
+import { identityMigrations } from "./migrations-identity.ts";
 
 export function fleetMigrations(kind: DbKind): Record<string, Migration> {
   return {
@@ -89,5 +90,6 @@ export function fleetMigrations(kind: DbKind): Record<string, Migration> {
           .execute();
       },
     },
+    ...identityMigrations,
   };
 }

@@ -13,6 +13,7 @@ import { controlPlane, type ControlPlane } from "./api.ts";
 import { DEFAULT_STATE_DIR, openFleetDb, SQLITE_FILE } from "./db.ts";
 import { FleetStore } from "./store.ts";
 import { RolloutStore } from "./rollouts.ts";
+import { DeviceTokenStore } from "./device-tokens.ts";
 import type { PublishedImages } from "../published.ts";
 import { errorMessage } from "../../../core/errors.ts";
 
@@ -49,7 +50,11 @@ export async function openControlPlane(
     logger.info("control plane", { database: store.describe });
     const onError = (error: unknown) =>
       logger.error("judging rollouts failed", { error: errorMessage(error) });
-    return { store, rollouts, control: controlPlane(store, { store: rollouts, images, onError }) };
+    return {
+      store,
+      rollouts,
+      control: controlPlane(store, new DeviceTokenStore(db, ctx.now), { store: rollouts, images, onError }),
+    };
   } catch (error) {
     if (error instanceof EosError && error.code === "NOT_FOUND") {
       logger.error("control plane off: device reports and the admin API answer 404", {

@@ -1,0 +1,62 @@
+/**
+ * A device's small JSON POST to its update server (reports, enrolment):
+ * bearer token, a deadline over the whole exchange, and at most 4 KiB of
+ * the answer kept, so a hostile server can neither hold nor flood it.
+ */
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
+
+export interface PostAnswer {
+  status: number;
+  /** The server's typed error (x-eos-error), when it sent one. */
+  error: string | undefined;
+  text: string;
+}
+
+const MAX_ANSWER = 4096;
+
+export function postJson(
+  url: URL,
+  token: string,
+  body: string,
+  ca: Buffer | undefined,
+  timeoutMs: number,
+): Promise<PostAnswer> {
+  const request = url.protocol === "https:" ? httpsRequest : httpRequest;
+  return new Promise((resolve, reject) => {
+    const req = request(
+      url,
+      {
+        method: "POST",
+        agent: false,
+        ...(ca ? { ca } : {}),
+        headers: {
+          "content-type": "application/json",
+          "content-length": Buffer.byteLength(body),
+          authorization: `Bearer ${token}`,
+          "user-agent": "eos-os-update",
+        },
+      },
+      (res) => {
+        let text = "";
+        res.setEncoding("utf8");
+        res.on("data", (s: string) => {
+          if (text.length < MAX_ANSWER) text += s.slice(0, MAX_ANSWER - text.length);
+        });
+        res.on("end", () => {
+          const error = res.headers["x-eos-error"];
+          resolve({
+            status: res.statusCode ?? 0,
+            error: typeof error === "string" ? error : undefined,
+            text,
+          });
+        });
+        res.on("error", reject);
+      },
+    );
+    const timer = setTimeout(() => req.destroy(new Error("timed out")), timeoutMs);
+    req.on("close", () => clearTimeout(timer));
+    req.on("error", reject);
+    req.end(body);
+  });
+}

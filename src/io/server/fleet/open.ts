@@ -13,6 +13,7 @@ import { controlPlane, type ControlPlane } from "./api.ts";
 import { DEFAULT_STATE_DIR, openFleetDb, SQLITE_FILE } from "./db.ts";
 import { FleetStore } from "./store.ts";
 import { RolloutStore } from "./rollouts.ts";
+import { DashboardData } from "./dashboard-data.ts";
 import type { PublishedImages } from "../published.ts";
 import { errorMessage } from "../../../core/errors.ts";
 
@@ -41,7 +42,9 @@ export async function openControlPlane(
   stateDir: string | undefined,
   logger: Logger,
   images: PublishedImages,
-): Promise<{ store: FleetStore; rollouts: RolloutStore; control: ControlPlane } | undefined> {
+): Promise<
+  { store: FleetStore; rollouts: RolloutStore; control: ControlPlane; data: DashboardData } | undefined
+> {
   try {
     const db = await openFleetDb(databaseSpec(ctx, setup, stateDir));
     const store = new FleetStore(db, ctx.now);
@@ -49,7 +52,12 @@ export async function openControlPlane(
     logger.info("control plane", { database: store.describe });
     const onError = (error: unknown) =>
       logger.error("judging rollouts failed", { error: errorMessage(error) });
-    return { store, rollouts, control: controlPlane(store, { store: rollouts, images, onError }) };
+    return {
+      store,
+      rollouts,
+      control: controlPlane(store, { store: rollouts, images, onError }),
+      data: new DashboardData(db, store, rollouts, images),
+    };
   } catch (error) {
     if (error instanceof EosError && error.code === "NOT_FOUND") {
       logger.error("control plane off: device reports and the admin API answer 404", {

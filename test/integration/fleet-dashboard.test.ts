@@ -11,7 +11,7 @@
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { access, mkdir, readFile, rm } from "node:fs/promises";
+import { access, mkdir, readFile, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { request as httpsRequest } from "node:https";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
@@ -287,6 +287,22 @@ describe("the dashboard in chromium", () => {
     assert.match(text, /KiB|MiB/);
   });
 
+  test("on a phone's width the pages do not scroll sideways (wide tables scroll inside themselves)", async (t) => {
+    if (missing) return t.skip(missing);
+    const { page } = ops;
+    await page.setViewportSize({ width: 390, height: 800 });
+    for (const path of ["/ui", "/ui/devices", "/ui/rollouts", "/ui/images"]) {
+      await page.goto(`${fleet.server.url}${path}`);
+      const width = await page.evaluate(
+        () =>
+          (globalThis as unknown as { document: { documentElement: { scrollWidth: number } } }).document
+            .documentElement.scrollWidth,
+      );
+      assert.ok(width <= 390, `${path}: ${width} px wide`);
+    }
+    await page.setViewportSize({ width: 1100, height: 900 });
+  });
+
   test("signing out ends the session on the server", async (t) => {
     if (missing) return t.skip(missing);
     const { page, context } = ops;
@@ -307,6 +323,24 @@ describe("/health and /metrics", () => {
     const r = await call("GET", "/health");
     assert.equal(r.status, 200);
     assert.deepEqual(JSON.parse(r.text), { status: "ok", images: 1, database: "ok", store: "ok" });
+  });
+
+  test("/health answers 503 naming the image store when its directory is gone", async (t) => {
+    if (missing) return t.skip(missing);
+    await rename(world.imagesDir, `${world.imagesDir}.away`);
+    try {
+      const r = await call("GET", "/health");
+      assert.equal(r.status, 503);
+      assert.deepEqual(JSON.parse(r.text), {
+        status: "unavailable",
+        images: 0,
+        database: "ok",
+        store: "failed",
+      });
+    } finally {
+      await rename(`${world.imagesDir}.away`, world.imagesDir);
+    }
+    assert.equal((await call("GET", "/health")).status, 200);
   });
 
   test("/metrics needs an admin token and speaks Prometheus's text format", async (t) => {

@@ -179,6 +179,28 @@ describe("the dashboard in chromium", () => {
     assert.equal(await page.evaluate(() => (globalThis as unknown as { __xss?: number }).__xss), undefined);
   });
 
+  test("the overview updates itself without a reload when a device reports", async (t) => {
+    if (missing) return t.skip(missing);
+    const { page } = ops;
+    await page.goto(`${fleet.server.url}/ui`);
+    const marker = () => page.evaluate(() => (globalThis as unknown as { __same?: number }).__same);
+    await page.evaluate(() => void ((globalThis as unknown as { __same?: number }).__same = 1));
+    assert.doesNotMatch(
+      (await page.locator("section[aria-labelledby=h-states]").textContent()) ?? "",
+      /failed/,
+    );
+    await report("field-1", "1.0.0", {
+      type: "failed",
+      stage: "check",
+      code: "NETWORK",
+      message: "unreachable",
+    });
+    await page
+      .locator("section[aria-labelledby=h-states]", { hasText: "failed" })
+      .waitFor({ timeout: 30_000 });
+    assert.equal(await marker(), 1, "the page was not reloaded");
+  });
+
   test("the device list filters by tag and state; a device shows its timeline", async (t) => {
     if (missing) return t.skip(missing);
     const { page } = ops;

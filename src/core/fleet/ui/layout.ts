@@ -164,7 +164,7 @@ ol.timeline{padding-left:1.2rem}
 @media (max-width:40rem){th,td{padding:.25rem}main{padding:.5rem}}
 `;
 
-/** Refreshes the [data-live] part in place while nobody is typing in it; no framework. */
+/** Refreshes the [data-live] part in place while the keyboard focus is outside it (typing, tabbing); no framework. */
 export const SCRIPT = `
 (function(){
   var main=document.querySelector("[data-live]");
@@ -173,7 +173,7 @@ export const SCRIPT = `
   setInterval(function(){
     if(document.hidden)return;
     var a=document.activeElement;
-    if(a&&main.contains(a)&&a.tagName!=="A"&&a.tagName!=="BODY")return;
+    if(a&&a!==document.body&&main.contains(a))return;
     fetch(location.href,{credentials:"same-origin",headers:{"x-eos-refresh":"1"}}).then(function(r){
       if(!r.ok||r.redirected)return null;return r.text();
     }).then(function(t){

@@ -118,7 +118,10 @@ export function dashboard(o: {
     const who = /^eosadm_[A-Za-z0-9_-]{16,128}$/.test(token)
       ? await data.store.authenticateAdmin(token)
       : undefined;
-    if (!who) return send(res, 401, loginPage({ error: "That admin token is not valid." }));
+    if (!who) {
+      o.logger.warn("dashboard sign-in refused", { remote: req.socket.remoteAddress });
+      return send(res, 401, loginPage({ error: "That admin token is not valid." }));
+    }
     log.admin = who.name;
     const session = sessions.open(token, who);
     o.logger.info("dashboard sign-in", { admin: who.name, role: who.role });

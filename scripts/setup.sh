@@ -14,6 +14,8 @@ packages=(
   qemu-user-static binfmt-support arch-test qemu-system-arm qemu-efi-aarch64
   curl libjemalloc2
   postgresql
+  # the browser tests of the dashboard (playwright-core drives it; it downloads no browser of its own)
+  chromium
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,15 +1,7 @@
 import type { Writable } from "node:stream";
 
-export function formatBytes(n: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let value = n;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
-}
+export { formatBytes } from "../core/bytes.ts";
+import { formatBytes } from "../core/bytes.ts";
 
 function formatEta(seconds: number): string {
   if (!Number.isFinite(seconds) || seconds < 0) return "--:--";

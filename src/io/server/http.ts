@@ -49,6 +49,13 @@ export interface UpdateServerOptions {
   control?: ControlPlane;
   /** Which version each device is served (rollouts, pins); without it, the newest for all. */
   resolve?: VersionResolver;
+  /** Routes answered before all others (the dashboard, /health and /metrics with a control plane). */
+  pages?: ReadonlyArray<{
+    handles(path: string): boolean;
+    handle(req: IncomingMessage, res: ServerResponse, url: URL, log: { admin?: string }): Promise<number>;
+  }>;
+  /** Counts every answered request (for /metrics). */
+  counters?: { observe(path: string, status: number, bytes: number): void };
 }
 
 export function createUpdateServer(options: UpdateServerOptions): Server {
@@ -189,6 +196,8 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
   ): Promise<number> {
     const url = new URL(req.url ?? "/", "http://localhost");
     const path = url.pathname;
+    const page = options.pages?.find((p) => p.handles(path));
+    if (page) return page.handle(req, res, url, log);
     if (options.control?.handles(path))
       return options.control.handle(req, res, url, {
         device: () => authenticate(req),
@@ -327,12 +336,14 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
       })
       .then(({ status, bytes, error }) => {
         // Refusals (4xx, 503 when full) are warnings; only a failure of the server itself is an error.
+        const final = res.headersSent ? res.statusCode : status;
+        options.counters?.observe(new URL(req.url ?? "/", "http://localhost").pathname, final, bytes);
         const level =
           status >= 500 && status !== 503 ? "error" : status >= 400 && status !== 499 ? "warn" : "info";
         logger.log(level, "request", {
           method: req.method,
           path: req.url,
-          status: res.headersSent ? res.statusCode : status,
+          status: final,
           bytes,
           ms: Math.round(performance.now() - started),
           device: fields.device,

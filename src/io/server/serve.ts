@@ -17,6 +17,9 @@ import { TokenStore } from "./tokens.ts";
 import { openControlPlane } from "./fleet/open.ts";
 import { versionResolver } from "./fleet/assigned.ts";
 import { loadPrivateKey } from "../keys.ts";
+import { RequestCounters } from "../../core/fleet/metrics.ts";
+import { dashboard } from "./fleet/dashboard.ts";
+import { observeRoutes } from "./fleet/observe.ts";
 
 export interface ServeOptions {
   config?: string | undefined;
@@ -89,10 +92,17 @@ export async function serve(ctx: Context, o: ServeOptions): Promise<void> {
   const fleet = await openControlPlane(ctx, setup, o.stateDir, logger, store);
   const signerPath = o.assignmentKey ?? conf.assignment_key;
   const assignmentKey = signerPath === undefined ? undefined : await loadPrivateKey(signerPath);
+  const counters = new RequestCounters();
   const server = createUpdateServer({
     ...(fleet
       ? {
           control: fleet.control,
+          // The dashboard at /ui, /health that checks the database too, /metrics (docs/dashboard.md).
+          pages: [
+            dashboard({ data: fleet.data, secure: tls !== undefined, now: ctx.now, logger }),
+            observeRoutes({ data: fleet.data, counters, now: ctx.now, logger }),
+          ],
+          counters,
           resolve: versionResolver(store, fleet.rollouts, assignmentKey, logger, ctx.now),
         }
       : {}),

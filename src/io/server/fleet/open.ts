@@ -14,6 +14,7 @@ import { DEFAULT_STATE_DIR, openFleetDb, SQLITE_FILE } from "./db.ts";
 import { FleetStore } from "./store.ts";
 import { RolloutStore } from "./rollouts.ts";
 import { DeviceTokenStore } from "./device-tokens.ts";
+import { DashboardData } from "./dashboard-data.ts";
 import type { PublishedImages } from "../published.ts";
 import { errorMessage } from "../../../core/errors.ts";
 
@@ -42,7 +43,9 @@ export async function openControlPlane(
   stateDir: string | undefined,
   logger: Logger,
   images: PublishedImages,
-): Promise<{ store: FleetStore; rollouts: RolloutStore; control: ControlPlane } | undefined> {
+): Promise<
+  { store: FleetStore; rollouts: RolloutStore; control: ControlPlane; data: DashboardData } | undefined
+> {
   try {
     const db = await openFleetDb(databaseSpec(ctx, setup, stateDir));
     const store = new FleetStore(db, ctx.now);
@@ -54,6 +57,7 @@ export async function openControlPlane(
       store,
       rollouts,
       control: controlPlane(store, new DeviceTokenStore(db, ctx.now), { store: rollouts, images, onError }),
+      data: new DashboardData(db, store, rollouts, images),
     };
   } catch (error) {
     if (error instanceof EosError && error.code === "NOT_FOUND") {

@@ -1,0 +1,165 @@
+/**
+ * Rollouts (per-wave progress against the thresholds, and the operator's
+ * pause / resume / abort with a confirmation step) and the published images.
+ */
+import { allows, isRole } from "../admin.ts";
+import { covers, ERROR_STATES, formatWaves, waveOf, type Rollout, type WaveMember } from "../rollout.ts";
+import type { RolloutAction } from "./actions.ts";
+import { formatBytes } from "../../bytes.ts";
+import { h } from "./html.ts";
+import { bar, csrfField, dataTable, page, tableRow, type Viewer } from "./layout.ts";
+
+export interface WaveProgress {
+  wave: number;
+  label: string;
+  members: number;
+  succeeded: number;
+  errors: number;
+  released: boolean;
+}
+
+/** Every wave's devices, how many run the new version and how many failed (the current wave's errors count since it opened). */
+export function waveProgress(rollout: Rollout, members: readonly WaveMember[]): WaveProgress[] {
+  const since = Date.parse(rollout.wave_started);
+  return rollout.waves.map((w, wave) => {
+    const inWave = members.filter((m) => covers(rollout, m.tags) && waveOf(rollout, m.id, m.tags) === wave);
+    const failed = inWave.filter((m) => ERROR_STATES.includes(m.state));
+    return {
+      wave,
+      label: "percent" in w ? `${w.percent}%` : `tag ${w.tag}`,
+      members: inWave.length,
+      succeeded: inWave.filter(
+        (m) => m.running_version === rollout.version && !ERROR_STATES.includes(m.state),
+      ).length,
+      errors:
+        wave === rollout.current_wave
+          ? failed.filter((m) => m.last_event_at !== null && Date.parse(m.last_event_at) >= since).length
+          : failed.length,
+      released: wave <= rollout.current_wave,
+    };
+  });
+}
+
+/** Which buttons a rollout in this state offers (the server checks again when pressed). */
+export function actionsFor(rollout: Pick<Rollout, "state">): RolloutAction[] {
+  switch (rollout.state) {
+    case "running":
+      return ["pause", "abort"];
+    case "paused":
+      return ["resume", "abort"];
+    case "completed":
+      return ["abort"];
+    case "aborted":
+      return [];
+  }
+}
+
+export const canAct = (viewer: Pick<Viewer, "role">) =>
+  isRole(viewer.role) && allows(viewer.role, "operator");
+
+const share = (n: number, of: number) => (of === 0 ? 0 : n / of);
+const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
+
+function rolloutSection(r: Rollout, waves: readonly WaveProgress[], viewer: Viewer) {
+  const rows = waves.map((w) => {
+    const ok = share(w.succeeded, w.members);
+    const bad = share(w.errors, w.members);
+    return h`<tr${w.wave === r.current_wave ? h` class="current"` : ""}>
+<th scope="row">${w.wave + 1}: ${w.label}${w.released ? "" : " (not yet)"}</th><td>${w.members}</td>
+<td>${bar(`wave ${w.wave + 1} success`, ok, { threshold: r.success_threshold })} ${w.succeeded} (${pct(ok)})</td>
+<td>${bar(`wave ${w.wave + 1} errors`, bad, { threshold: r.error_threshold, kind: "bad" })} ${w.errors} (${pct(bad)})</td></tr>`;
+  });
+  const buttons = canAct(viewer)
+    ? actionsFor(r).map(
+        (a) =>
+          h`<a
+            class="button${a === "abort" ? " danger" : ""}"
+            href="/ui/rollouts/${encodeURIComponent(r.id)}/${a}"
+            >${a[0]?.toUpperCase()}${a.slice(1)}</a
+          > `,
+      )
+    : [];
+  return h`<section aria-labelledby="h-${r.id}" class="rollout">
+    <h2 id="h-${r.id}">${r.id}: ${r.image} ${r.previous} → ${r.version}</h2>
+    <p>
+      State: <strong data-state>${r.state}</strong>; wave ${r.current_wave + 1} of ${r.waves.length}
+      (${formatWaves(r.waves)}), soak ${r.soak_seconds} s; thresholds: success ≥ ${pct(r.success_threshold)},
+      errors ≤ ${pct(r.error_threshold)}.
+      ${r.reason ? h`<br />Reason: ${r.reason}` : ""}${r.filter.tags.length ? h`<br />Devices tagged ${r.filter.tags.join(", ")}` : ""}
+    </p>
+    ${dataTable(["Wave", "Devices", `Running ${r.version}`, "Errors"], rows)}
+    ${buttons.length ? h`<p class="actions">${buttons}</p>` : ""}
+  </section>`;
+}
+
+export function rolloutsPage(o: {
+  viewer: Viewer;
+  rollouts: ReadonlyArray<{ rollout: Rollout; waves: WaveProgress[] }>;
+  notice?: string | undefined;
+}): string {
+  const body = h`${o.notice ? h`<p class="note" role="status">${o.notice}</p>` : ""}
+  ${o.rollouts.length === 0 ? h`<p>No rollouts. Create one with <code>os-update-server rollout create</code>.</p>` : ""}
+  ${o.rollouts.map((r) => rolloutSection(r.rollout, r.waves, o.viewer))}`;
+  return page({ title: "Rollouts", viewer: o.viewer, section: "rollouts", body, live: true });
+}
+
+const CONSEQUENCE: Record<RolloutAction, string> = {
+  pause: "Devices not yet on the new version keep the version they run until it resumes.",
+  resume: "The current wave opens again and its soak starts over.",
+  abort: "Every device of the rollout is assigned the previous version again. This cannot be undone.",
+};
+
+export function confirmPage(o: { viewer: Viewer; rollout: Rollout; action: RolloutAction }): string {
+  const r = o.rollout;
+  const verb = `${o.action[0]?.toUpperCase()}${o.action.slice(1)}`;
+  const body = h`<p>
+      ${verb} rollout <strong>${r.id}</strong> (${r.image} ${r.previous} → ${r.version}, now ${r.state})?
+    </p>
+    <p>${CONSEQUENCE[o.action]}</p>
+    <form method="post" action="/ui/rollouts/${encodeURIComponent(r.id)}/${o.action}">
+      ${csrfField(o.viewer.csrf)} <label for="reason">Reason (optional)</label
+      ><input id="reason" name="reason" maxlength="500" />
+      <p>
+        <button type="submit" ${o.action === "abort" ? h` class="danger"` : ""}>Yes, ${o.action}</button>
+        <a href="/ui/rollouts">Cancel</a>
+      </p>
+    </form>`;
+  return page({ title: `${verb} ${r.id}?`, viewer: o.viewer, section: "rollouts", body });
+}
+
+export interface ImageVersionRow {
+  version: string;
+  published: string;
+  current: boolean;
+  signed: boolean;
+  rootBytes: number;
+  firmwareBytes: number | undefined;
+  deltas: ReadonlyArray<{ from: string; bytes: number }>;
+}
+
+export function imagesPage(o: {
+  viewer: Viewer;
+  images: ReadonlyArray<{ name: string; versions: ImageVersionRow[] }>;
+}): string {
+  const sections = o.images.map(
+    (img) =>
+      h`<section aria-labelledby="h-img-${img.name}">
+        <h2 id="h-img-${img.name}">${img.name}</h2>
+        ${dataTable(
+          ["Version", "Published", "Root", "Firmware", "Deltas", "Signed"],
+          img.versions.map((v) =>
+            tableRow([
+              `${v.version}${v.current ? " (current)" : ""}`,
+              v.published,
+              formatBytes(v.rootBytes),
+              v.firmwareBytes === undefined ? "" : formatBytes(v.firmwareBytes),
+              v.deltas.map((d) => h`from ${d.from}: ${formatBytes(d.bytes)}<br>`),
+              v.signed ? "yes" : "no",
+            ]),
+          ),
+        )}
+      </section>`,
+  );
+  const body = h`${o.images.length === 0 ? h`<p>No image is published yet.</p>` : sections}`;
+  return page({ title: "Published images", viewer: o.viewer, section: "images", body });
+}

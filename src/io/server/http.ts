@@ -1,7 +1,7 @@
 /**
  * The update server's HTTP(S) API:
  *   GET /health                               liveness, no auth
- *   GET /v1/images                            published images and versions
+ *   GET /v1/images                            published images, each at the version assigned to the device
  *   GET /v1/images/NAME/manifest.json         canonical manifest bytes
  *   GET /v1/images/NAME/manifest.json.sig     detached signatures
  *   GET|HEAD /v1/images/NAME/root|firmware    partition stream, Range + If-Range
@@ -187,8 +187,9 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     if (device) log.device = device;
     if (path === "/v1/images") {
       const images = [];
+      // Each image at the version assigned to this device (rollout wave, pin), as its manifest is.
       for (const name of await store.list()) {
-        const v = await store.current(name).catch(() => undefined);
+        const v = await versionFor(name, device).catch(() => undefined);
         if (v) images.push({ name, version: v.manifest.version, signed: v.signatureBytes !== undefined });
       }
       return sendJson(res, 200, { images });

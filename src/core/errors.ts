@@ -31,6 +31,7 @@ export type ErrorCode =
   | "TIMEOUT"
   | "STALLED"
   | "DELTA"
+  | "WINDOW"
   | "INTERNAL";
 
 export class EosError extends Error {

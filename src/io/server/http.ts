@@ -36,6 +36,7 @@ import { HttpError, sendJson } from "./http-answer.ts";
 import type { ControlPlane } from "./fleet/api.ts";
 import type { VersionResolver } from "./fleet/assigned.ts";
 import { join } from "node:path";
+import { WINDOW_HEADER } from "../../core/fleet/window.ts";
 
 export interface UpdateServerOptions {
   store: PublishedImages;
@@ -49,6 +50,8 @@ export interface UpdateServerOptions {
   control?: ControlPlane;
   /** Which version each device is served (rollouts, pins); without it, the newest for all. */
   resolve?: VersionResolver;
+  /** The maintenance window of a device (its group's), sent with its manifest; none: any time. */
+  windowOf?: (device: string | undefined) => Promise<string | undefined>;
 }
 
 export function createUpdateServer(options: UpdateServerOptions): Server {
@@ -228,7 +231,9 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     if (!version) throw new HttpError(404, `image ${name} is not published`);
     const bytes = what === "manifest.json" ? version.manifestBytes : version.signatureBytes;
     if (!bytes) throw new HttpError(404, `image ${name} is unsigned`);
-    return sendBytes(req, res, bytes, `"${version.vid}"`);
+    // The check reads the manifest: its answer carries when this device may switch to it.
+    const window = what === "manifest.json" ? await options.windowOf?.(device) : undefined;
+    return sendBytes(req, res, bytes, `"${version.vid}"`, window ? { [WINDOW_HEADER]: window } : {});
   }
 
   function imageNameOf(encoded: string): string {
@@ -242,12 +247,19 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     return name;
   }
 
-  function sendBytes(req: IncomingMessage, res: ServerResponse, bytes: Buffer, etag: string): number {
+  function sendBytes(
+    req: IncomingMessage,
+    res: ServerResponse,
+    bytes: Buffer,
+    etag: string,
+    extra: Record<string, string> = {},
+  ): number {
     res.writeHead(200, {
       "content-type": "application/json",
       "content-length": bytes.length,
       etag,
       "cache-control": "no-cache",
+      ...extra,
     });
     res.end(req.method === "HEAD" ? undefined : bytes);
     return bytes.length;

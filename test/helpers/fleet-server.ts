@@ -95,7 +95,9 @@ export async function makeFleetWorld(name: string, payloadBytes: number): Promis
   await writeServerConfig(world, [{ image: `${world.origin.url}/${name}.raw.xz`, name }]);
   const manifestOf = async (path: string) =>
     JSON.parse(await readFile(`${path}.manifest.json`, "utf8")) as ReleaseManifest;
+  // Each release replaces the last one's files at the origin: read and copy 1.0.0 before 2.0.0.
   const v1Path = await releaseImage(world, name, "1.0.0", { payloadBytes });
+  const v1 = await manifestOf(v1Path);
   const deviceImage = join(world.dir, "device-v1.raw");
   await copyFile(v1Path, deviceImage);
   const v2Path = await releaseImage(world, name, "2.0.0", { payloadBytes });
@@ -106,7 +108,7 @@ export async function makeFleetWorld(name: string, payloadBytes: number): Promis
   return {
     world,
     deviceImage,
-    v1: await manifestOf(v1Path),
+    v1,
     v2: await manifestOf(v2Path),
     tls: await makeTestCert(world.dir),
     pg,

@@ -1,7 +1,8 @@
 /**
  * `os-update`: the device side of A/B updates, with the original's flags.
  * Exit codes: --check 0 = up to date, 1 = update available; every command
- * 2 = usage error, 3 = any other error (the message says which).
+ * 2 = usage error, 3 = any other error (the message says which); --apply
+ * 4 = the new root is written but the maintenance window is closed.
  */
 import { pipeline } from "node:stream/promises";
 import { EosError } from "../core/errors.ts";
@@ -15,12 +16,15 @@ import { apply, check, firmware, type UpdaterOptions } from "../io/update/update
 import { commit, rollback } from "../io/update/boot-switch.ts";
 import { openReporter, reportingOff } from "../io/update/reporter.ts";
 import { sysPath } from "../io/context.ts";
+import { windowJson } from "../io/update/window.ts";
 import { newProgram, parseProgram, usageError } from "./main.ts";
 
 export interface OsUpdateDeps {
   boot: BootActions;
   /** First retry delay of an interrupted download (doubles each time). */
   retryDelayMs?: number;
+  /** At most how often a download reports its progress to the server (default 10 s). */
+  progressReportMs?: number;
 }
 
 interface Options {
@@ -75,6 +79,7 @@ async function runCheck(ctx: Context, o: UpdaterOptions, opts: Options): Promise
               : { reason: r.plan.reason }),
           }
         : null,
+      window: windowJson(r.window),
     });
   } else if (r.upToDate) o.say(`up to date: ${r.manifest.version} (slot ${r.device.layout.running})`);
   else if (!r.available)
@@ -88,6 +93,10 @@ async function runCheck(ctx: Context, o: UpdaterOptions, opts: Options): Promise
         r.plan.path === "delta"
           ? `download: a delta of ${r.plan.delta.size} bytes (the full root is ${r.manifest.partitions.root.size})`
           : `download: the full root, ${r.manifest.partitions.root.size} bytes (${r.plan.reason})`,
+      );
+    if (r.window)
+      o.say(
+        `maintenance window: ${r.window.parsed.spec} (UTC), ${r.window.open ? "open now" : `closed; opens at ${r.window.opens ?? "never"}`}`,
       );
   }
   return r.available ? 1 : 0;
@@ -215,6 +224,7 @@ export async function osUpdateMain(
     noDelta: opts.delta === false,
     boot: deps.boot,
     retryDelayMs: deps.retryDelayMs,
+    progressReportMs: deps.progressReportMs,
     transport,
     say: (line) => {
       if (!opts.json) ctx.stdout.write(`${line}\n`);
@@ -237,7 +247,9 @@ export async function osUpdateMain(
   try {
     return await runAction(ctx, o, opts, action);
   } catch (error) {
-    if (action !== "firmware")
+    // A closed maintenance window is the schedule working, not a failure of the update.
+    const waiting = error instanceof EosError && error.code === "WINDOW";
+    if (action !== "firmware" && !waiting)
       await events.note({
         type: "failed",
         stage: action,

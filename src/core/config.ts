@@ -7,6 +7,8 @@ import { z } from "zod";
 import { EosError } from "./errors.ts";
 import { isSafeImageName } from "./image-name.ts";
 import { parseYamlData } from "./yaml-input.ts";
+import { MAX_TAGS, TAG } from "./fleet/admin.ts";
+import { parseWindow } from "./fleet/window.ts";
 
 const imageName = z
   .string()
@@ -100,6 +102,25 @@ export const serverConfigSchema = z.strictObject({
       assignment_key: z.string().startsWith("/", "must be an absolute path").optional(),
       /** How often running rollouts are judged besides on each report (default 30s). */
       rollout_interval: duration.optional(),
+      /**
+       * Maintenance windows per device group (the devices having all `tags`; none: every device),
+       * first match wins: a device switches to a new root only inside its window.
+       */
+      windows: z
+        .array(
+          z.strictObject({
+            tags: z.array(z.string().regex(TAG, "must be a tag")).max(MAX_TAGS).default([]),
+            window: z.string().superRefine((spec, ctx) => {
+              try {
+                parseWindow(spec);
+              } catch (error) {
+                ctx.addIssue({ code: "custom", message: (error as Error).message });
+              }
+            }),
+          }),
+        )
+        .max(100)
+        .optional(),
     })
     .optional(),
 });

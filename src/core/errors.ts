@@ -32,6 +32,7 @@ export type ErrorCode =
   | "TIMEOUT"
   | "STALLED"
   | "DELTA"
+  | "WINDOW"
   | "INTERNAL";
 
 export class EosError extends Error {

@@ -38,7 +38,7 @@ export interface TestDevice {
   calls: BootCall[];
   boot(slot: "A" | "B", extra?: string): Promise<void>;
   grubenv(): Promise<Map<string, string>>;
-  run(args: string[], options?: { signal?: AbortSignal }): Promise<DeviceRun>;
+  run(args: string[], options?: { signal?: AbortSignal; progressReportMs?: number }): Promise<DeviceRun>;
   close(): Promise<void>;
 }
 
@@ -148,7 +148,11 @@ export async function makeDevice(
       let err = "";
       let code: number;
       try {
-        code = await osUpdateMain(args, ctx, { boot, retryDelayMs: 20 });
+        code = await osUpdateMain(args, ctx, {
+          boot,
+          retryDelayMs: 20,
+          ...(options.progressReportMs === undefined ? {} : { progressReportMs: options.progressReportMs }),
+        });
       } catch (error) {
         const e = error as { code?: string; message: string; exitCode?: number };
         err += `error [${e.code ?? "?"}]: ${e.message}\n`;

@@ -5,11 +5,12 @@
  */
 import assert from "node:assert/strict";
 import { once } from "node:events";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { runEos } from "./run.ts";
-import { startServer, type RunningServer, type TestCert } from "./serve.ts";
-import type { World } from "./server-world.ts";
+import { makeTestCert, startServer, type RunningServer, type TestCert } from "./serve.ts";
+import { makeWorld, releaseImage, writeServerConfig, type World } from "./server-world.ts";
+import { startPostgres, type Postgres } from "./postgres.ts";
 
 export interface FleetServer {
   config: string;
@@ -76,4 +77,54 @@ export async function stopServer(server: RunningServer): Promise<void> {
   const exited = once(server.child, "exit");
   server.stop();
   await exited;
+}
+
+export interface ReleaseManifest {
+  version: string;
+  partitions: { root: { sha256: string; size: number } };
+}
+
+export interface FleetWorld {
+  world: World;
+  /** A copy of the 1.0.0 disk image, for devices to start from. */
+  deviceImage: string;
+  v1: ReleaseManifest;
+  v2: ReleaseManifest;
+  tls: TestCert;
+  /** Undefined when PostgreSQL cannot start here; `pgUnavailable` says why. */
+  pg: Postgres | undefined;
+  pgUnavailable: string;
+  close(): Promise<void>;
+}
+
+/** Image NAME released as 1.0.0 and 2.0.0 and fetched (the server serves 2.0.0), a TLS cert, a PostgreSQL. */
+export async function makeFleetWorld(name: string, payloadBytes: number): Promise<FleetWorld> {
+  const world = await makeWorld();
+  await writeServerConfig(world, [{ image: `${world.origin.url}/${name}.raw.xz`, name }]);
+  const manifestOf = async (path: string) =>
+    JSON.parse(await readFile(`${path}.manifest.json`, "utf8")) as ReleaseManifest;
+  // Each release replaces the last one's files at the origin: read and copy 1.0.0 before 2.0.0.
+  const v1Path = await releaseImage(world, name, "1.0.0", { payloadBytes });
+  const v1 = await manifestOf(v1Path);
+  const deviceImage = join(world.dir, "device-v1.raw");
+  await copyFile(v1Path, deviceImage);
+  const v2Path = await releaseImage(world, name, "2.0.0", { payloadBytes });
+  const fetched = await runEos("os-update-server", ["fetch", "--config", world.config]);
+  assert.equal(fetched.code, 0, fetched.stderr);
+  const started = await startPostgres();
+  const pg = "unavailable" in started ? undefined : started;
+  return {
+    world,
+    deviceImage,
+    v1,
+    v2: await manifestOf(v2Path),
+    tls: await makeTestCert(world.dir),
+    pg,
+    pgUnavailable: "unavailable" in started ? started.unavailable : "",
+    async close() {
+      await pg?.stop();
+      await world.origin.close();
+      await rm(world.dir, { recursive: true, force: true });
+    },
+  };
 }

@@ -8,15 +8,15 @@
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { copyFile, readFile, rm } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { request as httpsRequest } from "node:https";
 import { runEos } from "../helpers/run.ts";
-import { makeTestCert, startServer, type RunningServer, type TestCert } from "../helpers/serve.ts";
-import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
-import { startFleetServer, stopServer } from "../helpers/fleet-server.ts";
+import { startServer, type RunningServer, type TestCert } from "../helpers/serve.ts";
+import type { World } from "../helpers/server-world.ts";
+import { makeFleetWorld, startFleetServer, stopServer, type FleetWorld } from "../helpers/fleet-server.ts";
 import { makeDevice, type TestDevice } from "../helpers/device.ts";
-import { startPostgres, type Postgres } from "../helpers/postgres.ts";
+import type { Postgres } from "../helpers/postgres.ts";
 
 const NAME = "EOS.x86_64-AB";
 
@@ -27,29 +27,22 @@ interface Manifest {
 
 let world: World;
 let v1Manifest: Manifest;
+let v2Size: number;
 let tls: TestCert;
 let pg: Postgres | undefined;
 let pgUnavailable = "";
 
+let fw: FleetWorld;
+
 before(async () => {
-  world = await makeWorld();
-  await writeServerConfig(world, [{ image: `${world.origin.url}/${NAME}.raw.xz`, name: NAME }]);
-  const v1 = await releaseImage(world, NAME, "1.0.0", { payloadBytes: 2 * 1024 * 1024 });
-  v1Manifest = JSON.parse(await readFile(`${v1}.manifest.json`, "utf8")) as Manifest;
-  await copyFile(v1, join(world.dir, "device-v1.raw"));
-  await releaseImage(world, NAME, "2.0.0", { payloadBytes: 2 * 1024 * 1024 });
-  const fetched = await runEos("os-update-server", ["fetch", "--config", world.config]);
-  assert.equal(fetched.code, 0, fetched.stderr);
-  tls = await makeTestCert(world.dir);
-  const started = await startPostgres();
-  if ("unavailable" in started) pgUnavailable = started.unavailable;
-  else pg = started;
+  fw = await makeFleetWorld(NAME, 2 * 1024 * 1024);
+  ({ world, tls, pg, pgUnavailable } = fw);
+  v1Manifest = fw.v1;
+  v2Size = fw.v2.partitions.root.size;
 });
 
 after(async () => {
-  await pg?.stop();
-  await world.origin.close();
-  await rm(world.dir, { recursive: true, force: true });
+  await fw.close();
 });
 
 for (const kind of ["sqlite", "postgres"] as const) {
@@ -250,6 +243,33 @@ for (const kind of ["sqlite", "postgres"] as const) {
         device: { state: string; tags: string[] };
       };
       assert.deepEqual([d1.device.state, d1.device.tags], ["committed", ["canary", "lab"]]);
+    });
+
+    test("a download reports its progress (bytes and total) between download_started and written", async (t) => {
+      if (!server) return t.skip(`PostgreSQL cannot start here: ${pgUnavailable}`);
+      const d2 = devices[1] as TestDevice;
+      // Every chunk may report (the 10 s default leaves a fast test none): the cadence is the only change.
+      const applied = await d2.run(["--apply"], { progressReportMs: 0 });
+      assert.equal(applied.code, 0, applied.stderr);
+      const shown = JSON.parse((await cli(["devices", "show", "dev-2", "--json"])).stdout.toString()) as {
+        events: Array<{ type: string; data: { bytes?: number; total?: number; version?: string } }>;
+      };
+      const types = shown.events.map((e) => e.type);
+      const progress = shown.events.filter((e) => e.type === "download_progress");
+      assert.ok(progress.length >= 1, `progress reported: ${types.join(" ")}`);
+      const first = types.indexOf("download_progress");
+      const last = types.lastIndexOf("download_progress");
+      assert.ok(
+        types.indexOf("download_started") < first && last < types.indexOf("written"),
+        types.join(" "),
+      );
+      const total = v2Size;
+      let previous = 0;
+      for (const e of progress) {
+        assert.deepEqual([e.data.version, e.data.total], ["2.0.0", total]);
+        assert.ok((e.data.bytes ?? -1) >= previous && (e.data.bytes ?? 0) <= total, JSON.stringify(e.data));
+        previous = e.data.bytes ?? 0;
+      }
     });
   });
 }

@@ -155,6 +155,13 @@ for (const kind of ["sqlite", "postgres"] as const) {
       assert.equal(r.status, 200, r.text);
       return (JSON.parse(r.text) as Manifest).version;
     };
+    /** The version /v1/images lists for this device. */
+    const listed = async (id: string) => {
+      const r = await call("GET", "/v1/images", tokens.get(id) as string);
+      assert.equal(r.status, 200, r.text);
+      const images = (JSON.parse(r.text) as { images: Array<{ name: string; version: string }> }).images;
+      return images.find((i) => i.name === NAME)?.version;
+    };
     /** A simulated device's report: what happened, and its slots afterwards. */
     const report = async (
       id: string,
@@ -221,6 +228,7 @@ for (const kind of ["sqlite", "postgres"] as const) {
       assert.ok(first.length >= 3 && second.length >= 3, `both waves have devices: ${first} / ${second}`);
       for (const id of SIMS) {
         assert.equal(await offered(id), "2.0.0");
+        assert.equal(await listed(id), "2.0.0");
         await report(
           id,
           {
@@ -283,7 +291,11 @@ for (const kind of ["sqlite", "postgres"] as const) {
         "1.0.0",
         "previous: the older published",
       );
-      for (const id of SIMS) assert.equal(await offered(id), wave(id) === 0 ? "2.0.0" : "1.0.0", id);
+      for (const id of SIMS) {
+        const assigned = wave(id) === 0 ? "2.0.0" : "1.0.0";
+        assert.equal(await offered(id), assigned, id);
+        assert.equal(await listed(id), assigned, `${id}: /v1/images lists the assigned version`);
+      }
       for (const [id, d] of real) {
         const checked = await d.run(["--check"]);
         assert.equal(checked.code, wave(id) === 0 ? 1 : 0, `${id}: ${checked.stdout}${checked.stderr}`);

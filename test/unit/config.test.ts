@@ -264,3 +264,21 @@ test("image names are safe in file names and URLs", () => {
     assert.equal(isSafeImageName(bad), false, bad);
   }
 });
+
+test("server: maintenance windows per tag group; a bad window names its place and what is wrong", () => {
+  const ok = server(
+    'update: []\nserve:\n  windows:\n    - tags: [lab]\n      window: "Mon-Fri 22:00-04:00"\n    - window: "Sat 00:00-24:00"\n',
+  );
+  assert.deepEqual(ok.serve?.windows, [
+    { tags: ["lab"], window: "Mon-Fri 22:00-04:00" },
+    { tags: [], window: "Sat 00:00-24:00" },
+  ]);
+  assert.throws(
+    () => server('update: []\nserve:\n  windows:\n    - window: "Mon 25:00-26:00"\n'),
+    configError(/^serve\.windows\[0\]\.window: .*"25:00" is not a time/),
+  );
+  assert.throws(
+    () => server('update: []\nserve:\n  windows:\n    - tags: ["a b"]\n      window: "10:00-11:00"\n'),
+    configError(/^serve\.windows\[0\]\.tags\[0\]: must be a tag/),
+  );
+});

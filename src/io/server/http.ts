@@ -1,7 +1,7 @@
 /**
  * The update server's HTTP(S) API:
  *   GET /health                               liveness, no auth
- *   GET /v1/images                            published images and versions
+ *   GET /v1/images                            published images, each at the version assigned to the device
  *   GET /v1/images/NAME/manifest.json         canonical manifest bytes
  *   GET /v1/images/NAME/manifest.json.sig     detached signatures
  *   GET|HEAD /v1/images/NAME/root|firmware    partition stream, Range + If-Range
@@ -36,6 +36,7 @@ import { HttpError, sendJson } from "./http-answer.ts";
 import type { ControlPlane } from "./fleet/api.ts";
 import type { VersionResolver } from "./fleet/assigned.ts";
 import { join } from "node:path";
+import { WINDOW_HEADER } from "../../core/fleet/window.ts";
 
 export interface UpdateServerOptions {
   store: PublishedImages;
@@ -56,6 +57,8 @@ export interface UpdateServerOptions {
   }>;
   /** Counts every answered request (for /metrics). */
   counters?: { observe(path: string, status: number, bytes: number): void };
+  /** The maintenance window of a device (its group's), sent with its manifest; none: any time. */
+  windowOf?: (device: string | undefined) => Promise<string | undefined>;
 }
 
 export function createUpdateServer(options: UpdateServerOptions): Server {
@@ -211,8 +214,9 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     if (device) log.device = device;
     if (path === "/v1/images") {
       const images = [];
+      // Each image at the version assigned to this device (rollout wave, pin), as its manifest is.
       for (const name of await store.list()) {
-        const v = await store.current(name).catch(() => undefined);
+        const v = await versionFor(name, device).catch(() => undefined);
         if (v) images.push({ name, version: v.manifest.version, signed: v.signatureBytes !== undefined });
       }
       return sendJson(res, 200, { images });
@@ -251,7 +255,9 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     if (!version) throw new HttpError(404, `image ${name} is not published`);
     const bytes = what === "manifest.json" ? version.manifestBytes : version.signatureBytes;
     if (!bytes) throw new HttpError(404, `image ${name} is unsigned`);
-    return sendBytes(req, res, bytes, `"${version.vid}"`);
+    // The check reads the manifest: its answer carries when this device may switch to it.
+    const window = what === "manifest.json" ? await options.windowOf?.(device) : undefined;
+    return sendBytes(req, res, bytes, `"${version.vid}"`, window ? { [WINDOW_HEADER]: window } : {});
   }
 
   function imageNameOf(encoded: string): string {
@@ -265,12 +271,19 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     return name;
   }
 
-  function sendBytes(req: IncomingMessage, res: ServerResponse, bytes: Buffer, etag: string): number {
+  function sendBytes(
+    req: IncomingMessage,
+    res: ServerResponse,
+    bytes: Buffer,
+    etag: string,
+    extra: Record<string, string> = {},
+  ): number {
     res.writeHead(200, {
       "content-type": "application/json",
       "content-length": bytes.length,
       etag,
       "cache-control": "no-cache",
+      ...extra,
     });
     res.end(req.method === "HEAD" ? undefined : bytes);
     return bytes.length;

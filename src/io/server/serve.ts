@@ -15,7 +15,7 @@ import { PublishedImages } from "./published.ts";
 import { DEFAULT_TOKENS_DIR, loadServerConfig, publishedDir } from "./server-config.ts";
 import { TokenStore } from "./tokens.ts";
 import { openControlPlane } from "./fleet/open.ts";
-import { versionResolver } from "./fleet/assigned.ts";
+import { versionResolver, windowLookup } from "./fleet/assigned.ts";
 import { loadPrivateKey } from "../keys.ts";
 import { RequestCounters } from "../../core/fleet/metrics.ts";
 import { dashboard } from "./fleet/dashboard.ts";
@@ -106,6 +106,7 @@ export async function serve(ctx: Context, o: ServeOptions): Promise<void> {
           resolve: versionResolver(store, fleet.rollouts, assignmentKey, logger, ctx.now),
         }
       : {}),
+    ...(conf.windows ? { windowOf: windowLookup(conf.windows, fleet?.rollouts, logger) } : {}),
     store,
     tokens,
     logger,

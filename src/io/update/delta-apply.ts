@@ -89,6 +89,9 @@ async function withLoopDevice<T>(
   }
 }
 
+/** The progress label of the delta's download. */
+const DELTA_DOWNLOAD = "delta";
+
 export interface DeltaWrite {
   source: UpdateSource;
   /** The new root's dm-verity record (the manifest's): an xdelta3-verity delta leaves the tree to the device. */
@@ -127,7 +130,7 @@ async function fileSystemBytes(disk: string, slot: ByteRange): Promise<number> {
 /** Downloads and checks the delta: its bytes, exactly as the index describes them. */
 async function downloadDelta(o: DeltaWrite): Promise<Buffer> {
   const stream = await o.source.openDelta(o.delta.from_sha256);
-  const bar = o.progress?.("delta", o.delta.size);
+  const bar = o.progress?.(DELTA_DOWNLOAD, o.delta.size);
   const watch = watchWithLimits(stream, o.limits, "download of the delta", o.signal);
   const chunks: Buffer[] = [];
   let size = 0;
@@ -242,10 +245,14 @@ export async function writeRootByPlan(o: {
   root: ManifestPartition;
   limits: TransferLimits;
   retryDelayMs?: number | undefined;
+  /** Also sees the downloads' progress (the delta, or the full stream), e.g. to report it. */
+  track?: ((inner: Progress, total: number) => Progress) | undefined;
 }): Promise<RootWrite> {
   const log = (line: string) => o.ctx.stderr.write(`os-update: ${line}\n`);
   const bar = (label: string, total: number) =>
     progress(o.ctx.stderr, label, total, { interactive: o.ctx.interactive });
+  const download = (label: string, total: number) =>
+    o.track ? o.track(bar(label, total), total) : bar(label, total);
   const { root } = o;
   if (o.plan?.path === "delta" && o.running) {
     const { delta } = o.plan;
@@ -263,7 +270,8 @@ export async function writeRootByPlan(o: {
         verity: root.verity,
         limits: o.limits,
         signal: o.ctx.signal,
-        progress: bar,
+        // Only the delta's download is downloading; rebuilding the slot from it is local.
+        progress: (label, total) => (label === DELTA_DOWNLOAD ? download(label, total) : bar(label, total)),
         log,
       });
       return { timing, path: "delta", downloaded: delta.size };
@@ -283,7 +291,7 @@ export async function writeRootByPlan(o: {
     sha256: root.sha256,
     source: o.source,
     kind: "root",
-    progress: bar(`slot ${o.label}`, streamBytes(root)),
+    progress: download(`slot ${o.label}`, streamBytes(root)),
     log,
     signal: o.ctx.signal,
     proc: o.ctx.proc,

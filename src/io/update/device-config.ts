@@ -7,7 +7,8 @@ import { mkdir, readFile, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { DeviceConfig } from "../../core/config.ts";
 import { fnv1a } from "../../core/fnv.ts";
-import { EosError } from "../../core/errors.ts";
+import { EosError, errorMessage } from "../../core/errors.ts";
+import { parseWindow, type MaintenanceWindow } from "../../core/fleet/window.ts";
 import {
   decodeManifest,
   decodeSignatures,
@@ -100,10 +101,26 @@ export async function fetchVerifiedManifest(
   setup: DeviceSetup,
   source: UpdateSource,
 ): Promise<Manifest> {
+  return (await fetchOffer(ctx, setup, source)).manifest;
+}
+
+/** The server's verified manifest, and the maintenance window it gave this device (none: any time). */
+export async function fetchOffer(
+  ctx: Context,
+  setup: DeviceSetup,
+  source: UpdateSource,
+): Promise<{ manifest: Manifest; window: MaintenanceWindow | undefined }> {
   const keys = await loadTrustedKeys(setup.config.update.keys ?? [sysPath(ctx, DEFAULT_KEYS)]);
-  const { manifest, signature } = await source.fetchManifest();
+  const { manifest, signature, window } = await source.fetchManifest();
   verifyManifestSignature(manifest, decodeSignatures(signature, `${source.describe} signature`), keys);
-  return decodeManifest(manifest, `${source.describe} manifest`);
+  const verified = decodeManifest(manifest, `${source.describe} manifest`);
+  if (window === undefined) return { manifest: verified, window: undefined };
+  try {
+    return { manifest: verified, window: parseWindow(window) };
+  } catch (error) {
+    // Not knowing when it may switch, the device does not guess "any time".
+    throw new EosError("HTTP", `${source.describe}: the maintenance window it sent: ${errorMessage(error)}`);
+  }
 }
 
 export interface SshTransport {

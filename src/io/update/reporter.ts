@@ -9,12 +9,13 @@
  */
 import { randomBytes } from "node:crypto";
 import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { parseKernelCommandLine, readBootState, type Slot } from "../../core/update/bootctl.ts";
 import type { DeviceEvent, DeviceFacts } from "../../core/fleet/events.ts";
 import { REGISTRY_MOUNT } from "../../core/registry/registry.ts";
 import { sysPath, type Context } from "../context.ts";
 import { atomicWriteFile } from "../files.ts";
+import { withLock } from "../lock.ts";
 import { readBootControl } from "./boot-control.ts";
 import { loadSetupWith, type DeviceSetup, type SshTransport } from "./device-config.ts";
 import { deviceIdentity } from "./device-identity.ts";
@@ -69,6 +70,28 @@ async function readQueue(path: string): Promise<Queue> {
   }
 }
 
+/** How long a writer waits for another process's turn on the queue (a few ms each) before it gives up the event. */
+const QUEUE_LOCK_WAIT_MS = 2000;
+/** This process's edits, one after the other (the lock file tells processes apart, not calls). */
+let editing: Promise<unknown> = Promise.resolve();
+
+/**
+ * Reads, changes and rewrites the queue as one step: the boot unit's report
+ * and a manual os-update may both be writing, and neither may lose the
+ * other's events.
+ */
+function editQueue(path: string, change: (q: Queue) => Queue): Promise<void> {
+  const run = async () => {
+    await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+    await withLock(`${path}.lock`, "another os-update's report", QUEUE_LOCK_WAIT_MS, async () => {
+      await atomicWriteFile(path, JSON.stringify(change(await readQueue(path))), 0o600);
+    });
+  };
+  const next = editing.then(run, run);
+  editing = next.catch(() => undefined);
+  return next;
+}
+
 export interface ReporterOptions {
   ctx: Context;
   config?: string | undefined;
@@ -121,15 +144,15 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
   const reporter: UpdateEvents = {
     async note(event) {
       try {
-        const q = await readQueue(path);
         const id = `${Date.now().toString(36)}-${randomBytes(6).toString("base64url")}`;
-        q.events.push({ ...event, id, time: o.ctx.now().toISOString() } as DeviceEvent);
-        while (q.events.length > QUEUE_MAX) {
-          q.events.shift();
-          q.dropped++;
-        }
-        await mkdir(join(path, ".."), { recursive: true, mode: 0o700 });
-        await atomicWriteFile(path, JSON.stringify(q), 0o600);
+        await editQueue(path, (q) => {
+          q.events.push({ ...event, id, time: o.ctx.now().toISOString() } as DeviceEvent);
+          while (q.events.length > QUEUE_MAX) {
+            q.events.shift();
+            q.dropped++;
+          }
+          return q;
+        });
       } catch {
         // a full or read-only disk loses this report, never the update
       }
@@ -152,12 +175,10 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
         if (status >= 500 || status === 401 || status === 403 || status === 429 || status === 408) return;
         // Sent (200), or refused for good (another 4xx: resending the same bytes cannot help).
         const sent = new Set(q.events.map((e) => e.id));
-        const now = await readQueue(path);
-        const left = {
+        await editQueue(path, (now) => ({
           events: now.events.filter((e) => !sent.has(e.id)),
           dropped: Math.max(0, now.dropped - q.dropped),
-        };
-        await atomicWriteFile(path, JSON.stringify(left), 0o600);
+        }));
       } catch {
         // unreachable, timed out, no token: the queue keeps the events for the next run
       }

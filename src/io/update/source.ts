@@ -10,6 +10,7 @@ import type { Readable } from "node:stream";
 import { EosError } from "../../core/errors.ts";
 import { pipeThrough, type ProcessRunner } from "../process.ts";
 import { readBounded } from "../read-bounded.ts";
+import { WINDOW_HEADER } from "../../core/fleet/window.ts";
 
 export type StreamKind = "root" | "firmware";
 
@@ -21,7 +22,8 @@ export interface StreamResponse {
 
 export interface UpdateSource {
   describe: string;
-  fetchManifest(): Promise<{ manifest: Buffer; signature: Buffer }>;
+  /** The manifest, its signatures, and (HTTPS) the device's maintenance window the server sent with them. */
+  fetchManifest(): Promise<{ manifest: Buffer; signature: Buffer; window?: string | undefined }>;
   /**
    * The stream from `offset`; with `end`, up to that byte (exclusive): the
    * server may still send more (an answer without Range), the caller stops.
@@ -101,12 +103,18 @@ export function httpSource(options: HttpSourceOptions): UpdateSource {
   const small = async (suffix: string) => {
     const res = await httpGet(url(suffix), headers(), options.ca, timeout);
     if (res.statusCode !== 200) throw statusError(res, `${options.name} ${suffix}`);
-    return readBounded(res, 1 << 20, `${options.name} ${suffix}`);
+    return { body: await readBounded(res, 1 << 20, `${options.name} ${suffix}`), headers: res.headers };
   };
   return {
     describe: base,
     async fetchManifest() {
-      return { manifest: await small("manifest.json"), signature: await small("manifest.json.sig") };
+      const manifest = await small("manifest.json");
+      const window = manifest.headers[WINDOW_HEADER];
+      return {
+        manifest: manifest.body,
+        signature: (await small("manifest.json.sig")).body,
+        window: typeof window === "string" ? window : undefined,
+      };
     },
     async fetchDeltaIndex() {
       const res = await httpGet(url("deltas"), headers(), options.ca, timeout);

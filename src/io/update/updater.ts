@@ -31,6 +31,7 @@ import { acquireLock } from "../lock.ts";
 import { findKernel, withSlotMounted, type BootActions } from "./boot-actions.ts";
 import { readBootControl, writeBootControl } from "./boot-control.ts";
 import {
+  fetchOffer,
   fetchVerifiedManifest,
   loadSetupWith,
   type SshTransport,
@@ -47,6 +48,9 @@ import { runningRootHash } from "./running-root.ts";
 import type { UpdateSource } from "./source.ts";
 import { downloadStarted, type UpdateEvents } from "./reporter.ts";
 import { judgeAssignment } from "./assignment.ts";
+import { progressReports } from "./progress-report.ts";
+import { outsideWindow, windowState, type WindowState } from "./window.ts";
+import { inWindow } from "../../core/fleet/window.ts";
 
 const DEFAULT_ESP = "/boot/efi";
 
@@ -73,6 +77,8 @@ export interface UpdaterOptions {
    */
   transport?: SshTransport | undefined;
   events?: UpdateEvents | undefined; // reports to the update server (see reporter.ts); none when absent
+  /** At most how often a download reports its progress (default PROGRESS_REPORT_MS). */
+  progressReportMs?: number | undefined;
 }
 
 /** The bounds on a download from os-update.yml (deadline, stall), with their defaults. */
@@ -119,12 +125,14 @@ export interface CheckResult {
   plan: DeltaPlan | undefined;
   /** Why the server's assignment did not allow the downgrade, when it is one. */
   refusal?: string;
+  /** When this device may switch to a new root, as its server says; absent: any time. */
+  window?: WindowState;
 }
 
 export async function check(o: UpdaterOptions): Promise<CheckResult> {
   const setup = await loadSetupWith(o.ctx, o.config, o.transport);
   const source = await openUpdateSource(o.ctx, setup);
-  const manifest = await fetchVerifiedManifest(o.ctx, setup, source);
+  const { manifest, window } = await fetchOffer(o.ctx, setup, source);
   const device = await openDevice(o);
   const vars = await readBootControl(device.esp).catch(() => undefined);
   const state = vars ? readBootState(vars) : undefined;
@@ -162,6 +170,7 @@ export async function check(o: UpdaterOptions): Promise<CheckResult> {
     available,
     plan,
     ...(verdict && "refused" in verdict ? { refusal: verdict.refused } : {}),
+    ...(window ? { window: windowState(window, o.ctx.now()) } : {}),
   };
 }
 
@@ -233,6 +242,10 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
     );
     const running = device.layout.slots[device.layout.running];
     await o.events?.note(downloadStarted(manifest, r.plan));
+    const reports = progressReports(o.events, manifest.version, {
+      everyMs: o.progressReportMs,
+      now: () => o.ctx.now(),
+    });
     const written = await writeRootByPlan({
       ctx: o.ctx,
       say: o.say,
@@ -245,9 +258,11 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
       root,
       limits: transferLimits(setup.config),
       retryDelayMs: o.retryDelayMs,
-    });
+      track: reports.track,
+    }).finally(() => reports.settle());
     const { timing } = written;
     crashPoint("apply:slot-verified");
+    if (r.window && !inWindow(r.window.parsed, o.ctx.now())) throw outsideWindow(r.window, manifest, target);
     const tries = setup.config.update.tries ?? DEFAULT_TRIES;
     const verity = root.verity ? verityParameter(root.verity) : undefined;
     const record = { version: manifest.version, sha256: root.sha256, size: root.size, verity };

@@ -13,6 +13,7 @@ import { HttpError } from "../http-answer.ts";
 import type { PublishedImages, PublishedVersion } from "../published.ts";
 import type { Logger } from "../../log.ts";
 import type { RolloutStore } from "./rollouts.ts";
+import { windowFor } from "../../../core/fleet/window.ts";
 
 export interface VersionResolver {
   version(name: string, device: string | undefined): Promise<PublishedVersion | undefined>;
@@ -95,5 +96,29 @@ export function versionResolver(
       );
       return Buffer.from(JSON.stringify(doc), "utf8");
     },
+  };
+}
+
+/**
+ * A device's maintenance window: its group's (core/fleet/window.ts), sent
+ * beside its manifest. Not signed: the server is authenticated by TLS (the
+ * device pins update.ca), and a window only says when the device may switch
+ * to a root whose release signature it checks anyway; whoever could forge
+ * the window could as well withhold the update.
+ */
+export function windowLookup(
+  groups: ReadonlyArray<{ tags: readonly string[]; window: string }>,
+  rollouts: RolloutStore | undefined,
+  logger: Logger,
+): (device: string | undefined) => Promise<string | undefined> {
+  return async (device) => {
+    let tags: string[] = [];
+    if (device !== undefined && rollouts)
+      tags = await rollouts.tagsOf(device).catch((error: unknown) => {
+        // The database is down: only the groups that need no tag still match.
+        logger.error("device tags unavailable", { device, error: errorMessage(error) });
+        return [];
+      });
+    return windowFor(groups, tags);
   };
 }

@@ -158,7 +158,7 @@ export class RolloutStore {
     return row?.version;
   }
 
-  private async tagsOf(device: string): Promise<string[]> {
+  async tagsOf(device: string): Promise<string[]> {
     const rows = await this.fleet.db
       .selectFrom("device_tags")
       .select("tag")

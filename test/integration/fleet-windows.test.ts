@@ -1,0 +1,130 @@
+/**
+ * Maintenance windows per device group, on SQLite and on a real PostgreSQL:
+ * the server's config gives the tagged group a window that is closed now
+ * and every other device one that is open; the server sends each device its
+ * group's window with the manifest. A real os-update run (offline
+ * --root-device, as in os-update.test.ts) in the closed window downloads
+ * and verifies the new root but does not put it on trial, and exits 4; in
+ * the open window it applies as always.
+ */
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { runEos } from "../helpers/run.ts";
+import type { RunningServer } from "../helpers/serve.ts";
+import { makeFleetWorld, startFleetServer, stopServer, type FleetWorld } from "../helpers/fleet-server.ts";
+import { makeDevice, type TestDevice } from "../helpers/device.ts";
+
+const NAME = "EOS.x86_64-AB";
+
+let fw: FleetWorld;
+
+/** A one-hour window twelve hours from now (UTC): closed for the whole test. */
+function closedWindow(): string {
+  const now = new Date();
+  const start = (now.getUTCHours() * 60 + now.getUTCMinutes() + 720) % 1440;
+  const hhmm = (m: number) =>
+    `${String(Math.floor(m / 60)).padStart(2, "0")}:${String(m % 60).padStart(2, "0")}`;
+  return `${hhmm(start)}-${hhmm((start + 60) % 1440)}`;
+}
+
+before(async () => {
+  fw = await makeFleetWorld(NAME, 1024 * 1024);
+});
+
+after(async () => {
+  await fw.close();
+});
+
+for (const kind of ["sqlite", "postgres"] as const) {
+  describe(`maintenance windows on ${kind}`, () => {
+    let server: RunningServer;
+    let env: NodeJS.ProcessEnv;
+    const devices = new Map<string, TestDevice>();
+    const closed = closedWindow();
+
+    before(async () => {
+      if (kind === "postgres" && !fw.pg) return;
+      const database = kind === "postgres" && fw.pg ? `database: ${await fw.pg.freshDatabase()}\n` : "";
+      const windows =
+        `serve:\n  windows:\n    - tags: [night]\n      window: "${closed}"\n` +
+        `    - window: "Mon-Sun 00:00-24:00"\n`;
+      const fleet = await startFleetServer({
+        world: fw.world,
+        dir: join(fw.world.dir, kind),
+        extraConfig: `${database}${windows}`,
+        deviceIds: ["night-1", "day-1"],
+        tls: fw.tls,
+      });
+      ({ env, server } = fleet);
+      for (const id of ["night-1", "day-1"])
+        devices.set(
+          id,
+          await makeDevice(fw.deviceImage, fw.v1, {
+            config: `update:\n  name: ${NAME}\n  url: ${server.url}\n  ca: ${fw.tls.cert}\n  tries: 3\n`,
+            keys: [join(fw.world.keysDir, "release.pub")],
+            token: fleet.tokens.get(id) as string,
+          }),
+        );
+    });
+
+    after(async () => {
+      if (server) await stopServer(server);
+      for (const d of devices.values()) await d.close();
+    });
+
+    const cli = (args: string[]) =>
+      runEos("os-update-server", [...args, "--ca", fw.tls.cert], { env: { ...env } });
+
+    test("a device in a closed window downloads and verifies, does not switch, exits 4; --check shows it", async (t) => {
+      if (!server) return t.skip(`PostgreSQL cannot start here: ${fw.pgUnavailable}`);
+      const night = devices.get("night-1") as TestDevice;
+      // First contact registers the device; then it joins the group.
+      assert.equal((await night.run(["--check"])).code, 1);
+      const tagged = await cli(["devices", "tag", "night-1", "night"]);
+      assert.equal(tagged.code, 0, tagged.stderr);
+
+      const checked = await night.run(["--check", "--json"]);
+      assert.equal(checked.code, 1, "an update is available, whatever the window");
+      const window = JSON.parse(checked.stdout).window as Record<string, unknown>;
+      assert.deepEqual([window.spec, window.timezone, window.open], [closed, "UTC", false]);
+      assert.ok(Date.parse(String(window.opens)) > Date.now(), String(window.opens));
+      assert.match(
+        (await night.run(["--check"])).stdout,
+        /maintenance window: .* \(UTC\), closed; opens at /,
+      );
+
+      const applied = await night.run(["--apply"]);
+      assert.equal(applied.code, 4, applied.stderr);
+      assert.match(
+        applied.stderr,
+        /\[WINDOW\]: 2\.0\.0 is written and verified in slot B, but this device's maintenance window \(.*, UTC\) is closed: not switching to it; it opens at /,
+      );
+      const vars = await night.grubenv();
+      assert.deepEqual([vars.get("eos_trial"), vars.get("eos_default")], ["", "A"], "no trial, no switch");
+      assert.deepEqual(night.calls, [], "no kexec, no reboot");
+      const shown = JSON.parse((await cli(["devices", "show", "night-1", "--json"])).stdout.toString()) as {
+        events: Array<{ type: string }>;
+      };
+      const types = shown.events.map((e) => e.type);
+      assert.ok(types.includes("download_started"), types.join(" "));
+      assert.ok(!types.includes("failed") && !types.includes("written"), `not a failure: ${types.join(" ")}`);
+    });
+
+    test("a device whose group's window is open applies as always", async (t) => {
+      if (!server) return t.skip(`PostgreSQL cannot start here: ${fw.pgUnavailable}`);
+      const day = devices.get("day-1") as TestDevice;
+      const checked = await day.run(["--check", "--json"]);
+      assert.equal(checked.code, 1);
+      assert.deepEqual(JSON.parse(checked.stdout).window, {
+        spec: "Mon-Sun 00:00-24:00",
+        timezone: "UTC",
+        open: true,
+        opens: null,
+      });
+      const applied = await day.run(["--apply"]);
+      assert.equal(applied.code, 0, applied.stderr);
+      assert.equal((await day.grubenv()).get("eos_trial"), "B");
+    });
+  });
+}

@@ -169,7 +169,7 @@ export function checkManifest(value: unknown, source = "manifest"): Manifest {
 }
 
 /** Bytes of a partition's stream that a device downloads: up to its zero tail. */
-export function streamBytes(part: ManifestPartition): number {
+export function streamBytes(part: Pick<ManifestPartition, "size" | "data_bytes">): number {
   return part.data_bytes ?? part.size;
 }
 

@@ -81,7 +81,7 @@ export async function stopServer(server: RunningServer): Promise<void> {
 
 export interface ReleaseManifest {
   version: string;
-  partitions: { root: { sha256: string; size: number } };
+  partitions: { root: { sha256: string; size: number; data_bytes?: number } };
 }
 
 export interface FleetWorld {

@@ -5,24 +5,32 @@ import type { BlockSource } from "../core/gpt.ts";
 import { EosError } from "../core/errors.ts";
 
 let tempCounter = 0;
+/**
+ * This process among all that ever had its pid: a boot runs the same units in
+ * the same order, so the commit after a power cut gets the cut commit's pid
+ * and would meet its temp file. Not secret, so no node:crypto (launchers on a
+ * hot path write files too).
+ */
+const processTag = `${process.pid}-${Math.random().toString(36).slice(2, 10)}`;
 
 /**
  * Temp name beside the target, so the final rename stays on one file system.
- * pid + counter is unique among live writers, and files are created with
- * O_EXCL; no node:crypto here, since launchers on a hot path write files too.
+ * The process tag + counter is unique among writers, and files are created
+ * with O_EXCL.
  */
 export function tempPathFor(target: string): string {
-  return join(dirname(target), `.${basename(target)}.tmp-${process.pid}-${tempCounter++}`);
+  return join(dirname(target), `.${basename(target)}.tmp-${processTag}-${tempCounter++}`);
 }
 
 /**
  * Removes the temp files that writers of `target` killed before their rename
- * left beside it (any process's but this one's). Only for a target whose
- * writers hold a lock, so that no live writer's temp file goes.
+ * left beside it (any process's but this one's, an earlier boot's process
+ * with this pid included). Only for a target whose writers hold a lock, so
+ * that no live writer's temp file goes.
  */
 export async function removeStaleTemps(target: string): Promise<string[]> {
   const prefix = `.${basename(target)}.tmp-`;
-  const ours = `${prefix}${process.pid}-`;
+  const ours = `${prefix}${processTag}-`;
   const removed: string[] = [];
   for (const name of await readdir(dirname(target)).catch(() => [] as string[])) {
     if (!name.startsWith(prefix) || name.startsWith(ours)) continue;

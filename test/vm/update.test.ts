@@ -168,12 +168,16 @@ describe("update cycle in a real VM (the demo, asserted)", { skip, timeout: 75 *
     let code: number | null;
     try {
       await cut.waitForConsole(/EOS: booting slot B .*COMMIT_UPDATE/, { timeoutMs: BOOT_TIMEOUT_MS });
+      let timer: NodeJS.Timeout | undefined;
       code = await Promise.race([
         cut.exited,
-        new Promise<never>((_, reject) =>
-          setTimeout(() => reject(new Error("the commit never reached its crash point")), BOOT_TIMEOUT_MS),
-        ),
-      ]);
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error("the commit never reached its crash point")),
+            BOOT_TIMEOUT_MS,
+          );
+        }),
+      ]).finally(() => clearTimeout(timer));
     } finally {
       await cut.kill();
     }

@@ -7,7 +7,7 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { request, type IncomingMessage } from "node:http";
-import { rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { ChildProcess } from "node:child_process";
 import { mustRun, runEos, startEos, waitForLog } from "../helpers/run.ts";
@@ -48,6 +48,8 @@ const auth = () => ({ authorization: `Bearer ${token}` });
 before(async () => {
   world = await makeWorld();
   await writeFile(world.config, `update: []\nimages_dir: ${world.imagesDir}\n`);
+  // An empty store, not a missing one: /health says 503 when the store cannot be listed.
+  await mkdir(world.imagesDir, { recursive: true });
   const added = await runEos("os-update-server", ["token", "add", "device-1", "--tokens-dir", tokensDir()]);
   assert.equal(added.code, 0, added.stderr);
   token = added.stdout.toString().trim();

@@ -27,7 +27,7 @@ import { Agent, request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { cpuSeconds, currentRss } from "./proc-stats.ts";
+import { cpuSeconds, sampleRss } from "./proc-stats.ts";
 import { DIST, runEos, waitForLog } from "../test/helpers/run.ts";
 import { startPostgres, type Postgres } from "../test/helpers/postgres.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../test/helpers/server-world.ts";
@@ -127,13 +127,7 @@ async function drive(
   const sample: Sample = { latencies: [], errors: 0, statuses: new Map() };
   const cpu0 = await cpuSeconds(pid);
   const gen0 = process.cpuUsage();
-  let peakRss = 0;
-  const rssTimer = setInterval(() => {
-    currentRss(pid).then(
-      (r) => (peakRss = Math.max(peakRss, r)),
-      () => undefined,
-    );
-  }, 250);
+  const rss = sampleRss(pid, 250);
   const start = performance.now();
   const total = Math.round(checksPerSecond * DURATION_S);
   let issued = 0;
@@ -157,7 +151,6 @@ async function drive(
   });
   await Promise.all(inflight);
   const seconds = (performance.now() - start) / 1000;
-  clearInterval(rssTimer);
   const gen = process.cpuUsage(gen0);
   const sorted = [...sample.latencies].sort((a, b) => a - b);
   return {
@@ -168,7 +161,7 @@ async function drive(
     p50: pct(sorted, 0.5),
     p99: pct(sorted, 0.99),
     cpu: ((await cpuSeconds(pid)) - cpu0) / seconds,
-    rss: Math.max(peakRss, await currentRss(pid)),
+    rss: await rss.stop(),
     seconds,
     generatorCpu: (gen.user + gen.system) / 1e6 / seconds,
     maxLagMs: maxLag,

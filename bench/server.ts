@@ -11,7 +11,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { cpuSeconds, currentRss, peakRss } from "./proc-stats.ts";
+import { cpuSeconds, peakRss, sampleRss } from "./proc-stats.ts";
 import { DIST, runEos, waitForLog } from "../test/helpers/run.ts";
 import { partitionBytes } from "../test/helpers/sample-image.ts";
 import { makeWorld, releaseImage, writeServerConfig } from "../test/helpers/server-world.ts";
@@ -39,22 +39,16 @@ function download(url: string, headers: Record<string, string>): Promise<number>
 
 async function measure(url: string, headers: Record<string, string>, n: number, pid: number) {
   const cpuBefore = await cpuSeconds(pid);
-  let maxRss = 0;
-  const sampler = setInterval(() => {
-    currentRss(pid).then(
-      (r) => (maxRss = Math.max(maxRss, r)),
-      () => undefined,
-    );
-  }, 20);
+  const rss = sampleRss(pid, 20);
   const start = performance.now();
   const sizes = await Promise.all(Array.from({ length: n }, () => download(url, headers)));
   const seconds = (performance.now() - start) / 1000;
-  clearInterval(sampler);
+  const maxRss = await rss.stop();
   const bytes = sizes.reduce((a, b) => a + b, 0);
   const cpu = (await cpuSeconds(pid)) - cpuBefore;
   if (process.env.BENCH_DEBUG)
     console.log(`  ${url.slice(0, 40)} n=${n} ${seconds.toFixed(2)}s cpu=${cpu.toFixed(2)}s`);
-  return { bytesPerSecond: bytes / seconds, seconds, cpu, maxRss: Math.max(maxRss, await currentRss(pid)) };
+  return { bytesPerSecond: bytes / seconds, seconds, cpu, maxRss };
 }
 
 const BASELINE = `

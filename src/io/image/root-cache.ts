@@ -25,6 +25,7 @@ import {
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { EosError } from "../../core/errors.ts";
+import { parseMountInfo } from "../../core/image/flash.ts";
 import { baseRootEntryName, baseRootKey, type BaseRootInputs } from "../../core/image/root-cache.ts";
 import { pidAlive, type ProcessRunner } from "../process.ts";
 
@@ -72,9 +73,8 @@ interface Meta {
 /** Paths mounted at or below `dir` (mmdebstrap mounts /proc, /sys, /dev in the tree it builds). */
 async function mountsBelow(dir: string): Promise<string[]> {
   const text = await readFile("/proc/self/mountinfo", "utf8").catch(() => "");
-  return text
-    .split("\n")
-    .map((l) => (l.split(" ")[4] ?? "").replace(/\\040/g, " "))
+  return parseMountInfo(text)
+    .map((m) => m.mountPoint)
     .filter((m) => m === dir || m.startsWith(`${dir}/`));
 }
 

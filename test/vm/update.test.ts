@@ -168,16 +168,10 @@ describe("update cycle in a real VM (the demo, asserted)", { skip, timeout: 75 *
     let code: number | null;
     try {
       await cut.waitForConsole(/EOS: booting slot B .*COMMIT_UPDATE/, { timeoutMs: BOOT_TIMEOUT_MS });
-      let timer: NodeJS.Timeout | undefined;
-      code = await Promise.race([
-        cut.exited,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new Error("the commit never reached its crash point")),
-            BOOT_TIMEOUT_MS,
-          );
-        }),
-      ]).finally(() => clearTimeout(timer));
+      code = await cut.waitForExit({
+        timeoutMs: BOOT_TIMEOUT_MS,
+        what: "the commit never reached its crash point",
+      });
     } finally {
       await cut.kill();
     }

@@ -325,6 +325,18 @@ export class Vm {
     );
   }
 
+  /** Waits until QEMU ends by itself (with noReboot: the guest reset or powered off); its exit code. */
+  async waitForExit(options: { timeoutMs: number; what: string }): Promise<number | null> {
+    const error = new EosError("VM", `${options.what}: QEMU still ran after ${options.timeoutMs / 1000} s`, {
+      hint: `console log: ${this.consoleLog}`,
+    });
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([
+      this.exited,
+      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(error), options.timeoutMs))),
+    ]).finally(() => clearTimeout(timer));
+  }
+
   /** Clean shutdown from inside (systemctl poweroff); falls back to SIGTERM, then SIGKILL. */
   async powerOff(options: { timeoutMs?: number } = {}): Promise<number | null> {
     if (!this.running) return this.exitCode ?? null;

@@ -63,6 +63,11 @@ const serverImageSchema = z.strictObject({
   insecure: z.boolean().optional(),
   /** Deltas to a new version from this many older ones (kept for it; default 3, 0: none). */
   delta_from: z.number().int().min(0).max(16).optional(),
+  /**
+   * Published versions kept (default and minimum: delta_from + 1, at least 2); an older one
+   * stays while a device runs it, a rollout names it or a device is pinned to it.
+   */
+  keep: z.number().int().min(1).max(1000).optional(),
 });
 
 export const serverConfigSchema = z.strictObject({

@@ -14,6 +14,7 @@ import { progress } from "../progress.ts";
 import { limitsFrom } from "../watchdog.ts";
 import { fetchAndPublish, type FetchOptions, type FetchOutcome } from "./fetch.ts";
 import { PublishedImages } from "./published.ts";
+import { openFleetNeeds, pruneImage } from "./retention.ts";
 import { DEFAULT_KEYS_DIR, loadServerConfig, publishedDir } from "./server-config.ts";
 
 const DEFAULT_INTERVAL_S = 3600;
@@ -77,9 +78,13 @@ export async function fetchAll(ctx: Context, o: FetchAllOptions): Promise<FetchR
     proc: ctx.proc,
     limits: limitsFrom(config),
   };
+  const needs = await openFleetNeeds(ctx, setup, logger);
   const fetchOne = async (image: ServerImage): Promise<FetchResult> => {
     try {
-      return await fetchAndPublish(store, image, options);
+      const outcome = await fetchAndPublish(store, image, options);
+      // Also when nothing new came: a version the fleet has left since the last round may go now.
+      await pruneImage(store, image, needs, logger);
+      return outcome;
     } catch (error) {
       const code = error instanceof EosError ? error.code : "INTERNAL";
       logger.error("fetch failed", { image: image.name, code, error: errorMessage(error) });
@@ -87,17 +92,21 @@ export async function fetchAll(ctx: Context, o: FetchAllOptions): Promise<FetchR
     }
   };
   // Each image on its own: a failed or stalled origin never delays another image.
-  if (!o.daemon) return Promise.all(images.map(fetchOne));
-  logger.info("fetch daemon started", { images: images.length });
-  await Promise.all(
-    images.map(async (image) => {
-      const interval = (image.interval ?? config.interval ?? DEFAULT_INTERVAL_S) * 1000;
-      while (!ctx.signal.aborted) {
-        await fetchOne(image);
-        await sleep(interval, ctx.signal);
-      }
-    }),
-  );
-  logger.info("fetch daemon stopped");
-  return [];
+  try {
+    if (!o.daemon) return await Promise.all(images.map(fetchOne));
+    logger.info("fetch daemon started", { images: images.length });
+    await Promise.all(
+      images.map(async (image) => {
+        const interval = (image.interval ?? config.interval ?? DEFAULT_INTERVAL_S) * 1000;
+        while (!ctx.signal.aborted) {
+          await fetchOne(image);
+          await sleep(interval, ctx.signal);
+        }
+      }),
+    );
+    logger.info("fetch daemon stopped");
+    return [];
+  } finally {
+    await needs.close();
+  }
 }

@@ -268,18 +268,13 @@ export async function fetchAndPublish(
               options,
             )
           : undefined;
-      const vid = await store.publish(
-        name,
-        staging,
-        {
-          manifestBytes: manifestBytes as Buffer,
-          signatureBytes,
-          rawSha256: got.sha256,
-          version: manifest.version,
-          deltaIndexBytes,
-        },
-        deltaFrom + 1,
-      );
+      const vid = await store.publish(name, staging, {
+        manifestBytes: manifestBytes as Buffer,
+        signatureBytes,
+        rawSha256: got.sha256,
+        version: manifest.version,
+        deltaIndexBytes,
+      });
       await store.writeState(name, {
         ...(manifestValidators ? { manifest: manifestValidators } : {}),
         image: got.validators,

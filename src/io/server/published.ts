@@ -218,8 +218,6 @@ export class PublishedImages {
       version: string;
       deltaIndexBytes?: Buffer | undefined;
     },
-    /** Versions kept (the new one included): older ones are sources of deltas. At least 2. */
-    keep = 2,
   ): Promise<string> {
     if (files.deltaIndexBytes)
       await atomicWriteFile(join(staging.dir, `${name}.deltas.json`), files.deltaIndexBytes);
@@ -228,7 +226,6 @@ export class PublishedImages {
       await atomicWriteFile(join(staging.dir, `${name}.manifest.json.sig`), files.signatureBytes);
     await atomicWriteFile(join(staging.dir, `${name}.raw.sha`), `${files.rawSha256}  ${name}.raw\n`);
     await fsyncPath(staging.rawPath);
-    const previous = (await this.current(name).catch(() => undefined))?.vid;
     const safeVersion = files.version.replace(/[^A-Za-z0-9._+-]/g, "_");
     const vid = `${safeVersion}-${Date.now().toString(36)}-${randomBytes(3).toString("hex")}`;
     await rename(staging.dir, join(this.versionsDir(name), vid));
@@ -247,18 +244,16 @@ export class PublishedImages {
     // The manifest link is the one readers resolve: it switches last.
     await switchLink(this.link(name, "manifest"), relative(`${name}.manifest.json`));
     await fsyncPath(this.dir, true);
-    // Keep the previous version for streams still reading it by path, and the newest `keep`
-    // (sources of the next version's deltas); older ones go.
-    const kept = new Set([
-      vid,
-      ...(previous ? [previous] : []),
-      ...(await this.history(name)).slice(0, keep),
-    ]);
-    for (const entry of await readdir(this.versionsDir(name))) {
-      if (!kept.has(entry) && !entry.startsWith(".staging-")) {
-        await rm(join(this.versionsDir(name), entry), { recursive: true, force: true });
-      }
-    }
     return vid;
+  }
+
+  /** Deletes an older version directory (src/io/server/retention.ts decides which); never the current one. */
+  async removeVersion(name: string, vid: string): Promise<void> {
+    this.checkName(name);
+    if (!(await this.history(name)).includes(vid)) return;
+    if ((await this.current(name).catch(() => undefined))?.vid === vid)
+      throw new EosError("IO", `${name}: ${vid} is the published version; it is not removed`);
+    await rm(join(this.versionsDir(name), vid), { recursive: true, force: true });
+    this.older.delete(`${name}/${vid}`);
   }
 }

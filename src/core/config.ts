@@ -65,6 +65,12 @@ const serverImageSchema = z.strictObject({
   delta_from: z.number().int().min(0).max(16).optional(),
 });
 
+/** A token bucket: `burst` requests at once, `per_minute` earned back a minute. */
+const bucket = z.strictObject({
+  burst: z.number().int().min(1).max(100_000).optional(),
+  per_minute: z.number().positive().max(1_000_000).optional(),
+});
+
 export const serverConfigSchema = z.strictObject({
   update: z.array(serverImageSchema),
   images_dir: z.string().startsWith("/", "must be an absolute path").optional(),
@@ -100,6 +106,15 @@ export const serverConfigSchema = z.strictObject({
       stall_bytes: stallBytes,
       /** ed25519 private key that signs downgrade assignments (abort, pin); none: no downgrades. */
       assignment_key: z.string().startsWith("/", "must be an absolute path").optional(),
+      /** POST /v1/enrol's token buckets per client address and per enrolment key (io/server/fleet/enrol-limit.ts). */
+      enrol_limit: z
+        .strictObject({
+          per_address: bucket.optional(),
+          per_key: bucket.optional(),
+          /** Buckets kept per table; the least recently used go first (default 10000). */
+          max_clients: z.number().int().min(1).max(1_000_000).optional(),
+        })
+        .optional(),
       /** How often running rollouts are judged besides on each report (default 30s). */
       rollout_interval: duration.optional(),
       /**

@@ -2,6 +2,7 @@
  * The control plane's HTTP routes, next to the image routes of http.ts:
  *   POST   /v1/events                  a device's batch of reports (device token)
  *   POST   /v1/enrol                   {"hint"?} with the fleet's enrolment key → {"device", "token"}
+ *                                      (rate-limited per address and per key: 429, enrol-limit.ts)
  *   GET    /v1/admin/whoami            the admin token's name and role (viewer)
  *   GET    /v1/admin/devices           inventory; ?tag= &version= &state= &image= (viewer)
  *   GET    /v1/admin/devices/ID        one device and its history; ?limit= (viewer)
@@ -33,6 +34,7 @@ import type { PublishedImages } from "../published.ts";
 import { rolloutRoute } from "./rollout-api.ts";
 import { DEVICE_TOKEN_PREFIX, ID_HINT, type DeviceTokenStore } from "./device-tokens.ts";
 import type { RolloutStore } from "./rollouts.ts";
+import type { EnrolLimiter } from "./enrol-limit.ts";
 
 export interface ControlPlane {
   handles(path: string): boolean;
@@ -122,6 +124,7 @@ export function controlPlane(
   store: FleetStore,
   deviceTokens: DeviceTokenStore,
   rollouts?: { store: RolloutStore; images: PublishedImages; onError(error: unknown): void },
+  enrolLimit?: EnrolLimiter,
 ): ControlPlane {
   async function admin(
     req: IncomingMessage,
@@ -168,6 +171,7 @@ export function controlPlane(
     }
     if (path === "/v1/enrol") {
       method(req, ["POST"]);
+      enrolLimit?.address(req.socket.remoteAddress);
       const key = await auth.enroller();
       if (!key) throw refuse(401, "enrolment needs the fleet's enrolment key", "AUTH");
       // A token from `token add DEVICE` is that device's own already: it keeps using it.
@@ -175,6 +179,7 @@ export function controlPlane(
         throw refuse(409, `this is device ${key.name}'s own token, not an enrolment key`, "REFUSED", {
           "x-eos-error": "NOT_ENROLMENT_KEY",
         });
+      enrolLimit?.key(key.name);
       const body = await readJson(req, ADMIN_BODY_BYTES, enrolBody);
       const enrolled = await deviceTokens.enrol(key.name, body.hint);
       auth.log.device = enrolled.device;

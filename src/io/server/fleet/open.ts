@@ -9,6 +9,7 @@ import { EosError } from "../../../core/errors.ts";
 import { sysPath, type Context } from "../../context.ts";
 import type { Logger } from "../../log.ts";
 import type { ServerSetup } from "../server-config.ts";
+import { enrolLimiter, enrolLimits } from "./enrol-limit.ts";
 import { controlPlane, type ControlPlane } from "./api.ts";
 import { DEFAULT_STATE_DIR, openFleetDb, SQLITE_FILE } from "./db.ts";
 import { FleetStore } from "./store.ts";
@@ -56,7 +57,12 @@ export async function openControlPlane(
     return {
       store,
       rollouts,
-      control: controlPlane(store, new DeviceTokenStore(db, ctx.now), { store: rollouts, images, onError }),
+      control: controlPlane(
+        store,
+        new DeviceTokenStore(db, ctx.now),
+        { store: rollouts, images, onError },
+        enrolLimiter(enrolLimits(setup.config.serve?.enrol_limit), ctx.now),
+      ),
       data: new DashboardData(db, store, rollouts, images),
     };
   } catch (error) {

@@ -65,6 +65,24 @@ const serverImageSchema = z.strictObject({
   delta_from: z.number().int().min(0).max(16).optional(),
 });
 
+/** Maintenance windows per device group, as the config and the admin API (PUT /v1/admin/windows) take them. */
+export const windowGroupsSchema = z
+  .array(
+    z.strictObject({
+      tags: z.array(z.string().regex(TAG, "must be a tag")).max(MAX_TAGS).default([]),
+      window: z.string().superRefine((spec, ctx) => {
+        try {
+          parseWindow(spec);
+        } catch (error) {
+          ctx.addIssue({ code: "custom", message: (error as Error).message });
+        }
+      }),
+    }),
+  )
+  .max(100);
+
+export type WindowGroups = z.infer<typeof windowGroupsSchema>;
+
 /** A token bucket: `burst` requests at once, `per_minute` earned back a minute. */
 const bucket = z.strictObject({
   burst: z.number().int().min(1).max(100_000).optional(),
@@ -121,21 +139,7 @@ export const serverConfigSchema = z.strictObject({
        * Maintenance windows per device group (the devices having all `tags`; none: every device),
        * first match wins: a device switches to a new root only inside its window.
        */
-      windows: z
-        .array(
-          z.strictObject({
-            tags: z.array(z.string().regex(TAG, "must be a tag")).max(MAX_TAGS).default([]),
-            window: z.string().superRefine((spec, ctx) => {
-              try {
-                parseWindow(spec);
-              } catch (error) {
-                ctx.addIssue({ code: "custom", message: (error as Error).message });
-              }
-            }),
-          }),
-        )
-        .max(100)
-        .optional(),
+      windows: windowGroupsSchema.optional(),
     })
     .optional(),
 });

@@ -171,3 +171,50 @@ describe("an update staged outside the maintenance window", () => {
     assert.equal((await d.grubenv()).get("eos_trial"), "B");
   });
 });
+
+describe("the maintenance windows admin API", () => {
+  const call = (method: string, o: { token?: string; body?: unknown } = {}) =>
+    httpsCall(fleet.server.url, fw.tls, method, "/v1/admin/windows", o);
+  const operator = () => fleet.env.EOS_ADMIN_TOKEN as string;
+  const windowOf = async (d: TestDevice) => JSON.parse((await d.run(["--check", "--json"])).stdout).window;
+
+  test("GET shows the config's; PUT replaces them (validated, operator only) and devices get them; DELETE goes back", async () => {
+    const d = devices.get("damaged") as TestDevice;
+    assert.equal((await call("GET")).status, 401);
+    const shown = await call("GET", { token: fleet.env.VIEWER as string });
+    assert.equal(shown.status, 200, shown.text);
+    assert.deepEqual(JSON.parse(shown.text), {
+      windows: [{ tags: ["night"], window: closedWindow() }],
+      source: "config",
+    });
+
+    const wanted = [{ tags: [], window: "Mon-Sun 00:00-24:00" }];
+    const viewer = await call("PUT", { token: fleet.env.VIEWER as string, body: { windows: wanted } });
+    assert.equal(viewer.status, 403, viewer.text);
+    const bad = await call("PUT", { token: operator(), body: { windows: [{ window: "Mon 25:00-26:00" }] } });
+    assert.equal(bad.status, 400, bad.text);
+    assert.match(JSON.parse(bad.text).error, /windows\[0\]\.window: .*"25:00" is not a time/);
+    const badTag = await call("PUT", {
+      token: operator(),
+      body: { windows: [{ tags: ["a b"], window: "01:00-02:00" }] },
+    });
+    assert.equal(badTag.status, 400, badTag.text);
+    assert.equal(await windowOf(d), null, "no group matches an untagged device yet");
+
+    const put = await call("PUT", { token: operator(), body: { windows: wanted } });
+    assert.equal(put.status, 200, put.text);
+    const set = JSON.parse(put.text) as { windows: unknown; source: string; updated_by: string };
+    assert.deepEqual([set.windows, set.source, set.updated_by], [wanted, "api", "ops"]);
+    assert.deepEqual(await windowOf(d), {
+      spec: "Mon-Sun 00:00-24:00",
+      timezone: "UTC",
+      open: true,
+      opens: null,
+    });
+
+    const reset = await call("DELETE", { token: operator() });
+    assert.equal(reset.status, 200, reset.text);
+    assert.equal(JSON.parse(reset.text).source, "config");
+    assert.equal(await windowOf(d), null);
+  });
+});

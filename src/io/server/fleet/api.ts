@@ -11,6 +11,7 @@
  *   GET    /v1/admin/tokens            admin tokens, without secrets (admin)
  *   POST   /v1/admin/tokens            {"name", "role"} → a new token, shown once (admin)
  *   DELETE /v1/admin/tokens/NAME       revokes one (admin)
+ *   GET|PUT|DELETE /v1/admin/windows   maintenance windows (windows-api.ts)
  * Every body is bounded and validated; a refusal names the field at fault
  * and carries the error's stable code.
  */
@@ -35,6 +36,7 @@ import { rolloutRoute } from "./rollout-api.ts";
 import { DEVICE_TOKEN_PREFIX, ID_HINT, type DeviceTokenStore } from "./device-tokens.ts";
 import type { RolloutStore } from "./rollouts.ts";
 import type { EnrolLimiter } from "./enrol-limit.ts";
+import { windowsRoute, type WindowSettings } from "./windows-api.ts";
 
 export interface ControlPlane {
   handles(path: string): boolean;
@@ -125,6 +127,7 @@ export function controlPlane(
   deviceTokens: DeviceTokenStore,
   rollouts?: { store: RolloutStore; images: PublishedImages; onError(error: unknown): void },
   enrolLimit?: EnrolLimiter,
+  windows?: WindowSettings,
 ): ControlPlane {
   async function admin(
     req: IncomingMessage,
@@ -193,20 +196,18 @@ export function controlPlane(
       await deviceTokens.revoke(id);
       return sendJson(res, 200, { revoked: id });
     }
+    const helpers = {
+      admin: (needed: Role) => admin(req, needed, auth.log),
+      method: (allowed: string[]) => method(req, allowed),
+      body: <T>(schema: z.ZodType<T>) => readJson(req, ADMIN_BODY_BYTES, schema),
+      pathId,
+    };
     if (rollouts) {
-      const answered = await rolloutRoute(
-        req,
-        res,
-        url,
-        {
-          admin: (needed) => admin(req, needed, auth.log),
-          method: (allowed) => method(req, allowed),
-          body: (schema) => readJson(req, ADMIN_BODY_BYTES, schema),
-          pathId,
-        },
-        rollouts.store,
-        rollouts.images,
-      );
+      const answered = await rolloutRoute(req, res, url, helpers, rollouts.store, rollouts.images);
+      if (answered !== undefined) return answered;
+    }
+    if (windows) {
+      const answered = await windowsRoute(req, res, path, helpers, windows);
       if (answered !== undefined) return answered;
     }
     if (path === "/v1/admin/whoami") {

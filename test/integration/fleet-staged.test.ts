@@ -26,6 +26,8 @@ import {
 import { makeDevice, type TestDevice } from "../helpers/device.ts";
 
 const NAME = "EOS.x86_64-AB";
+/** The night group's window, closed for the whole test (computed once: the minute moves on). */
+const CLOSED = closedWindow();
 
 let fw: FleetWorld;
 let fleet: FleetServer;
@@ -36,7 +38,7 @@ before(async () => {
   fleet = await startFleetServer({
     world: fw.world,
     dir: join(fw.world.dir, "staged"),
-    extraConfig: `serve:\n  windows:\n    - tags: [night]\n      window: "${closedWindow()}"\n`,
+    extraConfig: `serve:\n  windows:\n    - tags: [night]\n      window: "${CLOSED}"\n`,
     deviceIds: ["calm", "damaged"],
     tls: fw.tls,
   });
@@ -184,7 +186,7 @@ describe("the maintenance windows admin API", () => {
     const shown = await call("GET", { token: fleet.env.VIEWER as string });
     assert.equal(shown.status, 200, shown.text);
     assert.deepEqual(JSON.parse(shown.text), {
-      windows: [{ tags: ["night"], window: closedWindow() }],
+      windows: [{ tags: ["night"], window: CLOSED }],
       source: "config",
     });
 
@@ -217,4 +219,37 @@ describe("the maintenance windows admin API", () => {
     assert.equal(JSON.parse(reset.text).source, "config");
     assert.equal(await windowOf(d), null);
   });
+});
+
+test("the windows admin API stores and replaces them on PostgreSQL too", async (t) => {
+  if (!fw.pg) return t.skip(`PostgreSQL cannot start here: ${fw.pgUnavailable}`);
+  const pg = await startFleetServer({
+    world: fw.world,
+    dir: join(fw.world.dir, "staged-pg"),
+    extraConfig: `database: ${await fw.pg.freshDatabase()}\n`,
+    deviceIds: ["pg-1"],
+    tls: fw.tls,
+  });
+  try {
+    const call = (method: string, body?: unknown) =>
+      httpsCall(pg.server.url, fw.tls, method, "/v1/admin/windows", {
+        token: pg.env.EOS_ADMIN_TOKEN as string,
+        ...(body === undefined ? {} : { body }),
+      });
+    assert.deepEqual(JSON.parse((await call("GET")).text), { windows: [], source: "config" });
+    for (const window of ["01:00-02:00", "Sat,Sun 00:00-24:00"]) {
+      const put = await call("PUT", { windows: [{ tags: ["lab"], window }] });
+      assert.equal(put.status, 200, put.text);
+    }
+    const shown = JSON.parse((await call("GET")).text) as { windows: unknown; source: string };
+    assert.deepEqual(
+      shown.windows,
+      [{ tags: ["lab"], window: "Sat,Sun 00:00-24:00" }],
+      "the second PUT replaced the first",
+    );
+    assert.equal(shown.source, "api");
+    assert.equal(JSON.parse((await call("DELETE")).text).source, "config");
+  } finally {
+    await stopServer(pg.server);
+  }
 });

@@ -12,6 +12,8 @@ import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { cpuSeconds, peakRss, sampleRss } from "./proc-stats.ts";
+import { TokenStore } from "../src/io/server/tokens.ts";
+import { DEFAULT_STREAM_LIMITS } from "../src/io/server/send-range.ts";
 import { DIST, runEos, waitForLog } from "../test/helpers/run.ts";
 import { partitionBytes } from "../test/helpers/sample-image.ts";
 import { makeWorld, releaseImage, writeServerConfig } from "../test/helpers/server-world.ts";
@@ -37,11 +39,14 @@ function download(url: string, headers: Record<string, string>): Promise<number>
   });
 }
 
-async function measure(url: string, headers: Record<string, string>, n: number, pid: number) {
+/** Client i's request headers. */
+type Headers = (i: number) => Record<string, string>;
+
+async function measure(url: string, headers: Headers, n: number, pid: number) {
   const cpuBefore = await cpuSeconds(pid);
   const rss = sampleRss(pid, 20);
   const start = performance.now();
-  const sizes = await Promise.all(Array.from({ length: n }, () => download(url, headers)));
+  const sizes = await Promise.all(Array.from({ length: n }, (_, i) => download(url, headers(i))));
   const seconds = (performance.now() - start) / 1000;
   const maxRss = await rss.stop();
   const bytes = sizes.reduce((a, b) => a + b, 0);
@@ -75,11 +80,11 @@ async function main() {
     const root = await partitionBytes(join(world.imagesDir, `${name}.raw`), "p.lxreadonly");
     const plain = join(work, "root.bin");
     await writeFile(plain, root);
-    const token = (
-      await runEos("os-update-server", ["token", "add", "bench", "--tokens-dir", join(work, "tokens")])
-    ).stdout
-      .toString()
-      .trim();
+    // Each client is a device with its own token, as in a fleet: the server caps streams per device
+    // (max_streams_per_device, 4 by default), and one shared token would turn N > 4 into 429s.
+    const tokenStore = new TokenStore(join(work, "tokens"));
+    const tokens: string[] = [];
+    for (let i = 0; i < Math.max(...Ns); i++) tokens.push(await tokenStore.add(`bench-${i}`));
 
     const eos = spawn(process.execPath, [
       ...(process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(" ") : []),
@@ -105,11 +110,15 @@ async function main() {
       `bench/server: root stream of ${(root.length / 2 ** 20).toFixed(1)} MiB, loopback, ${Ns.join("/")} concurrent clients`,
     );
     console.log("baseline: node:http piping the same bytes from a plain file (1 MiB reads)");
+    console.log(
+      `eos: one token per client; caps (defaults): ${DEFAULT_STREAM_LIMITS.maxStreamsPerClient} streams per device, ${DEFAULT_STREAM_LIMITS.maxStreams} in all`,
+    );
     console.log("N     eos MiB/s  base MiB/s  ratio  eos RSS MiB  base RSS MiB");
-    const auth = { authorization: `Bearer ${token}` };
+    const auth: Headers = (i) => ({ authorization: `Bearer ${tokens[i] as string}` });
+    const none: Headers = () => ({});
     for (const n of Ns) {
       await measure(eosUrl, auth, 1, eos.pid as number); // warm up
-      await measure(baseUrl, {}, 1, base.pid as number);
+      await measure(baseUrl, none, 1, base.pid as number);
       // Alternate the order over several rounds so neither server always runs on a warmer machine.
       const rounds = 3;
       const as = [];
@@ -117,9 +126,9 @@ async function main() {
       for (let r = 0; r < rounds; r++) {
         if (r % 2 === 0) {
           as.push(await measure(eosUrl, auth, n, eos.pid as number));
-          bs.push(await measure(baseUrl, {}, n, base.pid as number));
+          bs.push(await measure(baseUrl, none, n, base.pid as number));
         } else {
-          bs.push(await measure(baseUrl, {}, n, base.pid as number));
+          bs.push(await measure(baseUrl, none, n, base.pid as number));
           as.push(await measure(eosUrl, auth, n, eos.pid as number));
         }
       }

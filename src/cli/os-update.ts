@@ -2,7 +2,7 @@
  * `os-update`: the device side of A/B updates, with the original's flags.
  * Exit codes: --check 0 = up to date, 1 = update available; every command
  * 2 = usage error, 3 = any other error (the message says which); --apply
- * 4 = the new root is written but the maintenance window is closed.
+ * 4 = the new root is written and staged but the maintenance window is closed.
  */
 import { pipeline } from "node:stream/promises";
 import { EosError } from "../core/errors.ts";

@@ -70,6 +70,30 @@ const serverImageSchema = z.strictObject({
   keep: z.number().int().min(1).max(1000).optional(),
 });
 
+/** Maintenance windows per device group, as the config and the admin API (PUT /v1/admin/windows) take them. */
+export const windowGroupsSchema = z
+  .array(
+    z.strictObject({
+      tags: z.array(z.string().regex(TAG, "must be a tag")).max(MAX_TAGS).default([]),
+      window: z.string().superRefine((spec, ctx) => {
+        try {
+          parseWindow(spec);
+        } catch (error) {
+          ctx.addIssue({ code: "custom", message: (error as Error).message });
+        }
+      }),
+    }),
+  )
+  .max(100);
+
+export type WindowGroups = z.infer<typeof windowGroupsSchema>;
+
+/** A token bucket: `burst` requests at once, `per_minute` earned back a minute. */
+const bucket = z.strictObject({
+  burst: z.number().int().min(1).max(100_000).optional(),
+  per_minute: z.number().positive().max(1_000_000).optional(),
+});
+
 export const serverConfigSchema = z.strictObject({
   update: z.array(serverImageSchema),
   images_dir: z.string().startsWith("/", "must be an absolute path").optional(),
@@ -105,27 +129,22 @@ export const serverConfigSchema = z.strictObject({
       stall_bytes: stallBytes,
       /** ed25519 private key that signs downgrade assignments (abort, pin); none: no downgrades. */
       assignment_key: z.string().startsWith("/", "must be an absolute path").optional(),
+      /** POST /v1/enrol's token buckets per client address and per enrolment key (io/server/fleet/enrol-limit.ts). */
+      enrol_limit: z
+        .strictObject({
+          per_address: bucket.optional(),
+          per_key: bucket.optional(),
+          /** Buckets kept per table; the least recently used go first (default 10000). */
+          max_clients: z.number().int().min(1).max(1_000_000).optional(),
+        })
+        .optional(),
       /** How often running rollouts are judged besides on each report (default 30s). */
       rollout_interval: duration.optional(),
       /**
        * Maintenance windows per device group (the devices having all `tags`; none: every device),
        * first match wins: a device switches to a new root only inside its window.
        */
-      windows: z
-        .array(
-          z.strictObject({
-            tags: z.array(z.string().regex(TAG, "must be a tag")).max(MAX_TAGS).default([]),
-            window: z.string().superRefine((spec, ctx) => {
-              try {
-                parseWindow(spec);
-              } catch (error) {
-                ctx.addIssue({ code: "custom", message: (error as Error).message });
-              }
-            }),
-          }),
-        )
-        .max(100)
-        .optional(),
+      windows: windowGroupsSchema.optional(),
     })
     .optional(),
 });

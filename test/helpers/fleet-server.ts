@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { copyFile, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { request as httpsRequest } from "node:https";
 import { join } from "node:path";
 import { runEos } from "./run.ts";
 import { makeTestCert, startServer, type RunningServer, type TestCert } from "./serve.ts";
@@ -127,4 +128,36 @@ export async function makeFleetWorld(name: string, payloadBytes: number): Promis
       await rm(world.dir, { recursive: true, force: true });
     },
   };
+}
+
+/** A one-hour window twelve hours from now (UTC): closed for the whole test. */
+export function closedWindow(): string {
+  const now = new Date();
+  const start = (now.getUTCHours() * 60 + now.getUTCMinutes() + 720) % 1440;
+  const hhmm = (m: number) =>
+    `${String(Math.floor(m / 60)).padStart(2, "0")}:${String(m % 60).padStart(2, "0")}`;
+  return `${hhmm(start)}-${hhmm((start + 60) % 1440)}`;
+}
+
+/** One HTTPS request to the test server: status, headers and the body as text. */
+export async function httpsCall(
+  base: string,
+  tls: TestCert,
+  method: string,
+  path: string,
+  o: { token?: string; body?: unknown; headers?: Record<string, string> } = {},
+): Promise<{ status: number; text: string; headers: Record<string, unknown> }> {
+  const ca = await readFile(tls.cert);
+  return new Promise((resolve, reject) => {
+    const headers: Record<string, string> = { ...o.headers };
+    if (o.token) headers.authorization = `Bearer ${o.token}`;
+    if (o.body !== undefined) headers["content-type"] = "application/json";
+    const req = httpsRequest(`${base}${path}`, { method, ca, headers, agent: false }, (res) => {
+      let text = "";
+      res.setEncoding("utf8").on("data", (s: string) => (text += s));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, text, headers: res.headers }));
+    });
+    req.on("error", reject);
+    req.end(o.body === undefined ? undefined : typeof o.body === "string" ? o.body : JSON.stringify(o.body));
+  });
 }

@@ -4,7 +4,7 @@
  * and every other device one that is open; the server sends each device its
  * group's window with the manifest. A real os-update run (offline
  * --root-device, as in os-update.test.ts) in the closed window downloads
- * and verifies the new root but does not put it on trial, and exits 4; in
+ * and verifies the new root, stages it but does not put it on trial, and exits 4; in
  * the open window it applies as always.
  */
 import { after, before, describe, test } from "node:test";
@@ -12,21 +12,18 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { runEos } from "../helpers/run.ts";
 import type { RunningServer } from "../helpers/serve.ts";
-import { makeFleetWorld, startFleetServer, stopServer, type FleetWorld } from "../helpers/fleet-server.ts";
+import {
+  closedWindow,
+  makeFleetWorld,
+  startFleetServer,
+  stopServer,
+  type FleetWorld,
+} from "../helpers/fleet-server.ts";
 import { makeDevice, type TestDevice } from "../helpers/device.ts";
 
 const NAME = "EOS.x86_64-AB";
 
 let fw: FleetWorld;
-
-/** A one-hour window twelve hours from now (UTC): closed for the whole test. */
-function closedWindow(): string {
-  const now = new Date();
-  const start = (now.getUTCHours() * 60 + now.getUTCMinutes() + 720) % 1440;
-  const hhmm = (m: number) =>
-    `${String(Math.floor(m / 60)).padStart(2, "0")}:${String(m % 60).padStart(2, "0")}`;
-  return `${hhmm(start)}-${hhmm((start + 60) % 1440)}`;
-}
 
 before(async () => {
   fw = await makeFleetWorld(NAME, 1024 * 1024);

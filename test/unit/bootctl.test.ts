@@ -6,7 +6,9 @@ import {
   DEFAULT_TRIES,
   kexecCommandLine,
   markInvalid,
+  markStaged,
   markTrial,
+  recordedAs,
   otherSlot,
   parseKernelCommandLine,
   readBootState,
@@ -167,6 +169,7 @@ test("readBootState: the shipped block is A committed, nothing on trial, B holdi
     defaultSlot: "A",
     trial: undefined,
     tries: 0,
+    staged: undefined,
     slots: {
       A: {
         part: "gpt2",
@@ -742,4 +745,46 @@ test("not a fallback: a commit, a confirmed boot, an operator's rollback", () =>
     undefined,
     "a slot being written again is no fallback",
   );
+});
+
+// --------------------------------------------------------------------------------------------- markStaged
+
+test("markStaged: records what the slot holds without a trial; GRUB still boots the default", () => {
+  const before = shipped();
+  const next = persisted(markStaged(before, "B", NEW));
+  const state = readBootState(next);
+  assert.equal(state.staged, "B");
+  assert.deepEqual([state.trial, state.tries, state.defaultSlot], [undefined, 0, "A"]);
+  assert.equal(next.get("eos_pending") ?? "", "", "nothing waits for trial boots");
+  assert.deepEqual(
+    [state.slots.B.version, state.slots.B.sha256, state.slots.B.size],
+    [NEW.version, B_SHA, NEW.size],
+  );
+  for (let boot = 0; boot < 5; boot++) assert.equal(grubBoot(next).slot, "A");
+  assert.equal(before.get("eos_staged"), undefined, "the input map is not modified");
+});
+
+test("markStaged: refuses the default slot and a slot on trial", () => {
+  assert.throws(() => markStaged(shipped(), "A", NEW), isCode("SLOT", /slot A is the default or on trial/));
+  assert.throws(() => markStaged(markTrial(shipped(), "B", NEW, 3), "B", NEW), isCode("SLOT"));
+});
+
+test("markStaged: putting the slot on trial or invalidating it clears the mark", () => {
+  const staged = markStaged(shipped(), "B", NEW);
+  assert.equal(readBootState(markTrial(staged, "B", NEW, 3)).staged, undefined);
+  assert.equal(readBootState(markInvalid(staged, "B")).staged, undefined);
+  assert.equal(readBootState(markInvalid(markStaged(shipped(), "B", NEW), "B")).slots.B.sha256, undefined);
+});
+
+test("recordedAs: only the exact content, and never the default slot", () => {
+  const state = readBootState(markStaged(shipped(), "B", NEW));
+  assert.equal(recordedAs(state, "B", NEW), true);
+  assert.equal(recordedAs(state, "B", { ...NEW, version: "1.3.1" }), false);
+  assert.equal(recordedAs(state, "B", { ...NEW, sha256: A_SHA }), false);
+  assert.equal(recordedAs(state, "B", { ...NEW, size: NEW.size + 1 }), false);
+  assert.equal(recordedAs(state, "B", { ...NEW, verity: "ab:12" }), false);
+  assert.equal(recordedAs(readBootState(shipped()), "B", NEW), false, "an empty slot");
+  const a = readBootState(shipped()).slots.A;
+  const running = { version: a.version as string, sha256: a.sha256 as string, size: a.size as number };
+  assert.equal(recordedAs(readBootState(shipped()), "A", running), false, "the default slot");
 });

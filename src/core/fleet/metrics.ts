@@ -55,6 +55,7 @@ const FIXED = new Set([
   "/v1/admin/devices",
   "/v1/admin/rollouts",
   "/v1/admin/tokens",
+  "/v1/admin/windows",
   "/ui",
   "/ui/login",
   "/ui/logout",

@@ -35,6 +35,8 @@ export interface BootState {
   defaultSlot: Slot;
   trial: Slot | undefined;
   tries: number;
+  /** A slot verified but held back by a closed maintenance window (markStaged): never booted. */
+  staged: Slot | undefined;
   slots: Record<Slot, SlotRecord>;
 }
 
@@ -54,6 +56,7 @@ export function readBootState(vars: Map<string, string>): BootState {
     );
   }
   const trial = vars.get("eos_trial");
+  const staged = vars.get("eos_staged");
   const tries = Number(vars.get("eos_tries") ?? "0");
   const record = (slot: Slot): SlotRecord => {
     const size = vars.get(slotVar(slot, "size"));
@@ -70,6 +73,7 @@ export function readBootState(vars: Map<string, string>): BootState {
     defaultSlot: def,
     trial: trial === "A" || trial === "B" ? trial : undefined,
     tries: Number.isInteger(tries) && tries >= 0 ? tries : 0,
+    staged: staged === "A" || staged === "B" ? staged : undefined,
     slots: { A: record("A"), B: record("B") },
   };
 }
@@ -97,22 +101,68 @@ export function markInvalid(vars: Map<string, string>, slot: Slot): Map<string, 
   }
   // Being written again: whatever was pending there is no longer waiting for its boots (fallback.ts).
   if (vars.get("eos_pending") === slot) next.set("eos_pending", "");
+  if (vars.get("eos_staged") === slot) next.set("eos_staged", "");
   return next;
+}
+
+/** What a verified slot holds, as its record keeps it. */
+export interface SlotContent {
+  version: string;
+  sha256: string;
+  size: number;
+  verity?: string | undefined;
+}
+
+function recordContent(next: Map<string, string>, slot: Slot, content: SlotContent): void {
+  next.set(slotVar(slot, "version"), content.version);
+  next.set(slotVar(slot, "sha256"), content.sha256);
+  next.set(slotVar(slot, "size"), String(content.size));
+  next.set(slotVar(slot, "verity"), content.verity ?? "");
+  if (next.get("eos_staged") === slot) next.set("eos_staged", "");
+}
+
+/**
+ * The slot verified but may not be switched to yet (a closed maintenance
+ * window): record what it holds without putting it on trial, so a later
+ * --apply can switch to it without downloading it again. GRUB never boots
+ * it: it is neither the default nor on trial.
+ */
+export function markStaged(vars: Map<string, string>, slot: Slot, content: SlotContent): Map<string, string> {
+  const state = readBootState(vars);
+  if (state.defaultSlot === slot || state.trial === slot)
+    throw new EosError("SLOT", `slot ${slot} is the default or on trial: refusing to stage into it`);
+  const next = copy(vars);
+  recordContent(next, slot, content);
+  next.set("eos_staged", slot);
+  return next;
+}
+
+/**
+ * Whether the slot's record says it holds exactly this content. Only a hint:
+ * the caller hashes the slot again before trusting it, since its bytes may
+ * have changed since the record was written.
+ */
+export function recordedAs(state: BootState, slot: Slot, content: SlotContent): boolean {
+  const r = state.slots[slot];
+  return (
+    state.defaultSlot !== slot &&
+    r.version === content.version &&
+    r.sha256 === content.sha256 &&
+    r.size === content.size &&
+    (r.verity ?? "") === (content.verity ?? "")
+  );
 }
 
 /** After the slot verified: record what it holds and give it `tries` boots to commit. */
 export function markTrial(
   vars: Map<string, string>,
   slot: Slot,
-  content: { version: string; sha256: string; size: number; verity?: string | undefined },
+  content: SlotContent,
   tries: number,
 ): Map<string, string> {
   if (tries < 1 || tries > 9) throw new EosError("USAGE", `tries must be 1..9, got ${tries}`);
   const next = copy(vars);
-  next.set(slotVar(slot, "version"), content.version);
-  next.set(slotVar(slot, "sha256"), content.sha256);
-  next.set(slotVar(slot, "size"), String(content.size));
-  next.set(slotVar(slot, "verity"), content.verity ?? "");
+  recordContent(next, slot, content);
   next.set("eos_trial", slot);
   next.set("eos_tries", String(tries));
   next.set("eos_pending", slot);

@@ -106,7 +106,19 @@ export async function serve(ctx: Context, o: ServeOptions): Promise<void> {
           resolve: versionResolver(store, fleet.rollouts, assignmentKey, logger, ctx.now),
         }
       : {}),
-    ...(conf.windows ? { windowOf: windowLookup(conf.windows, fleet?.rollouts, logger) } : {}),
+    // With a database the admin API can set windows (fleet/windows-api.ts); without one, the config's.
+    ...(fleet || conf.windows
+      ? {
+          windowOf: windowLookup(
+            {
+              current: async () => (fleet ? (await fleet.windows.current()).windows : (conf.windows ?? [])),
+              fallback: conf.windows ?? [],
+            },
+            fleet?.rollouts,
+            logger,
+          ),
+        }
+      : {}),
     store,
     tokens,
     logger,

@@ -3,7 +3,6 @@
  * commit a trial slot, confirm a normal boot of the committed one, roll
  * back to the other slot after verifying it (docs/boot-control.md).
  */
-import { open } from "node:fs/promises";
 import { EosError } from "../../core/errors.ts";
 import {
   commitSlot,
@@ -16,7 +15,7 @@ import {
 } from "../../core/update/bootctl.ts";
 import { crashPoint } from "../crash-point.ts";
 import { detectFallback } from "../../core/update/fallback.ts";
-import { hashRange } from "../hash.ts";
+import { hashSlot } from "./staged.ts";
 import { readBootControl, writeBootControl } from "./boot-control.ts";
 import { kernelCommandLine, openDevice, withUpdateLock, type UpdaterOptions } from "./updater.ts";
 
@@ -79,18 +78,19 @@ export async function rollback(o: UpdaterOptions, options: { reboot: boolean }):
     const record = state.slots[target];
     if (!slot)
       throw new EosError("SLOT", `${device.layout.disk} has no ${SLOT_LABEL[target]} to roll back to`);
+    // A staged slot is an update held back by the window, never booted: not something to go back to.
+    if (state.staged === target)
+      throw new EosError(
+        "SLOT",
+        `slot ${target} holds ${record.version ?? "an update"} staged for the maintenance window, never booted: nothing to roll back to`,
+        { hint: "os-update --apply inside the window switches to it on trial" },
+      );
     if (!record.sha256 || !record.size) {
       throw new EosError("SLOT", `slot ${target} holds no verified root (it was never completely written)`, {
         hint: "nothing to roll back to",
       });
     }
-    const handle = await open(device.layout.disk, "r");
-    let sha: string;
-    try {
-      sha = await hashRange(handle, slot.range.offset, record.size);
-    } finally {
-      await handle.close();
-    }
+    const sha = await hashSlot(o.ctx, device.layout.disk, slot.range, record.size);
     if (sha !== record.sha256) {
       throw new EosError(
         "HASH_MISMATCH",

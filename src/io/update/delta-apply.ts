@@ -222,7 +222,8 @@ export async function writeSlotFromDelta(o: DeltaWrite): Promise<WriteSlotResult
 
 export interface RootWrite {
   timing: WriteSlotResult;
-  path: "delta" | "full";
+  /** staged: the slot already held it, verified again (io/update/staged.ts). */
+  path: "delta" | "full" | "staged";
   /** Bytes downloaded for it. */
   downloaded: number;
 }

@@ -117,6 +117,10 @@ export async function deviceToken(
     await keep({ url: base, own_key: sha256(key) }).catch(() => undefined);
     return key;
   }
+  if (answer.status === 429) {
+    warn(`os-update: ${base} limits enrolments right now (HTTP 429): the next run enrols this device`);
+    return key;
+  }
   if (answer.status !== 201) return key;
   let enrolled: { device?: unknown; token?: unknown };
   try {

@@ -23,6 +23,7 @@ import {
 import { EosError } from "../../core/errors.ts";
 import type { DeviceConfig } from "../../core/config.ts";
 import type { Manifest } from "../../core/manifest.ts";
+import type { ByteRange } from "../../core/gpt.ts";
 import { verityParameter } from "../../core/verity.ts";
 import { checkMadeFor, judgeOffer } from "../../core/update/acceptance.ts";
 import { sysPath, type Context } from "../context.ts";
@@ -41,7 +42,8 @@ import {
 import { deviceIdentity } from "./device-identity.ts";
 import { updateFirmware, type FirmwareResult } from "./firmware.ts";
 import { type WriteSlotResult } from "./slot-writer.ts";
-import { planDelta, writeRootByPlan, type DeltaPlan } from "./delta-apply.ts";
+import { planDelta, writeRootByPlan, type DeltaPlan, type RootWrite } from "./delta-apply.ts";
+import { recordStaged, reuseStaged, type StagedTarget } from "./staged.ts";
 import { limitsFrom, type TransferLimits } from "../watchdog.ts";
 import { locateSlots, type SlotLayout } from "./slots.ts";
 import { runningRootHash } from "./running-root.ts";
@@ -197,10 +199,50 @@ export type ApplyResult =
       size: number;
       sha256: string;
       /** How the slot was written, and the bytes downloaded for it. */
-      path: "delta" | "full";
+      path: RootWrite["path"];
       downloaded: number;
       cmdline?: string;
     };
+
+/** Invalidates the target slot, then downloads, writes and verifies the new root into it. */
+async function writeTarget(
+  o: UpdaterOptions,
+  r: CheckResult,
+  target: Slot,
+  range: ByteRange,
+): Promise<RootWrite> {
+  const { manifest, device, setup } = r;
+  // Invalidate the target first: a write cut short must never be bootable.
+  await writeBootControl(
+    device.esp,
+    markInvalid(await readBootControl(device.esp), target),
+    "apply:invalidate",
+  );
+  crashPoint("apply:invalidated");
+  o.say(
+    `writing ${manifest.version} into slot ${target} (${SLOT_LABEL[target]}) from ${setup.source.describe}`,
+  );
+  const running = device.layout.slots[device.layout.running];
+  await o.events?.note(downloadStarted(manifest, r.plan));
+  const reports = progressReports(o.events, manifest.version, {
+    everyMs: o.progressReportMs,
+    now: () => o.ctx.now(),
+  });
+  return writeRootByPlan({
+    ctx: o.ctx,
+    say: o.say,
+    plan: r.plan,
+    source: setup.source,
+    disk: device.layout.disk,
+    running: running?.range,
+    target: range,
+    label: target,
+    root: manifest.partitions.root,
+    limits: transferLimits(setup.config),
+    retryDelayMs: o.retryDelayMs,
+    track: reports.track,
+  }).finally(() => reports.settle());
+}
 
 export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Promise<ApplyResult> {
   return withUpdateLock(o.ctx, async () => {
@@ -230,42 +272,25 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
       );
     }
     crashPoint("apply:checked");
-    // Invalidate the target first: a write cut short must never be bootable.
-    await writeBootControl(
-      device.esp,
-      markInvalid(await readBootControl(device.esp), target),
-      "apply:invalidate",
-    );
-    crashPoint("apply:invalidated");
-    o.say(
-      `writing ${manifest.version} into slot ${target} (${SLOT_LABEL[target]}) from ${setup.source.describe}`,
-    );
-    const running = device.layout.slots[device.layout.running];
-    await o.events?.note(downloadStarted(manifest, r.plan));
-    const reports = progressReports(o.events, manifest.version, {
-      everyMs: o.progressReportMs,
-      now: () => o.ctx.now(),
-    });
-    const written = await writeRootByPlan({
-      ctx: o.ctx,
-      say: o.say,
-      plan: r.plan,
-      source: setup.source,
-      disk: device.layout.disk,
-      running: running?.range,
-      target: slot.range,
-      label: target,
-      root,
-      limits: transferLimits(setup.config),
-      retryDelayMs: o.retryDelayMs,
-      track: reports.track,
-    }).finally(() => reports.settle());
-    const { timing } = written;
-    crashPoint("apply:slot-verified");
-    if (r.window && !inWindow(r.window.parsed, o.ctx.now())) throw outsideWindow(r.window, manifest, target);
-    const tries = setup.config.update.tries ?? DEFAULT_TRIES;
     const verity = root.verity ? verityParameter(root.verity) : undefined;
     const record = { version: manifest.version, sha256: root.sha256, size: root.size, verity };
+    const staging: StagedTarget = {
+      esp: device.esp,
+      disk: device.layout.disk,
+      slot: target,
+      range: slot.range,
+      content: record,
+      say: o.say,
+    };
+    // Staged by an --apply outside the window: switch to it without downloading it again.
+    const written = (await reuseStaged(o.ctx, staging)) ?? (await writeTarget(o, r, target, slot.range));
+    const { timing } = written;
+    crashPoint("apply:slot-verified");
+    if (r.window && !inWindow(r.window.parsed, o.ctx.now())) {
+      if (written.path !== "staged") await recordStaged(staging);
+      throw outsideWindow(r.window, manifest, target);
+    }
+    const tries = setup.config.update.tries ?? DEFAULT_TRIES;
     await writeBootControl(
       device.esp,
       markTrial(await readBootControl(device.esp), target, record, tries),
@@ -284,9 +309,10 @@ export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Pr
       downloaded: written.downloaded,
     };
     const mib = root.size / 2 ** 20;
-    o.say(
-      `wrote ${mib.toFixed(1)} MiB in ${timing.writeSeconds.toFixed(2)} s (${(mib / timing.writeSeconds).toFixed(0)} MiB/s) from ${written.downloaded} bytes downloaded (${written.path}), verified in ${timing.verifySeconds.toFixed(2)} s`,
-    );
+    if (written.path !== "staged")
+      o.say(
+        `wrote ${mib.toFixed(1)} MiB in ${timing.writeSeconds.toFixed(2)} s (${(mib / timing.writeSeconds).toFixed(0)} MiB/s) from ${written.downloaded} bytes downloaded (${written.path}), verified in ${timing.verifySeconds.toFixed(2)} s`,
+      );
     o.say(
       `slot ${target} verified (sha256 ${root.sha256.slice(0, 16)}…) and marked for ${tries} trial boots`,
     );

@@ -1,9 +1,9 @@
 /**
  * The device's side of its maintenance window (core/fleet/window.ts): what
  * --check shows, and the stop of an --apply that has written and verified
- * the new root outside the window. That stop leaves the boot control as it
- * was (the slot is not put on trial), exits with its own code, and is not a
- * failure: the rollout does not count it against the wave.
+ * the new root outside the window. That stop records the slot as staged
+ * (io/update/staged.ts) but does not put it on trial, exits with its own
+ * code, and is not a failure: the rollout does not count it against the wave.
  */
 import { EosError } from "../../core/errors.ts";
 import { inWindow, nextOpening, type MaintenanceWindow } from "../../core/fleet/window.ts";
@@ -32,7 +32,8 @@ export function outsideWindow(w: WindowState, manifest: Manifest, slot: string):
   return new EosError(
     "WINDOW",
     `${manifest.version} is written and verified in slot ${slot}, but this device's maintenance window (${w.parsed.spec}, UTC) is closed: not switching to it` +
-      (w.opens ? `; it opens at ${w.opens}` : ""),
+      (w.opens ? `; it opens at ${w.opens}` : "") +
+      `. It stays staged there: --apply inside the window verifies it again and switches without downloading it`,
     { hint: "run os-update --apply again inside the window", exitCode: EXIT_OUTSIDE_WINDOW },
   );
 }

@@ -2,6 +2,7 @@
  * The control plane's HTTP routes, next to the image routes of http.ts:
  *   POST   /v1/events                  a device's batch of reports (device token)
  *   POST   /v1/enrol                   {"hint"?} with the fleet's enrolment key → {"device", "token"}
+ *                                      (rate-limited per address and per key: 429, enrol-limit.ts)
  *   GET    /v1/admin/whoami            the admin token's name and role (viewer)
  *   GET    /v1/admin/devices           inventory; ?tag= &version= &state= &image= (viewer)
  *   GET    /v1/admin/devices/ID        one device and its history; ?limit= (viewer)
@@ -10,6 +11,7 @@
  *   GET    /v1/admin/tokens            admin tokens, without secrets (admin)
  *   POST   /v1/admin/tokens            {"name", "role"} → a new token, shown once (admin)
  *   DELETE /v1/admin/tokens/NAME       revokes one (admin)
+ *   GET|PUT|DELETE /v1/admin/windows   maintenance windows (windows-api.ts)
  * Every body is bounded and validated; a refusal names the field at fault
  * and carries the error's stable code.
  */
@@ -33,6 +35,8 @@ import type { PublishedImages } from "../published.ts";
 import { rolloutRoute } from "./rollout-api.ts";
 import { DEVICE_TOKEN_PREFIX, ID_HINT, type DeviceTokenStore } from "./device-tokens.ts";
 import type { RolloutStore } from "./rollouts.ts";
+import type { EnrolLimiter } from "./enrol-limit.ts";
+import { windowsRoute, type WindowSettings } from "./windows-api.ts";
 
 export interface ControlPlane {
   handles(path: string): boolean;
@@ -122,6 +126,8 @@ export function controlPlane(
   store: FleetStore,
   deviceTokens: DeviceTokenStore,
   rollouts?: { store: RolloutStore; images: PublishedImages; onError(error: unknown): void },
+  enrolLimit?: EnrolLimiter,
+  windows?: WindowSettings,
 ): ControlPlane {
   async function admin(
     req: IncomingMessage,
@@ -168,6 +174,7 @@ export function controlPlane(
     }
     if (path === "/v1/enrol") {
       method(req, ["POST"]);
+      enrolLimit?.address(req.socket.remoteAddress);
       const key = await auth.enroller();
       if (!key) throw refuse(401, "enrolment needs the fleet's enrolment key", "AUTH");
       // A token from `token add DEVICE` is that device's own already: it keeps using it.
@@ -175,6 +182,7 @@ export function controlPlane(
         throw refuse(409, `this is device ${key.name}'s own token, not an enrolment key`, "REFUSED", {
           "x-eos-error": "NOT_ENROLMENT_KEY",
         });
+      enrolLimit?.key(key.name);
       const body = await readJson(req, ADMIN_BODY_BYTES, enrolBody);
       const enrolled = await deviceTokens.enrol(key.name, body.hint);
       auth.log.device = enrolled.device;
@@ -188,20 +196,18 @@ export function controlPlane(
       await deviceTokens.revoke(id);
       return sendJson(res, 200, { revoked: id });
     }
+    const helpers = {
+      admin: (needed: Role) => admin(req, needed, auth.log),
+      method: (allowed: string[]) => method(req, allowed),
+      body: <T>(schema: z.ZodType<T>) => readJson(req, ADMIN_BODY_BYTES, schema),
+      pathId,
+    };
     if (rollouts) {
-      const answered = await rolloutRoute(
-        req,
-        res,
-        url,
-        {
-          admin: (needed) => admin(req, needed, auth.log),
-          method: (allowed) => method(req, allowed),
-          body: (schema) => readJson(req, ADMIN_BODY_BYTES, schema),
-          pathId,
-        },
-        rollouts.store,
-        rollouts.images,
-      );
+      const answered = await rolloutRoute(req, res, url, helpers, rollouts.store, rollouts.images);
+      if (answered !== undefined) return answered;
+    }
+    if (windows) {
+      const answered = await windowsRoute(req, res, path, helpers, windows);
       if (answered !== undefined) return answered;
     }
     if (path === "/v1/admin/whoami") {

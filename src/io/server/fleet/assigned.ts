@@ -99,6 +99,8 @@ export function versionResolver(
   };
 }
 
+type WindowGroupList = ReadonlyArray<{ tags: readonly string[]; window: string }>;
+
 /**
  * A device's maintenance window: its group's (core/fleet/window.ts), sent
  * beside its manifest. Not signed: the server is authenticated by TLS (the
@@ -107,11 +109,18 @@ export function versionResolver(
  * the window could as well withhold the update.
  */
 export function windowLookup(
-  groups: ReadonlyArray<{ tags: readonly string[]; window: string }>,
+  /** The groups in force (the admin API's, else the config's), and the config's for when those cannot be read. */
+  source: { current(): Promise<WindowGroupList>; fallback: WindowGroupList },
   rollouts: RolloutStore | undefined,
   logger: Logger,
 ): (device: string | undefined) => Promise<string | undefined> {
   return async (device) => {
+    const groups = await source.current().catch((error: unknown) => {
+      logger.error("maintenance windows unavailable: using the config's", { error: errorMessage(error) });
+      return source.fallback;
+    });
+    // No groups (the common case): no tag lookup on every check.
+    if (groups.length === 0) return undefined;
     let tags: string[] = [];
     if (device !== undefined && rollouts)
       tags = await rollouts.tagsOf(device).catch((error: unknown) => {

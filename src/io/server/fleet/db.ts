@@ -76,7 +76,17 @@ export interface DeviceTokensTable {
   revoked: string | null;
 }
 
+export interface SettingsTable {
+  key: string;
+  /** JSON. */
+  value: string;
+  updated: string;
+  /** The admin token's name that set it. */
+  updated_by: string;
+}
+
 export interface FleetSchema {
+  settings: SettingsTable;
   device_tokens: DeviceTokensTable;
   rollouts: RolloutsTable;
   device_pins: DevicePinsTable;

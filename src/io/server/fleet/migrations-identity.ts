@@ -19,4 +19,16 @@ export const identityMigrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0004_settings": {
+    // Server-wide settings the admin API changes (the maintenance windows): one JSON value per key.
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("settings")
+        .addColumn("key", "text", (c) => c.primaryKey())
+        .addColumn("value", "text", (c) => c.notNull())
+        .addColumn("updated", "text", (c) => c.notNull())
+        .addColumn("updated_by", "text", (c) => c.notNull())
+        .execute();
+    },
+  },
 };

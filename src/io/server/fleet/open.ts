@@ -9,6 +9,8 @@ import { EosError } from "../../../core/errors.ts";
 import { sysPath, type Context } from "../../context.ts";
 import type { Logger } from "../../log.ts";
 import type { ServerSetup } from "../server-config.ts";
+import { enrolLimiter, enrolLimits } from "./enrol-limit.ts";
+import { WindowSettings } from "./windows-api.ts";
 import { controlPlane, type ControlPlane } from "./api.ts";
 import { DEFAULT_STATE_DIR, openFleetDb, SQLITE_FILE } from "./db.ts";
 import { FleetStore } from "./store.ts";
@@ -44,19 +46,34 @@ export async function openControlPlane(
   logger: Logger,
   images: PublishedImages,
 ): Promise<
-  { store: FleetStore; rollouts: RolloutStore; control: ControlPlane; data: DashboardData } | undefined
+  | {
+      store: FleetStore;
+      rollouts: RolloutStore;
+      control: ControlPlane;
+      data: DashboardData;
+      windows: WindowSettings;
+    }
+  | undefined
 > {
   try {
     const db = await openFleetDb(databaseSpec(ctx, setup, stateDir));
     const store = new FleetStore(db, ctx.now);
     const rollouts = new RolloutStore(db, ctx.now);
+    const windows = new WindowSettings(db, setup.config.serve?.windows ?? [], ctx.now);
     logger.info("control plane", { database: store.describe });
     const onError = (error: unknown) =>
       logger.error("judging rollouts failed", { error: errorMessage(error) });
     return {
       store,
       rollouts,
-      control: controlPlane(store, new DeviceTokenStore(db, ctx.now), { store: rollouts, images, onError }),
+      control: controlPlane(
+        store,
+        new DeviceTokenStore(db, ctx.now),
+        { store: rollouts, images, onError },
+        enrolLimiter(enrolLimits(setup.config.serve?.enrol_limit), ctx.now),
+        windows,
+      ),
+      windows,
       data: new DashboardData(db, store, rollouts, images),
     };
   } catch (error) {

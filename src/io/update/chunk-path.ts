@@ -73,8 +73,12 @@ export async function planChunks(o: {
   } catch (error) {
     return { none: `the chunk index is not usable: ${errorMessage(error)}` };
   }
-  const have = await chunksOf(o.disk, o.running, index);
-  const held = await heldChunks(o.disk, o.target, index);
-  const work = planChunkWork(index.chunks, held, (sha) => have.get(sha));
-  return { path: "chunks", index, work, indexBytes: ref.size };
+  try {
+    const have = await chunksOf(o.disk, o.running, index);
+    const held = await heldChunks(o.disk, o.target, index);
+    const work = planChunkWork(index.chunks, held, (sha) => have.get(sha));
+    return { path: "chunks", index, work, indexBytes: ref.size };
+  } catch (error) {
+    return { none: `the slots could not be read for the chunk path: ${errorMessage(error)}` };
+  }
 }

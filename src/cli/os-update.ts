@@ -11,7 +11,7 @@ import { streamBytes } from "../core/manifest.ts";
 import type { Context } from "../io/context.ts";
 import { systemBootActions, type BootActions } from "../io/update/boot-actions.ts";
 import { sshOriginalRead } from "../io/update/source.ts";
-import { planBytes } from "../io/update/delta-apply.ts";
+import { describePlan, planBytes } from "../io/update/root-write.ts";
 import { apply, check, firmware, type UpdaterOptions } from "../io/update/updater.ts";
 import { commit, rollback } from "../io/update/boot-switch.ts";
 import { openReporter, reportingOff } from "../io/update/reporter.ts";
@@ -76,7 +76,14 @@ async function runCheck(ctx: Context, o: UpdaterOptions, opts: Options): Promise
             full_bytes: streamBytes(r.manifest.partitions.root),
             ...(r.plan.path === "delta"
               ? { from_version: r.plan.delta.from_version }
-              : { reason: r.plan.reason }),
+              : r.plan.path === "chunks"
+                ? {
+                    requests: r.plan.work.fetches.length,
+                    index_bytes: r.plan.indexBytes,
+                    copied_chunks: r.plan.work.copies.length,
+                    held_bytes: r.plan.work.heldBytes,
+                  }
+                : { reason: r.plan.reason }),
           }
         : null,
       window: windowJson(r.window),
@@ -88,12 +95,7 @@ async function runCheck(ctx: Context, o: UpdaterOptions, opts: Options): Promise
     );
   else {
     o.say(`update available: ${r.runningVersion ?? "unknown"} → ${r.manifest.version}`);
-    if (r.plan)
-      o.say(
-        r.plan.path === "delta"
-          ? `download: a delta of ${r.plan.delta.size} bytes (the full root is ${r.manifest.partitions.root.size})`
-          : `download: the full root, ${r.manifest.partitions.root.size} bytes (${r.plan.reason})`,
-      );
+    if (r.plan) o.say(`download: ${describePlan(r.plan, r.manifest.partitions.root)}`);
     if (r.window)
       o.say(
         `maintenance window: ${r.window.parsed.spec} (UTC), ${r.window.open ? "open now" : `closed; opens at ${r.window.opens ?? "never"}`}`,

@@ -4,12 +4,10 @@
  * label), in canonical form, with a detached signature by each release key.
  */
 import { createHash } from "node:crypto";
-import { open, stat } from "node:fs/promises";
+import { stat } from "node:fs/promises";
 import { basename } from "node:path";
 import { EosError } from "../core/errors.ts";
 import { findPartition, partitionRange, requirePartition, type GptTable } from "../core/gpt.ts";
-import { ChunkHasher, DEFAULT_CHUNKER, type Chunk } from "../core/update/chunker.ts";
-import { CHUNK_INDEX_SCHEMA, encodeChunkIndex } from "../core/update/chunk-index.ts";
 import { architectureOfRootType } from "../core/image/arch.ts";
 import {
   ROOT_LABEL,
@@ -17,13 +15,11 @@ import {
   encodeSignatures,
   signManifest,
   MANIFEST_SCHEMA,
-  streamBytes,
   type Manifest,
-  type ManifestPartition,
 } from "../core/manifest.ts";
 import type { Context } from "./context.ts";
 import { hashDiskPartitions } from "./disk-image.ts";
-import { hashRange } from "./hash.ts";
+import { makeChunkIndex } from "./chunk-index-file.ts";
 import { atomicWriteFile } from "./files.ts";
 import { loadPrivateKey } from "./keys.ts";
 import { progress } from "./progress.ts";
@@ -72,19 +68,6 @@ export interface ManifestOptions {
   quiet?: boolean | undefined;
 }
 
-/** The chunk list of the root's data (its zero tail is not chunked: devices write zeros). */
-async function chunkIndexOf(image: string, table: GptTable, root: ManifestPartition): Promise<Chunk[]> {
-  const range = partitionRange(table, requirePartition(table, ROOT_LABEL, image));
-  const hasher = new ChunkHasher(DEFAULT_CHUNKER);
-  const handle = await open(image, "r");
-  try {
-    await hashRange(handle, range.offset, streamBytes(root), undefined, (bytes) => hasher.push(bytes));
-  } finally {
-    await handle.close();
-  }
-  return hasher.end();
-}
-
 /** Writes IMAGE.manifest.json, its signatures IMAGE.manifest.json.sig and the root's chunk index IMAGE.chunks. */
 export async function writeManifest(
   ctx: Context,
@@ -99,7 +82,6 @@ export async function writeManifest(
     : progress(ctx.stderr, `hashing ${basename(image)}`, st.size, { interactive: ctx.interactive });
   const parts = await hashDiskPartitions(image, (n) => bar?.add(n));
   bar?.done();
-  const index = await chunkIndexOf(image, parts.table, parts.root);
   const created = creationTime(ctx);
   const manifest: Manifest = {
     schema: MANIFEST_SCHEMA,
@@ -110,18 +92,8 @@ export async function writeManifest(
     created: created.toISOString(),
     partitions: { root: { ...parts.root, chunk_index: { size: 0, sha256: "" } } },
   };
-  const indexBytes = encodeChunkIndex(
-    {
-      schema: CHUNK_INDEX_SCHEMA,
-      name: manifest.name,
-      architecture: manifest.architecture,
-      version: manifest.version,
-      root_sha256: parts.root.sha256,
-      data_bytes: streamBytes(parts.root),
-      chunker: DEFAULT_CHUNKER,
-    },
-    index,
-  );
+  const rootRange = partitionRange(parts.table, requirePartition(parts.table, ROOT_LABEL, image));
+  const indexBytes = await makeChunkIndex(image, rootRange, manifest);
   const chunkIndex = {
     size: indexBytes.length,
     sha256: createHash("sha256").update(indexBytes).digest("hex"),

@@ -10,13 +10,11 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { copyFile, open, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { ChildProcess } from "node:child_process";
-import { DIST, runEos } from "../helpers/run.ts";
+import { runEos } from "../helpers/run.ts";
 import { partitionBytes } from "../helpers/sample-image.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
 import { makeDevice, type TestDevice } from "../helpers/device.ts";
-import { startSshd, type Sshd } from "../helpers/sshd.ts";
-import { makeTestCert, startServer } from "../helpers/serve.ts";
+import { startUpdateServers, type LoggedRequest, type UpdateServers } from "../helpers/update-servers.ts";
 import { partitionRange, readGpt, requirePartition, type ByteRange } from "../../src/core/gpt.ts";
 import { openBlockSource } from "../../src/io/files.ts";
 
@@ -38,15 +36,12 @@ async function manifestOf(raw: string): Promise<Manifest> {
 
 describe("delta updates: pair deltas made by the server, taken by the device", () => {
   let world: World;
-  let server: ChildProcess;
-  let sshd: Sshd;
-  let url: string;
+  let servers: UpdateServers;
   let token: string;
-  let cert: string;
   let v1Manifest: Manifest;
   let v2Manifest: Manifest;
   let deltaFile: string;
-  const requests: Array<{ path: string; status: number; bytes: number }> = [];
+  let requests: LoggedRequest[] = [];
 
   before(async () => {
     world = await makeWorld();
@@ -77,49 +72,18 @@ describe("delta updates: pair deltas made by the server, taken by the device", (
     const current = (await readdir(versions)).find((v) => v.startsWith("2.0.0-")) as string;
     deltaFile = join(versions, current, "deltas", `${v1Manifest.partitions.root.sha256}.xd3`);
 
-    const tls = await makeTestCert(world.dir);
-    cert = tls.cert;
-    const tokens = join(world.dir, "tokens");
-    token = (await runEos("os-update-server", ["token", "add", "device-1", "--tokens-dir", tokens])).stdout
-      .toString()
-      .trim();
-    const running = await startServer({ config: world.config, tokensDir: tokens, tls });
-    server = running.child;
-    url = running.url;
-    let buffer = "";
-    server.stdout?.on("data", (s: Buffer | string) => {
-      buffer += s.toString();
-      let nl;
-      while ((nl = buffer.indexOf("\n")) >= 0) {
-        const line = JSON.parse(buffer.slice(0, nl)) as {
-          msg: string;
-          path: string;
-          status: number;
-          bytes: number;
-        };
-        buffer = buffer.slice(nl + 1);
-        if (line.msg === "request") requests.push(line);
-      }
-    });
-    sshd = await startSshd(join(world.dir, "ssh"), [
-      process.execPath,
-      join(DIST, "os-update-server.mjs"),
-      "restricted",
-      "--images-dir",
-      world.imagesDir,
-    ]);
+    servers = await startUpdateServers(world);
+    ({ token, requests } = servers);
   });
 
   after(async () => {
-    server?.kill("SIGTERM");
-    sshd?.stop();
+    servers?.stop();
     await world.origin.close();
     await rm(world.dir, { recursive: true, force: true });
   });
 
-  const httpsConfig = () => `update:\n  name: ${NAME}\n  url: ${url}\n  ca: ${cert}\n`;
-  const sshConfig = () =>
-    `update:\n  name: ${NAME}\n  server: root@127.0.0.1\n  port: ${sshd.port}\n  pkey: ${sshd.clientKey}\n  known_hosts: ${sshd.knownHosts}\n`;
+  const httpsConfig = () => servers.httpsConfig(NAME);
+  const sshConfig = () => servers.sshConfig(NAME);
 
   async function deviceOnV1(config: string, image = "device-v1.raw"): Promise<TestDevice> {
     const copy = join(world.dir, `device-${Math.random().toString(36).slice(2)}.raw`);
@@ -294,7 +258,7 @@ describe("delta updates: pair deltas made by the server, taken by the device", (
     }
   });
 
-  test("a device on a root the server has no delta from: the full stream, and --check says why", async () => {
+  test("a device on a root the server has no delta from: the chunk path (test/integration/chunks.test.ts)", async () => {
     const other = await releaseImage(world, NAME, "1.0.1", {
       payloadBytes: 12 * MiB,
       rootSizeMiB: 80,
@@ -312,9 +276,9 @@ describe("delta updates: pair deltas made by the server, taken by the device", (
     try {
       const check = await device.run(["--check", "--json"]);
       const download = JSON.parse(check.stdout).download;
-      assert.equal(download.path, "full");
-      assert.match(download.reason, /no delta from the running root/);
-      assert.equal(download.bytes, v2Manifest.partitions.root.data_bytes);
+      assert.equal(download.path, "chunks");
+      assert.equal(download.full_bytes, v2Manifest.partitions.root.data_bytes);
+      assert.ok(download.bytes <= download.full_bytes, JSON.stringify(download));
     } finally {
       await device.close();
     }

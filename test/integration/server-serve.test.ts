@@ -151,6 +151,19 @@ describe("os-update-server serve", () => {
     assert.equal(beyond.status, 416);
   });
 
+  test("the chunk index is the one the signed manifest names by hash; none for an unknown image", async () => {
+    const manifest = JSON.parse(await readFile(join(world.imagesDir, `${name}.manifest.json`), "utf8")) as {
+      partitions: { root: { chunk_index: { size: number; sha256: string } } };
+    };
+    const r = await get(`${base}/v1/images/${name}/chunks`, auth());
+    assert.equal(r.status, 200);
+    assert.equal(r.body.length, manifest.partitions.root.chunk_index.size);
+    assert.equal(sha256(r.body), manifest.partitions.root.chunk_index.sha256);
+    assert.equal((await get(`${base}/v1/images/${name}/chunks`)).status, 401);
+    assert.equal((await get(`${base}/v1/images/Nope/chunks`, auth())).status, 404);
+    assert.equal((await get(`${base}/v1/images/${name}/chunks/x`, auth())).status, 404);
+  });
+
   test("unknown images, bad names and unknown paths are refused", async () => {
     assert.equal((await get(`${base}/v1/images/Nope/root`, auth())).status, 404);
     assert.equal((await get(`${base}/v1/images/..%2F..%2Fetc/root`, auth())).status, 400);

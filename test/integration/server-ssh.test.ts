@@ -1,5 +1,6 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { rm, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { DIST, runEos } from "../helpers/run.ts";
@@ -56,6 +57,22 @@ describe("os-update-server restricted behind a real sshd", () => {
     const r = await sshd.ssh(`eos-read ${name} root 10000000`);
     assert.equal(r.code, 0, r.stderr);
     assert.ok(r.stdout.equals(root.subarray(10_000_000)));
+  });
+
+  test("eos-read NAME chunks sends the chunk index the signed manifest names; refused for an unpublished image", async () => {
+    const manifest = JSON.parse(await readFile(join(world.imagesDir, `${name}.manifest.json`), "utf8")) as {
+      partitions: { root: { chunk_index: { size: number; sha256: string } } };
+    };
+    const r = await sshd.ssh(`eos-read ${name} chunks`);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(
+      createHash("sha256").update(r.stdout).digest("hex"),
+      manifest.partitions.root.chunk_index.sha256,
+    );
+    const missing = await sshd.ssh("eos-read Missing chunks");
+    assert.equal(missing.code, 1);
+    assert.equal(missing.stdout.length, 0);
+    assert.match(missing.stderr, /refused: image Missing is not published/);
   });
 
   test("test -e tells published from unpublished images", async () => {

@@ -80,3 +80,12 @@ test("hostile commands are refused with a reason", () => {
   }
   assert.equal(parseRestrictedCommand(undefined, DIRS).ok, false);
 });
+
+test("eos-read NAME chunks asks for the chunk index, and takes nothing after it", () => {
+  assert.deepEqual(parseRestrictedCommand("eos-read EOS chunks", DIRS), {
+    ok: true,
+    request: { kind: "chunks", name: "EOS" },
+  });
+  for (const command of ["eos-read EOS chunks 0", "eos-read ../x chunks", "eos-read EOS chunk"])
+    assert.equal(parseRestrictedCommand(command, DIRS).ok, false, command);
+});

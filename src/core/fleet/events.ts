@@ -40,7 +40,7 @@ export const deviceEventSchema = z.discriminatedUnion("type", [
     ...base,
     type: z.literal("download_started"),
     version,
-    path: z.enum(["delta", "full"]),
+    path: z.enum(["delta", "chunks", "full"]),
     bytes,
   }),
   z.strictObject({ ...base, type: z.literal("download_progress"), version, bytes, total: bytes }),

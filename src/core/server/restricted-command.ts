@@ -13,6 +13,7 @@
  *   eos-read NAME root|firmware OFFSET END   bytes OFFSET to END (exclusive): not the zero tail
  *   eos-read NAME deltas                     the current version's delta index
  *   eos-read NAME delta FROM_SHA256          the delta to it from that root
+ *   eos-read NAME chunks                     the current version's chunk index
  *
  * DIR must be the server's image directory or the original default.
  */
@@ -29,6 +30,7 @@ export type RestrictedRequest =
     }
   | { kind: "test"; name: string }
   | { kind: "deltas"; name: string }
+  | { kind: "chunks"; name: string }
   | { kind: "delta"; name: string; from: string };
 
 export type ParseResult = { ok: true; request: RestrictedRequest } | { ok: false; reason: string };
@@ -72,9 +74,9 @@ export function parseRestrictedCommand(command: string | undefined, imageDirs: s
 
   if (verb === "eos-read") {
     const [name, what, offsetText, endText, ...extra] = args;
-    if (name && what === "deltas" && args.length === 2) {
+    if (name && (what === "deltas" || what === "chunks") && args.length === 2) {
       if (!isSafeImageName(name)) return refuse("invalid image name");
-      return { ok: true, request: { kind: "deltas", name } };
+      return { ok: true, request: { kind: what, name } };
     }
     if (name && what === "delta" && args.length === 3) {
       if (!isSafeImageName(name)) return refuse("invalid image name");

@@ -25,6 +25,7 @@ import type { ProcessRunner } from "../process.ts";
 import { decompressStream } from "../decompress.ts";
 import { hashDiskPartitions } from "../disk-image.ts";
 import { partitionRange, requirePartition } from "../../core/gpt.ts";
+import { signedChunkIndex } from "../chunk-index-file.ts";
 import { makeDeltas, type DeltaEnd } from "./deltas.ts";
 import { VERITY_BLOCK } from "../../core/verity.ts";
 import type { PublishedImages } from "./published.ts";
@@ -247,6 +248,14 @@ export async function fetchAndPublish(
         manifestBytes = encodeManifest(manifest);
         log.warn("publishing an unsigned image (insecure: true)", { image: name });
       }
+      const rootRange = partitionRange(
+        parts.table,
+        requirePartition(parts.table, manifest.partitions.root.label),
+      );
+      // Made here from the verified image, published only when the signed hash says it is the same.
+      const chunks = await signedChunkIndex(staging.rawPath, rootRange, manifest);
+      if ("none" in chunks && manifest.partitions.root.chunk_index)
+        log.warn("no chunk index published", { image: name, reason: chunks.none });
       const deltaFrom = image.delta_from ?? DEFAULT_DELTA_FROM;
       const deltaIndexBytes =
         deltaFrom > 0
@@ -258,10 +267,7 @@ export async function fetchAndPublish(
               {
                 version: manifest.version,
                 rawPath: staging.rawPath,
-                root: partitionRange(
-                  parts.table,
-                  requirePartition(parts.table, manifest.partitions.root.label),
-                ),
+                root: rootRange,
                 sha256: manifest.partitions.root.sha256,
                 fsBytes: fsBytesOf(manifest),
               },
@@ -274,6 +280,7 @@ export async function fetchAndPublish(
         rawSha256: got.sha256,
         version: manifest.version,
         deltaIndexBytes,
+        chunkIndexBytes: "bytes" in chunks ? chunks.bytes : undefined,
       });
       await store.writeState(name, {
         ...(manifestValidators ? { manifest: manifestValidators } : {}),

@@ -6,6 +6,7 @@
  *   GET /v1/images/NAME/manifest.json.sig     detached signatures
  *   GET|HEAD /v1/images/NAME/root|firmware    partition stream, Range + If-Range
  *   GET /v1/images/NAME/deltas[/FROM_SHA256]  delta index, one delta
+ *   GET /v1/images/NAME/chunks                the root's chunk index (signed by hash in the manifest)
  * Streams are read from the published version's file with backpressure; the
  * ETag is the partition's sha256 from the signed manifest, so a resumed
  * download (If-Range) never splices two versions.
@@ -20,7 +21,7 @@ import {
 import { createServer as createHttpsServer } from "node:https";
 import { parseRange } from "../../core/http-range.ts";
 import { isSafeImageName } from "../../core/image-name.ts";
-import type { PublishedImages, StreamKind } from "./published.ts";
+import type { PublishedImages, PublishedVersion, StreamKind } from "./published.ts";
 import type { Logger } from "../log.ts";
 import { BufferPool } from "./buffer-pool.ts";
 import {
@@ -221,11 +222,20 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
       }
       return sendJson(res, 200, { images });
     }
-    const d = /^\/v1\/images\/([^/]+)\/deltas(?:\/([0-9a-f]{64}))?$/.exec(path);
+    const d = /^\/v1\/images\/([^/]+)\/(?:deltas(?:\/([0-9a-f]{64}))?|(chunks))$/.exec(path);
     if (d) {
       const name = imageNameOf(d[1] as string);
-      if (d[2])
-        return sendDelta(req, res, name, d[2], device ?? req.socket.remoteAddress ?? "unknown", device);
+      const client = device ?? req.socket.remoteAddress ?? "unknown";
+      const from = d[2];
+      if (from || d[3])
+        return sendVersionFile(req, res, name, client, device, (v) =>
+          from
+            ? {
+                path: join(v.dir, "deltas", deltaFileName(from)),
+                missing: `no delta to ${name} ${v.manifest.version} from ${from.slice(0, 12)}…`,
+              }
+            : { path: v.chunksPath, missing: `no chunk index for ${name} ${v.manifest.version}` },
+        );
       const version = await versionFor(name, device);
       if (!version) throw new HttpError(404, `image ${name} is not published`);
       if (!version.deltaIndexBytes)
@@ -289,25 +299,23 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     return bytes.length;
   }
 
-  /** A delta of the current version, from the root whose sha256 names it. */
-  async function sendDelta(
+  /** A file of the version this device is served (a delta, the chunk index): 404 when it has none. */
+  async function sendVersionFile(
     req: IncomingMessage,
     res: ServerResponse,
     name: string,
-    fromSha256: string,
     client: string,
     device: string | undefined,
+    fileOf: (version: PublishedVersion) => { path: string; missing: string },
   ): Promise<number> {
     const version = await versionFor(name, device);
     if (!version) throw new HttpError(404, `image ${name} is not published`);
+    const file = fileOf(version);
     let handle: FileHandle;
     try {
-      handle = await open(join(version.dir, "deltas", deltaFileName(fromSha256)), "r");
+      handle = await open(file.path, "r");
     } catch {
-      throw new HttpError(
-        404,
-        `no delta to ${name} ${version.manifest.version} from ${fromSha256.slice(0, 12)}…`,
-      );
+      throw new HttpError(404, file.missing);
     }
     const release = admit(client);
     try {

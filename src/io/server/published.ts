@@ -33,6 +33,8 @@ export interface PublishedVersion {
   ranges: Partial<Record<StreamKind, ByteRange>>;
   /** The deltas to this version from older ones (NAME.deltas.json), when the server made any. */
   deltaIndexBytes: Buffer | undefined;
+  /** NAME.chunks, the root's chunk index the manifest signs by hash (absent when the server made none). */
+  chunksPath: string;
 }
 
 /** When a version directory was published: its name ends in -<ms since 1970, base 36>-<6 hex>. */
@@ -130,7 +132,19 @@ export class PublishedImages {
     } finally {
       await source.close();
     }
-    return { name, vid, dir, rawPath, manifestBytes, signatureBytes, deltaIndexBytes, manifest, ranges };
+    const chunksPath = join(dir, `${name}.chunks`);
+    return {
+      name,
+      vid,
+      dir,
+      rawPath,
+      manifestBytes,
+      signatureBytes,
+      deltaIndexBytes,
+      chunksPath,
+      manifest,
+      ranges,
+    };
   }
 
   /**
@@ -217,10 +231,13 @@ export class PublishedImages {
       rawSha256: string;
       version: string;
       deltaIndexBytes?: Buffer | undefined;
+      chunkIndexBytes?: Buffer | undefined;
     },
   ): Promise<string> {
     if (files.deltaIndexBytes)
       await atomicWriteFile(join(staging.dir, `${name}.deltas.json`), files.deltaIndexBytes);
+    if (files.chunkIndexBytes)
+      await atomicWriteFile(join(staging.dir, `${name}.chunks`), files.chunkIndexBytes);
     await atomicWriteFile(join(staging.dir, `${name}.manifest.json`), files.manifestBytes);
     if (files.signatureBytes)
       await atomicWriteFile(join(staging.dir, `${name}.manifest.json.sig`), files.signatureBytes);

@@ -36,12 +36,15 @@ export async function answerRestricted(
     ctx.stdout.write(version.deltaIndexBytes);
     return 0;
   }
-  if (request.kind === "delta") {
-    const file = join(version.dir, "deltas", deltaFileName(request.from));
-    if (!(await fileExists(file)))
-      return refuse(
-        `no delta to ${request.name} ${version.manifest.version} from ${request.from.slice(0, 12)}…`,
-      );
+  if (request.kind === "delta" || request.kind === "chunks") {
+    const [file, missing] =
+      request.kind === "chunks"
+        ? [version.chunksPath, `no chunk index for ${request.name} ${version.manifest.version}`]
+        : [
+            join(version.dir, "deltas", deltaFileName(request.from)),
+            `no delta to ${request.name} ${version.manifest.version} from ${request.from.slice(0, 12)}…`,
+          ];
+    if (!(await fileExists(file))) return refuse(missing);
     await pipeline(createReadStream(file, { highWaterMark: 1 << 20 }), ctx.stdout, { end: false });
     return 0;
   }

@@ -13,11 +13,10 @@ import { Readable } from "node:stream";
 import type { ByteRange } from "../../core/gpt.ts";
 import { EosError, errorMessage } from "../../core/errors.ts";
 import { decodeDeltaIndex, DELTA_WINDOW, pickDelta, type DeltaEntry } from "../../core/update/delta-index.ts";
-import { streamBytes, type Manifest, type ManifestPartition } from "../../core/manifest.ts";
+import type { Manifest } from "../../core/manifest.ts";
 import { pipeThrough, type ProcessRunner } from "../process.ts";
 import { findInPath } from "../files.ts";
-import { progress, type Progress } from "../progress.ts";
-import type { Context } from "../context.ts";
+import type { Progress } from "../progress.ts";
 import { interrupted, watchWithLimits, type TransferLimits } from "../watchdog.ts";
 import { writeSlot, type WriteSlotResult } from "./slot-writer.ts";
 import type { UpdateSource } from "./source.ts";
@@ -90,7 +89,7 @@ async function withLoopDevice<T>(
 }
 
 /** The progress label of the delta's download. */
-const DELTA_DOWNLOAD = "delta";
+export const DELTA_DOWNLOAD = "delta";
 
 export interface DeltaWrite {
   source: UpdateSource;
@@ -218,91 +217,4 @@ export async function writeSlotFromDelta(o: DeltaWrite): Promise<WriteSlotResult
       ...(o.progress ? { progress: o.progress("slot (from the delta)", o.size) } : {}),
     });
   });
-}
-
-export interface RootWrite {
-  timing: WriteSlotResult;
-  /** staged: the slot already held it, verified again (io/update/staged.ts). */
-  path: "delta" | "full" | "staged";
-  /** Bytes downloaded for it. */
-  downloaded: number;
-}
-
-/**
- * Writes and verifies the target slot the cheapest way the plan allows: the
- * delta, and on any failure of it (other than being stopped or out of time)
- * the full stream.
- */
-export async function writeRootByPlan(o: {
-  ctx: Context;
-  say: (line: string) => void;
-  plan: DeltaPlan | undefined;
-  source: UpdateSource;
-  disk: string;
-  running: ByteRange | undefined;
-  target: ByteRange;
-  /** The target slot's name, for progress lines. */
-  label: string;
-  root: ManifestPartition;
-  limits: TransferLimits;
-  retryDelayMs?: number | undefined;
-  /** Also sees the downloads' progress (the delta, or the full stream), e.g. to report it. */
-  track?: ((inner: Progress, total: number) => Progress) | undefined;
-}): Promise<RootWrite> {
-  const log = (line: string) => o.ctx.stderr.write(`os-update: ${line}\n`);
-  const bar = (label: string, total: number) =>
-    progress(o.ctx.stderr, label, total, { interactive: o.ctx.interactive });
-  const download = (label: string, total: number) =>
-    o.track ? o.track(bar(label, total), total) : bar(label, total);
-  const { root } = o;
-  if (o.plan?.path === "delta" && o.running) {
-    const { delta } = o.plan;
-    o.say(`taking the delta from ${delta.from_version}: ${delta.size} bytes instead of ${streamBytes(root)}`);
-    try {
-      const timing = await writeSlotFromDelta({
-        source: o.source,
-        proc: o.ctx.proc,
-        delta,
-        disk: o.disk,
-        running: o.running,
-        target: o.target,
-        size: root.size,
-        sha256: root.sha256,
-        verity: root.verity,
-        limits: o.limits,
-        signal: o.ctx.signal,
-        // Only the delta's download is downloading; rebuilding the slot from it is local.
-        progress: (label, total) => (label === DELTA_DOWNLOAD ? download(label, total) : bar(label, total)),
-        log,
-      });
-      return { timing, path: "delta", downloaded: delta.size };
-    } catch (error) {
-      if (error instanceof EosError && (error.code === "INTERRUPTED" || error.code === "TIMEOUT"))
-        throw error;
-      o.say(`the delta path failed (${errorMessage(error)}); taking the full stream`);
-    }
-  } else if (o.plan?.path === "full") {
-    o.say(`full stream: ${o.plan.reason}`);
-  }
-  const timing = await writeSlot({
-    disk: o.disk,
-    range: o.target,
-    size: root.size,
-    dataBytes: streamBytes(root),
-    sha256: root.sha256,
-    source: o.source,
-    kind: "root",
-    progress: download(`slot ${o.label}`, streamBytes(root)),
-    log,
-    signal: o.ctx.signal,
-    proc: o.ctx.proc,
-    limits: o.limits,
-    ...(o.retryDelayMs === undefined ? {} : { retryDelayMs: o.retryDelayMs }),
-  });
-  return { timing, path: "full", downloaded: streamBytes(root) };
-}
-
-/** Bytes a plan downloads. */
-export function planBytes(plan: DeltaPlan, manifest: Manifest): number {
-  return plan.path === "delta" ? plan.delta.size : streamBytes(manifest.partitions.root);
 }

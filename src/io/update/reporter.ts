@@ -21,7 +21,7 @@ import { loadSetupWith, type DeviceSetup, type SshTransport } from "./device-con
 import { deviceIdentity } from "./device-identity.ts";
 import { deviceToken } from "./enrolment.ts";
 import { postJson } from "./post-json.ts";
-import { planBytes, type DeltaPlan } from "./delta-apply.ts";
+import { planBytes, type UpdatePlan } from "./root-write.ts";
 import { streamBytes, type Manifest } from "../../core/manifest.ts";
 
 type Distribute<T> = T extends DeviceEvent ? Omit<T, "id" | "time"> : never;
@@ -188,7 +188,7 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
 }
 
 /** The download_started event of an apply: the path (delta or full) and the bytes it will download. */
-export function downloadStarted(manifest: Manifest, plan: DeltaPlan | undefined): NewEvent {
+export function downloadStarted(manifest: Manifest, plan: UpdatePlan | undefined): NewEvent {
   const bytes = plan ? planBytes(plan, manifest) : streamBytes(manifest.partitions.root);
   return { type: "download_started", version: manifest.version, path: plan?.path ?? "full", bytes };
 }

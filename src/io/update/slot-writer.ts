@@ -42,7 +42,7 @@ export type { TransferLimits };
 /** No retry helps these: a wrong hash, no access, nothing published, out of time, or asked to stop. */
 const FINAL = ["HASH_MISMATCH", "AUTH", "NOT_FOUND", "TIMEOUT", "INTERRUPTED"];
 
-async function writeFully(
+export async function writeFully(
   handle: FileHandle,
   buffer: Buffer,
   length: number,
@@ -55,8 +55,29 @@ async function writeFully(
   }
 }
 
+/**
+ * The one check that decides: the slot as the device holds it (re-read past
+ * the page cache) has the signed manifest's sha256. Call after datasync.
+ */
+export async function verifySlot(
+  handle: FileHandle,
+  o: Pick<WriteSlotOptions, "disk" | "range" | "size" | "sha256" | "proc">,
+): Promise<void> {
+  // Drop the block device's cached pages so the re-read comes from the device itself.
+  if ((await handle.stat()).isBlockDevice())
+    await o.proc.run(["blockdev", "--flushbufs", o.disk]).catch(() => undefined);
+  const onDisk = await hashRange(handle, o.range.offset, o.size);
+  if (onDisk !== o.sha256) {
+    throw new EosError(
+      "HASH_MISMATCH",
+      `the slot holds sha256 ${onDisk} after writing, but the signed manifest says ${o.sha256}`,
+      { hint: "the download was altered or the storage is failing; the slot stays marked invalid" },
+    );
+  }
+}
+
 /** The zero tail: written, not trimmed, so the slot hashes the same on any storage. */
-async function writeZeros(handle: FileHandle, position: number, length: number, block: Buffer) {
+export async function writeZeros(handle: FileHandle, position: number, length: number, block: Buffer) {
   if (length <= 0) return;
   block.fill(0);
   for (let done = 0; done < length;) {
@@ -199,17 +220,7 @@ export async function writeSlot(options: WriteSlotOptions): Promise<WriteSlotRes
     crashPoint("apply:slot-written");
     options.progress?.done();
     const wroteAt = performance.now();
-    // Drop the block device's cached pages so the re-read comes from the device itself.
-    if ((await handle.stat()).isBlockDevice())
-      await options.proc.run(["blockdev", "--flushbufs", options.disk]).catch(() => undefined);
-    const onDisk = await hashRange(handle, range.offset, size);
-    if (onDisk !== options.sha256) {
-      throw new EosError(
-        "HASH_MISMATCH",
-        `the slot holds sha256 ${onDisk} after writing, but the signed manifest says ${options.sha256}`,
-        { hint: "the download was altered or the storage is failing; the slot stays marked invalid" },
-      );
-    }
+    await verifySlot(handle, options);
     return { writeSeconds: (wroteAt - started) / 1000, verifySeconds: (performance.now() - wroteAt) / 1000 };
   } finally {
     await handle.close();

@@ -38,6 +38,8 @@ export interface UpdateSource {
   fetchDeltaIndex(): Promise<Buffer | undefined>;
   /** The delta from the root with this sha256 to the current version. */
   openDelta(fromSha256: string): Promise<Readable>;
+  /** The root's chunk index, at most `maxBytes`; undefined when the server has none. */
+  fetchChunkIndex?(maxBytes: number): Promise<Buffer | undefined>;
   /**
    * The server's signed downgrade assignment for this device running the
    * root with this sha256 (HTTPS only), with the token it is bound to;
@@ -105,6 +107,16 @@ export function httpSource(options: HttpSourceOptions): UpdateSource {
     if (res.statusCode !== 200) throw statusError(res, `${options.name} ${suffix}`);
     return { body: await readBounded(res, 1 << 20, `${options.name} ${suffix}`), headers: res.headers };
   };
+  /** A document the server may not have: undefined on 404. */
+  const optional = async (suffix: string, maxBytes: number) => {
+    const res = await httpGet(url(suffix), headers(), options.ca, timeout);
+    if (res.statusCode === 404) {
+      res.resume();
+      return undefined;
+    }
+    if (res.statusCode !== 200) throw statusError(res, `${options.name} ${suffix}`);
+    return readBounded(res, maxBytes, `${options.name} ${suffix}`);
+  };
   return {
     describe: base,
     async fetchManifest() {
@@ -117,13 +129,10 @@ export function httpSource(options: HttpSourceOptions): UpdateSource {
       };
     },
     async fetchDeltaIndex() {
-      const res = await httpGet(url("deltas"), headers(), options.ca, timeout);
-      if (res.statusCode === 404) {
-        res.resume();
-        return undefined;
-      }
-      if (res.statusCode !== 200) throw statusError(res, `${options.name} deltas`);
-      return readBounded(res, 1 << 20, `${options.name} deltas`);
+      return optional("deltas", 1 << 20);
+    },
+    async fetchChunkIndex(maxBytes) {
+      return optional("chunks", maxBytes);
     },
     async openDelta(fromSha256) {
       const res = await httpGet(url(`deltas/${fromSha256}`), headers(), options.ca, timeout);
@@ -200,6 +209,16 @@ function sshStream(options: SshSourceOptions, command: string): Readable {
 }
 
 export function sshSource(options: SshSourceOptions): UpdateSource {
+  /** A document the server may not have, or a server from before it knew it (refused as unknown). */
+  const optional = async (what: string, maxBytes: number, none: RegExp) => {
+    try {
+      return await readBounded(sshStream(options, `eos-read ${options.name} ${what}`), maxBytes, what);
+    } catch (error) {
+      if (error instanceof EosError && (none.test(error.message) || /unknown|usage/i.test(error.message)))
+        return undefined;
+      throw error;
+    }
+  };
   return {
     describe: `ssh://${options.server}`,
     async fetchManifest() {
@@ -220,13 +239,10 @@ export function sshSource(options: SshSourceOptions): UpdateSource {
       return { stream: sshStream(options, `eos-read ${options.name} ${kind} ${range}`), offset };
     },
     async fetchDeltaIndex() {
-      try {
-        return await readBounded(sshStream(options, `eos-read ${options.name} deltas`), 1 << 20, "deltas");
-      } catch (error) {
-        // Not published, or a server from before deltas: the full stream it is.
-        if (error instanceof EosError && /no deltas|unknown|usage/i.test(error.message)) return undefined;
-        throw error;
-      }
+      return optional("deltas", 1 << 20, /no deltas/);
+    },
+    async fetchChunkIndex(maxBytes) {
+      return optional("chunks", maxBytes, /no chunk index/);
     },
     async openDelta(fromSha256) {
       return sshStream(options, `eos-read ${options.name} delta ${fromSha256}`);

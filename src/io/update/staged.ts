@@ -19,7 +19,7 @@ import {
 import type { Context } from "../context.ts";
 import { hashRange } from "../hash.ts";
 import { readBootControl, writeBootControl } from "./boot-control.ts";
-import type { RootWrite } from "./delta-apply.ts";
+import type { RootWrite } from "./root-write.ts";
 
 /** sha256 of the first `size` bytes of a slot, read from the device itself (not stale cached pages). */
 export async function hashSlot(ctx: Context, disk: string, range: ByteRange, size: number): Promise<string> {

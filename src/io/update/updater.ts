@@ -42,7 +42,7 @@ import {
 import { deviceIdentity } from "./device-identity.ts";
 import { updateFirmware, type FirmwareResult } from "./firmware.ts";
 import { type WriteSlotResult } from "./slot-writer.ts";
-import { planDelta, writeRootByPlan, type DeltaPlan, type RootWrite } from "./delta-apply.ts";
+import { planUpdate, writeRootByPlan, type RootWrite, type UpdatePlan } from "./root-write.ts";
 import { recordStaged, reuseStaged, type StagedTarget } from "./staged.ts";
 import { limitsFrom, type TransferLimits } from "../watchdog.ts";
 import { locateSlots, type SlotLayout } from "./slots.ts";
@@ -123,8 +123,8 @@ export interface CheckResult {
   downgrade: boolean;
   /** An update this device would install (not up to date; a downgrade only when allowed). */
   available: boolean;
-  /** How it would be downloaded, when available: a pair delta, or the full stream (and why). */
-  plan: DeltaPlan | undefined;
+  /** How it would be downloaded, when available: a pair delta, the chunk index, or the full stream (and why). */
+  plan: UpdatePlan | undefined;
   /** Why the server's assignment did not allow the downgrade, when it is one. */
   refusal?: string;
   /** When this device may switch to a new root, as its server says; absent: any time. */
@@ -160,7 +160,15 @@ export async function check(o: UpdaterOptions): Promise<CheckResult> {
     ? undefined
     : o.noDelta
       ? ({ path: "full", reason: "asked for (--no-delta)" } as const)
-      : await planDelta(source, o.ctx.env, manifest, runningSha);
+      : await planUpdate({
+          source,
+          env: o.ctx.env,
+          manifest,
+          runningSha,
+          disk: device.layout.disk,
+          running: device.layout.slots[device.layout.running]?.range,
+          target: device.layout.slots[otherSlot(device.layout.running)]?.range,
+        });
   return {
     setup: { ...setup, source },
     manifest,

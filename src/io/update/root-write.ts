@@ -1,0 +1,151 @@
+/**
+ * Which way the new root reaches the target slot, and writing it that way:
+ * the cheapest path the device can verify (issue 12): a pair delta from its
+ * running root, else the chunk index (chunks it holds are copied, the rest
+ * fetched by range), else the full stream. A path that fails (other than
+ * being stopped or out of time) falls back to the full stream with a line
+ * that says why; every path ends in the same whole-slot sha256 check against
+ * the signed manifest, and the slot stays marked invalid until then.
+ */
+import type { ByteRange } from "../../core/gpt.ts";
+import { EosError, errorMessage } from "../../core/errors.ts";
+import { streamBytes, type Manifest, type ManifestPartition } from "../../core/manifest.ts";
+import type { Context } from "../context.ts";
+import { progress, type Progress } from "../progress.ts";
+import type { TransferLimits } from "../watchdog.ts";
+import { writeSlotFromChunks } from "./chunk-apply.ts";
+import { planChunks, type ChunkPlan } from "./chunk-path.ts";
+import { DELTA_DOWNLOAD, planDelta, writeSlotFromDelta, type DeltaPlan } from "./delta-apply.ts";
+import { writeSlot, type WriteSlotResult } from "./slot-writer.ts";
+import type { UpdateSource } from "./source.ts";
+
+export type UpdatePlan = DeltaPlan | ChunkPlan;
+
+/** The plan for this device: a delta for its running root, else the chunk index, else the full stream. */
+export async function planUpdate(o: {
+  source: UpdateSource;
+  env: NodeJS.ProcessEnv;
+  manifest: Manifest;
+  runningSha: string | undefined;
+  disk: string;
+  running: ByteRange | undefined;
+  target: ByteRange | undefined;
+}): Promise<UpdatePlan> {
+  const delta = await planDelta(o.source, o.env, o.manifest, o.runningSha);
+  if (delta.path === "delta") return delta;
+  const chunks = await planChunks(o);
+  if ("path" in chunks) return chunks;
+  return { path: "full", reason: `${delta.reason}; ${chunks.none}` };
+}
+
+/** Bytes a plan downloads (the chunk index itself aside: it is fetched while planning). */
+export function planBytes(plan: UpdatePlan, manifest: Manifest): number {
+  if (plan.path === "delta") return plan.delta.size;
+  if (plan.path === "chunks") return plan.work.fetchBytes;
+  return streamBytes(manifest.partitions.root);
+}
+
+/** A plan in one line, for --check and the log. */
+export function describePlan(plan: UpdatePlan, root: ManifestPartition): string {
+  const full = streamBytes(root);
+  if (plan.path === "delta") return `a delta of ${plan.delta.size} bytes (the full root is ${full})`;
+  if (plan.path === "chunks") {
+    const { work } = plan;
+    return `${work.fetchBytes} bytes of the root in ${work.fetches.length} ranges, ${work.copies.length} chunks copied from the running slot, ${work.heldBytes} bytes already in place (the full root is ${full})`;
+  }
+  return `the full root, ${full} bytes (${plan.reason})`;
+}
+
+export interface RootWrite {
+  timing: WriteSlotResult;
+  /** staged: the slot already held it, verified again (io/update/staged.ts). */
+  path: UpdatePlan["path"] | "staged";
+  /** Bytes downloaded for it. */
+  downloaded: number;
+}
+
+const stopped = (error: unknown) =>
+  error instanceof EosError && (error.code === "INTERRUPTED" || error.code === "TIMEOUT");
+
+/**
+ * Writes and verifies the target slot the cheapest way the plan allows, and
+ * on any failure of a delta or the chunk path the full stream.
+ */
+export async function writeRootByPlan(o: {
+  ctx: Context;
+  say: (line: string) => void;
+  plan: UpdatePlan | undefined;
+  source: UpdateSource;
+  disk: string;
+  running: ByteRange | undefined;
+  target: ByteRange;
+  /** The target slot's name, for progress lines. */
+  label: string;
+  root: ManifestPartition;
+  limits: TransferLimits;
+  retryDelayMs?: number | undefined;
+  /** Also sees the downloads' progress (the delta, or the full stream), e.g. to report it. */
+  track?: ((inner: Progress, total: number) => Progress) | undefined;
+}): Promise<RootWrite> {
+  const log = (line: string) => o.ctx.stderr.write(`os-update: ${line}\n`);
+  const bar = (label: string, total: number) =>
+    progress(o.ctx.stderr, label, total, { interactive: o.ctx.interactive });
+  const download = (label: string, total: number) =>
+    o.track ? o.track(bar(label, total), total) : bar(label, total);
+  const { root, plan } = o;
+  const common = {
+    source: o.source,
+    disk: o.disk,
+    target: o.target,
+    size: root.size,
+    sha256: root.sha256,
+    limits: o.limits,
+    signal: o.ctx.signal,
+    proc: o.ctx.proc,
+  };
+  if (plan?.path === "delta" && o.running) {
+    const { delta } = plan;
+    o.say(`taking the delta from ${delta.from_version}: ${delta.size} bytes instead of ${streamBytes(root)}`);
+    try {
+      const timing = await writeSlotFromDelta({
+        ...common,
+        delta,
+        running: o.running,
+        verity: root.verity,
+        // Only the delta's download is downloading; rebuilding the slot from it is local.
+        progress: (label, total) => (label === DELTA_DOWNLOAD ? download(label, total) : bar(label, total)),
+        log,
+      });
+      return { timing, path: "delta", downloaded: delta.size };
+    } catch (error) {
+      if (stopped(error)) throw error;
+      o.say(`the delta path failed (${errorMessage(error)}); taking the full stream`);
+    }
+  } else if (plan?.path === "chunks" && o.running) {
+    o.say(`taking the chunk path: ${describePlan(plan, root)}`);
+    try {
+      const timing = await writeSlotFromChunks({
+        ...common,
+        plan,
+        running: o.running,
+        progress: download(`slot ${o.label} (chunks)`, plan.work.fetchBytes),
+      });
+      return { timing, path: "chunks", downloaded: plan.work.fetchBytes + plan.indexBytes };
+    } catch (error) {
+      if (stopped(error)) throw error;
+      o.say(`the chunk path failed (${errorMessage(error)}); taking the full stream`);
+    }
+  } else if (plan?.path === "full") {
+    o.say(`full stream: ${plan.reason}`);
+  }
+  const timing = await writeSlot({
+    ...common,
+    range: o.target,
+    dataBytes: streamBytes(root),
+    kind: "root",
+    progress: download(`slot ${o.label}`, streamBytes(root)),
+    log,
+    ...(o.retryDelayMs === undefined ? {} : { retryDelayMs: o.retryDelayMs }),
+  });
+  return { timing, path: "full", downloaded: streamBytes(root) };
+}

@@ -25,9 +25,6 @@ import type { ImageDescription } from "../../core/image/description.ts";
 import { rootFiles } from "../../core/image/root-files.ts";
 import type { ProcessRunner, RunOptions } from "../process.ts";
 
-/** The kexec-tools package's init scripts (systemd runs them as generated units). */
-const DEBIAN_KEXEC_UNITS = ["kexec-load.service", "kexec.service"];
-
 export interface RootTreeOptions {
   desc: ImageDescription;
   tree: string;
@@ -218,12 +215,8 @@ export async function buildRootTree(o: RootTreeOptions): Promise<{ kernel: strin
   await run(o, ["systemctl", `--root=${tree}`, "set-default", "multi-user.target"], { env });
   if (desc.services.disable.length > 0)
     await run(o, ["systemctl", `--root=${tree}`, "disable", ...desc.services.disable], { env });
-  // os-update owns kexec (the new slot's kernel, then `systemctl kexec`). On a reboot,
-  // Debian's kexec-tools scripts load the running slot's kernel with its command line and
-  // `kexec -e` into it: that would bypass GRUB, which must pick the slot (trial, fallback).
-  await run(o, ["systemctl", `--root=${tree}`, "mask", ...DEBIAN_KEXEC_UNITS, ...desc.services.mask], {
-    env,
-  });
+  if (desc.services.mask.length > 0)
+    await run(o, ["systemctl", `--root=${tree}`, "mask", ...desc.services.mask], { env });
 
   // With the initramfs deferred (arm64), this is its first and only run: -c creates it.
   const deferred = ARCH_PROFILES[o.architecture].deferInitramfs;

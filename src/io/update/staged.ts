@@ -45,7 +45,9 @@ export interface StagedTarget {
 /** The staged slot as a finished write when it still verifies against the manifest; undefined: write it. */
 export async function reuseStaged(ctx: Context, t: StagedTarget): Promise<RootWrite | undefined> {
   const state = readBootState(await readBootControl(t.esp));
-  if (!recordedAs(state, t.slot, t.content)) return undefined;
+  // Only a slot staged for a window: any other slot that happens to hold the version (one
+  // rolled back from, say) is written afresh, as an --apply always did.
+  if (state.staged !== t.slot || !recordedAs(state, t.slot, t.content)) return undefined;
   const started = performance.now();
   const sha = await hashSlot(ctx, t.disk, t.range, t.content.size).catch(() => "unreadable");
   const verifySeconds = (performance.now() - started) / 1000;

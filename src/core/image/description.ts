@@ -129,6 +129,35 @@ export const imageDescriptionSchema = z
       .prefault({}),
     packages: z.array(packageName).default([]),
     files: z.array(localPath).default([]),
+    /**
+     * Container images built into the root's read-only store (the seed's
+     * split registry): from Debian packages (minbase + packages) or from an
+     * OCI archive file (podman save --format oci-archive).
+     */
+    containers: z
+      .array(
+        z
+          .strictObject({
+            name: z
+              .string()
+              .regex(
+                /^[a-z0-9][a-z0-9._-]{0,62}$/,
+                "must be a container name: lowercase letters, digits and . _ - (at most 63)",
+              ),
+            packages: z.array(packageName).optional(),
+            archive: localPath.optional(),
+            cmd: z.array(z.string().min(1)).default(["/bin/bash"]),
+          })
+          .refine(
+            (c) => (c.packages === undefined) !== (c.archive === undefined),
+            "give either packages (built with mmdebstrap) or archive (an OCI archive file), not both",
+          ),
+      )
+      .default([])
+      .refine(
+        (list) => new Set(list.map((c) => c.name)).size === list.length,
+        "container names must be unique",
+      ),
     services: z
       .strictObject({
         enable: z.array(unitName).default([]),

@@ -4,6 +4,7 @@
  * update_commit.service, the command wrappers and root's access.
  */
 import { ARCH_PROFILES, isArchitecture } from "./arch.ts";
+import { storageConf } from "./containers.ts";
 import type { ImageDescription } from "./description.ts";
 
 export interface RootFile {
@@ -181,6 +182,7 @@ export function rootFiles(
     `127.0.0.1\tlocalhost\n127.0.1.1\t${desc.hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n`,
   );
   add("/usr/lib/systemd/system/update_commit.service", options.updateCommitUnit);
+  if (desc.containers.length > 0) add("/etc/containers/storage.conf", storageConf());
   add("/etc/eos/image", `NAME=${desc.name}\nVERSION=${desc.version}\nARCH=${options.architecture}\n`);
 
   // The device's update configuration, in the original map shape.

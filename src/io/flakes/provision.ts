@@ -13,6 +13,7 @@
  */
 import { cp, copyFile, mkdtemp, readFile, readdir, lstat, rm, writeFile, mkdir } from "node:fs/promises";
 import { readFileSync, readdirSync, statSync } from "node:fs";
+import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import type { Writable } from "node:stream";
@@ -36,8 +37,9 @@ interface ProvisionRecord {
   watchedStamp: string;
 }
 
-function parseTomlString(text: string, key: string): string | undefined {
-  // storage.conf is TOML; the two keys we need are plain `key = "value"` lines under [storage].
+/** The plain `key = "value"` and `key = ["a", "b"]` lines of storage.conf (TOML), by section. */
+function parseStorageConf(text: string): Map<string, string | string[]> {
+  const values = new Map<string, string | string[]>();
   let section = "";
   for (const raw of text.split("\n")) {
     const line = raw.trim();
@@ -46,14 +48,27 @@ function parseTomlString(text: string, key: string): string | undefined {
       section = header[1]?.trim() ?? "";
       continue;
     }
-    if (section !== "storage") continue;
-    const m = new RegExp(`^${key}\\s*=\\s*["']([^"']*)["']`).exec(line);
-    if (m) return m[1];
+    const scalar = /^([a-z_]+)\s*=\s*["']([^"']*)["']/.exec(line);
+    if (scalar) {
+      values.set(`${section}.${scalar[1]}`, scalar[2] ?? "");
+      continue;
+    }
+    const list = /^([a-z_]+)\s*=\s*\[(.*)\]/.exec(line);
+    if (list)
+      values.set(
+        `${section}.${list[1]}`,
+        [...(list[2] ?? "").matchAll(/["']([^"']*)["']/g)].map((m) => m[1] ?? ""),
+      );
   }
-  return undefined;
+  return values;
 }
 
-/** Stamp of podman's image index, or undefined when it cannot be located (then podman is asked). */
+/**
+ * Stamp of podman's image indexes, or undefined when they cannot be located
+ * (then podman is asked). The read-only stores (additionalimagestores, the
+ * image's own store) change with an OS update; their records are dated at the
+ * build's epoch and may keep their size, so they are stamped by content.
+ */
 export function imageIndexStamp(env: NodeJS.ProcessEnv): string | undefined {
   if (process.getuid?.() !== 0) return undefined; // rootless storage: not worth guessing
   const confs = env.CONTAINERS_STORAGE_CONF
@@ -61,6 +76,7 @@ export function imageIndexStamp(env: NodeJS.ProcessEnv): string | undefined {
     : ["/etc/containers/storage.conf", "/usr/share/containers/storage.conf"];
   let graphroot = "/var/lib/containers/storage";
   let driver: string | undefined;
+  let readOnlyStores: string[] = [];
   for (const conf of confs) {
     let text: string;
     try {
@@ -68,14 +84,31 @@ export function imageIndexStamp(env: NodeJS.ProcessEnv): string | undefined {
     } catch {
       continue;
     }
-    graphroot = parseTomlString(text, "graphroot") ?? graphroot;
-    driver = parseTomlString(text, "driver") || undefined;
+    const values = parseStorageConf(text);
+    const root = values.get("storage.graphroot");
+    if (typeof root === "string") graphroot = root;
+    const d = values.get("storage.driver");
+    driver = typeof d === "string" && d ? d : undefined;
+    const stores = values.get("storage.options.additionalimagestores");
+    if (Array.isArray(stores)) readOnlyStores = stores;
     break;
   }
   for (const d of driver ? [driver] : ["overlay", "vfs", "btrfs", "zfs"]) {
     const path = join(graphroot, `${d}-images`, "images.json");
     const st = statSync(path, { throwIfNoEntry: false });
-    if (st) return `${path}:${st.mtimeMs}:${st.size}:${st.ino}`;
+    if (!st) continue;
+    const parts = [`${path}:${st.mtimeMs}:${st.size}:${st.ino}`];
+    for (const store of readOnlyStores) {
+      const index = join(store, `${d}-images`, "images.json");
+      let digest = "missing";
+      try {
+        digest = createHash("sha256").update(readFileSync(index)).digest("hex");
+      } catch {
+        // A store that is not there (yet) is part of the stamp too.
+      }
+      parts.push(`${index}:${digest}`);
+    }
+    return parts.join("\n");
   }
   return undefined;
 }
@@ -176,7 +209,6 @@ export async function ensureProvisionedImage(
       throw new EosError("FLAKE", message, { hint: "or call with %ignore_sync_error" });
     opts.log.write(`${message} (ignored: %ignore_sync_error)\n`);
   }
-  const { createHash } = await import("node:crypto");
   const material = provisionKeyMaterial({
     base: baseId ?? "",
     layers: flake.baseContainer ? copyFrom.slice(0, -1) : [],
@@ -191,6 +223,13 @@ export async function ensureProvisionedImage(
   const key = createHash("sha256").update(material).digest("hex").slice(0, 20);
   const image = provisionedImageName(flakeName, key);
 
+  const stale = record && record.image !== image ? record.image : undefined;
+  if (stale) {
+    // The previous build is stale; drop it unless an instance still uses it. Before
+    // the new build: after an OS update its base layer (in the image's read-only
+    // store) is gone, and podman, finding the same app layer in it, would reuse it.
+    await podman.output(["image", "rm", stale], { allowFailure: true });
+  }
   if (!(await podman.imageExists(image))) {
     await buildImage(
       podman,
@@ -208,10 +247,6 @@ export async function ensureProvisionedImage(
       hostDeps,
       opts,
     );
-  }
-  if (record && record.image !== image) {
-    // The previous build is stale; drop it unless an instance still uses it.
-    await podman.output(["image", "rm", record.image], { allowFailure: true });
   }
   const newIndex = imageIndexStamp(podman.env) ?? "";
   const next: ProvisionRecord = { image, key, index: newIndex, watched, watchedStamp };

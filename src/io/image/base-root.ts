@@ -82,7 +82,7 @@ export function mmdebstrapArgv(desc: ImageDescription, architecture: Architectur
   return argv;
 }
 
-async function defaultFetchIndex(url: string): Promise<Buffer> {
+export async function defaultFetchIndex(url: string): Promise<Buffer> {
   if (url.startsWith("file://")) return readFile(new URL(url));
   let response: Response;
   try {

@@ -23,6 +23,7 @@ import type { Context } from "../context.ts";
 import { loadPrivateKey, loadPublicKey } from "../keys.ts";
 import { sourceDateEpoch, writeManifest } from "../release.ts";
 import { addVerity, assembleDisk, compressXz, hashPadded, makeEsp, makeRootImage } from "./disk.ts";
+import { buildContainerStore } from "./containers.ts";
 import { makeBaseRoot } from "./base-root.ts";
 import { RootCache, rootCacheDir, rootCacheKeep } from "./root-cache.ts";
 import { buildRootTree, rootBuildEnv } from "./rootfs.ts";
@@ -267,6 +268,22 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
     }),
   );
   log(`root tree: kernel ${kernel}; EOS commands: ${commands.length > 0 ? commands.join(", ") : "none"}`);
+  if (desc.containers.length > 0)
+    await step("read-only container store", () =>
+      buildContainerStore({
+        desc,
+        base,
+        architecture,
+        tree,
+        work,
+        sourceDateEpoch: epoch,
+        cacheDir: o.noCache ? undefined : `${rootCacheDir(ctx.env)}-containers`,
+        env: rootBuildEnv(epoch),
+        log,
+        proc: ctx.proc,
+        ...(ctx.signal ? { signal: ctx.signal } : {}),
+      }),
+    );
   const rootImg = join(work, "root.img");
   const rootFsBytes = await step(`root file system (squashfs ${desc.root.compression})`, () =>
     makeRootImage(ctx.proc, desc, tree, rootImg, epoch, ctx.signal),

@@ -21,7 +21,7 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, rm, stat, symlink, copyFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, stat, symlink, copyFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Vm } from "../../src/io/machine/qemu.ts";
 import {
@@ -36,6 +36,7 @@ import { VM_TMP, testImage, vmSkipReason, type TestImage } from "../helpers/vm-i
 const GiB = 1024 ** 3;
 const MOUNT = "/var/lib/containers/storage";
 const FLAKE = "/usr/share/flakes/bin/bb";
+const LYNX = "/usr/share/flakes/bin/lynx";
 
 let skip = vmSkipReason();
 if (!skip && spawnSync("sh", ["-c", "command -v swtpm"]).status !== 0) skip = "swtpm is not installed";
@@ -51,6 +52,22 @@ async function busyboxTar(dir: string): Promise<Buffer> {
   const r = spawnSync("tar", ["-C", root, "--owner=0", "--group=0", "-cf", "-", "."], {
     maxBuffer: 64 * 1024 * 1024,
   });
+  if (r.status !== 0) throw new Error(`tar: ${r.stderr.toString()}`);
+  return r.stdout;
+}
+
+/** The seed's lynx as a delta container: one script, no shell of its own; it runs only on a base. */
+async function lynxDeltaTar(dir: string): Promise<Buffer> {
+  const root = join(dir, "lynxroot");
+  await mkdir(join(root, "usr/bin"), { recursive: true });
+  await writeFile(
+    join(root, "usr/bin/lynx"),
+    '#!/bin/sh\necho "lynx $* on debian $(cat /etc/debian_version)"\n',
+    {
+      mode: 0o755,
+    },
+  );
+  const r = spawnSync("tar", ["-C", root, "--owner=0", "--group=0", "-cf", "-", "."]);
   if (r.status !== 0) throw new Error(`tar: ${r.stderr.toString()}`);
   return r.stdout;
 }
@@ -178,6 +195,34 @@ describe("the flake registry on p.spare (QEMU + swtpm)", { skip, timeout: 40 * 6
     ]);
     await v.sshOk(["sh", "-c", `echo registry-data-42 > ${MOUNT}/flakes/data.txt && sync`]);
     assert.equal((await v.sshOk([FLAKE, "echo", "flake ran"], { timeoutMs: 120_000 })).trim(), "flake ran");
+
+    // The split registry: basesystem is in the image's read-only store, and the seed's
+    // lynx-style delta flake (loaded into the writable registry) runs on it without a pull.
+    assert.match(
+      await v.sshOk(["podman", "images", "--format", "{{.Repository}}:{{.Tag}} {{.ReadOnly}}"]),
+      /^localhost\/basesystem:latest true$/m,
+    );
+    await v.sshOk(["podman", "import", "-", "localhost/eos-test/lynx:1"], {
+      input: await lynxDeltaTar(work),
+      timeoutMs: 180_000,
+    });
+    await v.sshOk([
+      "flake-ctl",
+      "podman",
+      "register",
+      "--container",
+      "localhost/eos-test/lynx:1",
+      "--target",
+      "/usr/bin/lynx",
+      "--app",
+      LYNX,
+      "--base",
+      "basesystem",
+    ]);
+    assert.match(
+      (await v.sshOk([LYNX, "-dump"], { timeoutMs: 300_000 })).trim(),
+      /^lynx -dump on debian 12\.\d+$/,
+    );
     // Damage the XFS superblock magic ("XFSB") of the opened registry.
     await v.sshOk(["flake-registry", "--stop"]);
     await v.sshOk(["sh", "-c", "flake-registry --status; true"]);
@@ -278,6 +323,11 @@ describe("the flake registry on p.spare (QEMU + swtpm)", { skip, timeout: 40 * 6
     assert.equal(
       (await v.sshOk([FLAKE, "echo", "after the switch"], { timeoutMs: 300_000 })).trim(),
       "after the switch",
+    );
+    // The other slot's read-only store serves the base: the flake still runs on it.
+    assert.match(
+      (await v.sshOk([LYNX, "again"], { timeoutMs: 300_000 })).trim(),
+      /^lynx again on debian 12\./,
     );
     await down();
   });

@@ -128,11 +128,17 @@ export interface ContainerRootInputs {
   archive: Record<string, string>;
 }
 
-/** The cache key of a container's root tar: what mmdebstrap was given, and the archive's state. */
+/** The cache key of a container's root tar: mmdebstrap's arguments, the epoch and the archive's state. */
 export function containerRootKey(inputs: ContainerRootInputs): string {
-  const { name: _name, ...rest } = inputs;
   return createHash("sha256")
-    .update(JSON.stringify({ kind: "container-root", v: 1, ...rest }))
+    .update(
+      JSON.stringify({
+        kind: "container-root",
+        argv: containerMmdebstrapArgv(inputs, "OUT"),
+        epoch: inputs.sourceDateEpoch,
+        archive: inputs.archive,
+      }),
+    )
     .digest("hex");
 }
 

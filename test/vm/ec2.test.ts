@@ -120,7 +120,7 @@ describe("the EC2 image on an NVMe disk with an IMDSv2 responder", { skip, timeo
     );
     const cmdline = (await vm.sshOk(["cat", "/proc/cmdline"])).trim().split(/\s+/);
     assert.equal(cmdline.filter((w) => w.startsWith("console=")).at(-1), "console=ttyS0,115200");
-    assert.match(await vm.sshOk(["uname", "-r"]), /-cloud-amd64$/);
+    assert.match((await vm.sshOk(["uname", "-r"])).trim(), /-cloud-amd64$/);
     await vm.sshOk(["modinfo", "-n", "ena"]);
     const failed = await vm.sshOk(["systemctl", "--failed", "--no-legend", "--plain"]);
     assert.equal(failed.trim(), "", `failed units:\n${failed}`);

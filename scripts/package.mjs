@@ -66,7 +66,8 @@ const control = [
   `Description: ${pkg.description}`,
   ` The commands of EOS on a host that is not an EOS image: eos (build, run,`,
   ` demo), os-update-server (fetch, serve, restricted), os-update, flake-ctl,`,
-  ` podman-pilot, firecracker-pilot, flake-registry and fleet, with their`,
+  ` podman-pilot, firecracker-pilot, flake-registry, fleet and eos-ec2-init,`,
+  ` with their`,
   ` systemd units (not enabled).`,
   ``,
 ].join("\n");

@@ -124,7 +124,11 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
       "build a bootable GPT disk image (NAME.raw, NAME.raw.xz, signed manifest) from an image description",
     )
     .argument("<description>", "image description (YAML), e.g. images/default.yaml")
-    .option("--profile <profile>", "AB (two root slots) or Static (slot A only)", "AB")
+    .option(
+      "--profile <profile>",
+      "AB (two root slots), Static (slot A only) or EC2 (AB for an EC2 UEFI AMI)",
+      "AB",
+    )
     .option("--arch <arch>", `target architecture: ${ARCHITECTURES.join(" or ")}`, "x86_64")
     .option(
       "--no-cache",

@@ -57,12 +57,14 @@ export async function atomicWriteFile(
   target: string,
   data: Buffer | string,
   mode = 0o644,
-  hooks: { beforeRename?: () => void } = {},
+  hooks: { beforeRename?: () => void; owner?: { uid: number; gid: number } } = {},
 ): Promise<void> {
   const temp = tempPathFor(target);
   const handle = await open(temp, "wx", mode);
   try {
     await handle.writeFile(data);
+    // Owner before the rename: the file never appears under its name with the wrong one.
+    if (hooks.owner) await handle.chown(hooks.owner.uid, hooks.owner.gid);
     await handle.chmod(mode);
     await handle.sync();
   } catch (error) {

@@ -8,8 +8,14 @@ import { parseYamlConfig } from "../config.ts";
 import { isSafeImageName } from "../image-name.ts";
 import { ARCH_PROFILES, type Architecture } from "./arch.ts";
 
-export const PROFILES = ["AB", "Static"] as const;
+/** AB: two root slots; Static: slot A only; EC2: AB plus what an EC2 AMI needs (src/core/image/ec2.ts). */
+export const PROFILES = ["AB", "Static", "EC2"] as const;
 export type Profile = (typeof PROFILES)[number];
+
+/** Whether a profile's disk has slot B (p.lxrootclone1) and so updates A/B. */
+export function hasSlotB(profile: Profile): boolean {
+  return profile !== "Static";
+}
 
 const MiB = 1024 * 1024;
 

@@ -9,7 +9,7 @@ import { FIRMWARE_LABEL, REGISTRY_LABEL, ROOT_CLONE_LABEL, ROOT_LABEL } from "..
 import { PartitionType, type GptTable } from "../gpt.ts";
 import { usableRange } from "../gpt-write.ts";
 import { ARCH_PROFILES, type Architecture } from "./arch.ts";
-import type { ImageDescription, Profile } from "./description.ts";
+import { hasSlotB, type ImageDescription, type Profile } from "./description.ts";
 
 const MiB = 1024 * 1024;
 
@@ -44,7 +44,7 @@ export interface DiskLayout {
 const ALIGN = MiB;
 
 /**
- * GPT layout: p.UEFI, p.lxreadonly, p.lxrootclone1 (profile AB), p.spare
+ * GPT layout: p.UEFI, p.lxreadonly, p.lxrootclone1 (profiles AB and EC2), p.spare
  * last; the slots carry the architecture's "Linux root" type. Partitions are MiB-aligned; the disk ends 1 MiB after the spare
  * partition (room for the backup GPT). GUIDs derive from the image name so
  * two builds of the same description are byte-identical.
@@ -60,7 +60,7 @@ export function planLayout(
     { label: FIRMWARE_LABEL, size: desc.partitions.esp, type: PartitionType.efiSystem },
     { label: ROOT_LABEL, size: desc.partitions.root, type: rootType },
   ];
-  if (profile === "AB") {
+  if (hasSlotB(profile)) {
     specs.push({ label: ROOT_CLONE_LABEL, size: desc.partitions.root, type: rootType });
   }
   specs.push({ label: REGISTRY_LABEL, size: desc.partitions.spare, type: PartitionType.linuxData });

@@ -15,6 +15,12 @@ export interface RootFile {
   link?: string;
 }
 
+/** sshd's host keys are made at boot (in the tmpfs overlay): an image never ships them. */
+export const SSH_HOST_KEYS_DROPIN = {
+  path: "/etc/systemd/system/ssh.service.d/eos-host-keys.conf",
+  content: "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n",
+} as const;
+
 function yamlString(value: string): string {
   return JSON.stringify(value);
 }
@@ -211,11 +217,7 @@ export function rootFiles(
   const keys = desc.users.root.ssh_authorized_keys;
   if (keys.length > 0) {
     add("/root/.ssh/authorized_keys", `${keys.join("\n")}\n`, 0o600);
-    // Host keys are made at boot (in the tmpfs overlay): an image never ships them.
-    add(
-      "/etc/systemd/system/ssh.service.d/eos-host-keys.conf",
-      "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n",
-    );
+    add(SSH_HOST_KEYS_DROPIN.path, SSH_HOST_KEYS_DROPIN.content);
   }
   if (desc.users.root.autologin_serial) {
     add(

@@ -4,6 +4,7 @@
  * overlay, user networking with SSH forwarded to loopback, the serial
  * console on stdio, and optionally a registry disk and a TPM 2.0 (swtpm).
  */
+import { EosError } from "../errors.ts";
 import type { Architecture } from "../image/arch.ts";
 import { formatArgv } from "../shell-quote.ts";
 
@@ -25,6 +26,41 @@ export interface MachinePlan {
   tpmSocket?: string | undefined;
   /** A reset ends QEMU instead of restarting the machine (the disk stays as the reset left it). */
   noReboot?: boolean | undefined;
+  /** The boot disk's bus: virtio-blk (default) or NVMe, as EC2's Nitro instances attach volumes. */
+  diskBus?: "virtio" | "nvme" | undefined;
+  /** User networking's guest network, e.g. 169.254.0.0/16 (default QEMU's 10.0.2.0/24). */
+  guestNet?: string | undefined;
+  /**
+   * Guest connections to ADDRESS:PORT, each handed to a new run of the command
+   * on the host (QEMU guestfwd ...-cmd:). ADDRESS must lie in guestNet.
+   */
+  guestForwards?: Array<{ address: string; port: number; command: string[] }> | undefined;
+}
+
+/** QEMU runs a guestfwd command through /bin/sh and splits its options at commas: plain words only. */
+const FORWARD_WORD = /^[A-Za-z0-9_./:@+=-]+$/;
+
+function netdev(p: MachinePlan): string {
+  const parts = ["user", "id=net0", `hostfwd=tcp:127.0.0.1:${p.sshPort}-:22`];
+  if (p.guestNet !== undefined) {
+    if (!/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(p.guestNet))
+      throw new EosError("VM", `guest network ${p.guestNet} is not ADDRESS/PREFIX`);
+    parts.push(`net=${p.guestNet}`);
+  }
+  for (const f of p.guestForwards ?? []) {
+    if (
+      !/^\d{1,3}(\.\d{1,3}){3}$/.test(f.address) ||
+      !Number.isInteger(f.port) ||
+      f.port < 1 ||
+      f.port > 65535
+    )
+      throw new EosError("VM", `guest forward ${f.address}:${f.port} is not IPv4:PORT`);
+    const bad = f.command.find((w) => !FORWARD_WORD.test(w));
+    if (bad !== undefined || f.command.length === 0)
+      throw new EosError("VM", `guest forward command word ${JSON.stringify(bad ?? "")} is not a plain word`);
+    parts.push(`guestfwd=tcp:${f.address}:${f.port}-cmd:${f.command.join(" ")}`);
+  }
+  return parts.join(",");
 }
 
 /** -machine and -cpu for each architecture and accelerator. */
@@ -62,9 +98,11 @@ export function machineArgv(p: MachinePlan): string[] {
     "-drive",
     `if=none,id=disk0,format=qcow2,file=${p.disk},cache=unsafe,discard=unmap`,
     "-device",
-    "virtio-blk-pci,drive=disk0,bootindex=0",
+    p.diskBus === "nvme"
+      ? "nvme,serial=eos,drive=disk0,bootindex=0"
+      : "virtio-blk-pci,drive=disk0,bootindex=0",
     "-netdev",
-    `user,id=net0,hostfwd=tcp:127.0.0.1:${p.sshPort}-:22`,
+    netdev(p),
     "-device",
     "virtio-net-pci,netdev=net0",
     "-device",

@@ -16,6 +16,7 @@ import {
   type Profile,
 } from "../../core/image/description.ts";
 import { ARCH_PROFILES, hostArchitecture, type Architecture } from "../../core/image/arch.ts";
+import { EC2_INIT_UNIT, ec2RootFiles, profileDescription } from "../../core/image/ec2.ts";
 import { planLayout } from "../../core/image/layout.ts";
 import { keyId } from "../../core/manifest.ts";
 import { verityParameter, type VerityRecord } from "../../core/verity.ts";
@@ -180,7 +181,8 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
   const descPath = resolve(o.description);
   const base = dirname(descPath);
   const parsed = await loadDescription(descPath);
-  const desc: ImageDescription = o.version ? { ...parsed, version: o.version } : parsed;
+  const profiled = profileDescription(parsed, o.profile, descPath);
+  const desc: ImageDescription = o.version ? { ...profiled.desc, version: o.version } : profiled.desc;
   if (o.version && !/^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$/.test(o.version))
     throw new EosError("USAGE", `--version ${o.version}: letters, digits and . _ + ~ - only`);
   if (process.getuid?.() !== 0) {
@@ -229,6 +231,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
   log(
     `${desc.name} ${desc.version}, ${architecture}, profile ${o.profile}, SOURCE_DATE_EPOCH=${epoch} (${epochFrom}), work ${work}`,
   );
+  for (const note of profiled.notes) log(`profile ${o.profile}: ${note}`);
   if (keys.size === 0)
     log("warning: no trusted release keys (update.keys or --key): os-update will refuse updates");
   const tree = join(work, "tree");
@@ -251,6 +254,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
     }),
   );
   const updateCommitUnit = await projectUnit("update_commit.service");
+  const profileFiles = o.profile === "EC2" ? ec2RootFiles(await projectUnit(EC2_INIT_UNIT)) : [];
   const { kernel, commands } = await step("root tree", () =>
     buildRootTree({
       desc,
@@ -261,6 +265,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
       hostNode: process.execPath,
       updateCommitUnit,
       architecture,
+      profileFiles,
       sourceDateEpoch: epoch,
       log,
       signal: ctx.signal,

@@ -22,7 +22,7 @@ import { dirname, join } from "node:path";
 import { EosError } from "../../core/errors.ts";
 import { ARCH_PROFILES, type Architecture } from "../../core/image/arch.ts";
 import type { ImageDescription } from "../../core/image/description.ts";
-import { rootFiles } from "../../core/image/root-files.ts";
+import { rootFiles, type RootFile } from "../../core/image/root-files.ts";
 import type { ProcessRunner, RunOptions } from "../process.ts";
 
 export interface RootTreeOptions {
@@ -40,6 +40,8 @@ export interface RootTreeOptions {
   updateCommitUnit: string;
   /** The architecture the root is for, as manifests name it. */
   architecture: Architecture;
+  /** Files the build profile adds (src/core/image/ec2.ts). */
+  profileFiles?: RootFile[];
   sourceDateEpoch: number;
   log: (line: string) => void;
   signal?: AbortSignal;
@@ -185,7 +187,7 @@ export async function buildRootTree(o: RootTreeOptions): Promise<{ kernel: strin
     nodePath,
     updateCommitUnit: o.updateCommitUnit,
     architecture: o.architecture,
-  })) {
+  }).concat(o.profileFiles ?? [])) {
     const path = inTree(tree, f.path);
     await mkdir(dirname(path), { recursive: true });
     await rm(path, { force: true });

@@ -12,7 +12,7 @@ import { copyFile, mkdir, stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { EosError } from "../../core/errors.ts";
-import { guestSshArgv, machineArgv, type Accel } from "../../core/machine/qemu-machine.ts";
+import { guestSshArgv, machineArgv, type Accel, type MachinePlan } from "../../core/machine/qemu-machine.ts";
 import { systemRunner, type ChildProcess, type ProcessRunner } from "../process.ts";
 import type { Architecture } from "../../core/image/arch.ts";
 import { detectAccel, freePort, MACHINE_HOSTS } from "./host.ts";
@@ -48,6 +48,8 @@ export interface VmOptions {
   noReboot?: boolean;
   /** Reuse the existing working disk and OVMF variables in workDir (a second boot of the same machine). */
   reuseDisk?: boolean;
+  /** Disk bus and user-network extras (an EC2-like machine: NVMe, a metadata service). */
+  machine?: Pick<MachinePlan, "diskBus" | "guestNet" | "guestForwards">;
   /** Starts QEMU, swtpm, qemu-img and ssh (default: the system's). */
   proc?: ProcessRunner;
 }
@@ -187,6 +189,7 @@ export class Vm {
       registryDisk: registryBytes > 0 ? registry : undefined,
       tpmSocket,
       noReboot: options.noReboot,
+      ...options.machine,
     });
     const qemu = proc.start([host.qemu, ...args], {
       stdio: options.interactive ? "inherit" : ["pipe", "pipe", "pipe"],

@@ -1,0 +1,37 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { parseStorageUrl } from "../../src/core/server/storage-url.ts";
+
+test("storage: s3://BUCKET/PREFIX gives the bucket and a prefix ending in /", () => {
+  assert.deepEqual(parseStorageUrl("s3://eos-images/fleet/os", "storage"), {
+    bucket: "eos-images",
+    prefix: "fleet/os/",
+    url: "s3://eos-images/fleet/os",
+  });
+  assert.deepEqual(parseStorageUrl("s3://eos-images/", "storage"), {
+    bucket: "eos-images",
+    prefix: "",
+    url: "s3://eos-images",
+  });
+  assert.equal(parseStorageUrl("s3://b12/a//b/", "storage").prefix, "a/b/");
+});
+
+test("a bad bucket or prefix is a CONFIG error naming the key", () => {
+  for (const bad of [
+    "s3:/x",
+    "http://b/x",
+    "s3://UPPER/x",
+    "s3://a/x",
+    "s3://b..c/x",
+    "s3://eos/a/../b",
+    "s3://eos/a\u0001",
+  ])
+    assert.throws(
+      () => parseStorageUrl(bad, "/etc/os-update.yml: storage"),
+      (e: Error & { code?: string }) => {
+        assert.equal(e.code, "CONFIG");
+        assert.match(e.message, /^\/etc\/os-update.yml: storage: /);
+        return true;
+      },
+    );
+});

@@ -223,7 +223,7 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
         status: failed ? "unavailable" : "ok",
         images: failed ? 0 : (await store.list()).length,
         store: failed ? "failed" : "ok",
-        storage: store.url,
+        storage: store.kind,
       });
     }
     const device = await authenticate(req);

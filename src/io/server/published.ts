@@ -93,6 +93,8 @@ export class PublishedImages implements ImageStore {
     this.dir = dir;
   }
 
+  readonly kind = "directory";
+
   get url(): string {
     return this.dir;
   }

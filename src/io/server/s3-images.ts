@@ -22,6 +22,7 @@ import {
   ListObjectsV2Command,
   PutObjectCommand,
 } from "@aws-sdk/client-s3";
+import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import { EosError } from "../../core/errors.ts";
 import type { ByteRange } from "../../core/gpt.ts";
 import { isSafeImageName } from "../../core/image-name.ts";
@@ -47,6 +48,7 @@ const UPLOADS_AT_ONCE = 4;
 
 export class S3Images implements ImageStore {
   readonly url: string;
+  readonly kind = "s3";
   private readonly bucket: Bucket;
   private readonly workDir: string;
   private readonly pointers = new Map<string, { vid: string | undefined; read: number }>();
@@ -195,7 +197,6 @@ export class S3Images implements ImageStore {
       presign: async (file, expiresSeconds) => {
         const key = keyOf(file);
         if (!key) throw new EosError("NOT_FOUND", `${name} ${vid} has no such file`);
-        const { getSignedUrl } = await import("@aws-sdk/s3-request-presigner");
         return getSignedUrl(
           this.bucket.client,
           new GetObjectCommand({ Bucket: this.bucket.where.bucket, Key: key }),

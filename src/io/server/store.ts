@@ -73,6 +73,8 @@ export interface PublishFiles {
 export interface ImageStore {
   /** The directory or s3:// URL, for logs and error messages. */
   readonly url: string;
+  /** What /health says the store is (not where: it answers without a token). */
+  readonly kind: "directory" | "s3";
   /** The currently published version, or undefined when nothing is published under that name. */
   current(name: string): Promise<PublishedVersion | undefined>;
   /** One version, read and checked (the current one, or an older one kept for deltas). */

@@ -61,7 +61,7 @@ export function observeRoutes(o: {
       images,
       database: database.ok ? "ok" : "failed",
       store: store.ok ? "ok" : "failed",
-      storage: o.data.images.url,
+      storage: o.data.images.kind,
     });
   }
 

@@ -3,7 +3,8 @@
  * S3-compatible server (s3rver from npm, on 127.0.0.1 behind a proxy that
  * records each request): fetch publishes under immutable per-version keys
  * and switches the current pointer last; a device updates through `serve`,
- * which reads the bucket by Range, and once through presigned redirects;
+ * which reads the bucket by Range (so does the SSH forced command), and once
+ * through presigned redirects;
  * retention deletes old versions' objects; a wrong key, a missing bucket and
  * a stopped store are clear typed errors naming the storage URL.
  */
@@ -160,6 +161,13 @@ describe("os-update-server with storage: s3:// (s3rver)", () => {
         [[`${PREFIX}${NAME}/${two.vid}/${NAME}.root`, "bytes=4096-8191"]],
         "one ranged GET of the version's root object",
       );
+
+      // The SSH forced command reads the same bucket.
+      const ssh = await runEos("os-update-server", ["restricted", "--config", world.config], {
+        env: { ...env, SSH_ORIGINAL_COMMAND: `eos-read ${NAME} root 1000 3000` },
+      });
+      assert.equal(ssh.code, 0, ssh.stderr);
+      assert.ok(ssh.stdout.equals(root.subarray(1000, 3000)), "eos-read's bytes of the stream");
 
       await writeFile(join(device.root, "proc/cmdline"), "quiet\n");
       const applyMark = s3.calls.length;

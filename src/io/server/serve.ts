@@ -93,6 +93,9 @@ export async function serve(ctx: Context, o: ServeOptions): Promise<void> {
   if (setup.config.storage !== undefined) await store.check();
   if (conf.redirect && setup.config.storage === undefined)
     throw new EosError("CONFIG", `${setup.path}: serve.redirect needs storage: s3://… (object storage)`);
+  // S3 signs URLs for at most 7 days; longer would fail every redirect, not the start.
+  if (conf.redirect_expiry !== undefined && (conf.redirect_expiry < 1 || conf.redirect_expiry > 604_800))
+    throw new EosError("CONFIG", `${setup.path}: serve.redirect_expiry: between 1s and 7d`);
   const fleet = await openControlPlane(ctx, setup, o.stateDir, logger, store);
   const signerPath = o.assignmentKey ?? conf.assignment_key;
   const assignmentKey = signerPath === undefined ? undefined : await loadPrivateKey(signerPath);

@@ -364,6 +364,7 @@ describe("/health and /metrics", () => {
         images: 0,
         database: "ok",
         store: "failed",
+        storage: "directory",
       });
     } finally {
       await rename(`${world.imagesDir}.away`, world.imagesDir);

@@ -97,6 +97,22 @@ const bucket = z.strictObject({
 export const serverConfigSchema = z.strictObject({
   update: z.array(serverImageSchema),
   images_dir: z.string().startsWith("/", "must be an absolute path").optional(),
+  /**
+   * Published images in an S3 bucket instead of images_dir (which then holds
+   * only fetch's staging and lock files): s3://BUCKET/PREFIX.
+   */
+  storage: z.string().startsWith("s3://", "must be an s3://BUCKET/PREFIX URL").optional(),
+  /** The S3 endpoint and addressing; credentials come from the AWS environment (AWS_ACCESS_KEY_ID, …). */
+  s3: z
+    .strictObject({
+      endpoint: z.url({ protocol: /^https?$/ }).optional(),
+      region: z
+        .string()
+        .regex(/^[a-z0-9-]{1,40}$/, "not a region name")
+        .optional(),
+      force_path_style: z.boolean().optional(),
+    })
+    .optional(),
   keys: z.array(z.string()).optional(),
   interval: duration.optional(),
   /** One image's download from its origin must finish within this (default 6h). */
@@ -138,6 +154,10 @@ export const serverConfigSchema = z.strictObject({
           max_clients: z.number().int().min(1).max(1_000_000).optional(),
         })
         .optional(),
+      /** Answer stream requests with a 302 to a presigned URL of the bucket (storage: s3://… only). */
+      redirect: z.boolean().optional(),
+      /** How long a presigned URL is good for (default 5m). */
+      redirect_expiry: duration.optional(),
       /** How often running rollouts are judged besides on each report (default 30s). */
       rollout_interval: duration.optional(),
       /**

@@ -33,6 +33,7 @@ export type ErrorCode =
   | "STALLED"
   | "DELTA"
   | "WINDOW"
+  | "STORAGE"
   | "INTERNAL";
 
 export class EosError extends Error {

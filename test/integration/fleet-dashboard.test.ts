@@ -344,7 +344,13 @@ describe("/health and /metrics", () => {
     if (missing) return t.skip(missing);
     const r = await call("GET", "/health");
     assert.equal(r.status, 200);
-    assert.deepEqual(JSON.parse(r.text), { status: "ok", images: 1, database: "ok", store: "ok" });
+    assert.deepEqual(JSON.parse(r.text), {
+      status: "ok",
+      images: 1,
+      database: "ok",
+      store: "ok",
+      storage: "directory",
+    });
   });
 
   test("/health answers 503 naming the image store when its directory is gone", async (t) => {
@@ -358,6 +364,7 @@ describe("/health and /metrics", () => {
         images: 0,
         database: "ok",
         store: "failed",
+        storage: "directory",
       });
     } finally {
       await rename(`${world.imagesDir}.away`, world.imagesDir);

@@ -78,7 +78,13 @@ describe("os-update-server serve", () => {
   test("health needs no token", async () => {
     const r = await get(`${base}/health`);
     assert.equal(r.status, 200);
-    assert.deepEqual(JSON.parse(r.body.toString()), { status: "ok", images: 1, database: "ok", store: "ok" });
+    assert.deepEqual(JSON.parse(r.body.toString()), {
+      status: "ok",
+      images: 1,
+      database: "ok",
+      store: "ok",
+      storage: "directory",
+    });
   });
 
   test("everything else needs a valid device token; the token file holds only its hash, mode 0600", async () => {

@@ -18,6 +18,7 @@ import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
+import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ByteRange } from "../../core/gpt.ts";
 import {
@@ -32,7 +33,9 @@ import type { ProcessRunner } from "../process.ts";
 
 export interface DeltaEnd {
   version: string;
-  rawPath: string;
+  /** The disk image, a local file; or, for a version in object storage, `read`. */
+  rawPath?: string;
+  read?: (range: ByteRange) => Promise<Readable>;
   root: ByteRange;
   sha256: string;
   /** The file system's bytes before the slot's dm-verity tree, when it has one. */
@@ -43,11 +46,11 @@ export function deltaFileName(fromSha256: string): string {
   return `${fromSha256}.xd3`;
 }
 
-async function copyRange(rawPath: string, range: ByteRange, out: string): Promise<void> {
-  await pipeline(
-    createReadStream(rawPath, { start: range.offset, end: range.offset + range.length - 1 }),
-    createWriteStream(out, { mode: 0o600 }),
-  );
+async function copyRange(from: DeltaEnd, range: ByteRange, out: string): Promise<void> {
+  const source = from.read
+    ? await from.read(range)
+    : createReadStream(from.rawPath as string, { start: range.offset, end: range.offset + range.length - 1 });
+  await pipeline(source, createWriteStream(out, { mode: 0o600 }));
 }
 
 async function sha256Of(path: string): Promise<string> {
@@ -86,7 +89,7 @@ export async function makeDeltas(
       const file = join(work, verity ? "to.fs" : "to.root");
       if (!made.has(file)) {
         const range = verity ? { offset: o.to.root.offset, length: o.to.fsBytes as number } : o.to.root;
-        await copyRange(o.to.rawPath, range, file);
+        await copyRange(o.to, range, file);
         made.add(file);
       }
       return file;
@@ -99,7 +102,7 @@ export async function makeDeltas(
       try {
         const to = await toFile(verity);
         const fromRange = verity ? { offset: from.root.offset, length: from.fsBytes as number } : from.root;
-        await copyRange(from.rawPath, fromRange, join(work, "from.root"));
+        await copyRange(from, fromRange, join(work, "from.root"));
         await proc.run(
           [
             "xdelta3",

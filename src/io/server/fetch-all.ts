@@ -13,9 +13,9 @@ import { jsonLogger } from "../log.ts";
 import { progress } from "../progress.ts";
 import { limitsFrom } from "../watchdog.ts";
 import { fetchAndPublish, type FetchOptions, type FetchOutcome } from "./fetch.ts";
-import { PublishedImages } from "./published.ts";
 import { openFleetNeeds, pruneImage } from "./retention.ts";
-import { DEFAULT_KEYS_DIR, loadServerConfig, publishedDir } from "./server-config.ts";
+import { DEFAULT_KEYS_DIR, loadServerConfig } from "./server-config.ts";
+import { openImageStore } from "./store.ts";
 
 const DEFAULT_INTERVAL_S = 3600;
 
@@ -66,7 +66,9 @@ export async function fetchAll(ctx: Context, o: FetchAllOptions): Promise<FetchR
       hint: "list release.pub files under keys:, or set insecure: true on an image to publish it unsigned",
     });
   }
-  const store = new PublishedImages(publishedDir(ctx, setup, o.imagesDir));
+  const store = await openImageStore(ctx, setup, o.imagesDir);
+  // Object storage that cannot be used fails every image the same way: said once, before any download.
+  if (setup.config.storage !== undefined) await store.check();
   const logger = jsonLogger(ctx.stderr, ctx.now);
   const options: FetchOptions = {
     trustedKeys,

@@ -24,11 +24,17 @@ import {
 import type { ProcessRunner } from "../process.ts";
 import { decompressStream } from "../decompress.ts";
 import { hashDiskPartitions } from "../disk-image.ts";
-import { partitionRange, requirePartition } from "../../core/gpt.ts";
+import {
+  findPartition,
+  partitionRange,
+  requirePartition,
+  type ByteRange,
+  type GptTable,
+} from "../../core/gpt.ts";
 import { signedChunkIndex } from "../chunk-index-file.ts";
 import { makeDeltas, type DeltaEnd } from "./deltas.ts";
 import { VERITY_BLOCK } from "../../core/verity.ts";
-import type { PublishedImages } from "./published.ts";
+import type { ImageStore, StreamKind } from "./store.ts";
 import type { Logger } from "../log.ts";
 import { fetchSmall, openOrigin, type Validators } from "../origin.ts";
 import type { Progress } from "../progress.ts";
@@ -130,11 +136,21 @@ function fsBytesOf(manifest: Manifest): number | undefined {
   return verity ? verity.data_blocks * VERITY_BLOCK : undefined;
 }
 
+/** Where the manifest's partitions lie in the image (as PublishedImages.load reads them back). */
+function rangesOf(table: GptTable, manifest: Manifest): Partial<Record<StreamKind, ByteRange>> {
+  const ranges: Partial<Record<StreamKind, ByteRange>> = {};
+  const root = findPartition(table, manifest.partitions.root.label);
+  if (root) ranges.root = partitionRange(table, root);
+  const fw = manifest.partitions.firmware && findPartition(table, manifest.partitions.firmware.label);
+  if (fw) ranges.firmware = partitionRange(table, fw);
+  return ranges;
+}
+
 /** Older versions a new one gets deltas from (and that the server keeps for that). */
 export const DEFAULT_DELTA_FROM = 3;
 
 async function deltasFromKept(
-  store: PublishedImages,
+  store: ImageStore,
   name: string,
   dir: string,
   count: number,
@@ -147,7 +163,14 @@ async function deltasFromKept(
     if (v?.ranges.root)
       from.push({
         version: v.manifest.version,
-        rawPath: v.rawPath,
+        read: async (range) => {
+          const raw = await v.open("raw");
+          if (!raw) throw new EosError("IO", `${name} ${v.manifest.version}: its disk image is gone`);
+          // The stream reads on after open; the reader closes with it.
+          const stream = await raw.stream(range.offset, range.offset + range.length);
+          stream.once("close", () => void raw.close());
+          return stream;
+        },
         root: v.ranges.root,
         sha256: v.manifest.partitions.root.sha256,
         fsBytes: fsBytesOf(v.manifest),
@@ -157,7 +180,7 @@ async function deltasFromKept(
 }
 
 export async function fetchAndPublish(
-  store: PublishedImages,
+  store: ImageStore,
   image: ServerImage,
   options: FetchOptions,
 ): Promise<FetchOutcome> {
@@ -281,6 +304,7 @@ export async function fetchAndPublish(
         version: manifest.version,
         deltaIndexBytes,
         chunkIndexBytes: "bytes" in chunks ? chunks.bytes : undefined,
+        ranges: rangesOf(parts.table, manifest),
       });
       await store.writeState(name, {
         ...(manifestValidators ? { manifest: manifestValidators } : {}),

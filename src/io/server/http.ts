@@ -9,9 +9,11 @@
  *   GET /v1/images/NAME/chunks                the root's chunk index (signed by hash in the manifest)
  * Streams are read from the published version's file with backpressure; the
  * ETag is the partition's sha256 from the signed manifest, so a resumed
- * download (If-Range) never splices two versions.
+ * download (If-Range) never splices two versions. With `redirect`, a device
+ * is sent to a presigned URL of the version's own object instead (after the
+ * If-Range check here: the object's key is immutable, so the Range it then
+ * sends there addresses the same version).
  */
-import { open, type FileHandle } from "node:fs/promises";
 import {
   createServer as createHttpServer,
   type IncomingMessage,
@@ -21,7 +23,7 @@ import {
 import { createServer as createHttpsServer } from "node:https";
 import { parseRange } from "../../core/http-range.ts";
 import { isSafeImageName } from "../../core/image-name.ts";
-import type { PublishedImages, PublishedVersion, StreamKind } from "./published.ts";
+import type { ImageStore, PublishedVersion, StreamKind, VersionFile } from "./store.ts";
 import type { Logger } from "../log.ts";
 import { BufferPool } from "./buffer-pool.ts";
 import {
@@ -32,15 +34,16 @@ import {
   type StreamLimits,
 } from "./send-range.ts";
 import type { TokenStore } from "./tokens.ts";
-import { deltaFileName } from "./deltas.ts";
 import { HttpError, sendJson } from "./http-answer.ts";
+import { streamAdmission } from "./admission.ts";
 import type { ControlPlane } from "./fleet/api.ts";
 import type { VersionResolver } from "./fleet/assigned.ts";
-import { join } from "node:path";
 import { WINDOW_HEADER } from "../../core/fleet/window.ts";
 
 export interface UpdateServerOptions {
-  store: PublishedImages;
+  store: ImageStore;
+  /** Answer stream and delta requests with a 302 to a presigned URL of the store (object storage only). */
+  redirect?: { expiresSeconds: number };
   /** undefined: no authentication (only when the operator said so). */
   tokens: TokenStore | undefined;
   logger: Logger;
@@ -68,40 +71,11 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     options.resolve ? options.resolve.version(name, device) : store.current(name);
   const limits: StreamLimits = { ...DEFAULT_STREAM_LIMITS, ...options.limits };
   const pool = new BufferPool(limits.poolBytes, limits.bigBufferBytes);
-  const active = { total: 0, byClient: new Map<string, number>() };
-
-  /** Admits a stream for `client`, or refuses it; returns the release. */
-  function admit(client: string): () => void {
-    if (active.total >= limits.maxStreams)
-      throw new HttpError(503, `the server streams to ${limits.maxStreams} clients already`, {
-        "retry-after": "30",
-      });
-    const mine = active.byClient.get(client) ?? 0;
-    if (mine >= limits.maxStreamsPerClient)
-      throw new HttpError(
-        429,
-        `this device has ${mine} streams open already (at most ${limits.maxStreamsPerClient})`,
-        {
-          "retry-after": "10",
-        },
-      );
-    active.total++;
-    active.byClient.set(client, mine + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      active.total--;
-      if (active.total === 0) {
-        // Nothing left to reuse them: kept buffers would stay pinned through a quiet spell.
-        pool.drain();
-        options.onIdle?.();
-      }
-      const left = (active.byClient.get(client) ?? 1) - 1;
-      if (left > 0) active.byClient.set(client, left);
-      else active.byClient.delete(client);
-    };
-  }
+  const admit = streamAdmission(limits, () => {
+    // Nothing left to reuse them: kept buffers would stay pinned through a quiet spell.
+    pool.drain();
+    options.onIdle?.();
+  });
 
   async function authenticate(req: IncomingMessage): Promise<string | undefined> {
     if (!tokens) return undefined;
@@ -153,10 +127,24 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     const range = version?.ranges[kind];
     const part = kind === "root" ? version?.manifest.partitions.root : version?.manifest.partitions.firmware;
     if (!version || !range || !part) throw new HttpError(404, `no ${kind} stream for image ${name}`);
-    // Open before answering: the open file keeps this version readable even if a publish replaces it now.
-    const handle = await open(version.rawPath, "r");
+    const etag = `"${part.sha256}"`;
+    const ifRange = req.headers["if-range"];
+    const wanted =
+      ifRange === undefined || ifRange === etag
+        ? parseRange(req.headers.range, range.length)
+        : { kind: "none" as const };
+    // A Range whose If-Range no longer matches is answered here, in full: the URL would pass the Range on.
+    if (wanted.kind !== "none" || req.headers.range === undefined) {
+      const sent = await redirected(res, version, kind, etag);
+      if (sent !== undefined) return sent;
+    }
+    // Open before answering: an open file keeps this version readable even if a publish replaces it now.
+    const handle = await version.open(
+      kind,
+      wanted.kind === "range" ? { offset: wanted.start, length: wanted.end - wanted.start + 1 } : undefined,
+    );
+    if (!handle) throw new HttpError(404, `no ${kind} stream for image ${name}`);
     try {
-      const etag = `"${part.sha256}"`;
       const headers: Record<string, string> = {
         "content-type": "application/octet-stream",
         "accept-ranges": "bytes",
@@ -166,11 +154,6 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
       let start = 0;
       let end = range.length - 1;
       let status = 200;
-      const ifRange = req.headers["if-range"];
-      const wanted =
-        ifRange === undefined || ifRange === etag
-          ? parseRange(req.headers.range, range.length)
-          : { kind: "none" as const };
       if (wanted.kind === "unsatisfiable") {
         throw new HttpError(416, "range not satisfiable", { "content-range": `bytes */${range.length}` });
       }
@@ -186,11 +169,31 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
         res.end();
         return 0;
       }
-      await sendRange(handle, range.offset + start, end - start + 1, res, pool, limits);
+      await sendRange(handle, start, end - start + 1, res, pool, limits);
       return end - start + 1;
     } finally {
       await handle.close();
     }
+  }
+
+  /** With `redirect`: a 302 to the file's presigned URL (the byte count is 0); undefined without. */
+  async function redirected(
+    res: ServerResponse,
+    version: PublishedVersion,
+    file: VersionFile,
+    etag: string,
+  ): Promise<number | undefined> {
+    if (!options.redirect || !version.presign) return undefined;
+    const location = await version.presign(file, options.redirect.expiresSeconds);
+    res.writeHead(302, {
+      location,
+      "cache-control": "no-store",
+      etag,
+      "x-eos-version": version.manifest.version,
+      "content-length": "0",
+    });
+    res.end();
+    return 0;
   }
 
   async function route(
@@ -210,7 +213,19 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
       });
     if (req.method !== "GET" && req.method !== "HEAD")
       throw new HttpError(405, "only GET and HEAD", { allow: "GET, HEAD" });
-    if (path === "/health") return sendJson(res, 200, { status: "ok", images: (await store.list()).length });
+    if (path === "/health") {
+      const failed = await store.check().then(
+        () => undefined,
+        (error: unknown) => (error as Error).message,
+      );
+      if (failed) logger.error("health check failed", { storage: store.url, error: failed });
+      return sendJson(res, failed ? 503 : 200, {
+        status: failed ? "unavailable" : "ok",
+        images: failed ? 0 : (await store.list()).length,
+        store: failed ? "failed" : "ok",
+        storage: store.kind,
+      });
+    }
     const device = await authenticate(req);
     if (device) log.device = device;
     if (path === "/v1/images") {
@@ -231,10 +246,10 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
         return sendVersionFile(req, res, name, client, device, (v) =>
           from
             ? {
-                path: join(v.dir, "deltas", deltaFileName(from)),
+                file: { delta: from },
                 missing: `no delta to ${name} ${v.manifest.version} from ${from.slice(0, 12)}…`,
               }
-            : { path: v.chunksPath, missing: `no chunk index for ${name} ${v.manifest.version}` },
+            : { file: "chunks", missing: `no chunk index for ${name} ${v.manifest.version}` },
         );
       const version = await versionFor(name, device);
       if (!version) throw new HttpError(404, `image ${name} is not published`);
@@ -306,20 +321,24 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
     name: string,
     client: string,
     device: string | undefined,
-    fileOf: (version: PublishedVersion) => { path: string; missing: string },
+    fileOf: (version: PublishedVersion) => { file: VersionFile; missing: string },
   ): Promise<number> {
     const version = await versionFor(name, device);
     if (!version) throw new HttpError(404, `image ${name} is not published`);
-    const file = fileOf(version);
-    let handle: FileHandle;
-    try {
-      handle = await open(file.path, "r");
-    } catch {
-      throw new HttpError(404, file.missing);
+    const { file, missing } = fileOf(version);
+    const handle = await version.open(file);
+    if (!handle) throw new HttpError(404, missing);
+    const sent = await redirected(res, version, file, `"${version.vid}"`).catch(async (error: unknown) => {
+      await handle.close();
+      throw error;
+    });
+    if (sent !== undefined) {
+      await handle.close();
+      return sent;
     }
     const release = admit(client);
     try {
-      const { size } = await handle.stat();
+      const size = handle.size;
       res.writeHead(200, {
         "content-type": "application/octet-stream",
         "content-length": String(size),

@@ -8,44 +8,67 @@
  */
 import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
-import { mkdir, open, readdir, readFile, readlink, rename, rm, symlink, unlink } from "node:fs/promises";
+import type { FileHandle } from "node:fs/promises";
+import {
+  access,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  readlink,
+  rename,
+  rm,
+  symlink,
+  unlink,
+} from "node:fs/promises";
 import { join } from "node:path";
 import { isSafeImageName } from "../../core/image-name.ts";
 import { EosError } from "../../core/errors.ts";
 import { readGpt, findPartition, partitionRange, type ByteRange } from "../../core/gpt.ts";
-import { decodeManifest, type Manifest } from "../../core/manifest.ts";
+import { decodeManifest } from "../../core/manifest.ts";
 import { atomicWriteFile } from "../files.ts";
 import { acquireLock, type Lock } from "../lock.ts";
 import { openBlockSource } from "../files.ts";
+import { deltaFileName } from "./deltas.ts";
+import type {
+  ImageStore,
+  PublishedVersion,
+  PublishFiles,
+  RangeReader,
+  Staging,
+  StreamKind,
+  VersionFile,
+} from "./store.ts";
 
 export const DEFAULT_IMAGES_DIR = "/srv/www/fleet/os-images";
 
-export type StreamKind = "root" | "firmware";
-
-export interface PublishedVersion {
-  name: string;
-  vid: string;
-  dir: string;
-  rawPath: string;
-  manifestBytes: Buffer;
-  signatureBytes: Buffer | undefined;
-  manifest: Manifest;
-  ranges: Partial<Record<StreamKind, ByteRange>>;
-  /** The deltas to this version from older ones (NAME.deltas.json), when the server made any. */
-  deltaIndexBytes: Buffer | undefined;
-  /** NAME.chunks, the root's chunk index the manifest signs by hash (absent when the server made none). */
-  chunksPath: string;
+/** A file, or the part of it at `base` (a partition of the disk image): undefined when it is not there. */
+async function fileReader(path: string, base = 0, length?: number): Promise<RangeReader | undefined> {
+  let handle: FileHandle;
+  try {
+    handle = await open(path, "r");
+  } catch {
+    return undefined;
+  }
+  const size = length ?? (await handle.stat()).size;
+  return {
+    size,
+    read: (buffer, offset, count, position) => handle.read(buffer, offset, count, base + position),
+    stream: async (start, end) =>
+      handle.createReadStream({
+        start: base + start,
+        end: base + end - 1,
+        autoClose: false,
+        highWaterMark: 1 << 20,
+      }),
+    close: () => handle.close(),
+  };
 }
 
 /** When a version directory was published: its name ends in -<ms since 1970, base 36>-<6 hex>. */
-function publishedAt(vid: string): number | undefined {
+export function publishedAt(vid: string): number | undefined {
   const m = /-([0-9a-z]{1,12})-[0-9a-f]{6}$/.exec(vid);
   return m ? parseInt(m[1] as string, 36) : undefined;
-}
-
-export interface Staging {
-  dir: string;
-  rawPath: string;
 }
 
 async function fsyncPath(path: string, directory = false): Promise<void> {
@@ -60,7 +83,7 @@ async function fsyncPath(path: string, directory = false): Promise<void> {
   }
 }
 
-export class PublishedImages {
+export class PublishedImages implements ImageStore {
   readonly dir: string;
   private readonly cache = new Map<string, PublishedVersion>();
   /** Versions read by find(), by NAME/VID: a version directory never changes once published. */
@@ -68,6 +91,19 @@ export class PublishedImages {
 
   constructor(dir: string) {
     this.dir = dir;
+  }
+
+  readonly kind = "directory";
+
+  get url(): string {
+    return this.dir;
+  }
+
+  /** list() reads a missing or unreadable directory as empty: this says whether it is there. */
+  async check(): Promise<void> {
+    await access(this.dir, constants.R_OK | constants.X_OK).catch((error: NodeJS.ErrnoException) => {
+      throw new EosError("IO", `image directory ${this.dir}: ${error.code ?? error.message}`);
+    });
   }
 
   link(name: string, file: "raw" | "manifest" | "signature" | "sha"): string {
@@ -132,19 +168,14 @@ export class PublishedImages {
     } finally {
       await source.close();
     }
-    const chunksPath = join(dir, `${name}.chunks`);
-    return {
-      name,
-      vid,
-      dir,
-      rawPath,
-      manifestBytes,
-      signatureBytes,
-      deltaIndexBytes,
-      chunksPath,
-      manifest,
-      ranges,
+    const open = (file: VersionFile) => {
+      if (file === "raw") return fileReader(rawPath);
+      if (file === "chunks") return fileReader(join(dir, `${name}.chunks`));
+      if (typeof file === "object") return fileReader(join(dir, "deltas", deltaFileName(file.delta)));
+      const range = ranges[file];
+      return range ? fileReader(rawPath, range.offset, range.length) : Promise.resolve(undefined);
     };
+    return { name, vid, manifestBytes, signatureBytes, deltaIndexBytes, manifest, ranges, open };
   }
 
   /**
@@ -222,18 +253,7 @@ export class PublishedImages {
    * Makes a staged version current. The raw file must already be complete
    * and verified; the manifest, signature and sha files are written here.
    */
-  async publish(
-    name: string,
-    staging: Staging,
-    files: {
-      manifestBytes: Buffer;
-      signatureBytes: Buffer | undefined;
-      rawSha256: string;
-      version: string;
-      deltaIndexBytes?: Buffer | undefined;
-      chunkIndexBytes?: Buffer | undefined;
-    },
-  ): Promise<string> {
+  async publish(name: string, staging: Staging, files: PublishFiles): Promise<string> {
     if (files.deltaIndexBytes)
       await atomicWriteFile(join(staging.dir, `${name}.deltas.json`), files.deltaIndexBytes);
     if (files.chunkIndexBytes)

@@ -15,7 +15,7 @@ import { DEFAULT_DELTA_FROM } from "./fetch.ts";
 import { openFleetDb, parseDatabase, type FleetDb } from "./fleet/db.ts";
 import { versionsInUse } from "./fleet/in-use.ts";
 import { databaseSpec } from "./fleet/open.ts";
-import type { PublishedImages } from "./published.ts";
+import type { ImageStore } from "./store.ts";
 import type { ServerSetup } from "./server-config.ts";
 
 export interface FleetNeeds {
@@ -64,7 +64,7 @@ export function keptCount(image: ServerImage): number {
 
 /** Removes the versions of `image` that neither the count nor the fleet keeps; their versions. */
 export async function pruneImage(
-  store: PublishedImages,
+  store: ImageStore,
   image: ServerImage,
   needs: FleetNeeds,
   logger: Logger,

@@ -1,10 +1,10 @@
 /**
- * Sending a byte range of a file to one HTTP client, and the limits that
+ * Sending a byte range of a file (or of an object in a bucket) to one HTTP client, and the limits that
  * bound what all clients together may hold of the server's memory.
  */
-import type { FileHandle } from "node:fs/promises";
 import type { ServerResponse } from "node:http";
 import { SIZE_CLASSES, type BufferPool } from "./buffer-pool.ts";
+import type { RangeReader } from "./store.ts";
 
 export interface StreamLimits {
   /** Streams served at once, over all clients; more get 503. */
@@ -49,7 +49,7 @@ const STALLED = "dropped: the client took too little within the stall window";
  * is dropped.
  */
 export async function sendRange(
-  handle: FileHandle,
+  handle: Pick<RangeReader, "read">,
   offset: number,
   length: number,
   res: ServerResponse,

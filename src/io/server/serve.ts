@@ -11,8 +11,8 @@ import { EosError, errorMessage } from "../../core/errors.ts";
 import { sysPath, type Context } from "../context.ts";
 import { jsonLogger } from "../log.ts";
 import { createUpdateServer } from "./http.ts";
-import { PublishedImages } from "./published.ts";
-import { DEFAULT_TOKENS_DIR, loadServerConfig, publishedDir } from "./server-config.ts";
+import { DEFAULT_TOKENS_DIR, loadServerConfig } from "./server-config.ts";
+import { openImageStore } from "./store.ts";
 import { TokenStore } from "./tokens.ts";
 import { openControlPlane } from "./fleet/open.ts";
 import { versionResolver, windowLookup } from "./fleet/assigned.ts";
@@ -88,7 +88,14 @@ export async function serve(ctx: Context, o: ServeOptions): Promise<void> {
   if (!Number.isInteger(port) || port < 0 || port > 65535)
     throw new EosError("USAGE", `--port: not a port: ${o.port}`);
   const host = o.listen ?? conf.listen ?? "0.0.0.0";
-  const store = new PublishedImages(publishedDir(ctx, setup, o.imagesDir));
+  const store = await openImageStore(ctx, setup, o.imagesDir);
+  // A bucket that is not there, or refuses the credentials, stops the server here with that said.
+  if (setup.config.storage !== undefined) await store.check();
+  if (conf.redirect && setup.config.storage === undefined)
+    throw new EosError("CONFIG", `${setup.path}: serve.redirect needs storage: s3://… (object storage)`);
+  // S3 signs URLs for at most 7 days; longer would fail every redirect, not the start.
+  if (conf.redirect_expiry !== undefined && (conf.redirect_expiry < 1 || conf.redirect_expiry > 604_800))
+    throw new EosError("CONFIG", `${setup.path}: serve.redirect_expiry: between 1s and 7d`);
   const fleet = await openControlPlane(ctx, setup, o.stateDir, logger, store);
   const signerPath = o.assignmentKey ?? conf.assignment_key;
   const assignmentKey = signerPath === undefined ? undefined : await loadPrivateKey(signerPath);
@@ -120,6 +127,7 @@ export async function serve(ctx: Context, o: ServeOptions): Promise<void> {
         }
       : {}),
     store,
+    ...(conf.redirect ? { redirect: { expiresSeconds: conf.redirect_expiry ?? 300 } } : {}),
     tokens,
     logger,
     onIdle: memoryReleaser(),
@@ -143,7 +151,7 @@ export async function serve(ctx: Context, o: ServeOptions): Promise<void> {
   const address = server.address() as AddressInfo;
   const shown = address.family === "IPv6" ? `[${address.address}]` : address.address;
   const url = `${tls ? "https" : "http"}://${shown}:${address.port}`;
-  logger.info("listening", { url, images_dir: store.dir, auth: Boolean(tokens) });
+  logger.info("listening", { url, storage: store.url, auth: Boolean(tokens) });
   // Soak times end without a report to notice it: judge the running rollouts on a timer as well.
   const judge = fleet
     ? setInterval(

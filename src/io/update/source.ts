@@ -6,6 +6,7 @@
  */
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import { request as httpsRequest } from "node:https";
+import { rootCertificates } from "node:tls";
 import type { Readable } from "node:stream";
 import { EosError } from "../../core/errors.ts";
 import { pipeThrough, type ProcessRunner } from "../process.ts";
@@ -56,10 +57,10 @@ export interface HttpSourceOptions {
   timeoutMs?: number;
 }
 
-function httpGet(
+function httpGetOnce(
   url: URL,
   headers: Record<string, string>,
-  ca: Buffer | undefined,
+  ca: Buffer | Array<string | Buffer> | undefined,
   timeoutMs: number,
 ): Promise<IncomingMessage> {
   const request = url.protocol === "https:" ? httpsRequest : httpRequest;
@@ -75,6 +76,48 @@ function httpGet(
     );
     req.end();
   });
+}
+
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+
+/**
+ * A GET that follows the server's redirects (a server on object storage
+ * sends devices to a presigned URL of the stream). Another origin gets
+ * neither the bearer token nor If-Range (the server checked that, and the
+ * URL names one version's object), and is verified against the public CAs
+ * as well as the server's own.
+ */
+async function httpGet(
+  url: URL,
+  headers: Record<string, string>,
+  ca: Buffer | undefined,
+  timeoutMs: number,
+): Promise<IncomingMessage> {
+  let at = url;
+  let sent = headers;
+  for (let hop = 0; ; hop++) {
+    const sameOrigin = at.origin === url.origin;
+    const res = await httpGetOnce(at, sent, ca && !sameOrigin ? caWithPublic(ca) : ca, timeoutMs);
+    const location = res.headers.location;
+    if (!REDIRECTS.has(res.statusCode ?? 0) || location === undefined) return res;
+    res.resume();
+    if (hop >= 4) throw new EosError("HTTP", `${url.origin}: too many redirects`);
+    const next = new URL(location, at);
+    if (next.protocol !== "https:" && next.protocol !== "http:")
+      throw new EosError("HTTP", `${url.origin}: redirected to a ${next.protocol} URL`);
+    if (url.protocol === "https:" && next.protocol !== "https:")
+      throw new EosError("HTTP", `${url.origin}: refused a redirect from HTTPS to ${next.origin}`);
+    sent = { ...headers };
+    delete sent["if-range"];
+    if (next.origin !== url.origin) delete sent.authorization;
+    at = next;
+  }
+}
+
+let publicCas: string[] | undefined;
+function caWithPublic(ca: Buffer): Array<string | Buffer> {
+  publicCas ??= [...rootCertificates];
+  return [...publicCas, ca];
 }
 
 function statusError(res: IncomingMessage, what: string): EosError {

@@ -31,7 +31,7 @@ import { readBounded } from "../../read-bounded.ts";
 import { HttpError, sendJson } from "../http-answer.ts";
 import { DEVICE_NAME } from "../tokens.ts";
 import type { FleetStore } from "./store.ts";
-import type { PublishedImages } from "../published.ts";
+import type { ImageStore } from "../store.ts";
 import { rolloutRoute } from "./rollout-api.ts";
 import { DEVICE_TOKEN_PREFIX, ID_HINT, type DeviceTokenStore } from "./device-tokens.ts";
 import type { RolloutStore } from "./rollouts.ts";
@@ -125,7 +125,7 @@ function pathId(encoded: string, what: string, pattern: RegExp): string {
 export function controlPlane(
   store: FleetStore,
   deviceTokens: DeviceTokenStore,
-  rollouts?: { store: RolloutStore; images: PublishedImages; onError(error: unknown): void },
+  rollouts?: { store: RolloutStore; images: ImageStore; onError(error: unknown): void },
   enrolLimit?: EnrolLimiter,
   windows?: WindowSettings,
 ): ControlPlane {

@@ -10,7 +10,7 @@ import type { KeyObject } from "node:crypto";
 import { errorMessage } from "../../../core/errors.ts";
 import { ASSIGNMENT_LIFETIME_MS, signAssignment, tokenDigest } from "../../../core/update/assignment.ts";
 import { HttpError } from "../http-answer.ts";
-import type { PublishedImages, PublishedVersion } from "../published.ts";
+import type { ImageStore, PublishedVersion } from "../store.ts";
 import type { Logger } from "../../log.ts";
 import type { RolloutStore } from "./rollouts.ts";
 import { windowFor } from "../../../core/fleet/window.ts";
@@ -27,7 +27,7 @@ export interface VersionResolver {
 }
 
 export function versionResolver(
-  store: PublishedImages,
+  store: ImageStore,
   rollouts: RolloutStore,
   key: KeyObject | undefined,
   logger: Logger,

@@ -9,7 +9,7 @@ import type { DeviceEvent } from "../../../core/fleet/events.ts";
 import type { VersionPoint } from "../../../core/fleet/ui/chart.ts";
 import { waveProgress, type ImageVersionRow, type WaveProgress } from "../../../core/fleet/ui/rollouts.ts";
 import type { Rollout } from "../../../core/fleet/rollout.ts";
-import type { PublishedImages } from "../published.ts";
+import type { ImageStore } from "../store.ts";
 import type { FleetDb } from "./db.ts";
 import type { DeviceView, FleetStore } from "./store.ts";
 import type { RolloutStore } from "./rollouts.ts";
@@ -25,7 +25,7 @@ export class DashboardData {
     private readonly fleet: FleetDb,
     readonly store: FleetStore,
     readonly rollouts: RolloutStore,
-    readonly images: PublishedImages,
+    readonly images: ImageStore,
   ) {}
 
   /** Which version each device said it ran, and when. */

@@ -11,8 +11,6 @@
  * rollouts' names say what a fleet runs, which is not for anyone who can
  * reach the device port.
  */
-import { constants } from "node:fs";
-import { access } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { errorMessage } from "../../../core/errors.ts";
 import { exposition, fleetFamilies, type RequestCounters } from "../../../core/fleet/metrics.ts";
@@ -52,9 +50,9 @@ export function observeRoutes(o: {
     const database = await probe(() => o.data.ping());
     let images = 0;
     const store = await probe(async () => {
+      // list() reads a missing directory as empty: check() says whether the store is there.
+      await o.data.images.check();
       images = (await o.data.images.list()).length;
-      // list() reads a missing or unreadable directory as empty: check that it is there.
-      await access(o.data.images.dir, constants.R_OK | constants.X_OK);
     });
     const ok = database.ok && store.ok;
     if (!ok) o.logger.error("health check failed", { database: database.error, images: store.error });
@@ -63,6 +61,7 @@ export function observeRoutes(o: {
       images,
       database: database.ok ? "ok" : "failed",
       store: store.ok ? "ok" : "failed",
+      storage: o.data.images.kind,
     });
   }
 

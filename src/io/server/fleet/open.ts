@@ -17,7 +17,7 @@ import { FleetStore } from "./store.ts";
 import { RolloutStore } from "./rollouts.ts";
 import { DeviceTokenStore } from "./device-tokens.ts";
 import { DashboardData } from "./dashboard-data.ts";
-import type { PublishedImages } from "../published.ts";
+import type { ImageStore } from "../store.ts";
 import { errorMessage } from "../../../core/errors.ts";
 
 export function databaseSpec(ctx: Context, setup: ServerSetup, stateDir: string | undefined): string {
@@ -44,7 +44,7 @@ export async function openControlPlane(
   setup: ServerSetup,
   stateDir: string | undefined,
   logger: Logger,
-  images: PublishedImages,
+  images: ImageStore,
 ): Promise<
   | {
       store: FleetStore;

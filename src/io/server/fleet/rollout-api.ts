@@ -17,7 +17,7 @@ import { parseWaves, ROLLOUT_ID } from "../../../core/fleet/rollout.ts";
 import { compareVersions } from "../../../core/manifest.ts";
 import { isSafeImageName } from "../../../core/image-name.ts";
 import { sendJson } from "../http-answer.ts";
-import type { PublishedImages } from "../published.ts";
+import type { ImageStore } from "../store.ts";
 import { DEVICE_NAME } from "../tokens.ts";
 import type { RolloutAction, RolloutStore } from "./rollouts.ts";
 
@@ -48,7 +48,7 @@ const actionBody = z.strictObject({ reason: z.string().max(500).optional() });
 const pinBody = z.strictObject({ version });
 
 /** The newest kept version older than `version`: what devices run before the rollout. */
-async function previousOf(images: PublishedImages, image: string, version: string): Promise<string> {
+async function previousOf(images: ImageStore, image: string, version: string): Promise<string> {
   const older: string[] = [];
   for (const vid of await images.history(image)) {
     const v = await images.load(image, vid).catch(() => undefined);
@@ -68,7 +68,7 @@ export async function rolloutRoute(
   url: URL,
   h: RouteHelpers,
   rollouts: RolloutStore,
-  images: PublishedImages,
+  images: ImageStore,
 ): Promise<number | undefined> {
   const path = url.pathname;
   if (path === "/v1/admin/rollouts") {

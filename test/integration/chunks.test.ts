@@ -10,7 +10,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { copyFile, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { copyFile, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { join } from "node:path";
@@ -106,6 +106,16 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
     });
   }
 
+  /** `--check --json` in this process, with the bytes it read (/proc/self/io: files, block devices, sockets). */
+  async function checkReading(device: TestDevice) {
+    const rchar = async () => Number(/rchar: (\d+)/.exec(await readFile("/proc/self/io", "utf8"))?.[1]);
+    const before = await rchar();
+    const check = await device.run(["--check", "--json"]);
+    const read = (await rchar()) - before;
+    assert.equal(check.code, 1, check.stderr);
+    return { download: JSON.parse(check.stdout).download, read };
+  }
+
   async function slotBMatchesV2(device: TestDevice): Promise<void> {
     const slotB = await partitionBytes(device.image, "p.lxrootclone1");
     assert.equal(
@@ -128,6 +138,8 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
       assert.equal(download.full_bytes, v2Manifest.partitions.root.data_bytes);
       assert.ok(download.bytes > 0 && download.bytes < download.full_bytes / 4, JSON.stringify(download));
       assert.ok(download.requests >= 1 && download.copied_chunks > 0, JSON.stringify(download));
+      // A check does not read slot B; it is blank here, so the bound is what --apply downloads.
+      assert.equal(download.exact, false, "a check's chunk figure is an upper bound");
       requests.length = 0;
       const apply = await device.run(["--apply"]);
       assert.equal(apply.code, 0, apply.stderr);
@@ -145,6 +157,34 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
       console.log(
         `chunk path: ${rootBytes()} bytes of the root in ${ranged.length} requests + ${download.index_bytes} bytes of index; full stream: ${download.full_bytes} bytes`,
       );
+    } finally {
+      await device.close();
+    }
+  });
+
+  test("--check stays cheap: the target slot is never read, the running slot's chunks once per root", async () => {
+    const device = await deviceOnV1(httpsConfig());
+    try {
+      const cache = join(device.root, "run/eos/running-chunks.bin");
+      const first = await checkReading(device);
+      assert.equal(first.download.path, "chunks");
+      assert.ok((await stat(cache)).size > 0, "the running root's chunk list is kept");
+      // The second check of the same running root reads neither slot: its hash is known for this
+      // boot, its chunks are in the cache, and slot B (12 MiB of data to hash) is not read at all.
+      const second = await checkReading(device);
+      assert.deepEqual(second.download, first.download, "the same answer from the cache");
+      assert.ok(second.read < 2 * MiB, `the second check read ${second.read} bytes`);
+      // A cache for another root (or one that does not parse) is ignored: the slot is chunked again.
+      const bytes = await readFile(cache);
+      await writeFile(
+        cache,
+        Buffer.from(bytes.toString("latin1").replace(/"sha256":"[0-9a-f]/, '"sha256":"x'), "latin1"),
+      );
+      const third = await checkReading(device);
+      assert.deepEqual(third.download, first.download);
+      assert.ok(third.read >= 12 * MiB, `the slot was chunked again (${third.read} bytes read)`);
+      assert.deepEqual(await readFile(cache), bytes, "and the cache written again for the running root");
+      console.log(`--check read ${first.read} bytes, then ${second.read} bytes with the cache`);
     } finally {
       await device.close();
     }
@@ -243,17 +283,21 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
         `${killedBytes} of ${first.bytes} bytes before the kill`,
       );
       assert.equal((await device.grubenv()).get("eos_trial"), "", "nothing on trial after the kill");
-      const second = JSON.parse((await device.run(["--check", "--json"])).stdout).download;
-      assert.equal(second.path, "chunks");
-      assert.ok(second.held_bytes > 0, JSON.stringify(second));
-      assert.ok(second.bytes < first.bytes, `${second.bytes} < ${first.bytes}`);
       requests.length = 0;
       const apply = await device.run(["--apply"]);
       assert.equal(apply.code, 0, apply.stderr);
-      assert.equal(rootBytes(), second.bytes, "only the rest was fetched");
+      // --apply plans exactly: it hashes slot B for what the killed run left there.
+      const plan = /taking the chunk path: (\d+) bytes of the root .* (\d+) bytes already in place/.exec(
+        apply.stdout,
+      );
+      assert.ok(plan, apply.stdout);
+      const [rest, held] = [Number(plan[1]), Number(plan[2])];
+      assert.ok(held > 0, `${held} bytes held`);
+      assert.ok(rest < first.bytes, `${rest} < ${first.bytes}`);
+      assert.equal(rootBytes(), rest, "only the rest was fetched");
       await slotBMatchesV2(device);
       console.log(
-        `resume: ${first.bytes} bytes planned, ${killedBytes} sent before the kill, ${second.bytes} fetched after it`,
+        `resume: ${first.bytes} bytes planned, ${killedBytes} sent before the kill, ${rest} fetched after it`,
       );
     } finally {
       await device.close();

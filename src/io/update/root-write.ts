@@ -8,6 +8,7 @@
  * the signed manifest, and the slot stays marked invalid until then.
  */
 import type { ByteRange } from "../../core/gpt.ts";
+import { otherSlot } from "../../core/update/bootctl.ts";
 import { EosError, errorMessage } from "../../core/errors.ts";
 import { streamBytes, type Manifest, type ManifestPartition } from "../../core/manifest.ts";
 import type { Context } from "../context.ts";
@@ -17,26 +18,49 @@ import { writeSlotFromChunks } from "./chunk-apply.ts";
 import { planChunks, type ChunkPlan } from "./chunk-path.ts";
 import { DELTA_DOWNLOAD, planDelta, writeSlotFromDelta, type DeltaPlan } from "./delta-apply.ts";
 import { writeSlot, type WriteSlotResult } from "./slot-writer.ts";
+import { identityBytes } from "./running-root.ts";
+import type { SlotLayout } from "./slots.ts";
 import type { UpdateSource } from "./source.ts";
 
 export type UpdatePlan = DeltaPlan | ChunkPlan;
 
-/** The plan for this device: a delta for its running root, else the chunk index, else the full stream. */
+/**
+ * The plan for this device: a delta for its running root, else the chunk
+ * index, else the full stream. Without `exact` the target slot is not read
+ * (a check must stay cheap), so the chunk path's figure is an upper bound: a
+ * resumed apply finds part of it there already.
+ */
 export async function planUpdate(o: {
+  ctx: Context;
   source: UpdateSource;
-  env: NodeJS.ProcessEnv;
   manifest: Manifest;
   runningSha: string | undefined;
-  disk: string;
-  running: ByteRange | undefined;
-  target: ByteRange | undefined;
+  layout: SlotLayout;
+  exact: boolean;
+  /** --no-delta: the full stream. */
+  noDelta?: boolean | undefined;
 }): Promise<UpdatePlan> {
-  const delta = await planDelta(o.source, o.env, o.manifest, o.runningSha);
+  if (o.noDelta) return { path: "full", reason: "asked for (--no-delta)" };
+  const delta = await planDelta(o.source, o.ctx.env, o.manifest, o.runningSha);
   if (delta.path === "delta") return delta;
-  const chunks = await planChunks(o);
+  const running = o.layout.slots[o.layout.running]?.range;
+  const chunks = await planChunks({
+    ctx: o.ctx,
+    source: o.source,
+    manifest: o.manifest,
+    runningSha: o.runningSha,
+    exact: o.exact,
+    disk: o.layout.disk,
+    running,
+    runningBytes: running ? identityBytes(running, o.manifest.partitions.root.size) : 0,
+    target: o.layout.slots[otherSlot(o.layout.running)]?.range,
+  });
   if ("path" in chunks) return chunks;
   return { path: "full", reason: `${delta.reason}; ${chunks.none}` };
 }
+
+/** Whether planBytes is what the plan downloads, or (a check's chunk path) an upper bound. */
+export const planExact = (plan: UpdatePlan): boolean => plan.path !== "chunks" || plan.exact;
 
 /** Bytes a plan downloads (the chunk index itself aside: it is fetched while planning). */
 export function planBytes(plan: UpdatePlan, manifest: Manifest): number {
@@ -51,7 +75,9 @@ export function describePlan(plan: UpdatePlan, root: ManifestPartition): string 
   if (plan.path === "delta") return `a delta of ${plan.delta.size} bytes (the full root is ${full})`;
   if (plan.path === "chunks") {
     const { work } = plan;
-    return `${work.fetchBytes} bytes of the root in ${work.fetches.length} ranges, ${work.copies.length} chunks copied from the running slot, ${work.heldBytes} bytes already in place (the full root is ${full})`;
+    // A check does not read the target slot: what a cut-short apply left there is not known.
+    const [upTo, held] = plan.exact ? ["", `, ${work.heldBytes} bytes already in place`] : ["up to ", ""];
+    return `${upTo}${work.fetchBytes} bytes of the root in ${work.fetches.length} ranges, ${work.copies.length} chunks copied from the running slot${held} (the full root is ${full})`;
   }
   return `the full root, ${full} bytes (${plan.reason})`;
 }

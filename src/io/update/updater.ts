@@ -233,24 +233,26 @@ async function writeTarget(
   o.say(
     `writing ${manifest.version} into slot ${target} (${SLOT_LABEL[target]}) from ${setup.source.describe}`,
   );
-  const running = device.layout.slots[device.layout.running];
+  const inputs = {
+    ctx: o.ctx,
+    source: setup.source,
+    manifest,
+    runningSha: r.runningSha,
+    layout: device.layout,
+  };
   // Exact: what a cut-short apply left in the target slot is not fetched again.
-  const plan = await planUpdate({ ...o, ...r, source: setup.source, layout: device.layout, exact: true });
+  const plan = await planUpdate({ ...inputs, exact: true, noDelta: o.noDelta });
   await o.events?.note(downloadStarted(manifest, plan));
   const reports = progressReports(o.events, manifest.version, {
     everyMs: o.progressReportMs,
     now: () => o.ctx.now(),
   });
   return writeRootByPlan({
-    ctx: o.ctx,
+    ...inputs,
     say: o.say,
     plan,
-    source: setup.source,
-    disk: device.layout.disk,
-    running: running?.range,
     target: range,
     label: target,
-    root: manifest.partitions.root,
     limits: transferLimits(setup.config),
     retryDelayMs: o.retryDelayMs,
     track: reports.track,

@@ -170,6 +170,8 @@ export async function writeRootByPlan(
         plan,
         running,
         progress: download(`slot ${o.label} (chunks)`, plan.work.fetchBytes),
+        retryDelayMs: o.retryDelayMs,
+        log,
       });
       return { timing, path: "chunks", downloaded: plan.work.fetchBytes + plan.indexBytes };
     } catch (error) {

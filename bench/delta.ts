@@ -1,44 +1,64 @@
 /**
- * bench/delta: what a device downloads for one update, by path, next to the
- * tools the delta path is measured against, computed here on the same two
- * root partitions.
+ * bench/delta: what a device downloads for one update, by path, through the
+ * real server and `os-update --apply` (a separate process, as on a device)
+ * into slot B of a loop device, next to the tools the paths are measured
+ * against, computed here on the same two root partitions (issue 12,
+ * "Measured").
  *
- *   node --import tsx bench/delta.ts OLD.raw NEW.raw [--json]
+ *   node --import tsx bench/delta.ts [OLD.raw NEW.raw] [--json]
  *
  * e.g. the demo's pair: `eos demo` leaves .tmp/demo/v1.0.0/EOS.raw and
- * .tmp/demo/v2.0.0/EOS.raw. Figures: the full root (what --apply moves
- * without a delta), the pair delta EOS's server makes (through its own code),
- * `xdelta3 -9` with its defaults and `zstd -19 --long --patch-from`; then the
- * device side: decoding the delta into a file against the old root (wall
- * time and the decoder's peak RSS) next to copying the full root (baseline).
+ * .tmp/demo/v2.0.0/EOS.raw. Without images it makes the small fixture pair
+ * the integration tests use (80 MiB slots, 12 MiB of data, v2 changes a few
+ * small files). Run `node scripts/bundle.mjs` first.
+ *
+ * Per path (full stream, chunk index, pair delta): bytes on the wire (the
+ * server's request log), wall time of `--apply` and its peak RSS with its
+ * children (xdelta3). Each apply (`--root-device`: an offline disk, so it
+ * stops at the trial mark and hashes the running slot once itself) starts
+ * from a zeroed slot B after a `--check` (as on a device, where checks run
+ * on a timer before an apply: the running root's chunk list is cached). Baselines: `xdelta3 -9`
+ * and casync's new chunks (`casync make` of both roots into one store) on
+ * the extracted partitions; `zstd --patch-from` for reference.
  */
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createReadStream, createWriteStream } from "node:fs";
-import { mkdtemp, rm, stat } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { readGpt, requirePartition, partitionRange, type ByteRange } from "../src/core/gpt.ts";
-import { decodeDeltaIndex, DELTA_WINDOW } from "../src/core/update/delta-index.ts";
 import { openBlockSource } from "../src/io/files.ts";
-import { hashRange } from "../src/io/hash.ts";
-import { silentLogger } from "../src/io/log.ts";
-import { systemRunner } from "../src/io/process.ts";
-import { makeDeltas } from "../src/io/server/deltas.ts";
+import { writeBootControl } from "../src/io/update/boot-control.ts";
+import { DIST, mustRun, runEos } from "../test/helpers/run.ts";
+import { makeSampleImage } from "../test/helpers/sample-image.ts";
+import { startServer } from "../test/helpers/serve.ts";
+import { makeWorld, writeServerConfig, type World } from "../test/helpers/server-world.ts";
+import { makeDevice, type TestDevice } from "../test/helpers/device.ts";
+import { sampleTreeRss } from "./proc-stats.ts";
 
-const [oldRaw, newRaw] = process.argv.slice(2).filter((a) => !a.startsWith("--"));
+const args = process.argv.slice(2).filter((a) => !a.startsWith("--"));
 const asJson = process.argv.includes("--json");
-if (!oldRaw || !newRaw) {
-  console.error("usage: node --import tsx bench/delta.ts OLD.raw NEW.raw [--json]");
+if (args.length !== 0 && args.length !== 2) {
+  console.error("usage: node --import tsx bench/delta.ts [OLD.raw NEW.raw] [--json]");
   process.exit(2);
 }
+/** The issue's targets. */
+const RSS_TARGET_MIB = 96;
+/** One image name per path the server offers: with deltas, and without (delta_from: 0). */
+const WITH_DELTA = "EOS.bench-delta";
+const CHUNKS_ONLY = "EOS.bench-chunks";
+const MiB = 2 ** 20;
 
-async function rootOf(raw: string): Promise<{ range: ByteRange; sha256: string }> {
+interface Manifest {
+  version: string;
+  partitions: { root: { sha256: string; size: number; data_bytes?: number } };
+}
+
+async function rootRange(raw: string): Promise<ByteRange> {
   const source = await openBlockSource(raw);
   try {
     const { table } = await readGpt(source);
-    const range = partitionRange(table, requirePartition(table, "p.lxreadonly"));
-    return { range, sha256: await hashRange(source.handle, range.offset, range.length) };
+    return partitionRange(table, requirePartition(table, "p.lxreadonly"));
   } finally {
     await source.close();
   }
@@ -60,69 +80,186 @@ function timed(argv: string[]): { seconds: number; rssMiB: number } {
   return { seconds: (performance.now() - t0) / 1000, rssMiB: kb / 1024 };
 }
 
-const work = await mkdtemp(join(tmpdir(), "eos-bench-delta-"));
+/** Signs `raw` as NAME VERSION with the world's key and puts it at the origin, as a release would. */
+async function place(world: World, name: string, version: string, raw: string): Promise<Manifest> {
+  const build = join(world.dir, "build", `${name}.raw`);
+  await mkdir(join(world.dir, "build"), { recursive: true });
+  await copyFile(raw, build);
+  const key = join(world.keysDir, "release.key");
+  const signed = await runEos("eos", ["manifest", build, "--key", key, "--version", version, "--name", name]);
+  if (signed.code !== 0) throw new Error(signed.stderr);
+  await mustRun("zstd", ["-q", "-f", "-1", "-T0", build, "-o", join(world.originDir, `${name}.raw.zst`)]);
+  for (const f of [".manifest.json", ".manifest.json.sig"])
+    await copyFile(`${build}${f}`, join(world.originDir, `${name}.raw${f}`));
+  return JSON.parse(await readFile(`${build}.manifest.json`, "utf8")) as Manifest;
+}
+
+/** casync's new chunks: the bytes of the chunk files NEW adds to a store that holds OLD's. */
+async function casyncNewBytes(work: string, a: string, b: string): Promise<number> {
+  const store = join(work, "store");
+  const files = async () => {
+    const out = new Map<string, number>();
+    for (const dir of await readdir(store).catch(() => [] as string[]))
+      for (const f of await readdir(join(store, dir))) out.set(f, (await stat(join(store, dir, f))).size);
+    return out;
+  };
+  timed(["casync", "make", `--store=${store}`, join(work, "old.caibx"), a]);
+  const before = await files();
+  timed(["casync", "make", `--store=${store}`, join(work, "new.caibx"), b]);
+  let bytes = 0;
+  for (const [f, size] of await files()) if (!before.has(f)) bytes += size;
+  return bytes;
+}
+
+const world = await makeWorld();
+const stops: Array<() => unknown> = [];
 try {
-  const [from, to] = [await rootOf(oldRaw), await rootOf(newRaw)];
+  const work = join(world.dir, "bench");
+  await mkdir(work);
+  let [oldRaw, newRaw] = args as [string | undefined, string | undefined];
+  if (!oldRaw || !newRaw) {
+    // The integration tests' pair: the same seed, v2 changes a few small files.
+    const fixture = { payloadBytes: 12 * MiB, rootSizeMiB: 80, seed: "base", verity: true };
+    [oldRaw, newRaw] = [join(work, "fixture-v1.raw"), join(work, "fixture-v2.raw")];
+    await makeSampleImage(oldRaw, { ...fixture, version: "1" });
+    await makeSampleImage(newRaw, { ...fixture, version: "2" });
+  }
+  await writeServerConfig(world, [
+    { image: `${world.origin.url}/${WITH_DELTA}.raw.zst`, name: WITH_DELTA },
+    { image: `${world.origin.url}/${CHUNKS_ONLY}.raw.zst`, name: CHUNKS_ONLY, delta_from: 0 },
+  ]);
+  const olds: Record<string, Manifest> = {};
+  for (const name of [WITH_DELTA, CHUNKS_ONLY]) olds[name] = await place(world, name, "1", oldRaw);
+  const fetch = async () => {
+    const r = await runEos("os-update-server", ["fetch", "--config", world.config]);
+    if (r.code !== 0) throw new Error(r.stderr);
+  };
+  await fetch();
+  for (const name of [WITH_DELTA, CHUNKS_ONLY]) await place(world, name, "2", newRaw);
+  await fetch();
+
+  const { child, url } = await startServer({ config: world.config });
+  stops.push(() => child.kill("SIGTERM"));
+  let served = 0;
+  let buffer = "";
+  child.stdout?.on("data", (s: Buffer | string) => {
+    buffer += s.toString();
+    for (let nl; (nl = buffer.indexOf("\n")) >= 0; buffer = buffer.slice(nl + 1)) {
+      const line = JSON.parse(buffer.slice(0, nl)) as { msg: string; bytes?: number };
+      if (line.msg === "request") served += line.bytes ?? 0;
+    }
+  });
+
+  /** One --apply by `path` on a fresh slot B: bytes served, wall seconds, peak RSS. */
+  const applyOnce = async (device: TestDevice, name: string, options: string[]) => {
+    // An offline disk: the apply stops after marking the trial (no kexec out of the bench).
+    const extra = [...options, "--root-device", device.loop, "--esp", device.esp];
+    const config = join(device.root, "etc/os-update.yml");
+    await writeFile(config, `update:\n  name: ${name}\n  url: ${url}\n`);
+    const env = await device.grubenv();
+    for (const k of ["eos_trial", "eos_B_version", "eos_B_sha256", "eos_B_size"]) env.set(k, "");
+    env.set("eos_tries", "0");
+    await writeBootControl(device.esp, env);
+    const slotB = `${device.loop}p3`;
+    const size = (await mustRun("blockdev", ["--getsize64", slotB])).stdout.toString().trim();
+    const zero = ["if=/dev/zero", `of=${slotB}`, "bs=4M", "iflag=count_bytes", `count=${size}`, "conv=fsync"];
+    await mustRun("dd", [...zero, "status=none"]);
+    await mustRun("blockdev", ["--flushbufs", device.loop]);
+    const check = await device.run(["--check", ...extra]);
+    if (check.code !== 1) throw new Error(`--check: ${check.stdout}${check.stderr}`);
+    served = 0;
+    const t0 = performance.now();
+    const proc = spawn(process.execPath, [join(DIST, "os-update.mjs"), "--apply", ...extra], {
+      env: { ...process.env, EOS_ROOT: device.root },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const rss = sampleTreeRss(proc.pid as number, 20);
+    let out = "";
+    proc.stdout.on("data", (s: Buffer) => (out += s.toString()));
+    proc.stderr.on("data", (s: Buffer) => (out += s.toString()));
+    const code = await new Promise<number | null>((resolve) => proc.on("exit", resolve));
+    const peak = await rss.stop();
+    const seconds = (performance.now() - t0) / 1000;
+    if (code !== 0) throw new Error(`--apply ${options.join(" ")}: ${out}`);
+    const [, payload, path] = /from (\d+) bytes downloaded \((\w+)\)/.exec(out) ?? [];
+    await new Promise((r) => setTimeout(r, 200)); // the server's last log lines
+    const rssMiB = Math.round(peak / MiB);
+    return {
+      path,
+      bytes: served,
+      payload: Number(payload),
+      seconds: Math.round(seconds * 100) / 100,
+      rssMiB,
+    };
+  };
+
+  const copy = join(work, "device.raw");
+  await copyFile(oldRaw, copy);
+  const device = await makeDevice(copy, olds[WITH_DELTA] as Manifest, {
+    config: "",
+    keys: [join(world.keysDir, "release.pub")],
+  });
+  stops.push(() => device.close());
+  const full = await applyOnce(device, WITH_DELTA, ["--no-delta"]);
+  const chunks = await applyOnce(device, CHUNKS_ONLY, []);
+  const delta = await applyOnce(device, WITH_DELTA, []);
+  for (const [want, got] of [
+    ["full", full],
+    ["chunks", chunks],
+    ["delta", delta],
+  ] as const)
+    if (got.path !== want) throw new Error(`the ${want} run took the ${got.path} path`);
+
   const [a, b] = [join(work, "old.root"), join(work, "new.root")];
-  await extract(oldRaw, from.range, a);
-  await extract(newRaw, to.range, b);
-
-  const index = decodeDeltaIndex(
-    await makeDeltas(systemRunner(), {
-      name: "bench",
-      dir: work,
-      to: { version: "new", rawPath: newRaw, root: to.range, sha256: to.sha256 },
-      from: [{ version: "old", rawPath: oldRaw, root: from.range, sha256: from.sha256 }],
-      logger: silentLogger(),
-    }),
-  );
-  const delta = index.deltas[0];
-  if (!delta) throw new Error("the server made no delta");
-  const deltaFile = join(work, "deltas", `${from.sha256}.xd3`);
-
+  await extract(oldRaw, await rootRange(oldRaw), a);
+  await extract(newRaw, await rootRange(newRaw), b);
   timed(["xdelta3", "-e", "-9", "-f", "-s", a, b, join(work, "plain.xd3")]);
   const xdelta3Bytes = (await stat(join(work, "plain.xd3"))).size;
   timed(["zstd", "-q", "-19", "--long=29", "-f", `--patch-from=${a}`, b, "-o", join(work, "patch.zst")]);
   const zstdBytes = (await stat(join(work, "patch.zst"))).size;
-
-  const decode = timed([
-    "xdelta3",
-    "-d",
-    "-f",
-    "-B",
-    String(DELTA_WINDOW),
-    "-s",
-    a,
-    deltaFile,
-    join(work, "decoded.root"),
-  ]);
-  const copy = timed(["dd", `if=${b}`, `of=${join(work, "copied.root")}`, "bs=4M", "status=none"]);
-  if (spawnSync("cmp", [b, join(work, "decoded.root")]).status !== 0) throw new Error("decoded root differs");
+  const casyncBytes = await casyncNewBytes(work, a, b);
 
   const result = {
-    pair: `${oldRaw} → ${newRaw}`,
-    full_bytes: to.range.length,
-    delta_bytes: delta.size,
+    pair: args.length
+      ? `${oldRaw} → ${newRaw}`
+      : "fixture (80 MiB slots, 12 MiB of data, a few files changed)",
+    // What each path downloads (the chunk path with its index); *_wire_bytes: all of --apply's requests.
+    full_bytes: full.payload,
+    chunk_bytes: chunks.payload,
+    delta_bytes: delta.payload,
     xdelta3_bytes: xdelta3Bytes,
+    casync_bytes: casyncBytes,
     zstd_patch_bytes: zstdBytes,
-    delta_decode_s: Math.round(decode.seconds * 100) / 100,
-    full_copy_s: Math.round(copy.seconds * 100) / 100,
-    decoder_peak_rss_mib: Math.round(decode.rssMiB),
+    full_wire_bytes: full.bytes,
+    chunk_wire_bytes: chunks.bytes,
+    delta_wire_bytes: delta.bytes,
+    full_apply_s: full.seconds,
+    chunk_apply_s: chunks.seconds,
+    delta_apply_s: delta.seconds,
+    // The delta path's, which the target is for; each path's next to it.
+    peak_rss_mib: delta.rssMiB,
+    full_peak_rss_mib: full.rssMiB,
+    chunk_peak_rss_mib: chunks.rssMiB,
+    delta_peak_rss_mib: delta.rssMiB,
   };
   if (asJson) console.log(JSON.stringify(result));
   else {
-    const kb = (n: number) => `${(n / 1000).toFixed(0)} KB`;
-    console.log(`bench/delta: ${result.pair}`);
+    const size = (n: number) => (n < 10_000 ? `${n} B` : `${(n / 1000).toFixed(0)} KB`);
+    const ratio = (x: number, y: number) => (x / y).toFixed(2);
+    const r = result;
+    console.log(`bench/delta: ${r.pair}`);
     console.log(
-      `full root: ${(result.full_bytes / 2 ** 20).toFixed(0)} MiB (what --apply moves without a delta)`,
+      `full stream: ${size(r.full_bytes)} (${size(r.full_wire_bytes)} on the wire), --apply ${r.full_apply_s} s, peak RSS ${r.full_peak_rss_mib} MiB (the baseline for time)`,
     );
     console.log(
-      `EOS pair delta: ${kb(result.delta_bytes)}; xdelta3 -9 (baseline): ${kb(xdelta3Bytes)}, ratio ${(result.delta_bytes / xdelta3Bytes).toFixed(2)}; zstd -19 --long --patch-from: ${kb(zstdBytes)}`,
+      `chunk path: ${size(r.chunk_bytes)} with its index (${size(r.chunk_wire_bytes)} on the wire); casync new chunks (baseline): ${size(casyncBytes)}, ratio ${ratio(r.chunk_bytes, casyncBytes)} (target ≤ 0.8); --apply ${r.chunk_apply_s} s, ratio to full ${ratio(r.chunk_apply_s, r.full_apply_s)}; peak RSS ${r.chunk_peak_rss_mib} MiB, ratio to ${RSS_TARGET_MIB} MiB ${ratio(r.chunk_peak_rss_mib, RSS_TARGET_MIB)}`,
     );
     console.log(
-      `device: decode ${result.delta_decode_s} s (decoder peak RSS ${result.decoder_peak_rss_mib} MiB) vs copying the full root ${result.full_copy_s} s: ratio ${(result.delta_decode_s / result.full_copy_s).toFixed(2)}`,
+      `pair delta: ${size(r.delta_bytes)} (${size(r.delta_wire_bytes)} on the wire); xdelta3 -9 (baseline): ${size(xdelta3Bytes)}, ratio ${ratio(r.delta_bytes, xdelta3Bytes)} (target ≤ 1.05); zstd -19 --long --patch-from: ${size(zstdBytes)}; --apply ${r.delta_apply_s} s, ratio to full ${ratio(r.delta_apply_s, r.full_apply_s)} (target ≤ 1.5); peak RSS ${r.delta_peak_rss_mib} MiB, ratio to ${RSS_TARGET_MIB} MiB ${ratio(r.delta_peak_rss_mib, RSS_TARGET_MIB)} (target ≤ 1)`,
     );
   }
 } finally {
-  await rm(work, { recursive: true, force: true });
+  for (const stop of stops.reverse()) await stop();
+  await world.origin.close();
+  await rm(world.dir, { recursive: true, force: true });
 }

@@ -33,3 +33,44 @@ export function sampleRss(pid: number, everyMs: number): { stop(): Promise<numbe
     },
   };
 }
+
+async function treeOf(pid: number): Promise<number[]> {
+  const kids = await readFile(`/proc/${pid}/task/${pid}/children`, "utf8").catch(() => "");
+  const below = await Promise.all(
+    kids
+      .split(" ")
+      .filter(Boolean)
+      .map((k) => treeOf(Number(k))),
+  );
+  return [pid, ...below.flat()];
+}
+
+/**
+ * Like sampleRss, for a process and its children together (os-update and
+ * the xdelta3 it runs): the highest sum of their RSS seen, or the process's
+ * own high-water mark (VmHWM, exact) when that is higher.
+ */
+export function sampleTreeRss(pid: number, everyMs: number): { stop(): Promise<number> } {
+  let highest = 0;
+  const note = async () => {
+    try {
+      const pids = await treeOf(pid);
+      const sizes = await Promise.all(pids.map((p) => currentRss(p).catch(() => 0)));
+      highest = Math.max(
+        highest,
+        await peakRss(pid),
+        sizes.reduce((a, b) => a + b, 0),
+      );
+    } catch {
+      // the process has exited
+    }
+    return highest;
+  };
+  const timer = setInterval(() => void note(), everyMs);
+  return {
+    async stop() {
+      clearInterval(timer);
+      return note();
+    },
+  };
+}

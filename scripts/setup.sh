@@ -13,6 +13,8 @@ packages=(
   # eos build --arch aarch64 (arm64 maintainer scripts under qemu-user) and eos run of its image
   qemu-user-static binfmt-support arch-test qemu-system-arm qemu-efi-aarch64
   curl libjemalloc2
+  # bench/delta.ts: casync's new chunks are the chunk path's baseline
+  casync
   postgresql
   # the browser tests of the dashboard (playwright-core drives it; it downloads no browser of its own)
   chromium

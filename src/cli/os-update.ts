@@ -11,7 +11,7 @@ import { streamBytes } from "../core/manifest.ts";
 import type { Context } from "../io/context.ts";
 import { systemBootActions, type BootActions } from "../io/update/boot-actions.ts";
 import { sshOriginalRead } from "../io/update/source.ts";
-import { describePlan, planBytes } from "../io/update/root-write.ts";
+import { describePlan, planBytes, planExact } from "../io/update/root-write.ts";
 import { apply, check, firmware, type UpdaterOptions } from "../io/update/updater.ts";
 import { commit, rollback } from "../io/update/boot-switch.ts";
 import { openReporter, reportingOff } from "../io/update/reporter.ts";
@@ -73,6 +73,8 @@ async function runCheck(ctx: Context, o: UpdaterOptions, opts: Options): Promise
         ? {
             path: r.plan.path,
             bytes: planBytes(r.plan, r.manifest),
+            // false: `bytes` is an upper bound (a check does not read the target slot; --apply may need less).
+            exact: planExact(r.plan),
             full_bytes: streamBytes(r.manifest.partitions.root),
             ...(r.plan.path === "delta"
               ? { from_version: r.plan.delta.from_version }

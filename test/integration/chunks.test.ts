@@ -10,7 +10,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { copyFile, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { copyFile, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { join } from "node:path";
@@ -78,6 +78,8 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
   /** A plain HTTP proxy to the real server; `pass` may change a request's headers, or hold it (false). */
   async function startProxy(
     pass: (req: IncomingMessage, headers: Record<string, string | string[] | undefined>) => boolean,
+    /** Bytes of this request's answer to pass before the connection is cut; undefined: all. */
+    cutAfter: (req: IncomingMessage, length: number) => number | undefined = () => undefined,
   ): Promise<{ proxy: Server; port: number }> {
     const target = new URL(url);
     const ca = await readFile(cert);
@@ -88,7 +90,15 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
         { host: target.hostname, port: target.port, path: req.url, method: req.method, headers, ca },
         (answer) => {
           res.writeHead(answer.statusCode ?? 502, answer.headers);
-          answer.pipe(res);
+          const cut = cutAfter(req, Number(answer.headers["content-length"]));
+          if (cut === undefined) return void answer.pipe(res);
+          let sent = 0;
+          answer.on("data", (piece: Buffer) => {
+            if (sent >= cut) return;
+            res.write(piece.subarray(0, cut - sent));
+            sent += piece.length;
+            if (sent >= cut) setTimeout(() => res.destroy(), 50);
+          });
         },
       );
       out.on("error", () => res.destroy());
@@ -104,6 +114,16 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
       keys: [join(world.keysDir, "release.pub")],
       token,
     });
+  }
+
+  /** `--check --json` in this process, with the bytes it read (/proc/self/io: files, block devices, sockets). */
+  async function checkReading(device: TestDevice) {
+    const rchar = async () => Number(/rchar: (\d+)/.exec(await readFile("/proc/self/io", "utf8"))?.[1]);
+    const before = await rchar();
+    const check = await device.run(["--check", "--json"]);
+    const read = (await rchar()) - before;
+    assert.equal(check.code, 1, check.stderr);
+    return { download: JSON.parse(check.stdout).download, read };
   }
 
   async function slotBMatchesV2(device: TestDevice): Promise<void> {
@@ -128,6 +148,8 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
       assert.equal(download.full_bytes, v2Manifest.partitions.root.data_bytes);
       assert.ok(download.bytes > 0 && download.bytes < download.full_bytes / 4, JSON.stringify(download));
       assert.ok(download.requests >= 1 && download.copied_chunks > 0, JSON.stringify(download));
+      // A check does not read slot B; it is blank here, so the bound is what --apply downloads.
+      assert.equal(download.exact, false, "a check's chunk figure is an upper bound");
       requests.length = 0;
       const apply = await device.run(["--apply"]);
       assert.equal(apply.code, 0, apply.stderr);
@@ -145,6 +167,34 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
       console.log(
         `chunk path: ${rootBytes()} bytes of the root in ${ranged.length} requests + ${download.index_bytes} bytes of index; full stream: ${download.full_bytes} bytes`,
       );
+    } finally {
+      await device.close();
+    }
+  });
+
+  test("--check stays cheap: the target slot is never read, the running slot's chunks once per root", async () => {
+    const device = await deviceOnV1(httpsConfig());
+    try {
+      const cache = join(device.root, "run/eos/running-chunks.bin");
+      const first = await checkReading(device);
+      assert.equal(first.download.path, "chunks");
+      assert.ok((await stat(cache)).size > 0, "the running root's chunk list is kept");
+      // The second check of the same running root reads neither slot: its hash is known for this
+      // boot, its chunks are in the cache, and slot B (12 MiB of data to hash) is not read at all.
+      const second = await checkReading(device);
+      assert.deepEqual(second.download, first.download, "the same answer from the cache");
+      assert.ok(second.read < 2 * MiB, `the second check read ${second.read} bytes`);
+      // A cache for another root (or one that does not parse) is ignored: the slot is chunked again.
+      const bytes = await readFile(cache);
+      await writeFile(
+        cache,
+        Buffer.from(bytes.toString("latin1").replace(/"sha256":"[0-9a-f]/, '"sha256":"x'), "latin1"),
+      );
+      const third = await checkReading(device);
+      assert.deepEqual(third.download, first.download);
+      assert.ok(third.read >= 12 * MiB, `the slot was chunked again (${third.read} bytes read)`);
+      assert.deepEqual(await readFile(cache), bytes, "and the cache written again for the running root");
+      console.log(`--check read ${first.read} bytes, then ${second.read} bytes with the cache`);
     } finally {
       await device.close();
     }
@@ -207,6 +257,59 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
     }
   });
 
+  test("a range request cut mid-way is asked again for the rest of it; the chunk path goes on", async () => {
+    // Chunk boundaries from the published index (a header line, then 4-byte size + sha256 per chunk).
+    const index = await readFile(chunksFile);
+    const boundaries = new Set<number>();
+    for (let at = index.indexOf(0x0a) + 1, offset = 0; at < index.length; at += 36)
+      boundaries.add((offset += index.readUInt32BE(at)));
+    const ranges: string[] = [];
+    let cut: string | undefined;
+    let spans = false;
+    // The first ranged answer is cut: one byte into its second chunk when it spans more than one
+    // (the first has landed), else half-way; the connection resets.
+    const { proxy, port } = await startProxy(
+      (req) => {
+        if (req.url?.endsWith("/root")) ranges.push(String(req.headers.range));
+        return true;
+      },
+      (req) => {
+        if (!req.url?.endsWith("/root") || cut !== undefined) return undefined;
+        const [start, end] = (/bytes=(\d+)-(\d+)/.exec(String(req.headers.range)) ?? []).slice(1).map(Number);
+        const inside = [...boundaries].find((b) => b > start! && b <= end!);
+        cut = String(req.headers.range);
+        spans = inside !== undefined;
+        return inside === undefined ? Math.floor((end! - start! + 1) / 2) : inside - start! + 1;
+      },
+    );
+    const device = await deviceOnV1(`update:\n  name: ${NAME}\n  url: http://127.0.0.1:${port}\n`);
+    try {
+      requests.length = 0;
+      const apply = await device.run(["--apply"]);
+      assert.equal(apply.code, 0, apply.stderr);
+      const plan = /taking the chunk path: (\d+) bytes of the root in (\d+) ranges/.exec(apply.stdout);
+      assert.ok(plan, apply.stdout);
+      assert.match(apply.stdout, /bytes downloaded \(chunks\)/, "no fallback to the full stream");
+      assert.match(apply.stderr, /the request for bytes \d+-\d+ of the root broke off .*; asking again for/);
+      assert.equal(ranges.length, Number(plan[2]) + 1, `one more request: ${ranges.join(", ")}`);
+      assert.ok(cut, `a range was cut: ${ranges.join(", ")}`);
+      const again = ranges[ranges.indexOf(cut) + 1] as string;
+      const [from, to] = [cut, again].map((r) => /bytes=(\d+)-(\d+)/.exec(r)?.slice(1).map(Number));
+      assert.ok(from && to, `${cut}, then ${again}`);
+      assert.equal(to[1], from[1], `the same end: ${cut}, then ${again}`);
+      // This fixture's ranges are single chunks as a rule: then the whole range again.
+      if (spans) assert.ok(to[0]! > from[0]!, `only what had not landed: ${cut}, then ${again}`);
+      else assert.equal(to[0], from[0]);
+      console.log(`a cut range, asked again: ${ranges.join(", ")}`);
+      assert.ok(rootBytes() < 2 * Number(plan[1]), `${rootBytes()} bytes of the root served, not the stream`);
+      await slotBMatchesV2(device);
+    } finally {
+      proxy.closeAllConnections();
+      proxy.close();
+      await device.close();
+    }
+  });
+
   test("SIGKILL in a chunked apply: the next --apply fetches only what the slot does not hold yet", async () => {
     const device = await deviceOnV1(httpsConfig());
     try {
@@ -243,17 +346,21 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
         `${killedBytes} of ${first.bytes} bytes before the kill`,
       );
       assert.equal((await device.grubenv()).get("eos_trial"), "", "nothing on trial after the kill");
-      const second = JSON.parse((await device.run(["--check", "--json"])).stdout).download;
-      assert.equal(second.path, "chunks");
-      assert.ok(second.held_bytes > 0, JSON.stringify(second));
-      assert.ok(second.bytes < first.bytes, `${second.bytes} < ${first.bytes}`);
       requests.length = 0;
       const apply = await device.run(["--apply"]);
       assert.equal(apply.code, 0, apply.stderr);
-      assert.equal(rootBytes(), second.bytes, "only the rest was fetched");
+      // --apply plans exactly: it hashes slot B for what the killed run left there.
+      const plan = /taking the chunk path: (\d+) bytes of the root .* (\d+) bytes already in place/.exec(
+        apply.stdout,
+      );
+      assert.ok(plan, apply.stdout);
+      const [rest, held] = [Number(plan[1]), Number(plan[2])];
+      assert.ok(held > 0, `${held} bytes held`);
+      assert.ok(rest < first.bytes, `${rest} < ${first.bytes}`);
+      assert.equal(rootBytes(), rest, "only the rest was fetched");
       await slotBMatchesV2(device);
       console.log(
-        `resume: ${first.bytes} bytes planned, ${killedBytes} sent before the kill, ${second.bytes} fetched after it`,
+        `resume: ${first.bytes} bytes planned, ${killedBytes} sent before the kill, ${rest} fetched after it`,
       );
     } finally {
       await device.close();

@@ -1,9 +1,10 @@
 /**
  * Pair deltas end to end: the real server makes them when it publishes v2
  * while v1 is kept, a device running v1 takes the delta over HTTPS and over
- * SSH and ends with a slot that matches the signed manifest; a broken delta,
- * a running root the server has no delta for, or a running slot that no
- * longer matches its record fall back to the full stream or say why.
+ * SSH and ends with a slot that matches the signed manifest; a broken or
+ * missing delta, or a running slot that no longer matches its record, fall
+ * back to the chunk path (the full stream only when no chunk index is
+ * published); a running root the server has no delta for takes the chunk path.
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -41,6 +42,7 @@ describe("delta updates: pair deltas made by the server, taken by the device", (
   let v1Manifest: Manifest;
   let v2Manifest: Manifest;
   let deltaFile: string;
+  let chunksFile: string;
   let requests: LoggedRequest[] = [];
 
   before(async () => {
@@ -71,6 +73,7 @@ describe("delta updates: pair deltas made by the server, taken by the device", (
     const versions = join(world.imagesDir, ".versions", NAME);
     const current = (await readdir(versions)).find((v) => v.startsWith("2.0.0-")) as string;
     deltaFile = join(versions, current, "deltas", `${v1Manifest.partitions.root.sha256}.xd3`);
+    chunksFile = join(versions, current, `${NAME}.chunks`);
 
     servers = await startUpdateServers(world);
     ({ token, requests } = servers);
@@ -204,28 +207,100 @@ describe("delta updates: pair deltas made by the server, taken by the device", (
     assert.match(refused.stderr, /END is only for the root and firmware streams/);
   });
 
-  test("a delta whose bytes do not match the index: refused before decoding, the full stream is taken", async () => {
-    const good = await readFile(deltaFile);
-    const bad = Buffer.from(good);
+  /** The chunk path was taken, as the server saw it: the index and a few ranges of the root, not the stream. */
+  function chunkPathServed(apply: { stdout: string }): void {
+    assert.match(apply.stdout, /bytes downloaded \(chunks\)/);
+    assert.ok(
+      requests.some((r) => r.path.endsWith(`/${NAME}/chunks`) && r.status === 200),
+      "index fetched",
+    );
+    const root = requests.filter((r) => r.path.endsWith("/root"));
+    assert.ok(root.length > 0, "ranges of the root fetched");
+    assert.ok(
+      root.every((r) => r.status === 206),
+      `only ranges: ${JSON.stringify(root.map((r) => r.status))}`,
+    );
+    const served = root.reduce((n, r) => n + r.bytes, 0);
+    const full = v2Manifest.partitions.root.data_bytes as number;
+    assert.ok(served < full / 4, `${served} bytes of the root served, the full stream is ${full}`);
+    const planned = /taking the chunk path: (\d+) bytes of the root/.exec(apply.stdout);
+    assert.equal(served, Number(planned?.[1]), "exactly the planned ranges");
+  }
+
+  /** Runs `fn` with `file` replaced by `bytes` (or removed), and puts it back. */
+  async function withFile<T>(file: string, bytes: Buffer | undefined, fn: () => Promise<T>): Promise<T> {
+    const good = await readFile(file);
+    await (bytes ? writeFile(file, bytes) : rm(file));
+    try {
+      return await fn();
+    } finally {
+      await writeFile(file, good);
+    }
+  }
+
+  test("a delta whose bytes do not match the index: refused before decoding, the chunk path is taken", async () => {
+    const bad = await readFile(deltaFile);
     bad[bad.length - 1] = (bad[bad.length - 1] as number) ^ 0xff;
-    await writeFile(deltaFile, bad);
     const device = await deviceOnV1(httpsConfig());
     try {
-      const apply = await device.run(["--apply"]);
-      assert.equal(apply.code, 0, apply.stderr);
-      assert.match(
-        apply.stdout,
-        /the delta path failed \(the delta has .* sha256 .*\); taking the full stream/,
-      );
-      assert.match(apply.stdout, /bytes downloaded \(full\)/);
+      await withFile(deltaFile, bad, async () => {
+        requests.length = 0;
+        const apply = await device.run(["--apply"]);
+        assert.equal(apply.code, 0, apply.stderr);
+        assert.match(
+          apply.stdout,
+          /the delta path failed \(the delta has .* sha256 .*\); taking the chunk path\n/,
+        );
+        chunkPathServed(apply);
+      });
       await slotBMatchesV2(device);
     } finally {
-      await writeFile(deltaFile, good);
       await device.close();
     }
   });
 
-  test("a running slot that no longer holds what its record says: the decode fails, the full stream is taken", async () => {
+  test("a delta the index lists but the server does not have: the chunk path is taken (ssh too)", async () => {
+    for (const config of [httpsConfig(), sshConfig()]) {
+      const device = await deviceOnV1(config);
+      try {
+        await withFile(deltaFile, undefined, async () => {
+          requests.length = 0;
+          const apply = await device.run(["--apply"]);
+          assert.equal(apply.code, 0, apply.stderr);
+          assert.match(apply.stdout, /the delta path failed \(.*\); taking the chunk path\n/);
+          if (config.includes("url:")) chunkPathServed(apply);
+          else assert.match(apply.stdout, /bytes downloaded \(chunks\)/);
+        });
+        await slotBMatchesV2(device);
+      } finally {
+        await device.close();
+      }
+    }
+  });
+
+  test("a broken delta and no chunk index published: only then the full stream", async () => {
+    const bad = await readFile(deltaFile);
+    bad[bad.length - 1] = (bad[bad.length - 1] as number) ^ 0xff;
+    const device = await deviceOnV1(httpsConfig());
+    try {
+      await withFile(deltaFile, bad, () =>
+        withFile(chunksFile, undefined, async () => {
+          const apply = await device.run(["--apply"]);
+          assert.equal(apply.code, 0, apply.stderr);
+          assert.match(
+            apply.stdout,
+            /the delta path failed \(the delta has .*\); taking the full stream \(the server offers no chunk index\)/,
+          );
+          assert.match(apply.stdout, /bytes downloaded \(full\)/);
+        }),
+      );
+      await slotBMatchesV2(device);
+    } finally {
+      await device.close();
+    }
+  });
+
+  test("a running slot that no longer holds what its record says: the decode fails, the chunk path is taken", async () => {
     const device = await deviceOnV1(httpsConfig());
     try {
       // The first check records the running root's hash for this boot; then slot A rots.
@@ -250,8 +325,10 @@ describe("delta updates: pair deltas made by the server, taken by the device", (
       assert.equal(apply.code, 0, apply.stderr);
       assert.match(
         apply.stdout,
-        /the delta path failed \(xdelta3 failed .*checksum mismatch.*\); taking the full stream/,
+        /the delta path failed \(xdelta3 failed .*checksum mismatch.*\); taking the chunk path/,
       );
+      // Chunks are found by hash in what slot A holds now: the rotten one is fetched, not copied.
+      assert.match(apply.stdout, /bytes downloaded \(chunks\)/);
       await slotBMatchesV2(device);
     } finally {
       await device.close();

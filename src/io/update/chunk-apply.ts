@@ -3,14 +3,15 @@
  * the target slot at their offsets (each re-hashed as it is read), the rest
  * come from the published root in few ranged requests, each checked chunk by
  * chunk against the verified index before it is written, straight at its
- * offset (so a restarted apply finds them: chunk-path.ts). Then, as on every
+ * offset (so a restarted apply finds them: chunk-path.ts); a request that
+ * breaks off is asked again for the rest of it, a few times. Then, as on every
  * path, the whole slot is hashed against the signed manifest. Any failure
  * throws; the caller takes the full stream, the slot stays marked invalid.
  */
 import { createHash } from "node:crypto";
 import { open, type FileHandle } from "node:fs/promises";
 import type { ByteRange } from "../../core/gpt.ts";
-import { EosError } from "../../core/errors.ts";
+import { EosError, errorMessage } from "../../core/errors.ts";
 import type { Chunk } from "../../core/update/chunker.ts";
 import type { ChunkFetch } from "../../core/update/chunk-plan.ts";
 import { crashPoint } from "../crash-point.ts";
@@ -18,7 +19,7 @@ import type { ProcessRunner } from "../process.ts";
 import type { Progress } from "../progress.ts";
 import { interrupted, watchWithLimits, type TransferLimits } from "../watchdog.ts";
 import type { ChunkPlan } from "./chunk-path.ts";
-import { verifySlot, writeFully, writeZeros, type WriteSlotResult } from "./slot-writer.ts";
+import { FINAL, pause, verifySlot, writeFully, writeZeros, type WriteSlotResult } from "./slot-writer.ts";
 import type { UpdateSource } from "./source.ts";
 
 export interface ChunkWrite {
@@ -34,7 +35,13 @@ export interface ChunkWrite {
   signal?: AbortSignal | undefined;
   /** Counts downloaded bytes. */
   progress?: Progress | undefined;
+  /** First pause before a broken-off range is asked for again (doubles each time). */
+  retryDelayMs?: number | undefined;
+  log?: ((line: string) => void) | undefined;
 }
+
+/** A ranged request that breaks off is asked again for what it still lacks, this often, before the path fails. */
+export const RANGE_RETRIES = 3;
 
 const sha = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
 
@@ -56,6 +63,8 @@ async function fetchRange(
   f: ChunkFetch,
   buffer: Buffer,
   land: (chunk: Chunk, bytes: Buffer) => Promise<void>,
+  /** How many of `f.chunks` have landed, for a retry. */
+  landed: { chunks: number },
 ): Promise<void> {
   const length = f.end - f.start;
   const etag = `"${o.sha256}"`;
@@ -86,6 +95,7 @@ async function fetchRange(
             `the server's root at byte ${c.offset} (${c.size} bytes) does not match the signed chunk index`,
           );
         await land(c, bytes);
+        landed.chunks = next + 1;
       }
       if (filled === length) break;
     }
@@ -95,6 +105,39 @@ async function fetchRange(
   }
   if (o.signal?.aborted) throw interrupted(what);
   if (filled < length) throw new EosError("TRUNCATED", `${what}: it ended after ${filled} bytes`);
+}
+
+/**
+ * fetchRange, and when the request breaks off (a reset, a stall, a short
+ * body) the same again from the first chunk that has not landed: the chunks
+ * before it are written already. A wrong hash, a server without Range, or
+ * running out of time is final.
+ */
+async function fetchRangeRetrying(
+  o: ChunkWrite,
+  f: ChunkFetch,
+  buffer: Buffer,
+  land: (chunk: Chunk, bytes: Buffer) => Promise<void>,
+): Promise<void> {
+  let rest = f;
+  for (let attempt = 1; ; attempt++) {
+    const landed = { chunks: 0 };
+    try {
+      return await fetchRange(o, rest, buffer, land, landed);
+    } catch (error) {
+      if (o.signal?.aborted) throw interrupted("the chunk path");
+      const final = error instanceof EosError && (FINAL.includes(error.code) || error.code === "DELTA");
+      if (final || attempt > RANGE_RETRIES) throw error;
+      const chunks = rest.chunks.slice(landed.chunks);
+      const first = chunks[0];
+      if (!first) return;
+      rest = { start: first.offset, end: rest.end, chunks };
+      o.log?.(
+        `the request for bytes ${f.start}-${f.end} of the root broke off (${errorMessage(error)}); asking again for ${rest.start}-${rest.end}`,
+      );
+      await pause((o.retryDelayMs ?? 1000) * 2 ** (attempt - 1), o.signal);
+    }
+  }
 }
 
 export async function writeSlotFromChunks(o: ChunkWrite): Promise<WriteSlotResult> {
@@ -120,7 +163,7 @@ export async function writeSlotFromChunks(o: ChunkWrite): Promise<WriteSlotResul
         throw new EosError("HASH_MISMATCH", `the running slot's copy of a chunk at ${from} changed`);
       await land(chunk, bytes);
     }
-    for (const f of work.fetches) await fetchRange(o, f, buffer, land);
+    for (const f of work.fetches) await fetchRangeRetrying(o, f, buffer, land);
     await writeZeros(handle, o.target.offset + dataBytes, o.size - dataBytes, buffer);
     await handle.datasync();
     crashPoint("apply:slot-written");

@@ -11,10 +11,10 @@
  */
 import { createHash } from "node:crypto";
 import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { dirname } from "node:path";
 import { errorMessage } from "../../core/errors.ts";
-import { REGISTRY_MOUNT } from "../../core/registry/registry.ts";
 import { sysPath, type Context } from "../context.ts";
+import { deviceStatePath } from "./state-path.ts";
 import { atomicWriteFile } from "../files.ts";
 import type { DeviceSetup } from "./device-config.ts";
 import { postJson, type PostAnswer } from "./post-json.ts";
@@ -36,11 +36,7 @@ interface Stored {
 const sha256 = (text: string) => createHash("sha256").update(text, "utf8").digest("hex");
 
 /** On the registry when it is active (it survives reboots), else in /run. */
-export async function deviceTokenPath(ctx: Context): Promise<string> {
-  const registry = sysPath(ctx, REGISTRY_MOUNT);
-  const active = await stat(join(registry, "flakes")).catch(() => undefined);
-  return join(active?.isDirectory() ? registry : sysPath(ctx, "/run"), TOKEN_FILE);
-}
+export const deviceTokenPath = (ctx: Context) => deviceStatePath(ctx, TOKEN_FILE);
 
 async function readStored(path: string, url: string): Promise<Stored | undefined> {
   try {

@@ -12,8 +12,8 @@ import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { parseKernelCommandLine, readBootState, type Slot } from "../../core/update/bootctl.ts";
 import type { DeviceEvent, DeviceFacts } from "../../core/fleet/events.ts";
-import { REGISTRY_MOUNT } from "../../core/registry/registry.ts";
 import { sysPath, type Context } from "../context.ts";
+import { deviceStatePath } from "./state-path.ts";
 import { atomicWriteFile } from "../files.ts";
 import { withLock } from "../lock.ts";
 import { readBootControl } from "./boot-control.ts";
@@ -54,12 +54,7 @@ interface Queue {
 
 export const reportingOff: UpdateEvents = { note: async () => undefined, flush: async () => undefined };
 
-async function queuePath(ctx: Context): Promise<string> {
-  // The registry's flakes directory exists only while the registry is set up and mounted.
-  const registry = sysPath(ctx, REGISTRY_MOUNT);
-  const active = await stat(join(registry, "flakes")).catch(() => undefined);
-  return join(active?.isDirectory() ? registry : sysPath(ctx, "/run"), QUEUE_FILE);
-}
+const queuePath = (ctx: Context) => deviceStatePath(ctx, QUEUE_FILE);
 
 async function readQueue(path: string): Promise<Queue> {
   try {

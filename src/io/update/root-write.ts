@@ -8,6 +8,7 @@
  * the signed manifest, and the slot stays marked invalid until then.
  */
 import type { ByteRange } from "../../core/gpt.ts";
+import { otherSlot } from "../../core/update/bootctl.ts";
 import { EosError, errorMessage } from "../../core/errors.ts";
 import { streamBytes, type Manifest, type ManifestPartition } from "../../core/manifest.ts";
 import type { Context } from "../context.ts";
@@ -17,26 +18,59 @@ import { writeSlotFromChunks } from "./chunk-apply.ts";
 import { planChunks, type ChunkPlan } from "./chunk-path.ts";
 import { DELTA_DOWNLOAD, planDelta, writeSlotFromDelta, type DeltaPlan } from "./delta-apply.ts";
 import { writeSlot, type WriteSlotResult } from "./slot-writer.ts";
+import { identityBytes } from "./running-root.ts";
+import type { SlotLayout } from "./slots.ts";
 import type { UpdateSource } from "./source.ts";
 
 export type UpdatePlan = DeltaPlan | ChunkPlan;
 
-/** The plan for this device: a delta for its running root, else the chunk index, else the full stream. */
-export async function planUpdate(o: {
+/**
+ * The plan for this device: a delta for its running root, else the chunk
+ * index, else the full stream. Without `exact` the target slot is not read
+ * (a check must stay cheap), so the chunk path's figure is an upper bound: a
+ * resumed apply finds part of it there already.
+ */
+interface PlanInputs {
+  ctx: Context;
   source: UpdateSource;
-  env: NodeJS.ProcessEnv;
   manifest: Manifest;
   runningSha: string | undefined;
-  disk: string;
-  running: ByteRange | undefined;
-  target: ByteRange | undefined;
-}): Promise<UpdatePlan> {
-  const delta = await planDelta(o.source, o.env, o.manifest, o.runningSha);
+  layout: SlotLayout;
+}
+
+/** The chunk path for this device, or why not. */
+function planChunksFor(o: PlanInputs, exact: boolean): Promise<ChunkPlan | { none: string }> {
+  const running = o.layout.slots[o.layout.running]?.range;
+  return planChunks({
+    ctx: o.ctx,
+    source: o.source,
+    manifest: o.manifest,
+    runningSha: o.runningSha,
+    exact,
+    disk: o.layout.disk,
+    running,
+    runningBytes: running ? identityBytes(running, o.manifest.partitions.root.size) : 0,
+    target: o.layout.slots[otherSlot(o.layout.running)]?.range,
+  });
+}
+
+export async function planUpdate(
+  o: PlanInputs & {
+    exact: boolean;
+    /** --no-delta: the full stream. */
+    noDelta?: boolean | undefined;
+  },
+): Promise<UpdatePlan> {
+  if (o.noDelta) return { path: "full", reason: "asked for (--no-delta)" };
+  const delta = await planDelta(o.source, o.ctx.env, o.manifest, o.runningSha);
   if (delta.path === "delta") return delta;
-  const chunks = await planChunks(o);
+  const chunks = await planChunksFor(o, o.exact);
   if ("path" in chunks) return chunks;
   return { path: "full", reason: `${delta.reason}; ${chunks.none}` };
 }
+
+/** Whether planBytes is what the plan downloads, or (a check's chunk path) an upper bound. */
+export const planExact = (plan: UpdatePlan): boolean => plan.path !== "chunks" || plan.exact;
 
 /** Bytes a plan downloads (the chunk index itself aside: it is fetched while planning). */
 export function planBytes(plan: UpdatePlan, manifest: Manifest): number {
@@ -51,7 +85,9 @@ export function describePlan(plan: UpdatePlan, root: ManifestPartition): string 
   if (plan.path === "delta") return `a delta of ${plan.delta.size} bytes (the full root is ${full})`;
   if (plan.path === "chunks") {
     const { work } = plan;
-    return `${work.fetchBytes} bytes of the root in ${work.fetches.length} ranges, ${work.copies.length} chunks copied from the running slot, ${work.heldBytes} bytes already in place (the full root is ${full})`;
+    // A check does not read the target slot: what a cut-short apply left there is not known.
+    const [upTo, held] = plan.exact ? ["", `, ${work.heldBytes} bytes already in place`] : ["up to ", ""];
+    return `${upTo}${work.fetchBytes} bytes of the root in ${work.fetches.length} ranges, ${work.copies.length} chunks copied from the running slot${held} (the full root is ${full})`;
   }
   return `the full root, ${full} bytes (${plan.reason})`;
 }
@@ -68,34 +104,34 @@ const stopped = (error: unknown) =>
   error instanceof EosError && (error.code === "INTERRUPTED" || error.code === "TIMEOUT");
 
 /**
- * Writes and verifies the target slot the cheapest way the plan allows, and
- * on any failure of a delta or the chunk path the full stream.
+ * Writes and verifies the target slot the cheapest way the plan allows: a
+ * delta that fails falls back to the chunk path when the server publishes a
+ * chunk index (planned then, exactly: chunks the broken decode wrote count),
+ * and the chunk path that fails, or is not there, to the full stream.
  */
-export async function writeRootByPlan(o: {
-  ctx: Context;
-  say: (line: string) => void;
-  plan: UpdatePlan | undefined;
-  source: UpdateSource;
-  disk: string;
-  running: ByteRange | undefined;
-  target: ByteRange;
-  /** The target slot's name, for progress lines. */
-  label: string;
-  root: ManifestPartition;
-  limits: TransferLimits;
-  retryDelayMs?: number | undefined;
-  /** Also sees the downloads' progress (the delta, or the full stream), e.g. to report it. */
-  track?: ((inner: Progress, total: number) => Progress) | undefined;
-}): Promise<RootWrite> {
+export async function writeRootByPlan(
+  o: PlanInputs & {
+    say: (line: string) => void;
+    plan: UpdatePlan;
+    target: ByteRange;
+    /** The target slot's name, for progress lines. */
+    label: string;
+    limits: TransferLimits;
+    retryDelayMs?: number | undefined;
+    /** Also sees the downloads' progress (the delta, or the full stream), e.g. to report it. */
+    track?: ((inner: Progress, total: number) => Progress) | undefined;
+  },
+): Promise<RootWrite> {
   const log = (line: string) => o.ctx.stderr.write(`os-update: ${line}\n`);
   const bar = (label: string, total: number) =>
     progress(o.ctx.stderr, label, total, { interactive: o.ctx.interactive });
   const download = (label: string, total: number) =>
     o.track ? o.track(bar(label, total), total) : bar(label, total);
-  const { root, plan } = o;
+  const root = o.manifest.partitions.root;
+  const running = o.layout.slots[o.layout.running]?.range;
   const common = {
     source: o.source,
-    disk: o.disk,
+    disk: o.layout.disk,
     target: o.target,
     size: root.size,
     sha256: root.sha256,
@@ -103,14 +139,15 @@ export async function writeRootByPlan(o: {
     signal: o.ctx.signal,
     proc: o.ctx.proc,
   };
-  if (plan?.path === "delta" && o.running) {
+  let plan = o.plan;
+  if (plan.path === "delta" && running) {
     const { delta } = plan;
     o.say(`taking the delta from ${delta.from_version}: ${delta.size} bytes instead of ${streamBytes(root)}`);
     try {
       const timing = await writeSlotFromDelta({
         ...common,
         delta,
-        running: o.running,
+        running,
         verity: root.verity,
         // Only the delta's download is downloading; rebuilding the slot from it is local.
         progress: (label, total) => (label === DELTA_DOWNLOAD ? download(label, total) : bar(label, total)),
@@ -119,23 +156,29 @@ export async function writeRootByPlan(o: {
       return { timing, path: "delta", downloaded: delta.size };
     } catch (error) {
       if (stopped(error)) throw error;
-      o.say(`the delta path failed (${errorMessage(error)}); taking the full stream`);
+      const chunks = await planChunksFor(o, true);
+      const next = "path" in chunks ? "the chunk path" : `the full stream (${chunks.none})`;
+      o.say(`the delta path failed (${errorMessage(error)}); taking ${next}`);
+      if ("path" in chunks) plan = chunks;
     }
-  } else if (plan?.path === "chunks" && o.running) {
+  }
+  if (plan.path === "chunks" && running) {
     o.say(`taking the chunk path: ${describePlan(plan, root)}`);
     try {
       const timing = await writeSlotFromChunks({
         ...common,
         plan,
-        running: o.running,
+        running,
         progress: download(`slot ${o.label} (chunks)`, plan.work.fetchBytes),
+        retryDelayMs: o.retryDelayMs,
+        log,
       });
       return { timing, path: "chunks", downloaded: plan.work.fetchBytes + plan.indexBytes };
     } catch (error) {
       if (stopped(error)) throw error;
       o.say(`the chunk path failed (${errorMessage(error)}); taking the full stream`);
     }
-  } else if (plan?.path === "full") {
+  } else if (plan.path === "full") {
     o.say(`full stream: ${plan.reason}`);
   }
   const timing = await writeSlot({

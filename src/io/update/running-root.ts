@@ -1,12 +1,16 @@
 /** The identity of the root a device runs: what deltas are keyed by and updates compared with. */
 import { mkdir, open, readFile } from "node:fs/promises";
 import { join } from "node:path";
+import type { ByteRange } from "../../core/gpt.ts";
 import { EosError } from "../../core/errors.ts";
 import { sysPath, type Context } from "../context.ts";
 import { atomicWriteFile } from "../files.ts";
 import { hashRange } from "../hash.ts";
 import { progress } from "../progress.ts";
 import type { Device } from "./updater.ts";
+
+/** Bytes of a slot its identity covers: a root of `size` bytes, or the whole slot when smaller. */
+export const identityBytes = (slot: ByteRange, size: number): number => Math.min(size, slot.length);
 
 /**
  * sha256 of the running slot over `size` bytes, computed once per boot: the
@@ -15,7 +19,7 @@ import type { Device } from "./updater.ts";
 export async function runningRootHash(ctx: Context, device: Device, size: number): Promise<string> {
   const info = device.layout.slots[device.layout.running];
   if (!info) throw new EosError("SLOT", "running slot not found");
-  const length = Math.min(size, info.range.length);
+  const length = identityBytes(info.range, size);
   const bootId = (
     await readFile(sysPath(ctx, "/proc/sys/kernel/random/boot_id"), "utf8").catch(() => "")
   ).trim();

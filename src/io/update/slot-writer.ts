@@ -40,7 +40,7 @@ export interface WriteSlotOptions {
 export type { TransferLimits };
 
 /** No retry helps these: a wrong hash, no access, nothing published, out of time, or asked to stop. */
-const FINAL = ["HASH_MISMATCH", "AUTH", "NOT_FOUND", "TIMEOUT", "INTERRUPTED"];
+export const FINAL = ["HASH_MISMATCH", "AUTH", "NOT_FOUND", "TIMEOUT", "INTERRUPTED"];
 
 export async function writeFully(
   handle: FileHandle,
@@ -95,7 +95,7 @@ export interface WriteSlotResult {
 }
 
 /** Waits `ms`, or less when the signal aborts (the loop then stops). */
-function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+export function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
   return new Promise((resolve) => {
     const timer = setTimeout(done, ms);
     function done() {

@@ -123,7 +123,7 @@ export interface CheckResult {
   downgrade: boolean;
   /** An update this device would install (not up to date; a downgrade only when allowed). */
   available: boolean;
-  /** How it would be downloaded, when available: a pair delta, the chunk index, or the full stream (and why). */
+  /** How it would be downloaded, when available (not exact: planUpdate); --apply plans exactly as it writes. */
   plan: UpdatePlan | undefined;
   /** Why the server's assignment did not allow the downgrade, when it is one. */
   refusal?: string;
@@ -131,7 +131,11 @@ export interface CheckResult {
   window?: WindowState;
 }
 
-export async function check(o: UpdaterOptions): Promise<CheckResult> {
+/** `planning: "none"` leaves the plan to the caller (--apply plans exactly, and only when it writes). */
+export async function check(
+  o: UpdaterOptions,
+  planning: "estimate" | "none" = "estimate",
+): Promise<CheckResult> {
   const setup = await loadSetupWith(o.ctx, o.config, o.transport);
   const source = await openUpdateSource(o.ctx, setup);
   const { manifest, window } = await fetchOffer(o.ctx, setup, source);
@@ -156,19 +160,18 @@ export async function check(o: UpdaterOptions): Promise<CheckResult> {
       : undefined;
   const assigned = verdict !== undefined && "allowed" in verdict;
   const available = offer.kind === "update" || (downgrade && (Boolean(o.allowDowngrade) || assigned));
-  const plan = !available
-    ? undefined
-    : o.noDelta
-      ? ({ path: "full", reason: "asked for (--no-delta)" } as const)
-      : await planUpdate({
+  const plan =
+    available && planning === "estimate"
+      ? await planUpdate({
+          ctx: o.ctx,
           source,
-          env: o.ctx.env,
           manifest,
           runningSha,
-          disk: device.layout.disk,
-          running: device.layout.slots[device.layout.running]?.range,
-          target: device.layout.slots[otherSlot(device.layout.running)]?.range,
-        });
+          layout: device.layout,
+          exact: false,
+          noDelta: o.noDelta,
+        })
+      : undefined;
   return {
     setup: { ...setup, source },
     manifest,
@@ -230,22 +233,26 @@ async function writeTarget(
   o.say(
     `writing ${manifest.version} into slot ${target} (${SLOT_LABEL[target]}) from ${setup.source.describe}`,
   );
-  const running = device.layout.slots[device.layout.running];
-  await o.events?.note(downloadStarted(manifest, r.plan));
+  const inputs = {
+    ctx: o.ctx,
+    source: setup.source,
+    manifest,
+    runningSha: r.runningSha,
+    layout: device.layout,
+  };
+  // Exact: what a cut-short apply left in the target slot is not fetched again.
+  const plan = await planUpdate({ ...inputs, exact: true, noDelta: o.noDelta });
+  await o.events?.note(downloadStarted(manifest, plan));
   const reports = progressReports(o.events, manifest.version, {
     everyMs: o.progressReportMs,
     now: () => o.ctx.now(),
   });
   return writeRootByPlan({
-    ctx: o.ctx,
+    ...inputs,
     say: o.say,
-    plan: r.plan,
-    source: setup.source,
-    disk: device.layout.disk,
-    running: running?.range,
+    plan,
     target: range,
     label: target,
-    root: manifest.partitions.root,
     limits: transferLimits(setup.config),
     retryDelayMs: o.retryDelayMs,
     track: reports.track,
@@ -254,7 +261,7 @@ async function writeTarget(
 
 export async function apply(o: UpdaterOptions, options: { reboot: boolean }): Promise<ApplyResult> {
   return withUpdateLock(o.ctx, async () => {
-    const r = await check(o);
+    const r = await check(o, "none");
     const { manifest, device, setup } = r;
     if (r.upToDate) return { status: "up-to-date", version: manifest.version };
     if (r.downgrade && !r.available) {

@@ -9,6 +9,7 @@ const UNITS = join(REPO, "systemd");
 
 /** Every unit the repository ships: a unit that goes missing (or appears untested) fails here. */
 const SHIPPED_UNITS = [
+  "eos-ec2-init.service",
   "os-fetch.service",
   "os-update-daemon@.service",
   "os-update-daemon@.timer",
@@ -33,6 +34,7 @@ async function unitRoot(): Promise<string> {
   await cp("/usr/lib/systemd/system", join(root, "usr/lib/systemd/system"), { recursive: true });
   await copyFile(join(DIST, "os-update-server.mjs"), join(root, "usr/bin/os-update-server"));
   await copyFile(join(DIST, "os-update.mjs"), join(root, "usr/bin/os-update"));
+  await copyFile(join(DIST, "eos-ec2-init.mjs"), join(root, "usr/bin/eos-ec2-init"));
   return root;
 }
 
@@ -41,7 +43,7 @@ test("the shipped units pass systemd-analyze verify", async (t) => {
   t.after(() => rm(root, { recursive: true, force: true }));
   const units = (await readdir(UNITS)).sort();
   assert.deepEqual(units, SHIPPED_UNITS);
-  assert.equal(units.length, 6);
+  assert.equal(units.length, 7);
   const args: string[] = [];
   for (const unit of units) {
     await copyFile(join(UNITS, unit), join(root, "etc/systemd/system", unit));

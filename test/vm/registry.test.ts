@@ -37,7 +37,6 @@ const GiB = 1024 ** 3;
 const MOUNT = "/var/lib/containers/storage";
 const FLAKE = "/usr/share/flakes/bin/bb";
 const LYNX = "/usr/share/flakes/bin/lynx";
-const SWITCH_TIMEOUT_MS = 12 * 60_000;
 
 let skip = vmSkipReason();
 if (!skip && spawnSync("sh", ["-c", "command -v swtpm"]).status !== 0) skip = "swtpm is not installed";
@@ -276,7 +275,7 @@ describe("the flake registry on p.spare (QEMU + swtpm)", { skip, timeout: 40 * 6
   });
 
   it("the registry, its flake and data survive an OS switch from slot A to slot B", async () => {
-    const v = vm ?? (await boot("before the switch"));
+    let v = vm ?? (await boot("before the switch"));
     // Slot B gets the same root as A (what an update would write), recorded in the boot control
     // block like os-update records a verified slot; then os-update itself switches: it re-hashes
     // slot B against that record, makes B the default and reboots through GRUB.
@@ -305,21 +304,17 @@ describe("the flake registry on p.spare (QEMU + swtpm)", { skip, timeout: 40 * 6
     const t0 = performance.now();
     const lap = (what: string) =>
       process.stdout.write(`# switch: ${what} after ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
-    const r = await v.ssh(["os-update", "--rollback", "--reboot"], { timeoutMs: 300_000 });
-    lap(`os-update --rollback --reboot returned ${r.code}`);
-    // Shutdown, firmware reset and a boot under TCG on a loaded machine have taken from
-    // 2 to over 6 minutes: wait (bounded) over SSH, which, unlike the serial console
-    // under TCG, loses nothing, until the guest answers from slot B.
-    const deadline = performance.now() + SWITCH_TIMEOUT_MS;
-    for (;;) {
-      const c = await v.ssh(["cat", "/proc/cmdline"], { timeoutMs: 20_000, connectTimeout: 5 });
-      if (c.code === 0 && /eos\.slot=B/.test(c.stdout)) break;
-      if (!v.running) throw new Error("QEMU exited during the switch's reboot");
-      if (performance.now() > deadline)
-        throw new Error(`not up from slot B within ${SWITCH_TIMEOUT_MS / 1000} s of the reboot`);
-      await new Promise((done) => setTimeout(done, 3000));
-    }
-    lap("SSH answers from slot B");
+    // os-update switches (re-hash, B the default); the machine is then powered off and
+    // on, and GRUB boots B. Not `--reboot`: QEMU's warm reset under TCG (OVMF with a
+    // TPM) took from 2 minutes to over 12 here, which is QEMU's, not the update's; the
+    // update test exercises --reboot and kexec.
+    const r = await v.ssh(["os-update", "--rollback"], { timeoutMs: 300_000 });
+    lap(`os-update --rollback returned ${r.code}`);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(await v.sshOk(["cat", "/boot/efi/EFI/BOOT/grubenv"]), /^eos_default=B$/m);
+    await down();
+    v = await boot("after the switch");
+    lap("SSH answers after the power cycle");
     await v.ssh(["systemctl", "is-system-running", "--wait"], { timeoutMs: 240_000 });
     assert.match(await v.sshOk(["cat", "/proc/cmdline"]), /eos\.slot=B/, "running from slot B now");
     assert.match(await v.sshOk(["cat", "/boot/efi/EFI/BOOT/grubenv"]), /^eos_default=B$/m);

@@ -13,6 +13,16 @@
 import { createHash } from "node:crypto";
 import { ARCH_PROFILES, type Architecture } from "./arch.ts";
 
+/** dpkg path filters of every root EOS builds (image and containers): no docs, manuals or translations. */
+export const NO_DOCS_DPKG_OPTIONS = [
+  "--dpkgopt=path-exclude=/usr/share/doc/*",
+  "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+  "--dpkgopt=path-exclude=/usr/share/man/*",
+  "--dpkgopt=path-exclude=/usr/share/info/*",
+  "--dpkgopt=path-exclude=/usr/share/locale/*",
+  "--dpkgopt=path-include=/usr/share/locale/locale.alias",
+] as const;
+
 /** Where the store lives in the root, and what storage.conf names as additionalimagestores. */
 export const READ_ONLY_STORE = "/usr/share/containers/storage";
 
@@ -156,12 +166,7 @@ export function containerMmdebstrapArgv(inputs: ContainerRootInputs, out: string
     `--components=${inputs.components.join(",")}`,
     ...(inputs.packages.length > 0 ? [`--include=${[...inputs.packages].sort().join(",")}`] : []),
     '--aptopt=APT::Install-Recommends "false"',
-    "--dpkgopt=path-exclude=/usr/share/doc/*",
-    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-    "--dpkgopt=path-exclude=/usr/share/man/*",
-    "--dpkgopt=path-exclude=/usr/share/info/*",
-    "--dpkgopt=path-exclude=/usr/share/locale/*",
-    "--dpkgopt=path-include=/usr/share/locale/locale.alias",
+    ...NO_DOCS_DPKG_OPTIONS,
     inputs.suite,
     out,
     inputs.mirror,

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { EosError } from "../../core/errors.ts";
 import { ARCH_PROFILES, type Architecture } from "../../core/image/arch.ts";
 import { packageList, type ImageDescription } from "../../core/image/description.ts";
+import { NO_DOCS_DPKG_OPTIONS } from "../../core/image/containers.ts";
 import { archiveIndexPaths, baseRootInputs, baseRootKey } from "../../core/image/root-cache.ts";
 import type { ProcessRunner } from "../process.ts";
 import { removeTree, type RootCache } from "./root-cache.ts";
@@ -62,12 +63,7 @@ export function mmdebstrapArgv(desc: ImageDescription, architecture: Architectur
     `--components=${desc.distribution.components.join(",")}`,
     `--include=${packageList(desc, architecture).join(",")}`,
     '--aptopt=APT::Install-Recommends "false"',
-    "--dpkgopt=path-exclude=/usr/share/doc/*",
-    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-    "--dpkgopt=path-exclude=/usr/share/man/*",
-    "--dpkgopt=path-exclude=/usr/share/info/*",
-    "--dpkgopt=path-exclude=/usr/share/locale/*",
-    "--dpkgopt=path-include=/usr/share/locale/locale.alias",
+    ...NO_DOCS_DPKG_OPTIONS,
     "--dpkgopt=path-exclude=/usr/share/lintian/*",
   ];
   if (arch.deferInitramfs)

@@ -40,6 +40,12 @@ fi
 if [ ! -e /proc/sys/fs/binfmt_misc/status ] && [ "$(id -u)" -eq 0 ]; then
   mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || echo "setup: cannot mount binfmt_misc: no aarch64 builds"
 fi
+# A machine that mounted binfmt_misc after boot has the package's handler file but not the handler.
+if [ -e /proc/sys/fs/binfmt_misc/status ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] &&
+  [ -e /usr/lib/binfmt.d/qemu-aarch64.conf ] && [ "$(id -u)" -eq 0 ]; then
+  /usr/lib/systemd/systemd-binfmt /usr/lib/binfmt.d/qemu-aarch64.conf ||
+    echo "setup: cannot register the qemu-aarch64 binfmt handler: no aarch64 builds"
+fi
 
 # better-sqlite3 publishes no binary for this Node, so every npm ci of a fresh clone compiled
 # it (about a minute). prebuild-install looks in a local directory before it compiles: keep

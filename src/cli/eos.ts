@@ -76,6 +76,7 @@ interface DemoOpts {
   port: string;
   package: string;
   rebuild?: boolean;
+  arch: string;
 }
 
 export async function eosMain(argv: string[], ctx: Context): Promise<number> {
@@ -238,10 +239,17 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
     .option("--description <file>", "image description (default: the repository's images/default.yaml)")
     .option("--port <port>", "update server port on 127.0.0.1", "8080")
     .option("--package <name>", "the package v2 adds", "tree")
+    .option(
+      "--arch <arch>",
+      `architecture of the images and the VM: ${ARCHITECTURES.join(" or ")} (aarch64 is emulated here)`,
+      "x86_64",
+    )
     .option("--rebuild", "build both images even if the previous run's are current")
     .action(async (opts: DemoOpts) => {
       const repo = repoRoot();
-      const description = opts.description ?? (repo ? resolve(repo, "images/default.yaml") : undefined);
+      const architecture = parseArchitecture(opts.arch);
+      const defaultDescription = architecture === "aarch64" ? "images/aarch64.yaml" : "images/default.yaml";
+      const description = opts.description ?? (repo ? resolve(repo, defaultDescription) : undefined);
       if (!description) throw usageError("--description is required outside a checkout");
       if (process.getuid?.() !== 0)
         throw new EosError("REFUSED", "eos demo builds images with mmdebstrap and chroot: run it as root");
@@ -254,6 +262,7 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
         port,
         extraPackage: opts.package,
         rebuild: Boolean(opts.rebuild),
+        architecture,
         log: (line) => out(`${line}\n`),
       });
       const s = r.states;

@@ -18,6 +18,7 @@ import type { Profile } from "../../src/core/image/description.ts";
 import { buildImage, type BuildResult } from "../../src/io/image/build.ts";
 import type { Context } from "../../src/io/context.ts";
 import { generateReleaseKeys } from "../../src/io/keys.ts";
+import type { DemoOptions } from "../../src/io/demo.ts";
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 export const VM_TMP = join(REPO, ".tmp/vm");
@@ -180,4 +181,19 @@ async function pruneImages(keep: number): Promise<void> {
   );
   dirs.sort((a, b) => b.t - a.t);
   for (const d of dirs.slice(keep)) await rm(join(root, d.n), { recursive: true, force: true });
+}
+
+/** The vm tier's image of the default description (every boot test but the demo's). */
+export const VM_TEST_IMAGE: TestImageOptions = { version: "1.0.0-test" };
+
+/** How the vm tier runs the demo: the update test and the background build agree on it. */
+export function demoTestOptions(log: (line: string) => void): DemoOptions {
+  return {
+    workDir: join(VM_TMP, "demo"),
+    description: join(REPO, "images/default.yaml"),
+    port: 18080,
+    extraPackage: "tree",
+    rebuild: false,
+    log,
+  };
 }

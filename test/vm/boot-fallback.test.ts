@@ -23,7 +23,7 @@ import {
   startTestVm,
   writePartition,
 } from "../helpers/vm.ts";
-import { testImage, vmSkipReason, VM_TMP } from "../helpers/vm-image.ts";
+import { testImage, VM_TEST_IMAGE, vmSkipReason, VM_TMP } from "../helpers/vm-image.ts";
 
 const skip = vmSkipReason();
 
@@ -54,7 +54,7 @@ test(
   "a trial slot that cannot boot falls back to the committed slot after its tries",
   { skip, timeout: 40 * 60_000 },
   async (t) => {
-    const image = await testImage({ version: "1.0.0-test" });
+    const image = await testImage(VM_TEST_IMAGE);
     await mkdir(join(VM_TMP, "run"), { recursive: true });
     const dir = await mkdtemp(join(VM_TMP, "run", "fallback-"));
     t.after(() => rm(dir, { recursive: true, force: true }));
@@ -109,7 +109,7 @@ test(
   "a root slot changed while the machine was off fails dm-verity at boot, and GRUB falls back to the verified slot",
   { skip, timeout: 40 * 60_000 },
   async (t) => {
-    const image = await testImage({ version: "1.0.0-test" });
+    const image = await testImage(VM_TEST_IMAGE);
     await mkdir(join(VM_TMP, "run"), { recursive: true });
     const dir = await mkdtemp(join(VM_TMP, "run", "verity-"));
     t.after(() => rm(dir, { recursive: true, force: true }));

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { freePort } from "../../src/io/machine/host.ts";
 import { shellQuote } from "../../src/io/process.ts";
 import { BOOT_TIMEOUT_MS } from "../helpers/vm.ts";
-import { REPO, testImage, vmSkipReason, VM_TMP } from "../helpers/vm-image.ts";
+import { REPO, testImage, VM_TEST_IMAGE, vmSkipReason, VM_TMP } from "../helpers/vm-image.ts";
 
 const skip =
   vmSkipReason() ??
@@ -57,7 +57,7 @@ test(
   "eos run --headless --tpm boots the image, forwards SSH and leaves the image untouched",
   { skip, timeout: 30 * 60_000 },
   async (t) => {
-    const image = await testImage({ version: "1.0.0-test" });
+    const image = await testImage(VM_TEST_IMAGE);
     const before = await sha256(image.raw);
     await mkdir(join(VM_TMP, "run"), { recursive: true });
     const work = await mkdtemp(join(VM_TMP, "run", "eos-run-"));

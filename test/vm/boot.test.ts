@@ -11,7 +11,7 @@ import { decodeGrubenv } from "../../src/core/update/grubenv.ts";
 import { ROOT_CLONE_LABEL, ROOT_LABEL } from "../../src/core/manifest.ts";
 import type { Vm } from "../../src/io/machine/qemu.ts";
 import { BOOT_TIMEOUT_MS, readImageGrubenv, startTestVm } from "../helpers/vm.ts";
-import { testImage, vmSkipReason, type TestImage } from "../helpers/vm-image.ts";
+import { testImage, VM_TEST_IMAGE, vmSkipReason, type TestImage } from "../helpers/vm-image.ts";
 
 const skip = vmSkipReason();
 if (skip) process.stdout.write(`# vm tier skipped: ${skip}\n`);
@@ -23,7 +23,7 @@ describe("the default AB image boots", { skip, timeout: 40 * 60_000 }, () => {
 
   before(async () => {
     const t0 = performance.now();
-    image = await testImage({ version: "1.0.0-test" });
+    image = await testImage(VM_TEST_IMAGE);
     process.stdout.write(
       `# image ${image.raw} (${image.cached ? "cached" : `built in ${((performance.now() - t0) / 1000).toFixed(0)} s`})\n`,
     );

@@ -31,7 +31,7 @@ import {
   readImageGrubenv,
   startTestVm,
 } from "../helpers/vm.ts";
-import { VM_TMP, testImage, vmSkipReason, type TestImage } from "../helpers/vm-image.ts";
+import { VM_TMP, testImage, VM_TEST_IMAGE, vmSkipReason, type TestImage } from "../helpers/vm-image.ts";
 
 const GiB = 1024 ** 3;
 const MOUNT = "/var/lib/containers/storage";
@@ -107,7 +107,7 @@ describe("the flake registry on p.spare (QEMU + swtpm)", { skip, timeout: 40 * 6
 
   before(async () => {
     const t0 = performance.now();
-    image = await testImage({ version: "1.0.0-test" });
+    image = await testImage(VM_TEST_IMAGE);
     process.stdout.write(
       `# image ${image.raw} (${image.cached ? "cached" : `built in ${((performance.now() - t0) / 1000).toFixed(0)} s`})\n`,
     );

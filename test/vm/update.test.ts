@@ -14,7 +14,7 @@ import { mkdir, rm } from "node:fs/promises";
 import { guestState, runDemo, waitForCommit, type DemoResult, type GuestState } from "../../src/io/demo.ts";
 import { FIRMWARE_LABEL, ROOT_CLONE_LABEL, ROOT_LABEL } from "../../src/core/manifest.ts";
 import { Vm } from "../../src/io/machine/qemu.ts";
-import { vmSkipReason, VM_TMP, REPO } from "../helpers/vm-image.ts";
+import { demoTestOptions, vmSkipReason } from "../helpers/vm-image.ts";
 import {
   BOOT_TIMEOUT_MS,
   editImageGrubenv,
@@ -31,16 +31,11 @@ const ctx = consoleContext();
 
 describe("update cycle in a real VM (the demo, asserted)", { skip, timeout: 75 * 60_000 }, () => {
   let demo: DemoResult;
-  const workDir = join(VM_TMP, "demo");
+  const workDir = demoTestOptions(() => {}).workDir;
 
   before(async () => {
     demo = await runDemo(ctx, {
-      workDir,
-      description: join(REPO, "images/default.yaml"),
-      port: 18080,
-      extraPackage: "tree",
-      rebuild: false,
-      log: (line) => process.stdout.write(`# ${line}\n`),
+      ...demoTestOptions((line) => process.stdout.write(`# ${line}\n`)),
       keepVm: true,
     });
   });

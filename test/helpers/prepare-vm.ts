@@ -1,0 +1,27 @@
+/**
+ * Builds the vm tier's images ahead of it: scripts/test.sh starts this in the
+ * background while the integration tier runs, so that the builds (mostly
+ * mksquashfs) use the CPU that tier leaves idle. The vm tier then finds them in
+ * its caches; if this failed, the vm tier builds them itself and reports why.
+ *
+ *   node --import tsx test/helpers/prepare-vm.ts
+ */
+import { buildDemoImages } from "../../src/io/demo.ts";
+import { consoleContext } from "./context.ts";
+import { demoTestOptions, testImage, VM_TEST_IMAGE, vmSkipReason } from "./vm-image.ts";
+
+const skip = vmSkipReason();
+if (skip) {
+  console.log(`prepare-vm: nothing built: ${skip}`);
+} else {
+  const t0 = performance.now();
+  const lap = (what: string) =>
+    console.log(`prepare-vm: ${what} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+  const image = await testImage(VM_TEST_IMAGE);
+  lap(`test image ${image.raw}${image.cached ? " (cached)" : ""}`);
+  const demo = await buildDemoImages(
+    consoleContext(),
+    demoTestOptions(() => {}),
+  );
+  lap(`demo images ${demo.map((d) => `${d.result.raw}${d.cached ? " (cached)" : ""}`).join(", ")}`);
+}

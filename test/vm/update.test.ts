@@ -10,7 +10,7 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
-import { mkdir, rm } from "node:fs/promises";
+import { copyFile, mkdir, rm } from "node:fs/promises";
 import { guestState, runDemo, waitForCommit, type DemoResult, type GuestState } from "../../src/io/demo.ts";
 import { FIRMWARE_LABEL, ROOT_CLONE_LABEL, ROOT_LABEL } from "../../src/core/manifest.ts";
 import { Vm } from "../../src/io/machine/qemu.ts";
@@ -98,7 +98,15 @@ describe("update cycle in a real VM (the demo, asserted)", { skip, timeout: 75 *
       /marked for \d trial boots/,
       "the apply must still be writing when the power goes",
     );
-    await vm.kill();
+    // The power goes: an immediate reset without sync (the guest's page cache is lost) ends QEMU
+    // (-no-reboot), which keeps what reached the disk, as a disk does. Not SIGKILL to QEMU: with
+    // cache=unsafe that loses QEMU's own qcow2 mapping updates too, and the overlay then mixes
+    // old and new blocks as no disk would (a FAT that fsck.fat and mtools refuse).
+    await vm.ssh(["sh", "-c", "echo 1 >/proc/sys/kernel/sysrq; echo b >/proc/sysrq-trigger"], {
+      timeoutMs: 20_000,
+      connectTimeout: 5,
+    });
+    await vm.waitForExit({ timeoutMs: 60_000, what: "the power cut (sysrq b)" });
 
     const again = await Vm.start({
       image: demo.v1.raw,
@@ -122,11 +130,11 @@ describe("update cycle in a real VM (the demo, asserted)", { skip, timeout: 75 *
   });
 
   it("a power cut during the commit's write of the boot control block keeps the trial, and the next boot commits", async () => {
-    // The machine from the last test, powered off: slot B gets v2 as --apply writes it, on trial,
-    // and update_commit.service gets a power cut (sysrq reset: the guest's page cache is lost; QEMU
-    // ends on the reset and keeps what reached the disk) between the flushed temp block and its rename.
-    // A clean power-off: QEMU (cache=unsafe) writes its qcow2 metadata only when it exits
-    // normally, so a killed QEMU's overlay is no disk to read from the host.
+    // v1's disk as shipped: slot B gets v2 as --apply writes it, on trial, and
+    // update_commit.service gets a power cut (sysrq reset: the guest's page cache is lost; QEMU
+    // ends on the reset and keeps what reached the disk) between the flushed temp block and its
+    // rename. Not the last test's disk: its own power cut may have left the ESP's FAT for
+    // fsck.fat (a directory entry on a cluster the FAT calls free), which mtools refuses to read.
     assert.equal(await demo.vm?.powerOff({ timeoutMs: 180_000 }), 0, "clean power-off");
     const dir = join(workDir, "commit-cut");
     await rm(dir, { recursive: true, force: true });
@@ -136,7 +144,7 @@ describe("update cycle in a real VM (the demo, asserted)", { skip, timeout: 75 *
       assert.equal(r.status, 0, r.stderr.toString());
     };
     const disk = join(dir, "before.raw");
-    flatten(join(workDir, "vm/disk.qcow2"), disk);
+    await copyFile(demo.v1.raw, disk);
     await writePartition(disk, ROOT_CLONE_LABEL, await readPartition(demo.v2.raw, ROOT_LABEL));
     const v2env = await readImageGrubenv(demo.v2.raw);
     const shipped = await readImageGrubenv(disk);

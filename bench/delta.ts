@@ -5,21 +5,27 @@
  * against, computed here on the same two root partitions (issue 12,
  * "Measured").
  *
- *   node --import tsx bench/delta.ts [OLD.raw NEW.raw] [--json]
+ *   node --import tsx bench/delta.ts [--pair OLD.raw NEW.raw] [--json]
  *
- * e.g. the demo's pair: `eos demo` leaves .tmp/demo/v1.0.0/EOS.raw and
- * .tmp/demo/v2.0.0/EOS.raw. Without images it makes the small fixture pair
- * the integration tests use (80 MiB slots, 12 MiB of data, v2 changes a few
- * small files). Run `node scripts/bundle.mjs` first.
+ * The pair: two disk images as `eos build` writes them, e.g. the demo's
+ * (`eos demo` leaves .tmp/demo/v1.0.0/EOS.raw and .tmp/demo/v2.0.0/EOS.raw;
+ * the vm tests .tmp/vm/demo/…). Without a pair it makes the small fixture
+ * pair the integration tests use (80 MiB slots, 12 MiB of data, v2 changes
+ * a few small files). Run `node scripts/bundle.mjs` first.
  *
  * Per path (full stream, chunk index, pair delta): bytes on the wire (the
  * server's request log), wall time of `--apply` and its peak RSS with its
- * children (xdelta3). Each apply (`--root-device`: an offline disk, so it
- * stops at the trial mark and hashes the running slot once itself) starts
- * from a zeroed slot B after a `--check` (as on a device, where checks run
- * on a timer before an apply: the running root's chunk list is cached). Baselines: `xdelta3 -9`
+ * children (xdelta3, losetup), counted as the device pays for them:
+ * os-update's own VmHWM plus its children's VmHWM at the highest sum seen
+ * among those alive together (bench/proc-stats sampleTreeRss; a child
+ * forked but not yet exec'd shares os-update's pages and is not counted).
+ * Each apply (`--root-device`: an offline disk, so it stops at the trial
+ * mark and hashes the running slot once itself) starts from a zeroed slot B
+ * after a `--check` (as on a device, where checks run on a timer before an
+ * apply: the running root's chunk list is cached). Baselines: `xdelta3 -9`
  * and casync's new chunks (`casync make` of both roots into one store) on
  * the extracted partitions; `zstd --patch-from` for reference.
+ * BENCH_NODE_ARGS (e.g. "--trace-gc") is passed to the applies' node.
  */
 import { spawn, spawnSync } from "node:child_process";
 import { createReadStream, createWriteStream } from "node:fs";
@@ -36,10 +42,12 @@ import { makeWorld, writeServerConfig, type World } from "../test/helpers/server
 import { makeDevice, type TestDevice } from "../test/helpers/device.ts";
 import { sampleTreeRss } from "./proc-stats.ts";
 
-const args = process.argv.slice(2).filter((a) => !a.startsWith("--"));
-const asJson = process.argv.includes("--json");
-if (args.length !== 0 && args.length !== 2) {
-  console.error("usage: node --import tsx bench/delta.ts [OLD.raw NEW.raw] [--json]");
+const argv = process.argv.slice(2);
+const pairAt = argv.indexOf("--pair");
+const args = pairAt >= 0 ? argv.slice(pairAt + 1, pairAt + 3) : argv.filter((a) => !a.startsWith("--"));
+const asJson = argv.includes("--json");
+if ((args.length !== 0 && args.length !== 2) || args.some((a) => a.startsWith("--"))) {
+  console.error("usage: node --import tsx bench/delta.ts [--pair OLD.raw NEW.raw] [--json]");
   process.exit(2);
 }
 /** The issue's targets. */
@@ -169,11 +177,12 @@ try {
     if (check.code !== 1) throw new Error(`--check: ${check.stdout}${check.stderr}`);
     served = 0;
     const t0 = performance.now();
-    const proc = spawn(process.execPath, [join(DIST, "os-update.mjs"), "--apply", ...extra], {
+    const nodeArgs = (process.env.BENCH_NODE_ARGS ?? "").split(" ").filter(Boolean);
+    const proc = spawn(process.execPath, [...nodeArgs, join(DIST, "os-update.mjs"), "--apply", ...extra], {
       env: { ...process.env, EOS_ROOT: device.root },
       stdio: ["ignore", "pipe", "pipe"],
     });
-    const rss = sampleTreeRss(proc.pid as number, 20);
+    const rss = sampleTreeRss(proc.pid as number, 10);
     let out = "";
     proc.stdout.on("data", (s: Buffer) => (out += s.toString()));
     proc.stderr.on("data", (s: Buffer) => (out += s.toString()));
@@ -182,14 +191,23 @@ try {
     const seconds = (performance.now() - t0) / 1000;
     if (code !== 0) throw new Error(`--apply ${options.join(" ")}: ${out}`);
     const [, payload, path] = /from (\d+) bytes downloaded \((\w+)\)/.exec(out) ?? [];
+    const failed = /the \w+ path failed .*/.exec(out)?.[0];
     await new Promise((r) => setTimeout(r, 200)); // the server's last log lines
-    const rssMiB = Math.round(peak / MiB);
+    const mib = (n: number) => Math.round(n / MiB);
+    const rssMiB = mib(peak.peak);
+    const children = Object.entries(peak.children)
+      .filter(([, n]) => n >= MiB)
+      .map(([name, n]) => `${name} ${mib(n)}`)
+      .join(", ");
+    const rssDetail = `os-update ${mib(peak.own)} MiB + children ${children || "none"}; sampled together ${mib(peak.sampled)} MiB`;
     return {
       path,
       bytes: served,
       payload: Number(payload),
       seconds: Math.round(seconds * 100) / 100,
       rssMiB,
+      rssDetail,
+      failed,
     };
   };
 
@@ -208,7 +226,7 @@ try {
     ["chunks", chunks],
     ["delta", delta],
   ] as const)
-    if (got.path !== want) throw new Error(`the ${want} run took the ${got.path} path`);
+    if (got.path !== want) throw new Error(`the ${want} run took the ${got.path} path: ${got.failed}`);
 
   const [a, b] = [join(work, "old.root"), join(work, "new.root")];
   await extract(oldRaw, await rootRange(oldRaw), a);
@@ -241,6 +259,7 @@ try {
     full_peak_rss_mib: full.rssMiB,
     chunk_peak_rss_mib: chunks.rssMiB,
     delta_peak_rss_mib: delta.rssMiB,
+    rss_detail: { full: full.rssDetail, chunk: chunks.rssDetail, delta: delta.rssDetail },
   };
   if (asJson) console.log(JSON.stringify(result));
   else {
@@ -249,13 +268,13 @@ try {
     const r = result;
     console.log(`bench/delta: ${r.pair}`);
     console.log(
-      `full stream: ${size(r.full_bytes)} (${size(r.full_wire_bytes)} on the wire), --apply ${r.full_apply_s} s, peak RSS ${r.full_peak_rss_mib} MiB (the baseline for time)`,
+      `full stream: ${size(r.full_bytes)} (${size(r.full_wire_bytes)} on the wire), --apply ${r.full_apply_s} s, peak RSS ${r.full_peak_rss_mib} MiB (${r.rss_detail.full}) (the baseline for time)`,
     );
     console.log(
-      `chunk path: ${size(r.chunk_bytes)} with its index (${size(r.chunk_wire_bytes)} on the wire); casync new chunks (baseline): ${size(casyncBytes)}, ratio ${ratio(r.chunk_bytes, casyncBytes)} (target ≤ 0.8); --apply ${r.chunk_apply_s} s, ratio to full ${ratio(r.chunk_apply_s, r.full_apply_s)}; peak RSS ${r.chunk_peak_rss_mib} MiB, ratio to ${RSS_TARGET_MIB} MiB ${ratio(r.chunk_peak_rss_mib, RSS_TARGET_MIB)}`,
+      `chunk path: ${size(r.chunk_bytes)} with its index (${size(r.chunk_wire_bytes)} on the wire); casync new chunks (baseline): ${size(casyncBytes)}, ratio ${ratio(r.chunk_bytes, casyncBytes)} (target ≤ 0.8); --apply ${r.chunk_apply_s} s, ratio to full ${ratio(r.chunk_apply_s, r.full_apply_s)}; peak RSS ${r.chunk_peak_rss_mib} MiB (${r.rss_detail.chunk}), ratio to ${RSS_TARGET_MIB} MiB ${ratio(r.chunk_peak_rss_mib, RSS_TARGET_MIB)}`,
     );
     console.log(
-      `pair delta: ${size(r.delta_bytes)} (${size(r.delta_wire_bytes)} on the wire); xdelta3 -9 (baseline): ${size(xdelta3Bytes)}, ratio ${ratio(r.delta_bytes, xdelta3Bytes)} (target ≤ 1.05); zstd -19 --long --patch-from: ${size(zstdBytes)}; --apply ${r.delta_apply_s} s, ratio to full ${ratio(r.delta_apply_s, r.full_apply_s)} (target ≤ 1.5); peak RSS ${r.delta_peak_rss_mib} MiB, ratio to ${RSS_TARGET_MIB} MiB ${ratio(r.delta_peak_rss_mib, RSS_TARGET_MIB)} (target ≤ 1)`,
+      `pair delta: ${size(r.delta_bytes)} (${size(r.delta_wire_bytes)} on the wire); xdelta3 -9 (baseline): ${size(xdelta3Bytes)}, ratio ${ratio(r.delta_bytes, xdelta3Bytes)} (target ≤ 1.05); zstd -19 --long --patch-from: ${size(zstdBytes)}; --apply ${r.delta_apply_s} s, ratio to full ${ratio(r.delta_apply_s, r.full_apply_s)} (target ≤ 1.5); peak RSS ${r.delta_peak_rss_mib} MiB (${r.rss_detail.delta}), ratio to ${RSS_TARGET_MIB} MiB ${ratio(r.delta_peak_rss_mib, RSS_TARGET_MIB)} (target ≤ 1)`,
     );
   }
 } finally {

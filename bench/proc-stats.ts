@@ -1,5 +1,5 @@
 /** A process's CPU time and memory from /proc, for the benches' server figures. */
-import { readFile } from "node:fs/promises";
+import { readFile, readlink } from "node:fs/promises";
 
 /** Its user + system CPU seconds so far (/proc/PID/stat, in clock ticks of 1/100 s). */
 export async function cpuSeconds(pid: number): Promise<number> {
@@ -45,32 +45,69 @@ async function treeOf(pid: number): Promise<number[]> {
   return [pid, ...below.flat()];
 }
 
+async function commOf(pid: number): Promise<string> {
+  return (await readFile(`/proc/${pid}/comm`, "utf8").catch(() => "?")).trim();
+}
+
+async function exeOf(pid: number): Promise<string> {
+  return readlink(`/proc/${pid}/exe`).catch(() => "?");
+}
+
+export interface TreeRss {
+  /** What the device pays at worst: the process's own VmHWM plus the highest sum of its children's VmHWM among children alive at one time. */
+  peak: number;
+  /** The highest sum of current RSS seen at one sample (a lower bound). */
+  sampled: number;
+  /** The process's own VmHWM. */
+  own: number;
+  /** Each child command's highest VmHWM, e.g. { xdelta3: … }. */
+  children: Record<string, number>;
+}
+
 /**
  * Like sampleRss, for a process and its children together (os-update and
- * the xdelta3 it runs): the highest sum of their RSS seen, or the process's
- * own high-water mark (VmHWM, exact) when that is higher.
+ * the xdelta3 it runs). A peak between two samples is not lost: each
+ * process's VmHWM is exact, and the figure adds the children's VmHWM to the
+ * process's own, as if every child peaked at the process's peak (an upper
+ * bound; os-update runs its children one at a time, so it is close).
  */
-export function sampleTreeRss(pid: number, everyMs: number): { stop(): Promise<number> } {
-  let highest = 0;
+export function sampleTreeRss(pid: number, everyMs: number): { stop(): Promise<TreeRss> } {
+  const result: TreeRss = { peak: 0, sampled: 0, own: 0, children: {} };
+  let childrenPeak = 0;
   const note = async () => {
     try {
-      const pids = await treeOf(pid);
-      const sizes = await Promise.all(pids.map((p) => currentRss(p).catch(() => 0)));
-      highest = Math.max(
-        highest,
-        await peakRss(pid),
+      const [tree, ownExe] = await Promise.all([treeOf(pid), exeOf(pid)]);
+      // A child forked but not yet exec'd (still the parent's program) shares the parent's pages copy-on-write: not counted.
+      const exes = await Promise.all(tree.slice(1).map(exeOf));
+      const pids = [pid, ...tree.slice(1).filter((_, i) => exes[i] !== ownExe)];
+      const [sizes, peaks, names] = await Promise.all([
+        Promise.all(pids.map((p) => currentRss(p).catch(() => 0))),
+        Promise.all(pids.map((p) => peakRss(p).catch(() => 0))),
+        Promise.all(pids.map(commOf)),
+      ]);
+      result.sampled = Math.max(
+        result.sampled,
         sizes.reduce((a, b) => a + b, 0),
       );
+      result.own = Math.max(result.own, peaks[0] ?? 0);
+      childrenPeak = Math.max(
+        childrenPeak,
+        peaks.slice(1).reduce((a, b) => a + b, 0),
+      );
+      names.slice(1).forEach((name, i) => {
+        result.children[name] = Math.max(result.children[name] ?? 0, peaks[i + 1] ?? 0);
+      });
+      result.peak = Math.max(result.sampled, result.own + childrenPeak);
     } catch {
       // the process has exited
     }
-    return highest;
   };
   const timer = setInterval(() => void note(), everyMs);
   return {
     async stop() {
       clearInterval(timer);
-      return note();
+      await note();
+      return result;
     },
   };
 }

@@ -3,7 +3,7 @@ import { createHash } from "node:crypto";
 import type { FileHandle } from "node:fs/promises";
 import { EosError } from "../core/errors.ts";
 
-const BLOCK = 4 * 1024 * 1024;
+const BLOCK = 1024 * 1024;
 
 /** sha256 of a byte range, reading the next block while hashing the current one. */
 export async function hashRange(

@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, open, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { addVerity } from "../../src/io/image/disk.ts";
@@ -14,7 +14,7 @@ import { systemRunner } from "../../src/io/process.ts";
 import { rootFiles } from "../../src/core/image/root-files.ts";
 import { parseImageDescription } from "../../src/core/image/description.ts";
 import { hashDiskPartitions } from "../../src/io/disk-image.ts";
-import { withVerityTree } from "../../src/io/update/verity-stream.ts";
+import { verityTailOf } from "../../src/io/update/verity-stream.ts";
 import { flipByte, makeSampleImage, pseudoRandomBytes } from "../helpers/sample-image.ts";
 import type { VerityRecord } from "../../src/core/verity.ts";
 
@@ -155,21 +155,26 @@ test("a device computes the same superblock and tree as veritysetup from the fil
   const { record, bytes } = await addVerity(systemRunner(), slot);
   const built = await readFile(slot);
   const fs = built.subarray(0, record.data_blocks * 4096);
-  const chunks = function* () {
-    for (let at = 0, n = 1; at < fs.length; at += n, n = (n * 7919) % 300_001) yield fs.subarray(at, at + n);
-  };
-  const total = bytes + 3 * 4096; // the slot is larger than the tree: zeros follow it
-  const out: Buffer[] = [];
-  for await (const piece of withVerityTree(chunks(), record.data_blocks, total)) out.push(Buffer.from(piece));
-  const streamed = Buffer.concat(out);
-  assert.equal(streamed.length, total);
-  assert.ok(
-    streamed.subarray(0, bytes).equals(built),
-    "superblock and tree equal veritysetup's, byte for byte",
-  );
-  assert.ok(streamed.subarray(bytes).equals(Buffer.alloc(3 * 4096)));
-  // A file system that is not as long as its record says is refused, not padded.
-  await assert.rejects(async () => {
-    for await (const _ of withVerityTree([fs.subarray(0, fs.length - 1)], record.data_blocks, total)) void _;
-  }, /ended after/);
+  // As a delta's decode leaves it: the file system in the slot, followed by what was there before.
+  const landed = join(dir, "landed.slot");
+  await writeFile(landed, Buffer.concat([fs, pseudoRandomBytes("stale", bytes - fs.length)]));
+  const handle = await open(landed, "r");
+  try {
+    const tail = await verityTailOf(handle, 0, record.data_blocks);
+    assert.equal(fs.length + tail.length, bytes);
+    assert.ok(
+      Buffer.concat([fs, tail]).equals(built),
+      "superblock and tree equal veritysetup's, byte for byte",
+    );
+  } finally {
+    await handle.close();
+  }
+  // A slot that ends before the file system's recorded blocks is refused, not padded.
+  await writeFile(landed, fs.subarray(0, fs.length - 1));
+  const short = await open(landed, "r");
+  try {
+    await assert.rejects(verityTailOf(short, 0, record.data_blocks), /ends at/);
+  } finally {
+    await short.close();
+  }
 });

@@ -16,10 +16,57 @@ export const DELTA_INDEX_SCHEMA = 1;
  * device reads its old root from a block device, which xdelta3 treats as not
  * seekable, so a delta may only refer to the old root within the window the
  * decoder keeps (a larger encoder window fails with "non-seekable source").
- * It is also the decoder's memory (27 MiB peak RSS at 16 MiB; 32 MiB keeps
- * matches across a shift of up to about that much, e.g. a large package).
+ * The decoder holds all of it, so it is most of the device's memory for a
+ * delta (issue 12 item 6: the apply's peak RSS ≤ 96 MiB). Measured on the
+ * demo's pair (file systems of 183 MB, v2 = v1 + a package), -B / delta /
+ * decoder peak RSS: 32 MiB / 517 KB / 37 MiB, 16 MiB / 517 KB / 20 MiB,
+ * 8 MiB / 517 KB / 12 MiB (with DELTA_TARGET_WINDOW). A package moves the
+ * bytes after it by its size; a move beyond the window costs the delta its
+ * matches there, and such an update is better served by the chunk path.
  */
-export const DELTA_WINDOW = 32 * 1024 * 1024;
+export const DELTA_WINDOW = 8 * 1024 * 1024;
+/**
+ * xdelta3's target window (-W), set when a delta is made: the decoder holds
+ * two of them. 1 MiB against the default 8 MiB made the demo's delta 0.7%
+ * larger and its decoder 7 MiB smaller.
+ */
+export const DELTA_TARGET_WINDOW = 1024 * 1024;
+/**
+ * The delta is held in memory on the device (its hash is checked before the
+ * decoder sees a byte), so its size is part of the apply's peak RSS: a bigger
+ * one is left to the chunk path, which streams in bounded requests. 8 MiB
+ * beside os-update's own 70 MiB and the decoder's 12 MiB (bench/delta on the
+ * demo's pair) stays under 96 MiB; a change that large costs the chunk path
+ * about as much.
+ */
+export const MAX_DELTA_BYTES = 8 * 1024 * 1024;
+
+/** The server's encoder: OLD and NEW files to a delta file, in the windows a device decodes with. */
+export function xdelta3EncodeArgv(oldRoot: string, newRoot: string, delta: string): string[] {
+  return [
+    "xdelta3",
+    "-e",
+    "-9",
+    "-f",
+    "-B",
+    String(DELTA_WINDOW),
+    "-W",
+    String(DELTA_TARGET_WINDOW),
+    "-s",
+    oldRoot,
+    newRoot,
+    delta,
+  ];
+}
+
+/**
+ * The device's decoder: the delta on stdin, the new root on stdout (the
+ * target slot itself), the old root a block device. Its memory is the
+ * source window and two target windows, whatever the slot's size.
+ */
+export function xdelta3DecodeArgv(oldRoot: string): string[] {
+  return ["xdelta3", "-d", "-c", "-B", String(DELTA_WINDOW), "-s", oldRoot];
+}
 /**
  * xdelta3: the whole root slot. xdelta3-verity: the file system part of a
  * slot with a dm-verity tree (src/core/verity.ts), from the old slot's file

@@ -24,7 +24,7 @@ import type { ByteRange } from "../../core/gpt.ts";
 import {
   encodeDeltaIndex,
   DELTA_INDEX_SCHEMA,
-  DELTA_WINDOW,
+  xdelta3EncodeArgv,
   type DeltaEntry,
 } from "../../core/update/delta-index.ts";
 import { errorMessage } from "../../core/errors.ts";
@@ -103,25 +103,11 @@ export async function makeDeltas(
         const to = await toFile(verity);
         const fromRange = verity ? { offset: from.root.offset, length: from.fsBytes as number } : from.root;
         await copyRange(from, fromRange, join(work, "from.root"));
-        await proc.run(
-          [
-            "xdelta3",
-            "-e",
-            "-9",
-            "-f",
-            "-B",
-            String(DELTA_WINDOW),
-            "-s",
-            join(work, "from.root"),
-            to,
-            target,
-          ],
-          {
-            what: `xdelta3 (delta ${from.version} → ${o.to.version})`,
-            hint: "install xdelta3 (apt install xdelta3)",
-            ...(o.signal ? { signal: o.signal } : {}),
-          },
-        );
+        await proc.run(xdelta3EncodeArgv(join(work, "from.root"), to, target), {
+          what: `xdelta3 (delta ${from.version} → ${o.to.version})`,
+          hint: "install xdelta3 (apt install xdelta3)",
+          ...(o.signal ? { signal: o.signal } : {}),
+        });
         const size = (await stat(target)).size;
         deltas.push({
           from_sha256: from.sha256,

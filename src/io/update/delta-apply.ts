@@ -9,22 +9,25 @@
  */
 import { createHash } from "node:crypto";
 import { open } from "node:fs/promises";
-import { Readable } from "node:stream";
 import type { ByteRange } from "../../core/gpt.ts";
 import { EosError, errorMessage } from "../../core/errors.ts";
-import { decodeDeltaIndex, DELTA_WINDOW, pickDelta, type DeltaEntry } from "../../core/update/delta-index.ts";
+import {
+  decodeDeltaIndex,
+  MAX_DELTA_BYTES,
+  pickDelta,
+  xdelta3DecodeArgv,
+  type DeltaEntry,
+} from "../../core/update/delta-index.ts";
 import type { Manifest } from "../../core/manifest.ts";
-import { pipeThrough, type ProcessRunner } from "../process.ts";
+import type { ProcessRunner } from "../process.ts";
+import { crashPoint } from "../crash-point.ts";
 import { findInPath } from "../files.ts";
 import type { Progress } from "../progress.ts";
 import { interrupted, watchWithLimits, type TransferLimits } from "../watchdog.ts";
-import { writeSlot, type WriteSlotResult } from "./slot-writer.ts";
+import { verifySlot, writeFully, writeZeros, type WriteSlotResult } from "./slot-writer.ts";
 import type { UpdateSource } from "./source.ts";
-import { squashfsBytesUsed, verityLayout, type VerityRecord } from "../../core/verity.ts";
-import { withVerityTree } from "./verity-stream.ts";
-
-/** A delta bigger than this is not worth holding in memory: the full stream is taken instead. */
-export const MAX_DELTA_BYTES = 48 * 1024 * 1024;
+import { squashfsBytesUsed, VERITY_BLOCK, verityLayout, type VerityRecord } from "../../core/verity.ts";
+import { verityTailOf } from "./verity-stream.ts";
 
 export type DeltaPlan = { path: "delta"; delta: DeltaEntry } | { path: "full"; reason: string };
 
@@ -54,16 +57,20 @@ export async function planDelta(
   }
   if ("none" in picked) return { path: "full", reason: picked.none };
   if (picked.size > MAX_DELTA_BYTES)
-    return { path: "full", reason: `the delta (${picked.size} bytes) is larger than ${MAX_DELTA_BYTES}` };
+    return {
+      path: "full",
+      reason: `the delta (${picked.size} bytes) is larger than ${MAX_DELTA_BYTES} bytes`,
+    };
   if (!findInPath("xdelta3", env)) return { path: "full", reason: "xdelta3 is not installed" };
   return { path: "delta", delta: picked };
 }
 
-/** Runs `fn` with the range of `disk` as a read-only loop device. */
+/** Runs `fn` with the range of `disk` as a loop device (read-only unless `writable`). */
 async function withLoopDevice<T>(
   proc: ProcessRunner,
   disk: string,
   range: ByteRange,
+  writable: boolean,
   fn: (device: string) => Promise<T>,
 ): Promise<T> {
   const { stdout } = await proc.run(
@@ -71,14 +78,14 @@ async function withLoopDevice<T>(
       "losetup",
       "--find",
       "--show",
-      "--read-only",
+      ...(writable ? [] : ["--read-only"]),
       "--offset",
       String(range.offset),
       "--sizelimit",
       String(range.length),
       disk,
     ],
-    { code: "SLOT", what: "a read-only loop device over the running slot" },
+    { code: "SLOT", what: `a loop device over the ${writable ? "target" : "running"} slot` },
   );
   const device = stdout.trim();
   try {
@@ -131,90 +138,125 @@ async function downloadDelta(o: DeltaWrite): Promise<Buffer> {
   const stream = await o.source.openDelta(o.delta.from_sha256);
   const bar = o.progress?.(DELTA_DOWNLOAD, o.delta.size);
   const watch = watchWithLimits(stream, o.limits, "download of the delta", o.signal);
-  const chunks: Buffer[] = [];
+  // Filled in place: the delta is held once, at the size the index signs (MAX_DELTA_BYTES at most).
+  const bytes = Buffer.allocUnsafe(o.delta.size);
   let size = 0;
   try {
     for await (const chunk of stream as AsyncIterable<Buffer>) {
       watch.add(chunk.length);
-      size += chunk.length;
-      if (size > o.delta.size) {
+      if (size + chunk.length > o.delta.size) {
         stream.destroy();
         throw new EosError("HASH_MISMATCH", `the delta is longer than the index's ${o.delta.size} bytes`);
       }
-      chunks.push(chunk);
+      chunk.copy(bytes, size);
+      size += chunk.length;
       bar?.add(chunk.length);
     }
   } finally {
     watch.stop();
   }
   bar?.done();
-  const bytes = Buffer.concat(chunks);
-  const sha256 = createHash("sha256").update(bytes).digest("hex");
-  if (bytes.length !== o.delta.size || sha256 !== o.delta.sha256)
+  const got = bytes.subarray(0, size);
+  const sha256 = createHash("sha256").update(got).digest("hex");
+  if (size !== o.delta.size || sha256 !== o.delta.sha256)
     throw new EosError(
       "HASH_MISMATCH",
-      `the delta has ${bytes.length} bytes with sha256 ${sha256.slice(0, 16)}…, the index says ${o.delta.size} bytes, ${o.delta.sha256.slice(0, 16)}…`,
+      `the delta has ${size} bytes with sha256 ${sha256.slice(0, 16)}…, the index says ${o.delta.size} bytes, ${o.delta.sha256.slice(0, 16)}…`,
     );
   return bytes;
+}
+
+/** Runs the decoder: the delta on its stdin, its stdout `output` (an open file descriptor). */
+async function decode(o: DeltaWrite, delta: Buffer, oldRoot: string, output: number): Promise<void> {
+  const started = o.proc.start(xdelta3DecodeArgv(oldRoot), { stdio: ["pipe", output, "pipe"] });
+  const stop = () => started.child.kill("SIGTERM");
+  o.signal?.addEventListener("abort", stop, { once: true });
+  try {
+    started.child.stdin?.on("error", () => undefined); // EPIPE when it gives up early
+    started.child.stdin?.end(delta);
+    const { code, signal } = await started.exited;
+    if (o.signal?.aborted) throw interrupted("the delta decode");
+    const stderr = started
+      .stderr()
+      .trim()
+      .replace(/\s*\n\s*/g, "; ");
+    if (code === -1)
+      throw new EosError("DELTA", `cannot run xdelta3: ${stderr}`, { hint: "install xdelta3" });
+    if (code !== 0) throw new EosError("DELTA", `xdelta3 failed (exit ${code ?? signal}): ${stderr}`);
+  } finally {
+    o.signal?.removeEventListener("abort", stop);
+  }
 }
 
 /**
  * Writes the target slot from the delta and verifies it. Throws on failure;
  * INTERRUPTED and TIMEOUT mean stop, anything else means "take the full path".
+ * xdelta3 writes the new root straight into the target slot (a loop device
+ * over its range), so the slot's bytes never pass through this process: its
+ * memory stays what it is on the other paths. An xdelta3-verity delta
+ * rebuilds the file system only; its dm-verity tree is computed from what
+ * landed, read back in bounded blocks.
  */
 export async function writeSlotFromDelta(o: DeltaWrite): Promise<WriteSlotResult> {
+  const started = performance.now();
   const fsOnly = o.delta.algorithm === "xdelta3-verity";
   const verity = o.verity;
   if (fsOnly && !verity)
     throw new EosError("DELTA", "an xdelta3-verity delta for a root whose manifest has no dm-verity tree");
+  if (o.size > o.target.length)
+    throw new EosError(
+      "SLOT",
+      `the new root (${o.size} bytes) does not fit the slot (${o.target.length} bytes)`,
+    );
   const bytes = await downloadDelta(o);
   if (o.signal?.aborted) throw interrupted("the delta path");
   // Such a delta was made from the old slot's file system alone: the decoder's source ends there too.
   const source = fsOnly
     ? { offset: o.running.offset, length: await fileSystemBytes(o.disk, o.running) }
     : o.running;
-  return withLoopDevice(o.proc, o.disk, source, async (oldRoot) => {
-    let opened = false;
-    // The decoder's output is the slot's stream: one pass, no resume (a broken decode falls back).
-    const decoded: UpdateSource = {
-      ...o.source,
-      describe: `xdelta3 delta from ${o.delta.from_version}`,
-      async openStream() {
-        if (opened) throw new EosError("DELTA", "the delta decode broke off");
-        opened = true;
-        const stream = pipeThrough(
-          o.proc,
-          ["xdelta3", "-d", "-c", "-B", String(DELTA_WINDOW), "-s", oldRoot],
-          {
-            input: Readable.from([bytes]),
-            fail: (code, stderr) =>
-              new EosError("DELTA", `xdelta3 failed (exit ${code}): ${stderr.replace(/\s*\n\s*/g, "; ")}`),
-            notStarted: (error) =>
-              new EosError("DELTA", `cannot run xdelta3: ${error.message}`, { hint: "install xdelta3" }),
-          },
+  // What the decoder writes: the file system (then the tree follows), or the whole root.
+  const decoded = fsOnly && verity ? verity.data_blocks * VERITY_BLOCK : o.size;
+  if (decoded > o.size)
+    throw new EosError("DELTA", "the manifest's dm-verity record claims more than the root");
+  o.log(`decoding the delta from ${o.delta.from_version} into the target slot`);
+  await withLoopDevice(o.proc, o.disk, source, false, (oldRoot) =>
+    withLoopDevice(o.proc, o.disk, { offset: o.target.offset, length: decoded }, true, async (newRoot) => {
+      // Its stdout is the target slot itself (the loop device, from its first byte).
+      const out = await open(newRoot, "r+");
+      try {
+        await decode(o, bytes, oldRoot, out.fd);
+        // Through the loop device to the disk before it goes away: the tree and the check read the disk.
+        await out.datasync();
+      } finally {
+        await out.close();
+      }
+    }),
+  );
+  const handle = await open(o.disk, "r+");
+  try {
+    let end = decoded;
+    if (fsOnly && verity) {
+      const tail = await verityTailOf(handle, o.target.offset, verity.data_blocks);
+      if (end + tail.length > o.size)
+        throw new EosError(
+          "DELTA",
+          `the file system and its dm-verity tree do not fit the root's ${o.size} bytes`,
         );
-        if (!fsOnly || !verity) return { stream, offset: 0 };
-        const slot = Readable.from(
-          withVerityTree(stream as AsyncIterable<Buffer>, verity.data_blocks, o.size),
-        );
-        // The decoder's failure (its exit status, a missing binary) ends the slot stream with it.
-        stream.on("error", (error: Error) => slot.destroy(error));
-        return { stream: slot, offset: 0 };
-      },
-    };
-    return writeSlot({
-      disk: o.disk,
-      range: o.target,
-      size: o.size,
-      sha256: o.sha256,
-      source: decoded,
-      kind: "root",
-      retries: 0,
-      log: o.log,
-      signal: o.signal,
-      proc: o.proc,
-      limits: o.limits,
-      ...(o.progress ? { progress: o.progress("slot (from the delta)", o.size) } : {}),
-    });
-  });
+      await writeFully(handle, tail, tail.length, o.target.offset + end);
+      end += tail.length;
+    }
+    await writeZeros(
+      handle,
+      o.target.offset + end,
+      o.size - end,
+      Buffer.alloc(Math.min(o.size - end, 1 << 20)),
+    );
+    await handle.datasync();
+    crashPoint("apply:slot-written");
+    const wroteAt = performance.now();
+    await verifySlot(handle, { disk: o.disk, range: o.target, size: o.size, sha256: o.sha256, proc: o.proc });
+    return { writeSeconds: (wroteAt - started) / 1000, verifySeconds: (performance.now() - wroteAt) / 1000 };
+  } finally {
+    await handle.close();
+  }
 }

@@ -16,7 +16,7 @@ import type { Progress } from "../progress.ts";
 import { interrupted, watchTransfer, type TransferLimits, type Watch } from "../watchdog.ts";
 import type { StreamKind, UpdateSource } from "./source.ts";
 
-const BLOCK = 4 * 1024 * 1024;
+const BLOCK = 1024 * 1024;
 
 export interface WriteSlotOptions {
   disk: string;

@@ -1,57 +1,32 @@
 /**
- * A root slot's stream from its file system alone: the file system's bytes
- * as they come, then the dm-verity superblock and hash tree computed from
- * them (src/core/verity.ts, the layout veritysetup format writes), then
- * zeros to the slot's recorded size. The slot writer hashes the whole
- * stream against the signed manifest, so a tree computed differently from
- * the build's can never be booted: it fails that check.
+ * A root slot's dm-verity part, computed on the device from the file system
+ * a delta rebuilt (src/core/verity.ts, the layout veritysetup format
+ * writes). The slot is then hashed whole against the signed manifest, so a
+ * tree computed differently from the build's can never be booted: it fails
+ * that check.
  */
 import { createHash } from "node:crypto";
-import { EosError } from "../../core/errors.ts";
+import type { FileHandle } from "node:fs/promises";
 import { VERITY_BLOCK, verityTree, veritySuperblock, verityUuid } from "../../core/verity.ts";
+import { hashRange } from "../hash.ts";
 
-export async function* withVerityTree(
-  fs: AsyncIterable<Buffer> | Iterable<Buffer>,
-  dataBlocks: number,
-  total: number,
-): AsyncGenerator<Buffer> {
-  const fsBytes = dataBlocks * VERITY_BLOCK;
+/**
+ * The dm-verity superblock and hash tree (in slot order) for a file system of
+ * `dataBlocks` blocks already written at `offset`: read back in the hasher's
+ * bounded blocks, so memory is the tree's, not the file system's.
+ */
+export async function verityTailOf(handle: FileHandle, offset: number, dataBlocks: number): Promise<Buffer> {
   const leaves = Buffer.alloc(dataBlocks * 32);
-  const whole = createHash("sha256");
-  let pending: Buffer = Buffer.alloc(0);
-  let seen = 0;
   let leaf = 0;
-  for await (const chunk of fs) {
-    seen += chunk.length;
-    if (seen > fsBytes)
-      throw new EosError(
-        "DELTA",
-        `the file system stream is longer than its ${fsBytes} bytes (${dataBlocks} blocks)`,
-      );
-    whole.update(chunk);
-    const data = pending.length > 0 ? Buffer.concat([pending, chunk]) : chunk;
-    const full = data.length - (data.length % VERITY_BLOCK);
-    for (let at = 0; at < full; at += VERITY_BLOCK, leaf++)
+  const whole = await hashRange(handle, offset, dataBlocks * VERITY_BLOCK, undefined, (bytes) => {
+    for (let at = 0; at < bytes.length; at += VERITY_BLOCK, leaf++)
       createHash("sha256")
-        .update(data.subarray(at, at + VERITY_BLOCK))
+        .update(bytes.subarray(at, at + VERITY_BLOCK))
         .digest()
         .copy(leaves, leaf * 32);
-    // A copy: the producer may reuse the chunk's memory once it is handed on.
-    pending = Buffer.from(data.subarray(full));
-    yield chunk;
-  }
-  if (seen !== fsBytes)
-    throw new EosError("DELTA", `the file system stream ended after ${seen} of its ${fsBytes} bytes`);
-  const superblock = veritySuperblock(dataBlocks, verityUuid(whole.digest()));
-  const tree = verityTree(leaves);
-  yield superblock;
-  yield tree;
-  let left = total - fsBytes - superblock.length - tree.length;
-  if (left < 0)
-    throw new EosError(
-      "DELTA",
-      `the file system and its dm-verity tree do not fit the slot's ${total} bytes`,
-    );
-  const zeros = Buffer.alloc(Math.min(left, 1 << 20));
-  for (; left > 0; left -= zeros.length) yield left >= zeros.length ? zeros : zeros.subarray(0, left);
+  });
+  return Buffer.concat([
+    veritySuperblock(dataBlocks, verityUuid(Buffer.from(whole, "hex"))),
+    verityTree(leaves),
+  ]);
 }

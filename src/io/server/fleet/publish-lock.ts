@@ -50,9 +50,15 @@ export function postgresPublishLocks(
       try {
         await client.connect();
       } catch (error) {
-        throw new EosError("CONFIG", `${describe}: cannot take the publish lock: ${errorMessage(error)}`, {
-          hint: "is the database reachable? fetch publishes only while it holds the lock",
+        // A fleet database that is down must not stop updates being published (retention stops instead);
+        // publishing stays whole without the lock, it may only be done twice.
+        logger.warn("publish lock unavailable: publishing under this host's lock only", {
+          image: name,
+          database: describe,
+          error: errorMessage(error),
         });
+        await client.end().catch(() => undefined);
+        return { release: async () => undefined };
       }
       const started = Date.now();
       let said = false;

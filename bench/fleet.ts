@@ -17,8 +17,14 @@
  * tokens, as os-update does; --legacy-tokens gives each a token file in the
  * tokens directory instead (`token add DEVICE`).
  *
+ * On PostgreSQL each fleet size also runs on two replicas (two `serve`
+ * processes on one database, device i asking replica i mod 2, as devices
+ * with update.mirrors do), printed as ratios to one replica in the same run;
+ * CPU and RSS are then the two processes' sum.
+ *
  *   node --import tsx bench/fleet.ts [--devices 1000,10000] [--interval 60]
  *     [--duration 20] [--db sqlite,postgres] [--sockets 32] [--no-rollout] [--legacy-tokens]
+ *     [--replicas 1,2]
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
@@ -41,6 +47,7 @@ const { values: args } = parseArgs({
     sockets: { type: "string", default: "32" },
     "no-rollout": { type: "boolean", default: false },
     "legacy-tokens": { type: "boolean", default: false },
+    replicas: { type: "string", default: "1,2" },
   },
 });
 const DEVICES = args.devices.split(",").map(Number);
@@ -48,6 +55,7 @@ const INTERVAL_S = Number(args.interval);
 const DURATION_S = Number(args.duration);
 const DBS = args.db.split(",") as Array<"sqlite" | "postgres">;
 const SOCKETS = Number(args.sockets);
+const REPLICAS = args.replicas.split(",").map(Number);
 const NAME = "EOS.bench";
 const TICK_MS = 5;
 
@@ -121,13 +129,15 @@ function checkedBody(sha256: string): string {
  */
 async function drive(
   checksPerSecond: number,
-  pid: number,
+  /** The server processes (replicas): CPU and RSS are their sum. */
+  pids: number[],
   one: (i: number, sample: Sample) => Promise<void>,
 ) {
   const sample: Sample = { latencies: [], errors: 0, statuses: new Map() };
-  const cpu0 = await cpuSeconds(pid);
+  const cpuOf = async () => (await Promise.all(pids.map(cpuSeconds))).reduce((a, b) => a + b, 0);
+  const cpu0 = await cpuOf();
   const gen0 = process.cpuUsage();
-  const rss = sampleRss(pid, 250);
+  const rss = pids.map((pid) => sampleRss(pid, 250));
   const start = performance.now();
   const total = Math.round(checksPerSecond * DURATION_S);
   let issued = 0;
@@ -160,8 +170,8 @@ async function drive(
     rps: sample.latencies.length / seconds,
     p50: pct(sorted, 0.5),
     p99: pct(sorted, 0.99),
-    cpu: ((await cpuSeconds(pid)) - cpu0) / seconds,
-    rss: await rss.stop(),
+    cpu: ((await cpuOf()) - cpu0) / seconds,
+    rss: (await Promise.all(rss.map((r) => r.stop()))).reduce((a, b) => a + b, 0),
     seconds,
     generatorCpu: (gen.user + gen.system) / 1e6 / seconds,
     maxLagMs: maxLag,
@@ -190,13 +200,23 @@ async function deviceTokens(dir: string, n: number): Promise<string[]> {
   return tokens;
 }
 
-async function runCase(world: World, db: "sqlite" | "postgres", n: number, pg: Postgres | undefined) {
+async function runCase(
+  world: World,
+  db: "sqlite" | "postgres",
+  n: number,
+  pg: Postgres | undefined,
+  replicas: number,
+) {
   const work = await mkdtemp(join(tmpdir(), "eos-bench-fleet-"));
   const children: ChildProcess[] = [];
   try {
     const database = db === "postgres" ? `database: ${await pg!.freshDatabase()}\n` : "";
     const config = join(work, "os-update.yml");
-    await writeFile(config, `${await readFile(world.config, "utf8")}${database}`);
+    // The whole fleet enrols at once from one address: past the default enrolment limits, which are not measured here.
+    const limits =
+      "serve:\n  enrol_limit:\n    per_address: { burst: 100000, per_minute: 1000000 }\n" +
+      "    per_key: { burst: 100000, per_minute: 1000000 }\n";
+    await writeFile(config, `${await readFile(world.config, "utf8")}${database}${limits}`);
     const tokensDir = join(work, "tokens");
     const tokens = args["legacy-tokens"] ? await deviceTokens(tokensDir, n) : [];
     const key = await runEos("os-update-server", [
@@ -221,34 +241,41 @@ async function runCase(world: World, db: "sqlite" | "postgres", n: number, pg: P
       stateDir,
     ]);
     if (ops.code !== 0) throw new Error(ops.stderr);
-    const server = spawn(process.execPath, [
-      // e.g. BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" to see where the server spends its time
-      ...(process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(" ") : []),
-      join(DIST, "os-update-server.mjs"),
-      "serve",
-      "--config",
-      config,
-      "--listen",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--tokens-dir",
-      join(work, "tokens"),
-      "--state-dir",
-      stateDir,
-    ]);
-    children.push(server);
-    const url = String((await waitForLog(server, "listening")).url);
-    server.stdout?.resume();
-    server.stderr?.resume();
-    const pid = server.pid as number;
+    const urls: string[] = [];
+    const pids: number[] = [];
+    for (let k = 0; k < replicas; k++) {
+      const server = spawn(process.execPath, [
+        // e.g. BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" to see where the server spends its time
+        ...(process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(" ") : []),
+        join(DIST, "os-update-server.mjs"),
+        "serve",
+        "--config",
+        config,
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--tokens-dir",
+        join(work, "tokens"),
+        "--state-dir",
+        stateDir,
+      ]);
+      children.push(server);
+      urls.push(String((await waitForLog(server, "listening")).url));
+      server.stdout?.resume();
+      server.stderr?.resume();
+      pids.push(server.pid as number);
+    }
+    const url = urls[0] as string;
+    /** Device i asks replica i mod R, as a device whose update.url is that one. */
+    const at = (i: number) => urls[i % urls.length] as string;
     const agent = new Agent({ keepAlive: true, maxSockets: SOCKETS });
     const auth = (i: number) => ({ authorization: `Bearer ${tokens[i % n]}` });
     const running = "0".repeat(64);
     const report = (i: number) =>
       send(
         agent,
-        `${url}/v1/events`,
+        `${at(i)}/v1/events`,
         "POST",
         { ...auth(i), "content-type": "application/json" },
         checkedBody(running),
@@ -281,15 +308,15 @@ async function runCase(world: World, db: "sqlite" | "postgres", n: number, pg: P
       if (r !== 201 && r !== 200) throw new Error(`rollout create: HTTP ${r}`);
     }
     const rate = n / INTERVAL_S;
-    const images = `${url}/v1/images/${NAME}`;
-    const fleet = await drive(rate, pid, async (i, s) => {
-      await timed(s, () => send(agent, `${images}/manifest.json`, "GET", auth(i)));
-      await timed(s, () => send(agent, `${images}/manifest.json.sig`, "GET", auth(i)));
+    const images = (i: number) => `${at(i)}/v1/images/${NAME}`;
+    const fleet = await drive(rate, pids, async (i, s) => {
+      await timed(s, () => send(agent, `${images(i)}/manifest.json`, "GET", auth(i)));
+      await timed(s, () => send(agent, `${images(i)}/manifest.json.sig`, "GET", auth(i)));
       await timed(s, () => report(i));
     });
     // The baseline: as many requests a second, each on /health, three in a row per "check".
-    const health = await drive(rate, pid, async (_i, s) => {
-      for (let k = 0; k < 3; k++) await timed(s, () => send(agent, `${url}/health`, "GET", {}));
+    const health = await drive(rate, pids, async (i, s) => {
+      for (let k = 0; k < 3; k++) await timed(s, () => send(agent, `${at(i)}/health`, "GET", {}));
     });
     agent.destroy();
     return { fleet, health };
@@ -341,14 +368,24 @@ async function main() {
     for (const db of DBS) {
       if (db === "postgres" && !pg) continue;
       for (const n of DEVICES) {
-        const { fleet, health } = await runCase(world, db, n, pg);
-        console.log(`${db}, ${n} devices (${(n / INTERVAL_S).toFixed(0)} checks/s):`);
-        console.log(line("fleet", fleet));
-        console.log(line("/health", health));
-        console.log(
-          `  ratio    cpu/req ×${(fleet.cpu / fleet.rps / Math.max(health.cpu / health.rps, 1e-6)).toFixed(1)}  p50 ×${(fleet.p50 / health.p50).toFixed(1)}  p99 ×${(fleet.p99 / health.p99).toFixed(1)}  cpu ×${(fleet.cpu / Math.max(health.cpu, 0.001)).toFixed(1)}   target p99 < 50 ms: ${fleet.p99 < 50 ? "met" : "MISSED"}`,
-        );
-        for (const note of [generatorNote(fleet), generatorNote(health)]) if (note) console.log(note);
+        // SQLite is one host's database: replicas are a PostgreSQL case.
+        let one: Result | undefined;
+        for (const replicas of db === "postgres" ? REPLICAS : [1]) {
+          const { fleet, health } = await runCase(world, db, n, pg, replicas);
+          const label = replicas === 1 ? "" : `, ${replicas} replicas`;
+          console.log(`${db}, ${n} devices (${(n / INTERVAL_S).toFixed(0)} checks/s)${label}:`);
+          console.log(line("fleet", fleet));
+          console.log(line("/health", health));
+          console.log(
+            `  ratio    cpu/req ×${(fleet.cpu / fleet.rps / Math.max(health.cpu / health.rps, 1e-6)).toFixed(1)}  p50 ×${(fleet.p50 / health.p50).toFixed(1)}  p99 ×${(fleet.p99 / health.p99).toFixed(1)}  cpu ×${(fleet.cpu / Math.max(health.cpu, 0.001)).toFixed(1)}   target p99 < 50 ms: ${fleet.p99 < 50 ? "met" : "MISSED"}`,
+          );
+          if (replicas === 1) one = fleet;
+          else if (one)
+            console.log(
+              `  vs 1 replica  cpu/req ×${(fleet.cpu / fleet.rps / Math.max(one.cpu / one.rps, 1e-6)).toFixed(2)}  p50 ×${(fleet.p50 / one.p50).toFixed(2)}  p99 ×${(fleet.p99 / one.p99).toFixed(2)}  rss ×${(fleet.rss / one.rss).toFixed(2)}`,
+            );
+          for (const note of [generatorNote(fleet), generatorNote(health)]) if (note) console.log(note);
+        }
       }
     }
   } finally {

@@ -83,7 +83,12 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
       if (opts.json) ctx.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
       else {
         for (const r of results) {
-          const detail = r.status === "failed" ? `: ${r.error}` : r.version ? ` ${r.version}` : "";
+          const detail =
+            r.status === "failed" || r.status === "skipped"
+              ? `: ${r.error}`
+              : r.version
+                ? ` ${r.version}`
+                : "";
           ctx.stdout.write(`${r.name}: ${r.status}${detail}\n`);
         }
       }

@@ -128,6 +128,11 @@ export const serverConfigSchema = z.strictObject({
       "must be postgres://… or sqlite:/PATH",
     )
     .optional(),
+  /**
+   * With database: postgres://…, how long a fetch waits for another host's fetch of the same
+   * image to publish before it skips that image for this round (default 60s).
+   */
+  publish_lock_wait: duration.optional(),
   /** Where the server keeps its own state (default /var/lib/os-update-server). */
   state_dir: z.string().startsWith("/", "must be an absolute path").optional(),
   serve: z
@@ -183,6 +188,14 @@ export const deviceConfigSchema = z.strictObject({
     url: z
       .string()
       .refine((u) => /^https?:\/\//.test(u), "must be an http:// or https:// URL")
+      .optional(),
+    /**
+     * More servers with the same images and fleet database (replicas): tried in order after url
+     * when a server cannot be reached or its download breaks off; a download resumes on the next.
+     */
+    mirrors: z
+      .array(z.string().refine((u) => /^https?:\/\//.test(u), "must be an http:// or https:// URL"))
+      .max(16)
       .optional(),
     token: z.string().optional(),
     keys: z.array(z.string()).optional(),

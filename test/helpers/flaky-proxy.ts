@@ -14,7 +14,10 @@ export async function startFlakyProxy(
   times = 1,
   /** Bytes per second towards the client; 0 = as fast as possible. */
   rate = 0,
+  /** Told the bytes carried to clients so far, over all connections (after each piece). */
+  onCarried?: (total: number) => void,
 ): Promise<FlakyProxy> {
+  let total = 0;
   const proxy: FlakyProxy = { port: 0, cuts: 0, close: async () => undefined };
   const sockets = new Set<import("node:net").Socket>();
   const server: Server = createServer((client) => {
@@ -32,6 +35,8 @@ export async function startFlakyProxy(
         upstream.destroy();
         return;
       }
+      total += d.length;
+      onCarried?.(total);
       if (rate > 0) {
         // Pause the server side long enough to hold the average rate.
         upstream.pause();

@@ -14,12 +14,20 @@ import { progress } from "../progress.ts";
 import { limitsFrom } from "../watchdog.ts";
 import { fetchAndPublish, type FetchOptions, type FetchOutcome } from "./fetch.ts";
 import { openFleetNeeds, pruneImage } from "./retention.ts";
+import { parseDatabase } from "./fleet/db.ts";
+import { databaseSpec } from "./fleet/open.ts";
+import { DEFAULT_PUBLISH_LOCK_WAIT_MS, postgresPublishLocks, PublishBusy } from "./fleet/publish-lock.ts";
+import type { Lock } from "../lock.ts";
 import { DEFAULT_KEYS_DIR, loadServerConfig } from "./server-config.ts";
 import { openImageStore } from "./store.ts";
 
 const DEFAULT_INTERVAL_S = 3600;
 
-export type FetchResult = FetchOutcome | { name: string; status: "failed"; error: string };
+export type FetchResult =
+  | FetchOutcome
+  | { name: string; status: "failed"; error: string }
+  /** Another host's fetch held the image's publish lock past the wait (fleet/publish-lock.ts). */
+  | { name: string; status: "skipped"; error: string };
 
 export interface FetchAllOptions {
   config?: string | undefined;
@@ -70,6 +78,7 @@ export async function fetchAll(ctx: Context, o: FetchAllOptions): Promise<FetchR
   // Object storage that cannot be used fails every image the same way: said once, before any download.
   if (setup.config.storage !== undefined) await store.check();
   const logger = jsonLogger(ctx.stderr, ctx.now);
+  const lockImage = publishLock(ctx, setup, store, logger);
   const options: FetchOptions = {
     trustedKeys,
     logger,
@@ -79,15 +88,26 @@ export async function fetchAll(ctx: Context, o: FetchAllOptions): Promise<FetchR
       progress(ctx.stderr, label, total, { interactive: ctx.interactive, plainEverySeconds: 10 }),
     proc: ctx.proc,
     limits: limitsFrom(config),
+    lock: lockImage,
   };
   const needs = await openFleetNeeds(ctx, setup, logger);
   const fetchOne = async (image: ServerImage): Promise<FetchResult> => {
     try {
       const outcome = await fetchAndPublish(store, image, options);
       // Also when nothing new came: a version the fleet has left since the last round may go now.
-      await pruneImage(store, image, needs, logger);
+      await pruneImage(store, image, needs, logger, lockImage).catch((error: unknown) => {
+        // Another host's fetch of it prunes after its publish: nothing is lost by leaving it to that one.
+        if (!(error instanceof PublishBusy)) throw error;
+      });
       return outcome;
     } catch (error) {
+      if (error instanceof PublishBusy) {
+        logger.warn("fetch skipped: another fetch is publishing", {
+          image: image.name,
+          error: error.message,
+        });
+        return { name: image.name, status: "skipped", error: error.message };
+      }
       const code = error instanceof EosError ? error.code : "INTERNAL";
       logger.error("fetch failed", { image: image.name, code, error: errorMessage(error) });
       return { name: image.name, status: "failed", error: errorMessage(error) };
@@ -111,4 +131,43 @@ export async function fetchAll(ctx: Context, o: FetchAllOptions): Promise<FetchR
   } finally {
     await needs.close();
   }
+}
+
+/**
+ * The lock a fetch (and its retention) holds on an image: with PostgreSQL,
+ * the fleet's advisory lock first (between hosts), then the store's own
+ * (between processes on this host); with SQLite, a single host's database,
+ * the store's lock file alone.
+ */
+function publishLock(
+  ctx: Context,
+  setup: Awaited<ReturnType<typeof loadServerConfig>>,
+  store: Awaited<ReturnType<typeof openImageStore>>,
+  logger: ReturnType<typeof jsonLogger>,
+): (name: string) => Promise<Lock> {
+  const spec = databaseSpec(ctx, setup, undefined);
+  const { kind } = parseDatabase(spec);
+  if (kind !== "postgres") return (name) => store.lock(name);
+  const wait = setup.config.publish_lock_wait;
+  const fleet = postgresPublishLocks(
+    spec,
+    wait === undefined ? DEFAULT_PUBLISH_LOCK_WAIT_MS : wait * 1000,
+    logger,
+    spec.replace(/\/\/[^@/]*@/, "//…@"),
+  );
+  return async (name) => {
+    const outer = await fleet.acquire(name);
+    try {
+      const inner = await store.lock(name);
+      return {
+        release: async () => {
+          await inner.release();
+          await outer.release();
+        },
+      };
+    } catch (error) {
+      await outer.release();
+      throw error;
+    }
+  };
 }

@@ -35,6 +35,7 @@ import { signedChunkIndex } from "../chunk-index-file.ts";
 import { makeDeltas, type DeltaEnd } from "./deltas.ts";
 import { VERITY_BLOCK } from "../../core/verity.ts";
 import type { ImageStore, StreamKind } from "./store.ts";
+import type { Lock } from "../lock.ts";
 import type { Logger } from "../log.ts";
 import { fetchSmall, openOrigin, type Validators } from "../origin.ts";
 import type { Progress } from "../progress.ts";
@@ -62,6 +63,8 @@ export interface FetchOptions {
   proc: ProcessRunner;
   /** Bounds on each origin download (a stall or the deadline fails this image's fetch). */
   limits: TransferLimits;
+  /** Takes the image's lock (default the store's): fetch-all adds the fleet's publish lock to it. */
+  lock?: (name: string) => Promise<Lock>;
 }
 
 async function download(
@@ -186,7 +189,7 @@ export async function fetchAndPublish(
 ): Promise<FetchOutcome> {
   const { name } = image;
   const log = options.logger;
-  const lock = await store.lock(name);
+  const lock = await (options.lock ? options.lock(name) : store.lock(name));
   try {
     const state = (await store.readState<FetchState>(name)) ?? {};
     const published = await store.current(name).catch(() => undefined);

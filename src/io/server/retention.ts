@@ -10,6 +10,7 @@ import { errorMessage } from "../../core/errors.ts";
 import { planRetention, type PublishedEntry, type VersionsInUse } from "../../core/server/retention.ts";
 import type { ServerImage } from "../../core/config.ts";
 import type { Context } from "../context.ts";
+import type { Lock } from "../lock.ts";
 import type { Logger } from "../log.ts";
 import { DEFAULT_DELTA_FROM } from "./fetch.ts";
 import { openFleetDb, parseDatabase, type FleetDb } from "./fleet/db.ts";
@@ -68,10 +69,12 @@ export async function pruneImage(
   image: ServerImage,
   needs: FleetNeeds,
   logger: Logger,
+  /** Takes the image's lock (default the store's), as fetch does. */
+  lockImage: (name: string) => Promise<Lock> = (name) => store.lock(name),
 ): Promise<string[]> {
   const inUse = await needs.inUse(image.name);
   if (!inUse) return [];
-  const lock = await store.lock(image.name);
+  const lock = await lockImage(image.name);
   try {
     const history: PublishedEntry[] = [];
     for (const vid of await store.history(image.name)) {

@@ -20,6 +20,7 @@ import { atomicWriteFile } from "../files.ts";
 import { loadTrustedKeys } from "../keys.ts";
 import { httpSource, sshSource, type UpdateSource } from "./source.ts";
 import { deviceToken } from "./enrolment.ts";
+import { mirroredSource } from "./mirrors.ts";
 
 const DEFAULT_KEYS = "/usr/share/eos/keys";
 const CACHE_DIR = "/run/os-update";
@@ -80,8 +81,14 @@ export async function openUpdateSource(ctx: Context, setup: DeviceSetup): Promis
       });
     }
     const ca = u.ca ? await readFile(u.ca) : undefined;
-    return httpSource({ url: u.url, name: u.name, token, ca });
+    const sources = [u.url, ...(u.mirrors ?? [])].map((url) => httpSource({ url, name: u.name, token, ca }));
+    return mirroredSource(sources, (line) => ctx.stderr.write(`os-update: ${line}\n`));
   }
+  if (u.mirrors?.length)
+    throw new EosError(
+      "CONFIG",
+      `${setup.path}: update.mirrors: needs update.url (mirrors are HTTPS servers)`,
+    );
   if (u.server) {
     return sshSource({
       server: u.server,
@@ -151,6 +158,7 @@ export async function loadSetupWith(
   if (t.server !== undefined) {
     u.server = t.server;
     delete u.url; // --server chooses SSH, as the original's only transport
+    delete u.mirrors;
   }
   if (t.pkey !== undefined) u.pkey = t.pkey;
   if (t.port !== undefined) u.port = t.port;

@@ -114,7 +114,14 @@ describe("the fleet container and flake (eos build fleet:, fleet --getkey)", { s
     writeFileSync(join(tree, "usr/share/eos/fleet/id_fleet"), KEY, { mode: 0o600 });
     writeFileSync(join(tree, "usr/share/eos/fleet/token"), TOKEN, { mode: 0o600 });
     mkdirSync(join(tree, "etc"), { recursive: true });
-    writeFileSync(join(tree, "etc/flakes.yml"), "generic:\n  flakes_dir: /usr/share/flakes\n");
+    writeFileSync(
+      join(tree, "etc/flakes.yml"),
+      "generic:\n  flakes_dir: /usr/share/flakes\n  podman_ids_dir: /tmp/flakes\n",
+    );
+    // As in the image: flakes_dir is a link into the writable registry, which is not there at build time.
+    mkdirSync(join(tree, "usr/share"), { recursive: true });
+    if (!existsSync(join(tree, "usr/share/flakes")) && !lstatSync(join(tree, "usr/share")).isSymbolicLink())
+      symlinkSync("/var/lib/containers/storage/flakes", join(tree, "usr/share/flakes"));
     const cacheDir = join(work, "cache");
     mkdirSync(cacheDir, { recursive: true });
     const key = containerRootKey({
@@ -212,9 +219,17 @@ describe("the fleet container and flake (eos build fleet:, fleet --getkey)", { s
     const diff = join(store, "overlay", fleetImage.layer, "diff");
     assert.equal(readFileSync(join(diff, "usr/share/eos/fleet/id_fleet"), "utf8"), KEY);
     assert.equal(readFileSync(join(diff, "usr/share/eos/fleet/token"), "utf8"), TOKEN);
-    const flakeFile = join(work, "treeA", "usr/share/flakes/fleet.yaml");
+    const flakeFile = join(work, "treeA", "usr/share/eos/flakes/fleet.yaml");
     const flake = readFileSync(flakeFile, "utf8");
-    assert.equal(flake, readFileSync(join(work, "treeB", "usr/share/flakes/fleet.yaml"), "utf8"));
+    assert.equal(flake, readFileSync(join(work, "treeB", "usr/share/eos/flakes/fleet.yaml"), "utf8"));
+    assert.equal(
+      readlinkSync(join(work, "treeA", "usr/share/flakes")),
+      "/var/lib/containers/storage/flakes",
+      "the image's flakes_dir stays the registry's",
+    );
+    const flakesYml = readFileSync(join(work, "treeA", "usr/share/eos/flakes.yml"), "utf8");
+    assert.match(flakesYml, /^ {2}flakes_dir: \/usr\/share\/eos\/flakes$/m);
+    assert.match(flakesYml, /^ {2}podman_ids_dir: \/tmp\/flakes$/m, "the rest is the image's flakes.yml");
     assert.match(flake, /host_app_path: \/usr\/bin\/fleet/);
     assert.match(flake, /name: localhost\/fleet:latest/);
   });
@@ -234,7 +249,7 @@ describe("the fleet container and flake (eos build fleet:, fleet --getkey)", { s
       fx.flakesConfig,
       readFileSync(fx.flakesConfig, "utf8").replace(
         /flakes_dir: .*/,
-        `flakes_dir: ${join(slot(), "usr/share/flakes")}`,
+        `flakes_dir: ${join(slot(), "usr/share/eos/flakes")}`,
       ),
     );
     device = join(work, "device");

@@ -25,6 +25,12 @@ export type FleetCredential = (typeof FLEET_CREDENTIALS)[number];
 /** The container, the flake and the host command share the seed's name. */
 export const FLEET_NAME = "fleet";
 export const FLEET_HOST_APP = "/usr/bin/fleet";
+/**
+ * The image's own flakes: a read-only directory in the root and the
+ * flakes.yml that names it (the image's flakes_dir is in the registry).
+ */
+export const FLEET_FLAKES_DIR = "/usr/share/eos/flakes";
+export const FLEET_FLAKES_CONFIG = "/usr/share/eos/flakes.yml";
 /** The app inside the container. */
 export const FLEET_CONTAINER_APP = "/usr/lib/eos/fleet-getkey";
 

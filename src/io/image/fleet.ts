@@ -5,11 +5,13 @@
  * holds exactly what the direct command would read on the device.
  */
 import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { DEFAULT_FLAKES_CONFIG_PATH, FLAKES_CONFIG_DEFAULTS } from "../../core/flakes/flake-config.ts";
-import { parseFlakesConfig, renderContainerFlake } from "../../core/flakes/flake-yaml.ts";
+import { parseFlakesConfig, renderContainerFlake, renderYaml } from "../../core/flakes/flake-yaml.ts";
 import {
   FLEET_CREDENTIALS,
+  FLEET_FLAKES_CONFIG,
+  FLEET_FLAKES_DIR,
   FLEET_NAME,
   FLEET_SOURCE_DIR,
   fleetFlake,
@@ -43,19 +45,36 @@ export async function fleetLayer(
 }
 
 /**
- * Registers the fleet flake in the tree as flake-ctl would on the device:
- * NAME.yaml in the flakes_dir of the tree's /etc/flakes.yml. The host
- * command stays /usr/bin/fleet (it chooses between the flake and the
- * direct copy at run time), so no link to podman-pilot is made.
+ * Registers the fleet flake in the tree as flake-ctl would (NAME.yaml, the
+ * same document), but in a flakes directory of the read-only root,
+ * FLEET_FLAKES_DIR, named by a flakes.yml of its own (FLEET_FLAKES_CONFIG):
+ * the image's flakes_dir is a link into the writable registry, which does
+ * not exist at build time and may not on the device. The rest of that
+ * flakes.yml is the image's (/etc/flakes.yml). The host command stays
+ * /usr/bin/fleet (it chooses between the flake and the direct copy at run
+ * time), so no link to podman-pilot is made.
  */
 export async function writeFleetFlake(tree: string, files: readonly FleetFile[]): Promise<string> {
   const confPath = join(tree, DEFAULT_FLAKES_CONFIG_PATH);
   const text = await readFile(confPath, "utf8").catch(() => undefined);
-  const flakesDir =
-    text === undefined ? FLAKES_CONFIG_DEFAULTS.flakesDir : parseFlakesConfig(text, confPath).flakesDir;
-  const file = join(flakesDir, `${FLEET_NAME}.yaml`);
-  const path = join(tree, file);
-  await mkdir(dirname(path), { recursive: true });
-  await writeFile(path, renderContainerFlake(fleetFlake(presentCredentials(files))), { mode: 0o644 });
+  const image = text === undefined ? FLAKES_CONFIG_DEFAULTS : parseFlakesConfig(text, confPath);
+  const file = join(FLEET_FLAKES_DIR, `${FLEET_NAME}.yaml`);
+  await mkdir(join(tree, FLEET_FLAKES_DIR), { recursive: true });
+  await writeFile(join(tree, file), renderContainerFlake(fleetFlake(presentCredentials(files))), {
+    mode: 0o644,
+  });
+  await writeFile(
+    join(tree, FLEET_FLAKES_CONFIG),
+    `# EOS: the flakes built into the image (eos build), read-only; fleet --getkey names this file.\n${renderYaml(
+      {
+        generic: {
+          flakes_dir: FLEET_FLAKES_DIR,
+          podman_ids_dir: image.podmanIdsDir,
+          podman_storage_conf: image.podmanStorageConf,
+        },
+      },
+    )}`,
+    { mode: 0o644 },
+  );
   return file;
 }

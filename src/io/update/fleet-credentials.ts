@@ -12,7 +12,12 @@ import { chmod, mkdir, open, readFile } from "node:fs/promises";
 import { delimiter, dirname, join } from "node:path";
 import { EosError, errorMessage } from "../../core/errors.ts";
 import { READ_ONLY_STORE, containerReference } from "../../core/image/containers.ts";
-import { FLEET_CREDENTIALS, FLEET_NAME, FLEET_SOURCE_DIR } from "../../core/image/fleet.ts";
+import {
+  FLEET_CREDENTIALS,
+  FLEET_FLAKES_CONFIG,
+  FLEET_NAME,
+  FLEET_SOURCE_DIR,
+} from "../../core/image/fleet.ts";
 import { sysPath, type Context } from "../context.ts";
 import { atomicWriteFile } from "../files.ts";
 
@@ -63,7 +68,7 @@ export async function flakeUnavailable(
   ctx: Context,
 ): Promise<{ reason: string; quiet: boolean } | undefined> {
   const { loadFlakesSetup } = await import("../flakes/flake-files.ts");
-  const setup = await loadFlakesSetup(ctx).catch(() => undefined);
+  const setup = await loadFlakesSetup(flakeContext(ctx)).catch(() => undefined);
   const flakeFile = setup && join(setup.config.flakesDir, `${FLEET_NAME}.yaml`);
   if (!flakeFile || !existsSync(flakeFile)) return { reason: `no ${FLEET_NAME} flake`, quiet: true };
   const why = storeUnavailable(ctx);
@@ -100,6 +105,12 @@ async function prepareTargets(ctx: Context): Promise<void> {
   }
 }
 
+/** The image's own flakes.yml (the fleet flake's), unless the caller names one (FLAKES_CONFIG). */
+function flakeContext(ctx: Context): Context {
+  if (ctx.env.FLAKES_CONFIG) return ctx;
+  return { ...ctx, env: { ...ctx.env, FLAKES_CONFIG: sysPath(ctx, FLEET_FLAKES_CONFIG) } };
+}
+
 /** Exit codes of podman's own failures (not the app's): run it directly instead. */
 const PODMAN_FAILED = new Set([125, 126, 127]);
 
@@ -112,7 +123,7 @@ export async function getkeyThroughFlake(ctx: Context, args: string[]): Promise<
   try {
     await prepareTargets(ctx);
     const { launchContainerFlake } = await import("../flakes/container-launch.ts");
-    const code = await launchContainerFlake(FLEET_NAME, args, ctx);
+    const code = await launchContainerFlake(FLEET_NAME, args, flakeContext(ctx));
     if (!PODMAN_FAILED.has(code)) return code;
     ctx.stderr.write(`fleet: the ${FLEET_NAME} flake did not run (podman exit ${code}): copying directly\n`);
   } catch (error) {

@@ -11,6 +11,7 @@
  * and the root slot stay reproducible.
  */
 import { createHash } from "node:crypto";
+import { EosError } from "../errors.ts";
 import { ARCH_PROFILES, type Architecture } from "./arch.ts";
 
 /** dpkg path filters of every root EOS builds (image and containers): no docs, manuals or translations. */
@@ -67,15 +68,21 @@ function digestOf(text: string): string {
 }
 
 /**
- * An OCI image layout around one uncompressed layer: the same layer, epoch
- * and command always give the same config and so the same image ID.
+ * An OCI image layout around uncompressed layers (one from mmdebstrap, or a
+ * base's and one more on it): the same layers, epoch and command always give
+ * the same config and so the same image ID.
  */
 export function ociImageFiles(
-  layer: OciLayer,
+  layer: OciLayer | OciLayer[],
   architecture: Architecture,
   sourceDateEpoch: number,
   cmd: string[],
+  /** What made each layer, in order (the image's history). */
+  createdBy: string[] = ["eos build (mmdebstrap)"],
 ): OciImageFiles {
+  const layers = Array.isArray(layer) ? layer : [layer];
+  if (createdBy.length !== layers.length)
+    throw new EosError("BUILD", `an OCI image of ${layers.length} layers needs as many history entries`);
   const created = new Date(sourceDateEpoch * 1000).toISOString();
   const config = JSON.stringify({
     created,
@@ -85,8 +92,8 @@ export function ociImageFiles(
       Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
       Cmd: cmd,
     },
-    rootfs: { type: "layers", diff_ids: [`sha256:${layer.sha256}`] },
-    history: [{ created, created_by: "eos build (mmdebstrap)" }],
+    rootfs: { type: "layers", diff_ids: layers.map((l) => `sha256:${l.sha256}`) },
+    history: createdBy.map((by) => ({ created, created_by: by })),
   });
   const configDigest = digestOf(config);
   const manifest = JSON.stringify({
@@ -97,13 +104,11 @@ export function ociImageFiles(
       digest: `sha256:${configDigest}`,
       size: Buffer.byteLength(config),
     },
-    layers: [
-      {
-        mediaType: "application/vnd.oci.image.layer.v1.tar",
-        digest: `sha256:${layer.sha256}`,
-        size: layer.size,
-      },
-    ],
+    layers: layers.map((l) => ({
+      mediaType: "application/vnd.oci.image.layer.v1.tar",
+      digest: `sha256:${l.sha256}`,
+      size: l.size,
+    })),
   });
   const manifestDigest = digestOf(manifest);
   const index = JSON.stringify({

@@ -164,6 +164,12 @@ export const imageDescriptionSchema = z
         (list) => new Set(list.map((c) => c.name)).size === list.length,
         "container names must be unique",
       ),
+    /**
+     * The seed's `fleet` container and flake (src/core/image/fleet.ts): the
+     * credentials under /usr/share/eos/fleet/ (from files:) as one layer on
+     * `base`, a container above built from packages.
+     */
+    fleet: z.strictObject({ base: z.string() }).optional(),
     services: z
       .strictObject({
         enable: z.array(unitName).default([]),
@@ -241,6 +247,21 @@ export const imageDescriptionSchema = z
       .prefault({}),
   })
   .superRefine((d, ctx) => {
+    if (d.fleet) {
+      const base = d.containers.find((c) => c.name === d.fleet?.base);
+      if (!base?.packages)
+        ctx.addIssue({
+          code: "custom",
+          path: ["fleet", "base"],
+          message: `must name a container of containers: built from packages (the fleet layer goes on its layer)`,
+        });
+      if (d.containers.some((c) => c.name === "fleet"))
+        ctx.addIssue({
+          code: "custom",
+          path: ["containers"],
+          message: "the name fleet is the fleet container's (fleet:); give this container another name",
+        });
+    }
     // GRUB 2.06 (bookworm) reads squashfs with xz, gzip or lzo only: it has no
     // zstd squashfs and no erofs driver, and it loads the kernel from the slot.
     if (d.root.filesystem === "squashfs" && d.root.compression === "zstd") {

@@ -39,6 +39,8 @@ import type { ImageDescription } from "../../core/image/description.ts";
 import { archiveIndexPaths } from "../../core/image/root-cache.ts";
 import type { ProcessRunner } from "../process.ts";
 import { defaultFetchIndex } from "./base-root.ts";
+import { fleetLayer, writeFleetFlake } from "./fleet.ts";
+import { FLEET_CONTAINER_APP, FLEET_NAME, FLEET_SOURCE_DIR } from "../../core/image/fleet.ts";
 
 export interface ContainerStoreOptions {
   desc: ImageDescription;
@@ -136,20 +138,25 @@ async function pruneCache(dir: string): Promise<void> {
   for (const e of entries.slice(CACHE_KEEP)) await rm(join(dir, e.n), { force: true });
 }
 
-/** The OCI layout podman pulls from: the tar as its one layer, a config dated at the epoch. */
+/** The OCI layout podman pulls from: the tars as its layers, a config dated at the epoch. */
 async function ociLayout(
   o: ContainerStoreOptions,
   name: string,
-  tar: string,
+  tars: string[],
   cmd: string[],
+  createdBy?: string[],
 ): Promise<string> {
   const dir = join(o.work, `oci-${name}`);
   await rm(dir, { recursive: true, force: true });
   const blobs = join(dir, "blobs", "sha256");
   await mkdir(blobs, { recursive: true });
-  const layer = await sha256File(tar);
-  await link(tar, join(blobs, layer.sha256)).catch(() => copyFile(tar, join(blobs, layer.sha256)));
-  const files = ociImageFiles(layer, o.architecture, o.sourceDateEpoch, cmd);
+  const layers = [];
+  for (const tar of tars) {
+    const layer = await sha256File(tar);
+    await link(tar, join(blobs, layer.sha256)).catch(() => copyFile(tar, join(blobs, layer.sha256)));
+    layers.push(layer);
+  }
+  const files = ociImageFiles(layers, o.architecture, o.sourceDateEpoch, cmd, createdBy);
   for (const [digest, content] of files.blobs) await writeFile(join(blobs, digest), content);
   await writeFile(join(dir, "index.json"), files.index);
   await writeFile(join(dir, "oci-layout"), files.layout);
@@ -185,6 +192,25 @@ export async function buildContainerStore(o: ContainerStoreOptions): Promise<Map
       })
     ).stdout.trim();
   const linkDirs: string[] = [];
+  // podman names an image pulled from an OCI directory after its path, and refuses
+  // a path that is not a valid reference (upper case): it reads the layout through
+  // a link at a lower-case path, and the name is replaced in normalizeStore.
+  const ociSource = async (name: string, layout: string) => {
+    const linkDir = `/tmp/eos-oci-${randomBytes(8).toString("hex")}`;
+    await mkdir(linkDir, { mode: 0o700 });
+    linkDirs.push(linkDir);
+    await symlink(layout, join(linkDir, name));
+    return `oci:${join(linkDir, name)}`;
+  };
+  const pull = async (name: string, source: string) => {
+    const id = (await podman(["pull", "--quiet", source])).split("\n").pop() ?? "";
+    if (!/^[0-9a-f]{64}$/.test(id))
+      throw new EosError("BUILD", `container ${name}: podman pull ${source} gave no image ID`);
+    await podman(["tag", id, containerReference(name)]);
+    ids.set(name, id);
+    o.log(`container ${name}: ${containerReference(name)} ${id.slice(0, 12)} in ${READ_ONLY_STORE}`);
+  };
+  const tars = new Map<string, string>();
   try {
     for (const c of o.desc.containers) {
       let source: string;
@@ -200,22 +226,33 @@ export async function buildContainerStore(o: ContainerStoreOptions): Promise<Map
         o.log(`container ${c.name}: from ${file}`);
       } else {
         const tar = await containerRootTar(o, c.name, c.packages ?? []);
-        // podman names an image pulled from an OCI directory after its path, and refuses
-        // a path that is not a valid reference (upper case): it reads the layout through
-        // a link at a lower-case path, and the name is replaced in normalizeStore.
-        const layout = await ociLayout(o, c.name, tar, c.cmd);
-        const linkDir = `/tmp/eos-oci-${randomBytes(8).toString("hex")}`;
-        await mkdir(linkDir, { mode: 0o700 });
-        linkDirs.push(linkDir);
-        await symlink(layout, join(linkDir, c.name));
-        source = `oci:${join(linkDir, c.name)}`;
+        tars.set(c.name, tar);
+        source = await ociSource(c.name, await ociLayout(o, c.name, [tar], c.cmd));
       }
-      const id = (await podman(["pull", "--quiet", source])).split("\n").pop() ?? "";
-      if (!/^[0-9a-f]{64}$/.test(id))
-        throw new EosError("BUILD", `container ${c.name}: podman pull ${source} gave no image ID`);
-      await podman(["tag", id, containerReference(c.name)]);
-      ids.set(c.name, id);
-      o.log(`container ${c.name}: ${containerReference(c.name)} ${id.slice(0, 12)} in ${READ_ONLY_STORE}`);
+      await pull(c.name, source);
+    }
+    const base = o.desc.fleet && tars.get(o.desc.fleet.base);
+    if (base) {
+      // One small layer on the base's: the store keeps the base's layer once.
+      const fleet = await fleetLayer(o.tree, o.work, o.sourceDateEpoch);
+      if (!fleet)
+        o.log(
+          `container ${FLEET_NAME}: no credentials under ${FLEET_SOURCE_DIR} in the root (files:): none built; fleet --getkey copies directly`,
+        );
+      else {
+        const layout = await ociLayout(
+          o,
+          FLEET_NAME,
+          [base, fleet.tar],
+          [FLEET_CONTAINER_APP],
+          [
+            "eos build (mmdebstrap)",
+            `eos build (${fleet.files.map((f) => f.file).join(", ")} from ${FLEET_SOURCE_DIR})`,
+          ],
+        );
+        await pull(FLEET_NAME, await ociSource(FLEET_NAME, layout));
+        o.log(`flake ${FLEET_NAME}: ${await writeFleetFlake(o.tree, fleet.files)}`);
+      }
     }
   } finally {
     for (const dir of linkDirs) await rm(dir, { recursive: true, force: true });

@@ -13,16 +13,9 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { execFileSync, spawnSync } from "node:child_process";
-import {
-  existsSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  lstatSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { reproducibleTar, treeHash } from "../helpers/tree-files.ts";
 import {
   createPodmanFixture,
   importImage,
@@ -53,33 +46,7 @@ function baseTar(dir: string, version: string): string {
     execFileSync("ln", ["-s", "busybox", join(root, "bin", applet)]);
   writeFileSync(join(root, "etc", "base-version"), `${version}\n`);
   const tar = join(dir, `root-${version}.tar`);
-  execFileSync("tar", [
-    "--sort=name",
-    `--mtime=@${EPOCH}`,
-    "--owner=0",
-    "--group=0",
-    "-C",
-    root,
-    "-cf",
-    tar,
-    ".",
-  ]);
-  return tar;
-}
-
-/** Every path, mode, link target and file content below dir, hashed: two equal stores give one hash. */
-function treeHash(dir: string): string {
-  const h = createHash("sha256");
-  const walk = (rel: string) => {
-    const path = join(dir, rel);
-    const st = lstatSync(path);
-    h.update(`${rel}\0${st.mode}\0`);
-    if (st.isSymbolicLink()) h.update(readlinkSync(path));
-    else if (st.isFile()) h.update(readFileSync(path));
-    else if (st.isDirectory()) for (const n of readdirSync(path).sort()) walk(join(rel, n));
-  };
-  walk(".");
-  return h.digest("hex");
+  return reproducibleTar(root, tar, EPOCH);
 }
 
 describe("read-only container store (eos build containers:, podman additionalimagestores)", { skip }, () => {

@@ -22,7 +22,6 @@ import {
   lstatSync,
   mkdirSync,
   readFileSync,
-  readdirSync,
   readlinkSync,
   rmSync,
   statSync,
@@ -30,6 +29,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
+import { reproducibleTar, treeHash } from "../helpers/tree-files.ts";
 import {
   bundleBin,
   createPodmanFixture,
@@ -72,32 +72,7 @@ function baseTar(dir: string): string {
   execFileSync("cp", ["/bin/busybox", join(root, "bin", "busybox")]);
   for (const applet of ["sh", "cat", "echo", "ls"]) symlinkSync("busybox", join(root, "bin", applet));
   const tar = join(dir, "base-root.tar");
-  execFileSync("tar", [
-    "--sort=name",
-    `--mtime=@${EPOCH}`,
-    "--owner=0",
-    "--group=0",
-    "-C",
-    root,
-    "-cf",
-    tar,
-    ".",
-  ]);
-  return tar;
-}
-
-function treeHash(dir: string): string {
-  const h = createHash("sha256");
-  const walk = (rel: string) => {
-    const path = join(dir, rel);
-    const st = lstatSync(path);
-    h.update(`${rel}\0${st.mode}\0`);
-    if (st.isSymbolicLink()) h.update(readlinkSync(path));
-    else if (st.isFile()) h.update(readFileSync(path));
-    else if (st.isDirectory()) for (const n of readdirSync(path).sort()) walk(join(rel, n));
-  };
-  walk(".");
-  return h.digest("hex");
+  return reproducibleTar(root, tar, EPOCH);
 }
 
 describe("the fleet container and flake (eos build fleet:, fleet --getkey)", { skip }, () => {

@@ -40,7 +40,7 @@ export async function removeStaleTemps(target: string): Promise<string[]> {
   return removed;
 }
 
-async function fsyncDir(dir: string): Promise<void> {
+export async function fsyncDir(dir: string): Promise<void> {
   const handle = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
     await handle.sync();
@@ -49,9 +49,27 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
+/** fsync of a file by name (after its rename: see atomicWriteFile). */
+export async function fsyncFile(path: string): Promise<void> {
+  const handle = await open(path, constants.O_RDONLY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
 /**
- * Crash-safe replace: temp file, fsync, rename, fsync of the directory.
- * `beforeRename` runs once the temp file is flushed (the power-cut tests stop there).
+ * Crash-safe replace: temp file, fsync, rename, fsync of the file under its
+ * new name and of the directory. `beforeRename` runs once the temp file is
+ * flushed (the power-cut tests stop there).
+ *
+ * The fsync after the rename is for FAT (the ESP): vfat moves the renamed
+ * file into the replaced file's directory entry only in memory, and writes
+ * that entry when the file's inode is written back, which a directory fsync
+ * does not do, while the replaced file's clusters are freed at once. A power
+ * cut then leaves the entry pointing at a free cluster (fsck.fat truncates
+ * the file). The file's own fsync writes the entry, then the FAT.
  */
 export async function atomicWriteFile(
   target: string,
@@ -80,6 +98,7 @@ export async function atomicWriteFile(
     await unlink(temp).catch(() => undefined);
     throw error;
   }
+  await fsyncFile(target);
   await fsyncDir(dirname(target));
 }
 

@@ -11,6 +11,7 @@ import { decodeGrubenv } from "../../src/core/update/grubenv.ts";
 import { ROOT_CLONE_LABEL, ROOT_LABEL } from "../../src/core/manifest.ts";
 import type { Vm } from "../../src/io/machine/qemu.ts";
 import { BOOT_TIMEOUT_MS, readImageGrubenv, startTestVm } from "../helpers/vm.ts";
+import { runEspDurabilityProbe } from "../helpers/esp-durability.ts";
 import { testImage, VM_TEST_IMAGE, vmSkipReason, type TestImage } from "../helpers/vm-image.ts";
 
 const skip = vmSkipReason();
@@ -182,6 +183,18 @@ describe("the default AB image boots", { skip, timeout: 40 * 60_000 }, () => {
     assert.equal(vars.get("eos_A_sha256"), manifest.partitions.root.sha256);
     assert.equal(vars.get("eos_A_size"), String(manifest.partitions.root.size));
     assert.equal(vars.get("eos_B_sha256"), "");
+  });
+
+  it("writes the boot control block so that a power cut right after the write keeps it: FAT clean, new block on disk", async () => {
+    // The guest's own vfat on a loop device (its backing file holds what vfat sent to the disk);
+    // writeBootControl as os-update calls it. A power cut after it returns must find the new
+    // block and a FAT that fsck.fat calls clean (no entry on a freed cluster).
+    const rounds = await runEspDurabilityProbe(vm, 6);
+    assert.equal(rounds.length, 6);
+    for (const r of rounds) {
+      assert.equal(r.onDisk, r.wrote, `round ${r.round}: the block on disk after the write`);
+      assert.ok(r.fsckClean, `round ${r.round}: fsck.fat -n after the write: ${r.fsck}`);
+    }
   });
 
   it("powers off cleanly", async () => {

@@ -7,13 +7,14 @@
  */
 import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { mkdir, mkdtemp, readdir, rename, rm, copyFile, open, lstat, truncate } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rename, rm, copyFile, lstat, truncate } from "node:fs/promises";
 import { dirname, join, relative } from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { EosError } from "../../core/errors.ts";
 import { streamBytes, type ManifestPartition } from "../../core/manifest.ts";
 import { crashPoint } from "../crash-point.ts";
+import { fsyncDir, fsyncFile } from "../files.ts";
 import type { ProcessRunner } from "../process.ts";
 import { watchWithLimits, type TransferLimits } from "../watchdog.ts";
 import type { UpdateSource } from "./source.ts";
@@ -34,15 +35,6 @@ async function listFiles(dir: string, base = dir): Promise<string[]> {
 
 function kept(path: string): boolean {
   return path.split("/")[0]?.toUpperCase() === "EFI";
-}
-
-async function fsyncFile(path: string): Promise<void> {
-  const handle = await open(path, "r");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 export interface FirmwareResult {
@@ -128,6 +120,10 @@ export async function updateFirmware(options: {
     for (const [i, file] of incoming.entries()) {
       if (i === 1) crashPoint("firmware:switched-partly");
       await rename(join(options.esp, `${file}${NEW_SUFFIX}`), join(options.esp, file));
+      // On FAT the renamed file's directory entry reaches the disk only with its own fsync
+      // (atomicWriteFile says why); without it a cut leaves the name on the freed old clusters.
+      await fsyncFile(join(options.esp, file));
+      await fsyncDir(dirname(join(options.esp, file)));
     }
     crashPoint("firmware:switched");
     // 3. Files the new firmware no longer has go, as the original's whole-partition copy would drop them.

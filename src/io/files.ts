@@ -102,11 +102,6 @@ export async function atomicWriteFile(
   await fsyncDir(dirname(target));
 }
 
-export async function commitTempFile(temp: string, target: string): Promise<void> {
-  await rename(temp, target);
-  await fsyncDir(dirname(target));
-}
-
 /** Size of a regular file or a block device (whose stat size is 0). */
 export async function deviceSize(handle: FileHandle, path: string): Promise<number> {
   const st = await handle.stat();

@@ -127,7 +127,7 @@ export async function eosMain(argv: string[], ctx: Context): Promise<number> {
     .argument("<description>", "image description (YAML), e.g. images/default.yaml")
     .option(
       "--profile <profile>",
-      "AB (two root slots), Static (slot A only) or EC2 (AB for an EC2 UEFI AMI)",
+      "AB (two root slots), Static (slot A only), EC2 (AB for an EC2 UEFI AMI) or RPI (AB for the Raspberry Pi 4, --arch aarch64)",
       "AB",
     )
     .option("--arch <arch>", `target architecture: ${ARCHITECTURES.join(" or ")}`, "x86_64")

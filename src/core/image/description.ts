@@ -8,8 +8,11 @@ import { parseYamlConfig } from "../config.ts";
 import { isSafeImageName } from "../image-name.ts";
 import { ARCH_PROFILES, type Architecture } from "./arch.ts";
 
-/** AB: two root slots; Static: slot A only; EC2: AB plus what an EC2 AMI needs (src/core/image/ec2.ts). */
-export const PROFILES = ["AB", "Static", "EC2"] as const;
+/**
+ * AB: two root slots; Static: slot A only; EC2: AB plus what an EC2 AMI needs
+ * (src/core/image/ec2.ts); RPI: AB plus the Raspberry Pi 4's boot chain (src/core/image/rpi.ts).
+ */
+export const PROFILES = ["AB", "Static", "EC2", "RPI"] as const;
 export type Profile = (typeof PROFILES)[number];
 
 /** Whether a profile's disk has slot B (p.lxrootclone1) and so updates A/B. */

@@ -10,6 +10,7 @@
 import { EosError } from "../errors.ts";
 import { SSH_HOST_KEYS_DROPIN, type RootFile } from "./root-files.ts";
 import type { ImageDescription, Profile } from "./description.ts";
+import { rpiDescription } from "./rpi.ts";
 
 export const EC2_INIT_UNIT = "eos-ec2-init.service";
 /** EC2's serial console (x86_64 and Graviton alike) is ttyS0 at 115200 baud. */
@@ -22,13 +23,14 @@ function withAll(list: readonly string[], add: readonly string[]): string[] {
 /**
  * The description as the profile builds it, and what the profile changed
  * that the description said otherwise (the build logs it). AB and Static
- * build the description as it is.
+ * build the description as it is; RPI is src/core/image/rpi.ts.
  */
 export function profileDescription(
   desc: ImageDescription,
   profile: Profile,
   file: string,
 ): { desc: ImageDescription; notes: string[] } {
+  if (profile === "RPI") return rpiDescription(desc, file);
   if (profile !== "EC2") return { desc, notes: [] };
   if (!desc.eos.commands || desc.eos.node === "none")
     throw new EosError(

@@ -142,3 +142,31 @@ export async function makeBaseRoot(o: BaseRootOptions): Promise<{ cached: boolea
     await o.proc.run(["cp", "-a", "--", join(entry.boot, n), join(o.bootDir, n)], { code: "BUILD" });
   return { cached: !built, key };
 }
+
+/**
+ * GRUB's modules for a foreign target, from the grub-efi-<arch>-bin .deb the
+ * base root fetched; undefined on x86_64, where the host's own are used.
+ */
+export async function foreignGrubModules(
+  proc: ProcessRunner,
+  architecture: Architecture,
+  bootDebs: string,
+  work: string,
+): Promise<string | undefined> {
+  if (architecture === "x86_64") return undefined;
+  const arch = ARCH_PROFILES[architecture];
+  const debs = (await readdir(bootDebs).catch(() => [] as string[])).filter((n) =>
+    n.startsWith(`${arch.grubPackage}_`),
+  );
+  if (debs.length !== 1)
+    throw new EosError(
+      "BUILD",
+      `expected one ${arch.grubPackage} .deb in ${bootDebs}, found ${debs.length}`,
+      {
+        hint: "build again with --no-cache (the cached root lacks its boot loader packages)",
+      },
+    );
+  const dest = join(work, "grub-modules");
+  await proc.run(["dpkg-deb", "-x", join(bootDebs, debs[0] as string), dest], { code: "BUILD" });
+  return join(dest, "usr/lib/grub", arch.grubTarget);
+}

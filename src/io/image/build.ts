@@ -5,7 +5,7 @@
  */
 import { createPrivateKey, createPublicKey } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { EosError } from "../../core/errors.ts";
@@ -15,7 +15,7 @@ import {
   type ImageDescription,
   type Profile,
 } from "../../core/image/description.ts";
-import { ARCH_PROFILES, hostArchitecture, type Architecture } from "../../core/image/arch.ts";
+import { hostArchitecture, type Architecture } from "../../core/image/arch.ts";
 import { EC2_INIT_UNIT, ec2RootFiles, profileDescription } from "../../core/image/ec2.ts";
 import { planLayout } from "../../core/image/layout.ts";
 import { keyId } from "../../core/manifest.ts";
@@ -25,7 +25,8 @@ import { loadPrivateKey, loadPublicKey } from "../keys.ts";
 import { sourceDateEpoch, writeManifest } from "../release.ts";
 import { addVerity, assembleDisk, compressXz, hashPadded, makeEsp, makeRootImage } from "./disk.ts";
 import { buildContainerStore } from "./containers.ts";
-import { makeBaseRoot } from "./base-root.ts";
+import { foreignGrubModules, makeBaseRoot } from "./base-root.ts";
+import { rpiBootFiles } from "./rpi-boot.ts";
 import { RootCache, rootCacheDir, rootCacheKeep } from "./root-cache.ts";
 import { buildRootTree, rootBuildEnv } from "./rootfs.ts";
 
@@ -148,34 +149,6 @@ async function trustedKeys(
   return out;
 }
 
-/**
- * GRUB's modules for a foreign target, from the grub-efi-<arch>-bin .deb the
- * base root fetched; undefined on x86_64, where the host's own are used.
- */
-async function foreignGrubModules(
-  ctx: Context,
-  architecture: Architecture,
-  bootDebs: string,
-  work: string,
-): Promise<string | undefined> {
-  if (architecture === "x86_64") return undefined;
-  const arch = ARCH_PROFILES[architecture];
-  const debs = (await readdir(bootDebs).catch(() => [] as string[])).filter((n) =>
-    n.startsWith(`${arch.grubPackage}_`),
-  );
-  if (debs.length !== 1)
-    throw new EosError(
-      "BUILD",
-      `expected one ${arch.grubPackage} .deb in ${bootDebs}, found ${debs.length}`,
-      {
-        hint: "build again with --no-cache (the cached root lacks its boot loader packages)",
-      },
-    );
-  const dest = join(work, "grub-modules");
-  await ctx.proc.run(["dpkg-deb", "-x", join(bootDebs, debs[0] as string), dest], { code: "BUILD" });
-  return join(dest, "usr/lib/grub", arch.grubTarget);
-}
-
 export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildResult> {
   const log = (line: string) => ctx.stderr.write(`eos build: ${line}\n`);
   const descPath = resolve(o.description);
@@ -200,6 +173,10 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
         ? "the description's epoch"
         : `${desc.distribution.suite}'s release date; set epoch in the description to change it`;
   const architecture = o.architecture ?? "x86_64";
+  if (o.profile === "RPI" && architecture !== "aarch64")
+    throw new EosError("USAGE", `--profile RPI builds for the Raspberry Pi 4, an aarch64 machine`, {
+      hint: "pass --arch aarch64",
+    });
   if (desc.eos.node === "host" && hostArchitecture(process.arch) !== architecture) {
     throw new EosError(
       "CONFIG",
@@ -309,8 +286,24 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
   }
   const rootSha256 = await step("root slot hash", () => hashPadded(rootImg, layout.slotA.size));
   const espImg = join(work, "esp.img");
-  const grubModuleDir = await foreignGrubModules(ctx, architecture, bootDebs, work);
-  await step("ESP (GRUB EFI, grub.cfg, grubenv)", () =>
+  const grubModuleDir = await foreignGrubModules(ctx.proc, architecture, bootDebs, work);
+  const espExtras =
+    o.profile === "RPI"
+      ? await step("RPI firmware, U-Boot and device trees", async () => ({
+          fat32: true,
+          files: await rpiBootFiles({
+            proc: ctx.proc,
+            mirror: desc.distribution.mirror,
+            cacheDir: `${rootCacheDir(ctx.env)}-debs`,
+            work,
+            tree,
+            kernel,
+            log,
+            ...(ctx.signal ? { signal: ctx.signal } : {}),
+          }),
+        }))
+      : undefined;
+  await step(`ESP (GRUB EFI, grub.cfg, grubenv${espExtras ? ", Pi firmware" : ""})`, () =>
     makeEsp(
       ctx.proc,
       desc,
@@ -326,6 +319,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
       },
       { image: desc.name, architecture },
       grubModuleDir,
+      espExtras,
     ),
   );
   const raw = join(outDir, `${fileBase}.raw`);

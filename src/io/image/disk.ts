@@ -157,6 +157,14 @@ export async function hashPadded(file: string, size: number): Promise<string> {
   return hash.digest("hex");
 }
 
+/** What a profile adds to the ESP (the RPI profile's firmware, src/io/image/rpi-boot.ts). */
+export interface EspExtras {
+  /** Host files copied to the FAT's root under `dest`. */
+  files: Array<{ src: string; dest: string }>;
+  /** FAT32 with 512-byte clusters instead of mkfs.fat's choice (FAT16 at 64 MiB). */
+  fat32: boolean;
+}
+
 /**
  * The ESP image: FAT with EFI/BOOT/{BOOTX64.EFI or BOOTAA64.EFI,grub.cfg,grubenv}.
  * GRUB's modules come from the host (x86_64) or from `grubModuleDir`, the
@@ -172,6 +180,7 @@ export async function makeEsp(
   slotA: { version: string; sha256: string; size: number; verity: string | undefined },
   identity: { image: string; architecture: Architecture },
   grubModuleDir?: string,
+  extras?: EspExtras,
 ): Promise<void> {
   const arch = ARCH_PROFILES[identity.architecture];
   const env: NodeJS.ProcessEnv = {
@@ -218,11 +227,27 @@ export async function makeEsp(
   const volid = layout.esp.uuid.replace(/-/g, "").slice(0, 8);
   await build(
     proc,
-    ["mkfs.fat", "-C", "-n", "EOS-ESP", "-i", volid, "--invariant", out, String(layout.esp.size / 1024)],
+    [
+      "mkfs.fat",
+      "-C",
+      ...(extras?.fat32 ? ["-F", "32", "-s", "1"] : []),
+      "-n",
+      "EOS-ESP",
+      "-i",
+      volid,
+      "--invariant",
+      out,
+      String(layout.esp.size / 1024),
+    ],
     { env, capture: false },
   );
   await build(proc, ["mmd", "-i", out, "::EFI", "::EFI/BOOT"], { env });
   await build(proc, ["mcopy", "-i", out, efi, cfg, envblk, "::EFI/BOOT/"], { env });
+  for (const f of extras?.files ?? []) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9._+-]*$/.test(f.dest))
+      throw new EosError("BUILD", `ESP file name ${JSON.stringify(f.dest)} is not a plain file name`);
+    await build(proc, ["mcopy", "-i", out, f.src, `::${f.dest}`], { env });
+  }
 }
 
 async function copyInto(

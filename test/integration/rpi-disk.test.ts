@@ -1,0 +1,231 @@
+/**
+ * The RPI disk's structure, without emulation: the real pinned
+ * raspi-firmware and u-boot-rpi .debs (fetched once into the build's cache,
+ * EOS_CACHE_DIR-debs), a tiny root tree with the kernel's device trees, and
+ * the real ESP and GPT steps of `eos build --profile RPI`; then the disk is
+ * read the way the Pi's EEPROM and firmware read it, with sgdisk and mtools.
+ * The DTBs and GRUB's arm64 modules are the real ones where this machine has
+ * a cached arm64 root; elsewhere stand-ins (the file list is what is checked).
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { EosError } from "../../src/core/errors.ts";
+import { parseImageDescription } from "../../src/core/image/description.ts";
+import { profileDescription } from "../../src/core/image/ec2.ts";
+import { planLayout } from "../../src/core/image/layout.ts";
+import { RPI_BOOT_DEBS, rpiConfigTxt } from "../../src/core/image/rpi.ts";
+import { decodeGrubenv } from "../../src/core/update/grubenv.ts";
+import { assembleDisk, makeEsp, makeRootImage } from "../../src/io/image/disk.ts";
+import { rootCacheDir } from "../../src/io/image/root-cache.ts";
+import { pinnedDeb, rpiBootFiles } from "../../src/io/image/rpi-boot.ts";
+import { systemRunner, type ProcessRunner } from "../../src/io/process.ts";
+
+const MIRROR = "http://deb.debian.org/debian";
+const KERNEL = "6.1.0-test-arm64";
+const env = { ...process.env, MTOOLS_SKIP_CHECK: "1" };
+
+/** A cached arm64 root (kernel DTBs, grub-efi-arm64-bin) when this machine has built one. */
+async function cachedArm64Root(): Promise<{ tree: string; grubDeb: string | undefined } | undefined> {
+  const dir = rootCacheDir(process.env);
+  for (const entry of await readdir(dir).catch(() => [] as string[])) {
+    if (!entry.startsWith("aarch64-") || entry.includes(".tmp-") || entry.endsWith(".lock")) continue;
+    if (!existsSync(join(dir, entry, "meta.json"))) continue;
+    const debs = await readdir(join(dir, entry, "boot")).catch(() => [] as string[]);
+    const deb = debs.find((n) => n.startsWith("grub-efi-arm64-bin_"));
+    return { tree: join(dir, entry, "tree"), grubDeb: deb ? join(dir, entry, "boot", deb) : undefined };
+  }
+  return undefined;
+}
+
+function fatFile(image: string, path: string): Buffer {
+  const r = spawnSync("mtype", ["-i", image, `::${path}`], { env, maxBuffer: 64 << 20 });
+  assert.equal(r.status, 0, `${path}: ${r.stderr.toString()}`);
+  return r.stdout;
+}
+
+test("RPI disk: GPT without a hybrid MBR, FAT32 ESP with config.txt, start4.elf, u-boot.bin, DTBs, GRUB and grubenv", async (t) => {
+  const cacheDir = `${rootCacheDir(process.env)}-debs`;
+  for (const deb of [RPI_BOOT_DEBS.firmware, RPI_BOOT_DEBS.uboot]) {
+    try {
+      await pinnedDeb(deb, { mirror: MIRROR, cacheDir });
+    } catch (error) {
+      if (error instanceof EosError && error.code === "NETWORK") {
+        t.skip(
+          `${deb.package} is not cached in ${cacheDir} and Debian's mirror is unreachable: ${error.message}`,
+        );
+        return;
+      }
+      throw error;
+    }
+  }
+  const work = await mkdtemp(join(tmpdir(), "eos-rpi-disk-"));
+  t.after(() => rm(work, { recursive: true, force: true }));
+  const parsed = parseImageDescription(
+    "name: EOS\nversion: '1.0'\nkernel: {cmdline: [console=ttyAMA0]}\npartitions: {root: 64M, esp: 64M, spare: 8M}\n",
+    "rpi.yaml",
+  );
+  const { desc } = profileDescription(parsed, "RPI", "rpi.yaml");
+  const layout = planLayout(desc, "RPI", "aarch64");
+
+  const cached = await cachedArm64Root();
+  const tree = join(work, "tree");
+  const dtbDir = join(tree, "usr/lib", `linux-image-${KERNEL}`, "broadcom");
+  await mkdir(dtbDir, { recursive: true });
+  const realDtbs = cached
+    ? (await readdir(join(cached.tree, "usr/lib")))
+        .filter((n) => n.startsWith("linux-image-"))
+        .map((n) => join(cached.tree, "usr/lib", n, "broadcom"))[0]
+    : undefined;
+  for (const name of ["bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2837-rpi-3-b.dtb"]) {
+    if (realDtbs && existsSync(join(realDtbs, name)))
+      await copyFile(join(realDtbs, name), join(dtbDir, name));
+    else await writeFile(join(dtbDir, name), `stand-in ${name}`);
+  }
+  const logs: string[] = [];
+  const t0 = performance.now();
+  const files = await rpiBootFiles({
+    proc: systemRunner(),
+    mirror: MIRROR,
+    cacheDir,
+    work,
+    tree,
+    kernel: KERNEL,
+    log: (l) => logs.push(l),
+  });
+  t.diagnostic(`boot files in ${Math.round(performance.now() - t0)} ms: ${logs.join("; ")}`);
+  assert.match(logs.join("\n"), /raspi-firmware 1\.20220830\+ds-1 from the cache/);
+  // The Pi 5's tree is not in this kernel: the build says so instead of failing.
+  assert.match(logs.join("\n"), /no .*bcm2712-rpi-5-b\.dtb \(Raspberry Pi 5\)/);
+
+  const rootImg = join(work, "root.img");
+  await mkdir(join(work, "slot/boot"), { recursive: true });
+  await writeFile(join(work, "slot/boot/vmlinuz"), "not a kernel");
+  await makeRootImage(systemRunner(), desc, join(work, "slot"), rootImg, 1686355200);
+  let moduleDir = join(work, "fake-modules");
+  if (cached?.grubDeb) {
+    assert.equal(spawnSync("dpkg-deb", ["-x", cached.grubDeb, join(work, "grub")]).status, 0);
+    moduleDir = join(work, "grub/usr/lib/grub/arm64-efi");
+  }
+  const system = systemRunner();
+  const proc: ProcessRunner = {
+    start: (argv, o) => system.start(argv, o),
+    run: async (argv, o) => {
+      if (argv[0] === "grub-mkimage" && !cached?.grubDeb) {
+        await writeFile(argv[argv.indexOf("-o") + 1] as string, "stand-in for GRUB");
+        return { code: 0, signal: null, stdout: "", stdoutBytes: Buffer.alloc(0), stderr: "" };
+      }
+      return system.run(argv, o);
+    },
+  };
+  const esp = join(work, "esp.img");
+  await makeEsp(
+    proc,
+    desc,
+    layout,
+    work,
+    esp,
+    1686355200,
+    { version: "1.0", sha256: "a".repeat(64), size: layout.slotA.size, verity: undefined },
+    { image: "EOS", architecture: "aarch64" },
+    moduleDir,
+    { fat32: true, files },
+  );
+  const raw = join(work, "EOS.aarch64-RPI.raw");
+  await assembleDisk(layout, esp, rootImg, raw);
+
+  // GPT with a protective MBR only: the Pi 4/5 EEPROM reads GPT; a hybrid MBR (Pi 3 ROM) is not made.
+  const sg = spawnSync("sgdisk", ["-p", "-O", raw]).stdout.toString();
+  assert.match(sg, /\s1\s+2048\s+\d+\s+64\.0 MiB\s+EF00\s+p\.UEFI/, sg);
+  assert.match(sg, /\s2\s+\d+\s+\d+\s+[\d.]+ MiB\s+8305\s+p\.lxreadonly/);
+  assert.match(sg, /\s3\s+\d+\s+\d+\s+[\d.]+ MiB\s+8305\s+p\.lxrootclone1/);
+  assert.match(sg, /\s4\s+\d+\s+\d+\s+[\d.]+ MiB\s+8300\s+p\.spare/);
+  const mbr = (await readFile(raw)).subarray(446, 512);
+  assert.equal(mbr[4], 0xee, "MBR entry 1 is the protective 0xEE");
+  for (const entry of [1, 2, 3]) assert.equal(mbr[entry * 16 + 4], 0, `MBR entry ${entry + 1} is empty`);
+
+  // The ESP as the firmware sees it: read straight from the disk at p.UEFI's offset.
+  const part = `${raw}@@${layout.esp.offset}`;
+  const info = spawnSync("minfo", ["-i", part, "::"], { env }).stdout.toString();
+  assert.match(info, /disk type="FAT32/, info);
+  const root = spawnSync("mdir", ["-i", part, "-b", "::/"], { env }).stdout.toString();
+  for (const f of ["config.txt", "start4.elf", "fixup4.dat", "u-boot.bin", "bcm2711-rpi-4-b.dtb", "EFI"])
+    assert.match(root, new RegExp(`::/${f.replace(/\./g, "\\.")}\\b`), `${f} in ${root}`);
+  assert.equal(fatFile(part, "config.txt").toString(), rpiConfigTxt());
+  assert.match(fatFile(part, "config.txt").toString(), /^kernel=u-boot\.bin$/m);
+  const unpacked = join(work, "rpi");
+  assert.deepEqual(
+    fatFile(part, "u-boot.bin"),
+    await readFile(join(unpacked, "u-boot-rpi/usr/lib/u-boot/rpi_arm64/u-boot.bin")),
+  );
+  assert.deepEqual(
+    fatFile(part, "start4.elf"),
+    await readFile(join(unpacked, "raspi-firmware/usr/lib/raspi-firmware/start4.elf")),
+  );
+  assert.deepEqual(fatFile(part, "bcm2711-rpi-4-b.dtb"), await readFile(join(dtbDir, "bcm2711-rpi-4-b.dtb")));
+  if (realDtbs) assert.equal(fatFile(part, "bcm2711-rpi-4-b.dtb").readUInt32BE(0), 0xd00dfeed);
+  const efi = fatFile(part, "EFI/BOOT/BOOTAA64.EFI");
+  if (cached?.grubDeb) assert.equal(efi.readUInt16LE(efi.readUInt32LE(0x3c) + 4), 0xaa64);
+  assert.match(fatFile(part, "EFI/BOOT/grub.cfg").toString(), /load_env/);
+  const grubenv = decodeGrubenv(fatFile(part, "EFI/BOOT/grubenv"));
+  assert.equal(grubenv.get("eos_default"), "A");
+  assert.equal(grubenv.get("eos_B_part"), "gpt3");
+  assert.equal(grubenv.get("eos_cmdline"), "console=tty1 console=ttyS1,115200 rootfstype=squashfs");
+});
+
+test("pinned .debs: a changed cache file is fetched again, wrong bytes and an unreachable mirror are typed errors", async (t) => {
+  const cacheDir = await mkdtemp(join(tmpdir(), "eos-rpi-debs-"));
+  t.after(() => rm(cacheDir, { recursive: true, force: true }));
+  const deb = { ...RPI_BOOT_DEBS.uboot };
+  const bytes = Buffer.from("a .deb");
+  const { createHash } = await import("node:crypto");
+  deb.sha256 = createHash("sha256").update(bytes).digest("hex") as typeof deb.sha256;
+  const asked: string[] = [];
+  const fetch = async (url: string) => {
+    asked.push(url);
+    return bytes;
+  };
+  const first = await pinnedDeb(deb, { mirror: "http://m/debian/", cacheDir, fetch });
+  assert.deepEqual(asked, [`http://m/debian/${deb.filename}`]);
+  assert.equal(first.cached, false);
+  assert.equal((await pinnedDeb(deb, { mirror: "http://m/debian", cacheDir, fetch })).cached, true);
+  await writeFile(first.path, "changed on disk");
+  assert.equal((await pinnedDeb(deb, { mirror: "http://m/debian", cacheDir, fetch })).cached, false);
+  assert.equal(asked.length, 2);
+
+  const other = { ...deb, sha256: "b".repeat(64) as typeof deb.sha256 };
+  await assert.rejects(
+    pinnedDeb(other, { mirror: "http://m/debian", cacheDir: join(cacheDir, "x"), fetch }),
+    (e: unknown) => e instanceof EosError && e.code === "HASH_MISMATCH",
+  );
+  assert.equal(existsSync(join(cacheDir, "x")), false, "nothing cached from a mismatch");
+  await assert.rejects(
+    pinnedDeb(other, {
+      mirror: "http://m/debian",
+      cacheDir: join(cacheDir, "y"),
+      fetch: async () => {
+        throw new TypeError("fetch failed");
+      },
+    }),
+    (e: unknown) =>
+      e instanceof EosError &&
+      e.code === "NETWORK" &&
+      /u-boot-rpi 2023\.01\+dfsg-2\+deb12u3/.test(e.message) &&
+      /cached in/.test(e.hint ?? ""),
+  );
+  await assert.rejects(
+    pinnedDeb(other, {
+      mirror: "http://m/debian",
+      cacheDir: join(cacheDir, "z"),
+      fetch: async (url) => {
+        throw new EosError("HTTP", `${url}: HTTP 404`);
+      },
+    }),
+    (e: unknown) =>
+      e instanceof EosError && e.code === "NOT_FOUND" && /src\/core\/image\/rpi\.ts/.test(e.hint ?? ""),
+  );
+});

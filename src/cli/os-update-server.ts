@@ -14,13 +14,13 @@ import { EosError } from "../core/errors.ts";
 import { ADMIN_NAME, isRole, ROLES } from "../core/fleet/admin.ts";
 import { formatDevice, formatDeviceList, type DeviceRow, type EventRow } from "../core/fleet/format.ts";
 import { adminClient } from "../io/server/fleet/admin-client.ts";
-import { openFleetStore } from "../io/server/fleet/open.ts";
-import { loadServerConfig } from "../io/server/server-config.ts";
+import { withFleetStore } from "../io/server/fleet/open.ts";
+import type { FleetStore } from "../io/server/fleet/store.ts";
 import { newProgram, parseProgram } from "./main.ts";
 import type { Command } from "commander";
-import { parseDuration } from "../core/config.ts";
-import { formatRollout, formatRolloutList } from "../core/fleet/format.ts";
-import { parseShare, parseWaves, type Rollout, type WaveCount } from "../core/fleet/rollout.ts";
+import { formatRollout, formatRolloutList, formatWindows, type WindowsRow } from "../core/fleet/format.ts";
+import { windowsClient } from "../io/server/fleet/windows-client.ts";
+import { parseShare, parseWaves, soakSeconds, type Rollout, type WaveCount } from "../core/fleet/rollout.ts";
 import type { AdminClient } from "../io/server/fleet/admin-client.ts";
 
 interface ApiOpts {
@@ -212,6 +212,7 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
     ctx.stdout.write(o.json ? `${JSON.stringify(answer)}\n` : `${id}: revoked\n`);
   });
   addRolloutCommands(program, ctx, api, client);
+  addWindowCommands(program, ctx, api, client);
   // Admin tokens live in the database: made here directly, so the first one needs no other.
   const admins = program
     .command("admin-token")
@@ -220,17 +221,8 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
     c
       .option("--config <file>", "configuration (default /etc/os-update.yml): its database:")
       .option("--state-dir <dir>", "where the SQLite database is (default /var/lib/os-update-server)");
-  const withStore = async <T>(
-    o: { config?: string; stateDir?: string },
-    fn: (s: Awaited<ReturnType<typeof openFleetStore>>) => Promise<T>,
-  ) => {
-    const store = await openFleetStore(ctx, await loadServerConfig(ctx, o.config, false), o.stateDir);
-    try {
-      return await fn(store);
-    } finally {
-      await store.close();
-    }
-  };
+  const withStore = <T>(o: { config?: string; stateDir?: string }, fn: (s: FleetStore) => Promise<T>) =>
+    withFleetStore(ctx, o, fn);
   dbOpts(admins.command("add").description("make an admin token and print it once").argument("<name>"))
     .requiredOption("--role <role>", `one of ${ROLES.join(", ")}`)
     .action(async (name: string, o: { role: string; config?: string; stateDir?: string }) => {
@@ -256,13 +248,39 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
   return early ?? result;
 }
 
-function soakSeconds(text: string): number {
-  if (/^0+$/.test(text.trim())) return 0;
-  try {
-    return Math.round(parseDuration(text));
-  } catch (error) {
-    throw new EosError("USAGE", `--soak: ${(error as Error).message}`);
-  }
+/** windows list|set|clear: maintenance windows per device group through the admin API. */
+function addWindowCommands(
+  program: Command,
+  ctx: Context,
+  api: (c: Command) => Command,
+  client: (o: ApiOpts) => Promise<AdminClient>,
+): void {
+  const windows = program
+    .command("windows")
+    .description("maintenance windows per device group, UTC (admin API)");
+  const group = (c: Command) =>
+    api(c).option("--tag <tag...>", "the group: devices with all these tags (none: every device)");
+  type Opts = ApiOpts & { tag?: string[]; all?: boolean };
+  const print = (o: Opts, answer: WindowsRow) => {
+    ctx.stdout.write(o.json ? `${JSON.stringify(answer, null, 2)}\n` : formatWindows(answer));
+  };
+  const call = async (o: Opts) => windowsClient(await client(o));
+  api(windows.command("list").description("the groups in force (first match wins) and their source")).action(
+    async (o: Opts) => print(o, await (await call(o)).list()),
+  );
+  group(
+    windows
+      .command("set")
+      .description("set a group's window")
+      .argument("<window>", "e.g. Mon-Fri 22:00-04:00"),
+  ).action(async (spec: string, o: Opts) => print(o, await (await call(o)).set(o.tag ?? [], spec)));
+  group(windows.command("clear").description("remove a group's window: its devices get the next match's"))
+    .option("--all", "drop every window set through the API: the config's serve.windows apply again")
+    .action(async (o: Opts) => {
+      if (o.all && o.tag) throw new EosError("USAGE", "--all: clears every group, give it without --tag");
+      const w = await call(o);
+      print(o, await (o.all ? w.clearAll() : w.clear(o.tag ?? [])));
+    });
 }
 
 /** rollout create|list|show|pause|resume|abort|pin|unpin: rollouts and pins through the admin API. */

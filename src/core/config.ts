@@ -70,21 +70,27 @@ const serverImageSchema = z.strictObject({
   keep: z.number().int().min(1).max(1000).optional(),
 });
 
+/** One maintenance window spec (core/fleet/window.ts), refused with the parser's message. */
+export const windowSpecSchema = z.string().superRefine((spec, ctx) => {
+  try {
+    parseWindow(spec);
+  } catch (error) {
+    ctx.addIssue({ code: "custom", message: (error as Error).message });
+  }
+});
+
+/** At most this many groups: each check runs through them. */
+export const MAX_WINDOW_GROUPS = 100;
+
 /** Maintenance windows per device group, as the config and the admin API (PUT /v1/admin/windows) take them. */
 export const windowGroupsSchema = z
   .array(
     z.strictObject({
       tags: z.array(z.string().regex(TAG, "must be a tag")).max(MAX_TAGS).default([]),
-      window: z.string().superRefine((spec, ctx) => {
-        try {
-          parseWindow(spec);
-        } catch (error) {
-          ctx.addIssue({ code: "custom", message: (error as Error).message });
-        }
-      }),
+      window: windowSpecSchema,
     }),
   )
-  .max(100);
+  .max(MAX_WINDOW_GROUPS);
 
 export type WindowGroups = z.infer<typeof windowGroupsSchema>;
 

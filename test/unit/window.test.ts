@@ -1,6 +1,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { inWindow, nextOpening, parseWindow, windowFor } from "../../src/core/fleet/window.ts";
+import {
+  inWindow,
+  nextOpening,
+  parseWindow,
+  windowFor,
+  withGroupWindow,
+  withoutGroup,
+} from "../../src/core/fleet/window.ts";
 
 // 2026-12-04 is a Friday.
 const at = (iso: string) => new Date(`${iso}Z`);
@@ -59,4 +66,42 @@ test("a device's window is its first matching group's", () => {
   assert.equal(windowFor(groups, ["lab"]), "12:00-13:00");
   assert.equal(windowFor(groups, []), "Sat 00:00-24:00");
   assert.equal(windowFor(groups.slice(0, 2), ["x"]), undefined);
+});
+
+test("setting a group's window: in place when it has one, else where its devices get it", () => {
+  const groups = [
+    { tags: ["lab", "site-a"], window: "01:00-02:00" },
+    { tags: ["lab"], window: "02:00-03:00" },
+    { tags: [], window: "03:00-04:00" },
+  ];
+  const changed = withGroupWindow(groups, ["site-a", "lab"], "05:00-06:00");
+  assert.deepEqual(
+    changed.map((g) => g.window),
+    ["05:00-06:00", "02:00-03:00", "03:00-04:00"],
+    "the same tags in another order are the same group: replaced where it stands",
+  );
+  // A new group would be shadowed by [lab] and by the default: it goes before them.
+  const added = withGroupWindow(groups, ["lab", "night"], "22:00-23:00");
+  assert.deepEqual(
+    added.map((g) => g.tags),
+    [["lab", "site-a"], ["lab", "night"], ["lab"], []],
+  );
+  assert.equal(windowFor(added, ["lab", "night"]), "22:00-23:00");
+  assert.equal(windowFor(added, ["lab"]), "02:00-03:00", "the others keep theirs");
+  // Nothing shadows it: appended. The default goes last, where it catches the rest.
+  assert.deepEqual(withGroupWindow([{ tags: ["a"], window: "01:00-02:00" }], ["b"], "x").at(-1)?.tags, ["b"]);
+  const withDefault = withGroupWindow(groups.slice(0, 2), [], "00:00-24:00");
+  assert.deepEqual(withDefault.at(-1), { tags: [], window: "00:00-24:00" });
+  assert.equal(windowFor(withDefault, ["lab"]), "02:00-03:00");
+  assert.deepEqual(groups.length, 3, "the input is not changed");
+});
+
+test("clearing a group's window removes only that group; one it does not have is undefined", () => {
+  const groups = [
+    { tags: ["lab"], window: "02:00-03:00" },
+    { tags: [], window: "03:00-04:00" },
+  ];
+  assert.deepEqual(withoutGroup(groups, []), [{ tags: ["lab"], window: "02:00-03:00" }]);
+  assert.deepEqual(withoutGroup(groups, ["lab"]), [{ tags: [], window: "03:00-04:00" }]);
+  assert.equal(withoutGroup(groups, ["lab", "x"]), undefined);
 });

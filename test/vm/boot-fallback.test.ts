@@ -6,6 +6,10 @@
  * nobody touching the machine. And a committed slot changed while the
  * machine was off fails its dm-verity check in the initramfs; after
  * UNCONFIRMED_LIMIT such boots GRUB makes the other verified slot the default.
+ * The device reports the fallback to an update server on the host (the guest
+ * reaches it at 10.0.2.2): update_commit.service notices it at the boot of
+ * slot A and queues `fell_back`, keeps it while the device has no token, and
+ * sends it once the device is given a server and its token.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -24,6 +28,9 @@ import {
   writePartition,
 } from "../helpers/vm.ts";
 import { testImage, VM_TEST_IMAGE, vmSkipReason, VM_TMP } from "../helpers/vm-image.ts";
+import { runEos } from "../helpers/run.ts";
+import { startServer, type RunningServer } from "../helpers/serve.ts";
+import type { DeviceRow, EventRow } from "../../src/core/fleet/format.ts";
 
 const skip = vmSkipReason();
 
@@ -50,8 +57,33 @@ async function brokenRoot(raw: string, dir: string): Promise<Buffer> {
   return readFile(join(dir, "broken.squashfs"));
 }
 
+const DEVICE = "fallback-1";
+const BROKEN = "2.0.0-broken";
+
+/** The host's update server for the guest: a device token for DEVICE and a viewer's admin token. */
+async function fleetServer(dir: string): Promise<{ server: RunningServer; token: string; admin: string }> {
+  const config = join(dir, "os-update.yml");
+  await mkdir(join(dir, "images"), { recursive: true });
+  await writeFile(config, `---\nupdate: []\nimages_dir: ${join(dir, "images")}\n`);
+  const tokensDir = join(dir, "tokens");
+  const token = await runEos("os-update-server", ["token", "add", DEVICE, "--tokens-dir", tokensDir]);
+  assert.equal(token.code, 0, token.stderr);
+  const stateDir = ["--config", config, "--state-dir", join(dir, "state")];
+  const admin = await runEos("os-update-server", [
+    "admin-token",
+    "add",
+    "watcher",
+    "--role",
+    "viewer",
+    ...stateDir,
+  ]);
+  assert.equal(admin.code, 0, admin.stderr);
+  const server = await startServer({ config, tokensDir });
+  return { server, token: token.stdout.toString().trim(), admin: admin.stdout.toString().trim() };
+}
+
 test(
-  "a trial slot that cannot boot falls back to the committed slot after its tries",
+  "a trial slot that cannot boot falls back to the committed slot after its tries, and the server learns it",
   { skip, timeout: 40 * 60_000 },
   async (t) => {
     const image = await testImage(VM_TEST_IMAGE);
@@ -60,7 +92,10 @@ test(
     t.after(() => rm(dir, { recursive: true, force: true }));
     const raw = await copyImage(image.raw, dir);
     await writePartition(raw, ROOT_CLONE_LABEL, await brokenRoot(raw, dir));
-    await editImageGrubenv(raw, { eos_trial: "B", eos_tries: "2" });
+    // As os-update --apply leaves it: B on trial, its version recorded, B pending its commit.
+    await editImageGrubenv(raw, { eos_trial: "B", eos_tries: "2", eos_pending: "B", eos_B_version: BROKEN });
+    const fleet = await fleetServer(join(dir, "server"));
+    t.after(() => fleet.server.stop());
 
     const vm = await startTestVm(t, image, { raw, workDir: join(dir, "vm") });
     // Try 1 and try 2: GRUB boots B with COMMIT_UPDATE, the initramfs finds no init and panics.
@@ -84,6 +119,50 @@ test(
     assert.ok(!cmdline.includes("COMMIT_UPDATE"));
     const bootsOfB = vm.console().match(/EOS: booting slot B/g)?.length ?? 0;
     assert.equal(bootsOfB, 2, "slot B was tried exactly as often as eos_tries said");
+
+    // The boot unit noticed the fallback at this boot of A; with no token yet it keeps the report.
+    await waitForBootUnit(vm);
+    const journal = await vm.sshOk(["journalctl", "-b", "-u", "update_commit.service", "--no-pager"]);
+    assert.match(journal, new RegExp(`${BROKEN} did not come up \\(tries-ran-out\\): slot A runs again`));
+    // Now the device gets a server (its config points at the test's port) and its token, as
+    // `fleet --getkey` would put it in /run; the boot unit's next run sends what it kept.
+    const configured = new Date();
+    await vm.sshOk([
+      "sed",
+      "-i",
+      `s#http://10\\.0\\.2\\.2:8080#http://10.0.2.2:${fleet.server.port}#`,
+      "/etc/os-update.yml",
+    ]);
+    assert.match(
+      await vm.sshOk(["cat", "/etc/os-update.yml"]),
+      new RegExp(`10\\.0\\.2\\.2:${fleet.server.port}`),
+    );
+    await vm.sshOk(["sh", "-c", "umask 077 && mkdir -p /run/eos && cat > /run/eos/fleet-token"], {
+      input: `${fleet.token}\n`,
+    });
+    await vm.sshOk(["systemctl", "restart", "update_commit.service"]);
+    const shown = await runEos(
+      "os-update-server",
+      ["devices", "show", DEVICE, "--json", "--server", fleet.server.url],
+      { env: { ...process.env, EOS_ADMIN_TOKEN: fleet.admin } },
+    );
+    assert.equal(shown.code, 0, `the server knows ${DEVICE}: ${shown.stderr}`);
+    const { device, events } = JSON.parse(shown.stdout.toString()) as {
+      device: DeviceRow;
+      events: EventRow[];
+    };
+    const fellBack = events.filter((e) => e.type === "fell_back");
+    assert.equal(fellBack.length, 1, `one fell_back report: ${events.map((e) => e.type).join(" ")}`);
+    const report = fellBack[0] as EventRow;
+    assert.deepEqual([report.data.version, report.data.slot], [BROKEN, "A"]);
+    assert.ok(
+      Date.parse(report.time) < configured.getTime(),
+      `noted at boot (${report.time}), before the device had a server (${configured.toISOString()})`,
+    );
+    assert.deepEqual(
+      [device.state, device.running_slot, device.running_version, device.other_version, device.last_event],
+      ["fell-back", "A", "1.0.0-test", BROKEN, "fell_back"],
+    );
     assert.equal(await vm.powerOff({ timeoutMs: 120_000 }), 0);
 
     // GRUB recorded it in the boot control block: no trial, no tries, A committed.
@@ -91,8 +170,18 @@ test(
     assert.equal(env.get("eos_trial"), "");
     assert.equal(env.get("eos_tries"), "0");
     assert.equal(env.get("eos_default"), "A");
+    assert.equal(env.get("eos_pending"), "", "the fallback is reported once: its mark is cleared");
   },
 );
+
+/** update_commit.service has run at this boot (active, or failed: the assertions after it say why). */
+async function waitForBootUnit(vm: Awaited<ReturnType<typeof startTestVm>>): Promise<void> {
+  for (let i = 0; i < 120; i++) {
+    const state = (await vm.ssh(["systemctl", "is-active", "update_commit.service"])).stdout.trim();
+    if (state === "active" || state === "failed") return;
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
 
 /** The VM wrote to its qcow2 overlay: flatten it to raw and read grubenv from the ESP. */
 async function readImageGrubenvFromVm(qcow2: string, dir: string): Promise<Map<string, string>> {

@@ -127,3 +127,26 @@ export function formatRollout(r: Rollout, wave: WaveCount): string {
   ];
   return `${fields.map(([k, v]) => `${`${k}:`.padEnd(13)}${v}`).join("\n")}\n`;
 }
+
+/** GET /v1/admin/windows's answer. */
+export interface WindowsRow {
+  windows: Array<{ tags: string[]; window: string }>;
+  source: "config" | "api";
+  updated?: string;
+  updated_by?: string;
+}
+
+/** The groups in the order they are matched (first match wins), and where they come from. */
+export function formatWindows(w: WindowsRow): string {
+  const from =
+    w.source === "api"
+      ? `set through the admin API by ${w.updated_by ?? "?"} at ${w.updated ?? "?"}`
+      : "from the server's config (serve.windows)";
+  if (w.windows.length === 0) return `no maintenance windows: every device switches at any time (${from})\n`;
+  const rows = table([
+    ["GROUP", "WINDOW (UTC)"],
+    ...w.windows.map((g) => [g.tags.length === 0 ? "(every device)" : g.tags.join(","), g.window]),
+  ]);
+  const unmatched = w.windows.some((g) => g.tags.length === 0) ? "" : "other devices: any time\n";
+  return `${rows}${unmatched}${from}\n`;
+}

@@ -6,6 +6,7 @@
  * without a database or a clock.
  */
 import { createHash } from "node:crypto";
+import { parseDuration } from "../config.ts";
 import { EosError } from "../errors.ts";
 import { TAG } from "./admin.ts";
 import type { DeviceState } from "./events.ts";
@@ -213,4 +214,14 @@ export function parseShare(text: string, field: string): number {
   if (!(value >= 0 && value <= 1))
     throw new EosError("USAGE", `${field}: a share such as 5% or 0.05, not ${JSON.stringify(text)}`);
   return value;
+}
+
+/** `--soak`: a duration (30m, 1h) or 0 for none, in whole seconds. */
+export function soakSeconds(text: string): number {
+  if (/^0+$/.test(text.trim())) return 0;
+  try {
+    return Math.round(parseDuration(text));
+  } catch (error) {
+    throw new EosError("USAGE", `--soak: ${(error as Error).message}`);
+  }
 }

@@ -119,3 +119,50 @@ export function windowFor(
 ): string | undefined {
   return groups.find((g) => g.tags.every((t) => tags.includes(t)))?.window;
 }
+
+/** A maintenance window group as the config and the admin API hold it. */
+export interface WindowGroup {
+  tags: string[];
+  window: string;
+}
+
+/** The same group: the same set of tags (order and repeats aside). */
+export function sameGroup(a: readonly string[], b: readonly string[]): boolean {
+  const x = new Set(a);
+  const y = new Set(b);
+  return x.size === y.size && [...x].every((t) => y.has(t));
+}
+
+/** How messages name a group. */
+export function groupName(tags: readonly string[]): string {
+  return tags.length === 0 ? "every device (the default)" : `devices tagged ${tags.join(", ")}`;
+}
+
+/**
+ * The groups with this group's window set. An existing group keeps its place;
+ * a new one goes before the first group that would otherwise win for its
+ * devices (first match wins, and a group whose tags are a subset of the new
+ * one's matches every device of it), so that the window set is the one its
+ * devices get.
+ */
+export function withGroupWindow(
+  groups: readonly WindowGroup[],
+  tags: readonly string[],
+  window: string,
+): WindowGroup[] {
+  const group = { tags: [...tags], window };
+  const at = groups.findIndex((g) => sameGroup(g.tags, tags));
+  if (at >= 0) return groups.map((g, i) => (i === at ? group : g));
+  const shadow = groups.findIndex((g) => g.tags.every((t) => tags.includes(t)));
+  const before = shadow < 0 ? groups.length : shadow;
+  return [...groups.slice(0, before), group, ...groups.slice(before)];
+}
+
+/** The groups without this group, or undefined when it has no window of its own. */
+export function withoutGroup(
+  groups: readonly WindowGroup[],
+  tags: readonly string[],
+): WindowGroup[] | undefined {
+  const kept = groups.filter((g) => !sameGroup(g.tags, tags));
+  return kept.length === groups.length ? undefined : kept;
+}

@@ -11,7 +11,7 @@
  *   GET    /v1/admin/tokens            admin tokens, without secrets (admin)
  *   POST   /v1/admin/tokens            {"name", "role"} → a new token, shown once (admin)
  *   DELETE /v1/admin/tokens/NAME       revokes one (admin)
- *   GET|PUT|DELETE /v1/admin/windows   maintenance windows (windows-api.ts)
+ *   GET|PUT|DELETE /v1/admin/windows   maintenance windows; …/windows/group one group's (windows-api.ts)
  * Every body is bounded and validated; a refusal names the field at fault
  * and carries the error's stable code.
  */
@@ -207,7 +207,7 @@ export function controlPlane(
       if (answered !== undefined) return answered;
     }
     if (windows) {
-      const answered = await windowsRoute(req, res, path, helpers, windows);
+      const answered = await windowsRoute(req, res, url, helpers, windows);
       if (answered !== undefined) return answered;
     }
     if (path === "/v1/admin/whoami") {

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { EosError } from "../../../core/errors.ts";
 import { sysPath, type Context } from "../../context.ts";
 import type { Logger } from "../../log.ts";
-import type { ServerSetup } from "../server-config.ts";
+import { loadServerConfig, type ServerSetup } from "../server-config.ts";
 import { enrolLimiter, enrolLimits } from "./enrol-limit.ts";
 import { WindowSettings } from "./windows-api.ts";
 import { controlPlane, type ControlPlane } from "./api.ts";
@@ -32,6 +32,20 @@ export async function openFleetStore(
   stateDir: string | undefined,
 ): Promise<FleetStore> {
   return new FleetStore(await openFleetDb(databaseSpec(ctx, setup, stateDir)), ctx.now);
+}
+
+/** For a command that works on the database directly: the store is closed again whatever `fn` does. */
+export async function withFleetStore<T>(
+  ctx: Context,
+  o: { config?: string | undefined; stateDir?: string | undefined },
+  fn: (store: FleetStore) => Promise<T>,
+): Promise<T> {
+  const store = await openFleetStore(ctx, await loadServerConfig(ctx, o.config, false), o.stateDir);
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
 }
 
 /**

@@ -11,7 +11,7 @@ import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { chmod, mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import type { Server } from "node:http";
-import { dirname, join, resolve } from "node:path";
+import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { stringify } from "yaml";
 import { parseYamlData } from "../core/yaml-input.ts";
 import { EosError } from "../core/errors.ts";
@@ -212,6 +212,13 @@ export async function buildDemoImages(
   ];
 }
 
+/** The v1 build step's name: the description this demo builds, as the checkout names it. */
+export function buildStepName(description: string, repo: string | undefined): string {
+  const from = repo ? relative(repo, resolve(description)) : description;
+  const shown = from && !from.startsWith("..") && !isAbsolute(from) ? from : description;
+  return `build v1.0.0 (eos build ${shown})`;
+}
+
 export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult> {
   const started = performance.now();
   // Bounds, not expectations: an arm64 guest emulated on x86_64 runs several times slower.
@@ -228,7 +235,7 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
   };
   const { keysDir, sshKey, releaseKey, tokensDir, descFor } = await demoInputs(ctx, o);
 
-  const v1 = await step("build v1.0.0 (eos build images/default.yaml)", async () => {
+  const v1 = await step(buildStepName(o.description, repoRoot()), async () => {
     const { result, cached } = await buildVersion(ctx, o, "1.0.0", descFor("1.0.0", []), releaseKey);
     return [
       result,

@@ -137,6 +137,13 @@ describe("delta updates: pair deltas made by the server, taken by the device", (
       const apply = await device.run(["--apply"]);
       assert.equal(apply.code, 0, apply.stderr);
       assert.match(apply.stdout, new RegExp(`from ${download.bytes} bytes downloaded \\(delta\\)`));
+      // Not a terminal: plain progress lines for the decode too, the last one at the whole file system.
+      const decodeLines = apply.stderr.split("\n").filter((l) => l.startsWith("slot B (delta decode): "));
+      assert.ok(decodeLines.length > 0, apply.stderr);
+      assert.ok(!apply.stderr.includes("\r"), "no redrawn lines when stderr is not a terminal");
+      const [, done, of] =
+        / (\S+ \S+) of (\S+ \S+) 100\.0% \S+ \S+\/s/.exec(decodeLines.at(-1) as string) ?? [];
+      assert.ok(done && done === of, decodeLines.join("\n"));
       await slotBMatchesV2(device);
       assert.ok(requests.some((r) => r.path.endsWith(`/deltas/${v1Manifest.partitions.root.sha256}`)));
       assert.ok(!requests.some((r) => r.path.endsWith("/root")), "the root stream was not requested");

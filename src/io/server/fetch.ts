@@ -6,7 +6,7 @@
  */
 import { createHash, type KeyObject } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { Transform } from "node:stream";
+import { finished, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ServerImage } from "../../core/config.ts";
 import { EosError } from "../../core/errors.ts";
@@ -169,9 +169,14 @@ async function deltasFromKept(
         read: async (range) => {
           const raw = await v.open("raw");
           if (!raw) throw new EosError("IO", `${name} ${v.manifest.version}: its disk image is gone`);
-          // The stream reads on after open; the reader closes with it.
-          const stream = await raw.stream(range.offset, range.offset + range.length);
-          stream.once("close", () => void raw.close());
+          // The stream reads on after open; the reader closes with it. Not on "close": a reader's
+          // stream does not close its shared handle, so it never emits one, and the handle would
+          // be left to the garbage collector (DEP0137 in the host running the publish).
+          const stream = await raw.stream(range.offset, range.offset + range.length).catch(async (e) => {
+            await raw.close();
+            throw e;
+          });
+          finished(stream, () => void raw.close());
           return stream;
         },
         root: v.ranges.root,

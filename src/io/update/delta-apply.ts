@@ -8,7 +8,7 @@
  * target slot is marked invalid throughout, so nothing unverified can boot.
  */
 import { createHash } from "node:crypto";
-import { open } from "node:fs/promises";
+import { open, readFile } from "node:fs/promises";
 import type { ByteRange } from "../../core/gpt.ts";
 import { EosError, errorMessage } from "../../core/errors.ts";
 import {
@@ -97,6 +97,38 @@ async function withLoopDevice<T>(
 
 /** The progress label of the delta's download. */
 export const DELTA_DOWNLOAD = "delta";
+/** The progress label of its decode into the target slot (bytes of the slot written). */
+export const DELTA_DECODE = "delta decode";
+
+/**
+ * Calls `onPosition` with the file offset of our descriptor `fd` while a
+ * child writes through it: the decoder's stdout shares our open file, so its
+ * offset is how far the decoder has written into the slot, without its bytes
+ * passing through this process. Linux's /proc; elsewhere nothing is seen.
+ */
+export function watchWrittenOffset(
+  fd: number,
+  onPosition: (offset: number) => void,
+  everyMs = 200,
+): () => Promise<void> {
+  const read = async () => {
+    const info = await readFile(`/proc/self/fdinfo/${fd}`, "utf8").catch(() => "");
+    const pos = /^pos:\s+(\d+)$/m.exec(info)?.[1];
+    if (pos !== undefined) onPosition(Number(pos));
+  };
+  let reading: Promise<void> = Promise.resolve();
+  const timer = setInterval(() => {
+    reading = reading.then(read);
+  }, everyMs);
+  let stopped: Promise<void> | undefined;
+  // Stops once: a last reading sees the final offset; calling it again waits for the same.
+  return () =>
+    (stopped ??= (async () => {
+      clearInterval(timer);
+      await reading;
+      await read();
+    })());
+}
 
 export interface DeltaWrite {
   source: UpdateSource;
@@ -166,11 +198,24 @@ async function downloadDelta(o: DeltaWrite): Promise<Buffer> {
   return bytes;
 }
 
-/** Runs the decoder: the delta on its stdin, its stdout `output` (an open file descriptor). */
-async function decode(o: DeltaWrite, delta: Buffer, oldRoot: string, output: number): Promise<void> {
+/** Runs the decoder: the delta on its stdin, its stdout `output` (an open file descriptor at offset 0). */
+async function decode(
+  o: DeltaWrite,
+  delta: Buffer,
+  oldRoot: string,
+  output: number,
+  total: number,
+): Promise<void> {
   const started = o.proc.start(xdelta3DecodeArgv(oldRoot), { stdio: ["pipe", output, "pipe"] });
   const stop = () => started.child.kill("SIGTERM");
   o.signal?.addEventListener("abort", stop, { once: true });
+  const bar = o.progress?.(DELTA_DECODE, total);
+  let shown = 0;
+  const watching = watchWrittenOffset(output, (offset) => {
+    const now = Math.min(offset, total);
+    if (now > shown) bar?.add(now - shown);
+    shown = Math.max(shown, now);
+  });
   try {
     started.child.stdin?.on("error", () => undefined); // EPIPE when it gives up early
     started.child.stdin?.end(delta);
@@ -183,7 +228,10 @@ async function decode(o: DeltaWrite, delta: Buffer, oldRoot: string, output: num
     if (code === -1)
       throw new EosError("DELTA", `cannot run xdelta3: ${stderr}`, { hint: "install xdelta3" });
     if (code !== 0) throw new EosError("DELTA", `xdelta3 failed (exit ${code ?? signal}): ${stderr}`);
+    await watching();
+    bar?.done();
   } finally {
+    await watching();
     o.signal?.removeEventListener("abort", stop);
   }
 }
@@ -224,7 +272,7 @@ export async function writeSlotFromDelta(o: DeltaWrite): Promise<WriteSlotResult
       // Its stdout is the target slot itself (the loop device, from its first byte).
       const out = await open(newRoot, "r+");
       try {
-        await decode(o, bytes, oldRoot, out.fd);
+        await decode(o, bytes, oldRoot, out.fd, decoded);
         // Through the loop device to the disk before it goes away: the tree and the check read the disk.
         await out.datasync();
       } finally {

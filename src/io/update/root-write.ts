@@ -16,7 +16,13 @@ import { progress, type Progress } from "../progress.ts";
 import type { TransferLimits } from "../watchdog.ts";
 import { writeSlotFromChunks } from "./chunk-apply.ts";
 import { planChunks, type ChunkPlan } from "./chunk-path.ts";
-import { DELTA_DOWNLOAD, planDelta, writeSlotFromDelta, type DeltaPlan } from "./delta-apply.ts";
+import {
+  DELTA_DECODE,
+  DELTA_DOWNLOAD,
+  planDelta,
+  writeSlotFromDelta,
+  type DeltaPlan,
+} from "./delta-apply.ts";
 import { writeSlot, type WriteSlotResult } from "./slot-writer.ts";
 import { identityBytes } from "./running-root.ts";
 import type { SlotLayout } from "./slots.ts";
@@ -150,7 +156,10 @@ export async function writeRootByPlan(
         running,
         verity: root.verity,
         // Only the delta's download is downloading; rebuilding the slot from it is local.
-        progress: (label, total) => (label === DELTA_DOWNLOAD ? download(label, total) : bar(label, total)),
+        progress: (label, total) =>
+          label === DELTA_DOWNLOAD
+            ? download(label, total)
+            : bar(label === DELTA_DECODE ? `slot ${o.label} (${label})` : label, total),
         log,
       });
       return { timing, path: "delta", downloaded: delta.size };

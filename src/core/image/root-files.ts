@@ -34,7 +34,7 @@ const INITRAMFS_OVERLAY_HOOK = initramfsScript(
   `. /scripts/functions
 # Shell builtins only: the initramfs has no grep (klibc, no busybox).
 read -r cmdline < /proc/cmdline
-case " \$cmdline " in *" eos.overlay=off "*) exit 0 ;; esac
+case " $cmdline " in *" eos.overlay=off "*) exit 0 ;; esac
 mkdir -p /eos.lower /eos.rw
 mount -n -o move "\${rootmnt}" /eos.lower || panic "EOS: cannot move the root slot aside"
 mount -n -t tmpfs -o mode=0755 eos-rw /eos.rw || panic "EOS: cannot mount the tmpfs upper layer"

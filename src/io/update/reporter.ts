@@ -67,6 +67,8 @@ async function readQueue(path: string): Promise<Queue> {
 
 /** How long a writer waits for another process's turn on the queue (a few ms each) before it gives up the event. */
 const QUEUE_LOCK_WAIT_MS = 2000;
+/** How long a writer leaves the queue's lock alone after its edit (longer than a waiter's retry pause). */
+const QUEUE_TURN_MS = 15;
 /** This process's edits, one after the other (the lock file tells processes apart, not calls). */
 let editing: Promise<unknown> = Promise.resolve();
 
@@ -81,6 +83,9 @@ function editQueue(path: string, change: (q: Queue) => Queue): Promise<void> {
     await withLock(`${path}.lock`, "another os-update's report", QUEUE_LOCK_WAIT_MS, async () => {
       await atomicWriteFile(path, JSON.stringify(change(await readQueue(path))), 0o600);
     });
+    // A turn for the other process: one that notes a burst of events would otherwise take the
+    // lock again at once after each, and a waiter polling for it could wait out its whole limit.
+    await new Promise((resolve) => setTimeout(resolve, QUEUE_TURN_MS));
   };
   const next = editing.then(run, run);
   editing = next.catch(() => undefined);

@@ -8,8 +8,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PartitionType, readGpt, findPartition } from "../../src/core/gpt.ts";
@@ -21,23 +20,10 @@ import { imageArchitecture } from "../../src/io/disk-image.ts";
 import { generateReleaseKeys } from "../../src/io/keys.ts";
 import { writeManifest } from "../../src/io/release.ts";
 import { captureContext } from "../helpers/context.ts";
-import { assembleDisk, makeEsp, makeRootImage } from "../../src/io/image/disk.ts";
+import { assembleDisk, makeRootImage } from "../../src/io/image/disk.ts";
 import { openBlockSource } from "../../src/io/files.ts";
-import { rootCacheDir } from "../../src/io/image/root-cache.ts";
-import { systemRunner, type ProcessRunner } from "../../src/io/process.ts";
-
-/** grub-efi-arm64-bin modules from a cached arm64 root, when this machine has built one. */
-async function cachedArm64GrubDeb(): Promise<string | undefined> {
-  const dir = rootCacheDir(process.env);
-  for (const entry of await readdir(dir).catch(() => [] as string[])) {
-    if (!entry.startsWith("aarch64-") || entry.includes(".tmp-") || entry.endsWith(".lock")) continue;
-    if (!existsSync(join(dir, entry, "meta.json"))) continue;
-    const debs = await readdir(join(dir, entry, "boot")).catch(() => [] as string[]);
-    const deb = debs.find((n) => n.startsWith("grub-efi-arm64-bin_"));
-    if (deb) return join(dir, entry, "boot", deb);
-  }
-  return undefined;
-}
+import { systemRunner } from "../../src/io/process.ts";
+import { arm64Grub, cachedArm64Root, makeArm64Esp, MTOOLS_ENV } from "../helpers/arm64-esp.ts";
 
 test("aarch64 AB disk: Linux root (ARM64) slots, BOOTAA64.EFI from arm64 modules, grubenv says aarch64", async (t) => {
   const work = await mkdtemp(join(tmpdir(), "eos-arm64-disk-"));
@@ -53,51 +39,20 @@ test("aarch64 AB disk: Linux root (ARM64) slots, BOOTAA64.EFI from arm64 modules
   const rootImg = join(work, "root.img");
   await makeRootImage(systemRunner(), desc, tree, rootImg, 1686355200);
 
-  const deb = await cachedArm64GrubDeb();
-  let moduleDir = join(work, "fake-modules");
-  if (deb) {
-    assert.equal(spawnSync("dpkg-deb", ["-x", deb, join(work, "grub")]).status, 0);
-    moduleDir = join(work, "grub/usr/lib/grub/arm64-efi");
-  }
-  const mkimage: string[][] = [];
-  const system = systemRunner();
-  const proc: ProcessRunner = {
-    start: (argv, o) => system.start(argv, o),
-    run: async (argv, o) => {
-      if (argv[0] === "grub-mkimage") {
-        mkimage.push(argv);
-        if (!deb) {
-          const out = argv[argv.indexOf("-o") + 1] as string;
-          await writeFile(out, "stand-in for GRUB");
-          return { code: 0, signal: null, stdout: "", stdoutBytes: Buffer.alloc(0), stderr: "" };
-        }
-      }
-      return system.run(argv, o);
-    },
-  };
-  const esp = join(work, "esp.img");
-  await makeEsp(
-    proc,
-    desc,
-    layout,
-    work,
-    esp,
-    1686355200,
-    { version: "1.0", sha256: "a".repeat(64), size: layout.slotA.size, verity: undefined },
-    { image: "EOS", architecture: "aarch64" },
-    moduleDir,
-  );
-  const argv = mkimage[0] ?? [];
+  const grub = arm64Grub(work, (await cachedArm64Root())?.grubDeb);
+  const esp = await makeArm64Esp(grub, desc, layout, work);
+
+  const argv = grub.mkimageCalls[0] ?? [];
   assert.equal(argv[argv.indexOf("-O") + 1], "arm64-efi");
-  assert.equal(argv[argv.indexOf("-d") + 1], moduleDir);
+  assert.equal(argv[argv.indexOf("-d") + 1], grub.moduleDir);
   assert.ok(argv.includes("squash4") && argv.includes("loadenv"));
 
-  const env = { ...process.env, MTOOLS_SKIP_CHECK: "1" };
+  const env = MTOOLS_ENV;
   const listing = spawnSync("mdir", ["-i", esp, "-b", "::EFI/BOOT"], { env }).stdout.toString();
   for (const f of ["BOOTAA64.EFI", "grub.cfg", "grubenv"]) assert.match(listing, new RegExp(f), listing);
   assert.doesNotMatch(listing, /BOOTX64/);
   const efi = spawnSync("mtype", ["-i", esp, "::EFI/BOOT/BOOTAA64.EFI"], { env }).stdout;
-  if (deb) {
+  if (grub.real) {
     // PE/COFF with the arm64 machine type (0xaa64) after the "PE\0\0" signature.
     assert.equal(efi.subarray(0, 2).toString(), "MZ");
     const pe = efi.readUInt32LE(0x3c);

@@ -20,33 +20,15 @@ import { profileDescription } from "../../src/core/image/ec2.ts";
 import { planLayout } from "../../src/core/image/layout.ts";
 import { RPI_BOOT_DEBS, rpiConfigTxt } from "../../src/core/image/rpi.ts";
 import { decodeGrubenv } from "../../src/core/update/grubenv.ts";
-import { assembleDisk, makeEsp, makeRootImage } from "../../src/io/image/disk.ts";
+import { assembleDisk, makeRootImage } from "../../src/io/image/disk.ts";
 import { rootCacheDir } from "../../src/io/image/root-cache.ts";
 import { pinnedDeb, rpiBootFiles } from "../../src/io/image/rpi-boot.ts";
-import { systemRunner, type ProcessRunner } from "../../src/io/process.ts";
+import { systemRunner } from "../../src/io/process.ts";
+import { arm64Grub, cachedArm64Root, makeArm64Esp, fatFile, MTOOLS_ENV } from "../helpers/arm64-esp.ts";
 
 const MIRROR = "http://deb.debian.org/debian";
 const KERNEL = "6.1.0-test-arm64";
-const env = { ...process.env, MTOOLS_SKIP_CHECK: "1" };
-
-/** A cached arm64 root (kernel DTBs, grub-efi-arm64-bin) when this machine has built one. */
-async function cachedArm64Root(): Promise<{ tree: string; grubDeb: string | undefined } | undefined> {
-  const dir = rootCacheDir(process.env);
-  for (const entry of await readdir(dir).catch(() => [] as string[])) {
-    if (!entry.startsWith("aarch64-") || entry.includes(".tmp-") || entry.endsWith(".lock")) continue;
-    if (!existsSync(join(dir, entry, "meta.json"))) continue;
-    const debs = await readdir(join(dir, entry, "boot")).catch(() => [] as string[]);
-    const deb = debs.find((n) => n.startsWith("grub-efi-arm64-bin_"));
-    return { tree: join(dir, entry, "tree"), grubDeb: deb ? join(dir, entry, "boot", deb) : undefined };
-  }
-  return undefined;
-}
-
-function fatFile(image: string, path: string): Buffer {
-  const r = spawnSync("mtype", ["-i", image, `::${path}`], { env, maxBuffer: 64 << 20 });
-  assert.equal(r.status, 0, `${path}: ${r.stderr.toString()}`);
-  return r.stdout;
-}
+const env = MTOOLS_ENV;
 
 test("RPI disk: GPT without a hybrid MBR, FAT32 ESP with config.txt, start4.elf, u-boot.bin, DTBs, GRUB and grubenv", async (t) => {
   const cacheDir = `${rootCacheDir(process.env)}-debs`;
@@ -106,35 +88,9 @@ test("RPI disk: GPT without a hybrid MBR, FAT32 ESP with config.txt, start4.elf,
   await mkdir(join(work, "slot/boot"), { recursive: true });
   await writeFile(join(work, "slot/boot/vmlinuz"), "not a kernel");
   await makeRootImage(systemRunner(), desc, join(work, "slot"), rootImg, 1686355200);
-  let moduleDir = join(work, "fake-modules");
-  if (cached?.grubDeb) {
-    assert.equal(spawnSync("dpkg-deb", ["-x", cached.grubDeb, join(work, "grub")]).status, 0);
-    moduleDir = join(work, "grub/usr/lib/grub/arm64-efi");
-  }
-  const system = systemRunner();
-  const proc: ProcessRunner = {
-    start: (argv, o) => system.start(argv, o),
-    run: async (argv, o) => {
-      if (argv[0] === "grub-mkimage" && !cached?.grubDeb) {
-        await writeFile(argv[argv.indexOf("-o") + 1] as string, "stand-in for GRUB");
-        return { code: 0, signal: null, stdout: "", stdoutBytes: Buffer.alloc(0), stderr: "" };
-      }
-      return system.run(argv, o);
-    },
-  };
-  const esp = join(work, "esp.img");
-  await makeEsp(
-    proc,
-    desc,
-    layout,
-    work,
-    esp,
-    1686355200,
-    { version: "1.0", sha256: "a".repeat(64), size: layout.slotA.size, verity: undefined },
-    { image: "EOS", architecture: "aarch64" },
-    moduleDir,
-    { fat32: true, files },
-  );
+  const grub = arm64Grub(work, cached?.grubDeb);
+  const esp = await makeArm64Esp(grub, desc, layout, work, { fat32: true, files });
+
   const raw = join(work, "EOS.aarch64-RPI.raw");
   await assembleDisk(layout, esp, rootImg, raw);
 

@@ -11,6 +11,7 @@ import {
 } from "../../src/core/gpt.ts";
 import { encodeGpt, usableRange } from "../../src/core/gpt-write.ts";
 import { memDisk } from "../helpers/memdisk.ts";
+import { sampleTable as sharedSampleTable } from "../helpers/gpt-bytes.ts";
 
 const MiB = 1024 * 1024;
 
@@ -18,44 +19,12 @@ function flip(buf: Buffer, at: number): void {
   buf.writeUInt8(buf.readUInt8(at) ^ 0xff, at);
 }
 
+/** The shared sample with the spare marked read-only (bit 60), so that round trips cover attributes. */
 function sampleTable(size: number): GptTable {
-  const { firstUsableLba, lastUsableLba } = usableRange(size);
+  const table = sharedSampleTable(size);
   return {
-    sectorSize: 512,
-    diskGuid: "11111111-2222-3333-4444-555555555555",
-    firstUsableLba,
-    lastUsableLba,
-    entryCount: 128,
-    entrySize: 128,
-    partitions: [
-      {
-        number: 1,
-        typeGuid: PartitionType.efiSystem,
-        uniqueGuid: "A1A1A1A1-0000-4000-8000-000000000001",
-        firstLba: 2048,
-        lastLba: 4095,
-        attributes: 0n,
-        name: "p.UEFI",
-      },
-      {
-        number: 2,
-        typeGuid: PartitionType.linuxData,
-        uniqueGuid: "A1A1A1A1-0000-4000-8000-000000000002",
-        firstLba: 4096,
-        lastLba: 8191,
-        attributes: 0n,
-        name: "p.lxreadonly",
-      },
-      {
-        number: 3,
-        typeGuid: PartitionType.linuxData,
-        uniqueGuid: "A1A1A1A1-0000-4000-8000-000000000003",
-        firstLba: 8192,
-        lastLba: lastUsableLba,
-        attributes: 1n << 60n,
-        name: "p.spare",
-      },
-    ],
+    ...table,
+    partitions: table.partitions.map((p) => (p.number === 3 ? { ...p, attributes: 1n << 60n } : p)),
   };
 }
 

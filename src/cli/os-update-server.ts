@@ -59,7 +59,7 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
     .description(
       "fetch the images in /etc/os-update.yml from their origin and publish them (exit 1 if any failed)",
     )
-    .option("--config <file>", "configuration (default /etc/os-update.yml)")
+    .option("--config <file>", "configuration (default /etc/os-update-server.yml, else /etc/os-update.yml)")
     .option("--images-dir <dir>", `published image directory (default ${DEFAULT_IMAGES_DIR})`)
     .option("--image <name...>", "only these images: name, path (/srv/www/fleet/os-images/NAME.raw) or URL")
     .option("--daemon", "keep running, fetching each image at its interval (default 1h)")
@@ -97,7 +97,7 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
   program
     .command("serve")
     .description("serve published images over HTTP(S)")
-    .option("--config <file>", "configuration (default /etc/os-update.yml)")
+    .option("--config <file>", "configuration (default /etc/os-update-server.yml, else /etc/os-update.yml)")
     .option("--images-dir <dir>", "published image directory")
     .option("--listen <address>", "address to listen on (default 0.0.0.0)")
     .option("--port <port>", "port (default 8080, 8443 with TLS; 0 picks a free one)")
@@ -116,7 +116,7 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
   program
     .command("restricted")
     .description("SSH forced command: serve only published image streams (reads SSH_ORIGINAL_COMMAND)")
-    .option("--config <file>", "configuration (default /etc/os-update.yml)")
+    .option("--config <file>", "configuration (default /etc/os-update-server.yml, else /etc/os-update.yml)")
     .option("--images-dir <dir>", "published image directory")
     .action(async (opts: { config?: string; imagesDir?: string }) => {
       result = await answerRestricted(ctx, opts);

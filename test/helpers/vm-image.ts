@@ -41,6 +41,8 @@ export interface TestImage extends TestKeys {
 }
 
 export interface TestImageOptions {
+  /** The description, relative to the checkout (default images/default.yaml). */
+  description?: string;
   name?: string;
   version?: string;
   profile?: Profile;
@@ -107,16 +109,17 @@ function stderrContext(): Context {
   return consoleContext({ ...process.env, SOURCE_DATE_EPOCH: String(TEST_SOURCE_DATE_EPOCH) });
 }
 
-/** Builds (or reuses) an image from images/default.yaml with the test SSH key baked in. */
+/** Builds (or reuses) an image from images/default.yaml (or `description`) with the test SSH key baked in. */
 export async function testImage(options: TestImageOptions = {}): Promise<TestImage> {
   const keys = await testKeys();
-  const desc = parse(await readFile(join(REPO, "images/default.yaml"), "utf8")) as Record<string, unknown>;
+  const source = options.description ?? "images/default.yaml";
+  const desc = parse(await readFile(join(REPO, source), "utf8")) as Record<string, unknown>;
   if (options.name) desc.name = options.name;
   if (options.version) {
     desc.version = options.version;
     desc.pretty_name = `EOS ${options.version} (test)`;
   }
-  desc.files = ((desc.files as string[] | undefined) ?? []).map((f) => resolve(REPO, "images", f));
+  desc.files = ((desc.files as string[] | undefined) ?? []).map((f) => resolve(REPO, dirname(source), f));
   desc.users = {
     root: { ssh_authorized_keys: [(await readFile(keys.sshPub, "utf8")).trim()], autologin_serial: true },
   };
@@ -133,7 +136,13 @@ export async function testImage(options: TestImageOptions = {}): Promise<TestIma
     .update(isoWeek(new Date()))
     .update(process.version);
   // What decides an image's bytes: the files it carries, the build code, the boot contract.
-  for (const dir of ["images/files", "src/io/image", "src/core/image"]) {
+  for (const dir of [
+    "images/files",
+    "images/update-server-files",
+    "src/io/image",
+    "src/core/image",
+    "systemd",
+  ]) {
     if (existsSync(join(REPO, dir))) await hashTree(hash, join(REPO, dir));
   }
   // The device bundles that go into the image (not the build host's own eos.mjs).
@@ -141,8 +150,6 @@ export async function testImage(options: TestImageOptions = {}): Promise<TestIma
   for (const n of existsSync(dist) ? (await readdir(dist)).sort() : []) {
     if (n.endsWith(".mjs") && n !== "eos.mjs") hash.update(n).update(await readFile(join(dist, n)));
   }
-  if (existsSync(join(REPO, "systemd/update_commit.service")))
-    hash.update(await readFile(join(REPO, "systemd/update_commit.service")));
   for (const f of ["src/core/gpt.ts", "src/core/update/grubenv.ts"]) {
     hash.update(await readFile(join(REPO, f)));
   }

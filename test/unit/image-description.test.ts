@@ -192,6 +192,31 @@ test("root files: os-release VERSION, os-update.yml, update_commit.service, wrap
   assert.equal(files.has("/etc/systemd/system/serial-getty@ttyS0.service.d/eos-autologin.conf"), false);
 });
 
+test("root files: the update server's units, not enabled, only in a root that carries os-update-server", () => {
+  const d = parseImageDescription(minimal, "img.yaml");
+  const serverUnits = new Map([
+    ["os-update-server.service", "[Service]\nExecStart=/usr/bin/os-update-server serve\n"],
+  ]);
+  const files = (commands: string[]) =>
+    new Map(
+      rootFiles(d, {
+        keyNames: [],
+        commands,
+        nodePath: "/usr/lib/eos/node",
+        architecture: "x86_64",
+        updateCommitUnit: "[Service]\n",
+        serverUnits,
+      }).map((f) => [f.path, f]),
+    );
+  const server = files(["os-update", "os-update-server"]);
+  assert.equal(
+    server.get("/usr/lib/systemd/system/os-update-server.service")?.content,
+    serverUnits.get("os-update-server.service"),
+  );
+  assert.equal(server.get("/usr/lib/systemd/system/os-update-server.service")?.mode, 0o644);
+  assert.equal(files(["os-update"]).has("/usr/lib/systemd/system/os-update-server.service"), false);
+});
+
 test("epoch: seconds or a date; absent, the build takes the suite's date, never the clock", () => {
   assert.equal(parseImageDescription(`${minimal}epoch: 1700000000\n`, "img.yaml").epoch, 1700000000);
   assert.equal(parseImageDescription(`${minimal}epoch: 2026-11-01\n`, "img.yaml").epoch, 1793491200);

@@ -128,6 +128,8 @@ export function rootFiles(
     nodePath: string | undefined;
     /** systemd/update_commit.service as the project ships it. */
     updateCommitUnit: string;
+    /** The update server's units (systemd/, file name → text): installed, not enabled, where the root has os-update-server. */
+    serverUnits?: Map<string, string>;
     /** The architecture the root is built for, as manifests name it (x86_64, aarch64). */
     architecture: string;
   },
@@ -190,6 +192,9 @@ export function rootFiles(
     `127.0.0.1\tlocalhost\n127.0.1.1\t${desc.hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n`,
   );
   add("/usr/lib/systemd/system/update_commit.service", options.updateCommitUnit);
+  // As the package ships them: a description enables them to make a server image (images/update-server.yaml).
+  if (options.commands.includes("os-update-server"))
+    for (const [name, text] of options.serverUnits ?? []) add(`/usr/lib/systemd/system/${name}`, text);
   if (desc.containers.length > 0) add("/etc/containers/storage.conf", storageConf());
   add("/etc/eos/image", `NAME=${desc.name}\nVERSION=${desc.version}\nARCH=${options.architecture}\n`);
 

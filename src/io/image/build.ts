@@ -4,10 +4,8 @@
  * line with its duration, so a CI log shows where the time goes.
  */
 import { createPrivateKey, createPublicKey } from "node:crypto";
-import { existsSync } from "node:fs";
 import { mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 import { EosError } from "../../core/errors.ts";
 import {
   parseImageDescription,
@@ -29,6 +27,7 @@ import { foreignGrubModules, makeBaseRoot } from "./base-root.ts";
 import { rpiBootFiles } from "./rpi-boot.ts";
 import { RootCache, rootCacheDir, rootCacheKeep } from "./root-cache.ts";
 import { buildRootTree, rootBuildEnv } from "./rootfs.ts";
+import { defaultDistDir, projectServerUnits, projectUnit } from "./project.ts";
 
 export interface BuildOptions {
   description: string;
@@ -73,38 +72,6 @@ export interface BuildResult {
   commands: string[];
   sourceDateEpoch: number;
   seconds: Record<string, number>;
-}
-
-/** The checkout this code runs from (works from src/ under tsx and from dist/*.mjs). */
-export function repoRoot(): string | undefined {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "src"))) return dir;
-    dir = dirname(dir);
-  }
-  return undefined;
-}
-
-/** The checkout's dist/, where `npm run build` puts the command bundles. */
-export function defaultDistDir(): string | undefined {
-  const root = repoRoot();
-  return root && existsSync(join(root, "dist")) ? join(root, "dist") : undefined;
-}
-
-/**
- * A unit file as the project ships it (systemd/ in a checkout, or where the
- * package installs them): the one source an image's copy is made from.
- */
-export async function projectUnit(name: string): Promise<string> {
-  const root = repoRoot();
-  const places = [...(root ? [join(root, "systemd", name)] : []), join("/usr/share/eos/systemd", name)];
-  for (const place of places) {
-    const text = await readFile(place, "utf8").catch(() => undefined);
-    if (text !== undefined) return text;
-  }
-  throw new EosError("BUILD", `the unit ${name} is missing (looked in ${places.join(", ")})`, {
-    hint: "run eos build from a checkout or an installed eos package",
-  });
 }
 
 export async function loadDescription(path: string): Promise<ImageDescription> {
@@ -231,6 +198,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
     }),
   );
   const updateCommitUnit = await projectUnit("update_commit.service");
+  const serverUnits = await projectServerUnits();
   const profileFiles = o.profile === "EC2" ? ec2RootFiles(await projectUnit(EC2_INIT_UNIT)) : [];
   const { kernel, commands } = await step("root tree", () =>
     buildRootTree({
@@ -241,6 +209,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
       distDir,
       hostNode: process.execPath,
       updateCommitUnit,
+      serverUnits,
       architecture,
       profileFiles,
       sourceDateEpoch: epoch,

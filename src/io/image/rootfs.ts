@@ -38,6 +38,8 @@ export interface RootTreeOptions {
   hostNode: string;
   /** update_commit.service as os-update ships it (systemd/ in the checkout). */
   updateCommitUnit: string;
+  /** The update server's units (systemd/ in the checkout), for roots that carry os-update-server. */
+  serverUnits?: Map<string, string>;
   /** The architecture the root is for, as manifests name it. */
   architecture: Architecture;
   /** Files the build profile adds (src/core/image/ec2.ts). */
@@ -186,6 +188,7 @@ export async function buildRootTree(o: RootTreeOptions): Promise<{ kernel: strin
     commands,
     nodePath,
     updateCommitUnit: o.updateCommitUnit,
+    ...(o.serverUnits ? { serverUnits: o.serverUnits } : {}),
     architecture: o.architecture,
   }).concat(o.profileFiles ?? [])) {
     const path = inTree(tree, f.path);

@@ -70,7 +70,7 @@ export async function osUpdateServerMain(argv: string[], ctx: Context): Promise<
     )
     .option("--json", "print results as JSON")
     .action(async (opts: FetchOpts) => {
-      const results = await fetchAll(ctx, { ...opts, images: opts.image });
+      const results = await fetchAll(ctx, { ...opts, images: opts.image, emptyOk: opts.timers });
       if (opts.daemon) return;
       let timersFailed = false;
       if (opts.timers) {

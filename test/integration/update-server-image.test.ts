@@ -25,6 +25,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadDescription } from "../../src/io/image/build.ts";
 import { projectServerUnits } from "../../src/io/image/project.ts";
+import { osUpdateServerMain } from "../../src/cli/os-update-server.ts";
+import { fetchAll } from "../../src/io/server/fetch-all.ts";
 import { loadServerConfig } from "../../src/io/server/server-config.ts";
 import { captureContext } from "../helpers/context.ts";
 import { DIST, REPO, run } from "../helpers/run.ts";
@@ -194,4 +196,36 @@ test("/etc/os-update-server.yml, where the image links it, wins over the device'
   assert.equal(config.images_dir, "/srv/www/fleet/os-images");
   assert.equal(config.serve?.port, 443);
   assert.equal(config.serve?.tokens_dir, "/var/lib/os-update-server/tokens");
+});
+
+test("a new server image's os-fetch: no images configured yet is not a failure with --timers, and still is without", async (t) => {
+  const dir = await scratch(t, "eos-server-empty-");
+  const config = join(dir, "os-update-server.yml");
+  await copyFile(join(FILES, "usr/share/eos/update-server/os-update-server.yml"), config);
+  // os-fetch.service's command line, in process, with systemctl answered by the test.
+  const systemctl: string[][] = [];
+  const c = captureContext();
+  c.ctx.proc = {
+    run: async (argv) => {
+      systemctl.push(argv);
+      const stdout = argv[1] === "list-units" ? "os-update-daemon@Old.timer loaded active waiting x\n" : "";
+      return { code: 0, signal: null, stdout, stdoutBytes: Buffer.from(stdout), stderr: "" };
+    },
+    start: () => {
+      throw new Error("not used");
+    },
+  };
+  const fetch = ["fetch", "--oneshot", "--timers", "--config", config, "--images-dir", join(dir, "images")];
+  assert.equal(await osUpdateServerMain(fetch, c.ctx), 0, c.stderr());
+  assert.match(c.stderr(), /update: lists no images: nothing to fetch/);
+  assert.deepEqual(systemctl.at(-1), ["systemctl", "disable", "--now", "os-update-daemon@Old.timer"]);
+  // Without --timers, an empty list is still the operator's mistake.
+  const plain = captureContext();
+  await assert.rejects(osUpdateServerMain(["fetch", "--config", config], plain.ctx), {
+    code: "CONFIG",
+    message: /update: lists no images/,
+  });
+  assert.deepEqual(await fetchAll(plain.ctx, { config, emptyOk: true, daemon: false }), []);
+  const unit = await readFile(join(REPO, "systemd/os-fetch.service"), "utf8");
+  assert.match(unit, /^ExecStart=\/usr\/bin\/os-update-server fetch --oneshot --timers$/m);
 });

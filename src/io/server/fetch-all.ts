@@ -35,6 +35,11 @@ export interface FetchAllOptions {
   /** Only these images (names as configured, `.raw` optional; or a path or URL of one). */
   images?: string[] | undefined;
   daemon?: boolean | undefined;
+  /**
+   * No configured images is a state, not a mistake (os-fetch's --timers: a
+   * new server image boots with none, and its timers are all to be stopped).
+   */
+  emptyOk?: boolean | undefined;
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
@@ -64,6 +69,10 @@ export async function fetchAll(ctx: Context, o: FetchAllOptions): Promise<FetchR
       });
     const wanted = new Set(o.images.map((n) => matchConfiguredImage(n, all)));
     images = images.filter((i) => wanted.has(i.name));
+  }
+  if (images.length === 0 && o.emptyOk && !o.images?.length && !o.daemon) {
+    ctx.stderr.write(`os-update-server: ${path}: update: lists no images: nothing to fetch\n`);
+    return [];
   }
   if (images.length === 0) throw new EosError("CONFIG", `${path}: update: lists no images`);
   const needKeys = images.some((i) => !i.insecure);

@@ -471,6 +471,33 @@ for (const kind of ["sqlite", "postgres"] as const) {
             state: "running",
           },
         );
+        // What the create path refuses comes back as the form naming the field, never a 500.
+        const csrf = (await page.locator("input[name=csrf]").first().getAttribute("value")) as string;
+        const again = (o: Record<string, string>) =>
+          page.evaluate(
+            async (b) => {
+              const r = await fetch("/ui/rollouts/new", {
+                method: "POST",
+                headers: { "content-type": "application/x-www-form-urlencoded" },
+                body: b,
+              });
+              return { status: r.status, text: await r.text() };
+            },
+            new URLSearchParams({
+              ...Object.fromEntries(new URLSearchParams(createForm(csrf))),
+              ...o,
+            }).toString(),
+          );
+        const taken = await again({ id: "r2" });
+        assert.equal(taken.status, 409);
+        assert.match(taken.text, /id="error-id" class="error">Name: a rollout named r2 exists already/);
+        const unpublished = await again({ release: `${NAME}/9.9.9`, id: "r3" });
+        assert.equal(unpublished.status, 400);
+        assert.match(
+          unpublished.text,
+          /id="error-release" class="error">Version to roll out: EOS\.x86_64-AB 9\.9\.9 is not published on this server/,
+        );
+        assert.deepEqual(await rolloutIds(), ["r1", "r2"]);
       });
 
       test("the images page lists both versions with their sizes", async (t) => {

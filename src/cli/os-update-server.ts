@@ -13,15 +13,15 @@ import { TokenStore } from "../io/server/tokens.ts";
 import { EosError } from "../core/errors.ts";
 import { ADMIN_NAME, isRole, ROLES } from "../core/fleet/admin.ts";
 import { formatDevice, formatDeviceList, type DeviceRow, type EventRow } from "../core/fleet/format.ts";
-import { adminClient } from "../io/server/fleet/admin-client.ts";
+import { adminClient, type AdminClient } from "../io/server/fleet/admin-client.ts";
 import { withFleetStore } from "../io/server/fleet/open.ts";
 import type { FleetStore } from "../io/server/fleet/store.ts";
 import { newProgram, parseProgram } from "./main.ts";
 import type { Command } from "commander";
 import { formatRollout, formatRolloutList, formatWindows, type WindowsRow } from "../core/fleet/format.ts";
 import { windowsClient } from "../io/server/fleet/windows-client.ts";
-import { parseShare, parseWaves, soakSeconds, type Rollout, type WaveCount } from "../core/fleet/rollout.ts";
-import type { AdminClient } from "../io/server/fleet/admin-client.ts";
+import { parseShare, parseWaves, ROLLOUT_DEFAULTS, soakSeconds } from "../core/fleet/rollout.ts";
+import type { Rollout, WaveCount } from "../core/fleet/rollout.ts";
 
 interface ApiOpts {
   server?: string;
@@ -308,16 +308,16 @@ function addRolloutCommands(
       "what devices keep until their wave, and get back on abort (default: the newest older published)",
     )
     .option("--tag <tag...>", "only devices with all these tags")
-    .option("--soak <duration>", "how long each wave runs before the next opens", "1h")
+    .option("--soak <duration>", "how long each wave runs before the next opens", ROLLOUT_DEFAULTS.soak)
     .option(
       "--error-threshold <share>",
       "pause when failed + fell back + rolled back exceed this share of a wave",
-      "10%",
+      ROLLOUT_DEFAULTS.errorThreshold,
     )
     .option(
       "--success-threshold <share>",
       "open the next wave once this share of the wave runs the version",
-      "90%",
+      ROLLOUT_DEFAULTS.successThreshold,
     )
     .option("--id <name>", "the rollout's name (default: generated)")
     .action(async (image: string, version: string, o: CreateOpts) => {

@@ -8,6 +8,7 @@ test("paths become route templates: names never become labels", () => {
   assert.equal(routeOf("/v1/admin/rollouts/r1/pause"), "/v1/admin/rollouts/:id/pause");
   assert.equal(routeOf("/v1/admin/devices/dev-1"), "/v1/admin/devices/:id");
   assert.equal(routeOf("/ui/devices/dev-1"), "/ui/devices/:id");
+  assert.equal(routeOf("/ui/rollouts/new"), "/ui/rollouts/new");
   assert.equal(routeOf("/health"), "/health");
   assert.equal(routeOf("/wp-login.php"), "other");
 });

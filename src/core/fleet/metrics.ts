@@ -61,6 +61,7 @@ const FIXED = new Set([
   "/ui/logout",
   "/ui/devices",
   "/ui/rollouts",
+  "/ui/rollouts/new",
   "/ui/images",
   "/ui/app.css",
   "/ui/app.js",

@@ -217,11 +217,14 @@ export function parseShare(text: string, field: string): number {
 }
 
 /** `--soak`: a duration (30m, 1h) or 0 for none, in whole seconds. */
-export function soakSeconds(text: string): number {
+export function soakSeconds(text: string, field = "--soak"): number {
   if (/^0+$/.test(text.trim())) return 0;
   try {
     return Math.round(parseDuration(text));
   } catch (error) {
-    throw new EosError("USAGE", `--soak: ${(error as Error).message}`);
+    throw new EosError("USAGE", `${field}: ${(error as Error).message}`);
   }
 }
+
+/** What `rollout create` and the dashboard's form assume when not told, written as an operator writes them. */
+export const ROLLOUT_DEFAULTS = { soak: "1h", errorThreshold: "10%", successThreshold: "90%" } as const;

@@ -149,7 +149,10 @@ button.danger,.button.danger{background:#a40e26}
 .filters{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-end}
 .error{color:#a40e26;font-weight:600}.note{color:#0b5}
 .visually-hidden{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}
-.help{font-size:.9em;color:#555}
+.help{font-size:.9em;color:#555;margin:.2rem 0 .6rem}
+.rollout-form input,.rollout-form select{width:100%;max-width:32rem;box-sizing:border-box}
+[aria-invalid=true]{border:2px solid #a40e26}
+.error a{color:inherit}
 .bar{position:relative;height:1rem;background:#e6e9ee;border-radius:3px;min-width:8rem}
 .bar .fill{position:absolute;left:0;top:0;bottom:0;background:#2a7d4f;border-radius:3px}
 .bar.bad .fill{background:#c0392b}

@@ -1,6 +1,7 @@
 /**
- * Rollouts (per-wave progress against the thresholds, and the operator's
- * pause / resume / abort with a confirmation step) and the published images.
+ * Rollouts (per-wave progress against the thresholds, the operator's link to
+ * a new one (rollout-form.ts), and pause / resume / abort with a
+ * confirmation step) and the published images.
  */
 import { allows, isRole } from "../admin.ts";
 import { covers, ERROR_STATES, formatWaves, waveOf, type Rollout, type WaveMember } from "../rollout.ts";
@@ -98,7 +99,8 @@ export function rolloutsPage(o: {
   notice?: string | undefined;
 }): string {
   const body = h`${o.notice ? h`<p class="note" role="status">${o.notice}</p>` : ""}
-  ${o.rollouts.length === 0 ? h`<p>No rollouts. Create one with <code>os-update-server rollout create</code>.</p>` : ""}
+  ${canAct(o.viewer) ? h`<p><a class="button" href="/ui/rollouts/new">New rollout</a></p>` : ""}
+  ${o.rollouts.length === 0 ? h`<p>No rollouts. An operator creates one here or with <code>os-update-server rollout create</code>.</p>` : ""}
   ${o.rollouts.map((r) => rolloutSection(r.rollout, r.waves, o.viewer))}`;
   return page({ title: "Rollouts", viewer: o.viewer, section: "rollouts", body, live: true });
 }

@@ -5,7 +5,7 @@
  * CSRF token and this server's Origin; every request re-checks the admin
  * token behind the session, so a revoked token or a lowered role takes
  * effect at once. Roles are the admin API's: a viewer reads, an operator
- * also pauses, resumes and aborts.
+ * also creates, pauses, resumes and aborts rollouts.
  */
 import { randomBytes } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
@@ -25,12 +25,20 @@ import {
   sessionCookie,
   type Session,
 } from "../../../core/fleet/ui/session.ts";
-import { ROLLOUT_ID } from "../../../core/fleet/rollout.ts";
+import { ROLLOUT_ID, type Rollout } from "../../../core/fleet/rollout.ts";
+import {
+  fieldError,
+  initialValues,
+  newRolloutPage,
+  parseRolloutForm,
+  type FieldError,
+} from "../../../core/fleet/ui/rollout-form.ts";
 import type { Logger } from "../../log.ts";
 import { readBounded } from "../../read-bounded.ts";
 import { HttpError } from "../http-answer.ts";
 import { DEVICE_NAME } from "../tokens.ts";
 import type { DashboardData } from "./dashboard-data.ts";
+import { createRollout } from "./rollout-api.ts";
 
 const FORM_BYTES = 4096;
 const SECURITY_HEADERS = {
@@ -196,6 +204,52 @@ export function dashboard(o: {
     return redirect(res, "/ui/rollouts");
   }
 
+  /** GET: the form; POST: create through the admin API's path, or the form again naming the fields at fault. */
+  async function newRollout(
+    req: IncomingMessage,
+    res: ServerResponse,
+    session: Session,
+    viewer: Viewer,
+  ): Promise<number> {
+    if (!allows(session.role, "operator"))
+      return send(
+        res,
+        403,
+        messagePage({
+          title: "Not allowed",
+          message: `Creating a rollout needs the operator role; ${session.name} is a ${session.role}.`,
+          viewer,
+          back: "/ui/rollouts",
+        }),
+      );
+    const images = await data.publishedImages();
+    if (req.method === "GET")
+      return send(res, 200, newRolloutPage({ viewer, images, values: initialValues(images) }));
+    const form = await readForm(req);
+    const allowed = postAllowed(session, form, origin(req), o.secure);
+    if (!allowed.ok)
+      return send(
+        res,
+        403,
+        messagePage({ title: "Refused", message: allowed.why, viewer, back: "/ui/rollouts/new" }),
+      );
+    const { values, body, errors } = parseRolloutForm(form);
+    const again = (status: number, shown: FieldError[]) =>
+      send(res, status, newRolloutPage({ viewer, images, values, errors: shown }));
+    if (!body) return again(400, errors);
+    let created: Rollout;
+    try {
+      created = await createRollout(body, data.rollouts, data.images);
+    } catch (error) {
+      // What the API answers 400, 404 or 409 is the operator's input: the form again, never a 500.
+      if (!(error instanceof EosError) || !["USAGE", "NOT_FOUND", "REFUSED"].includes(error.code))
+        throw error;
+      return again(error.code === "REFUSED" ? 409 : 400, [fieldError(error.message)]);
+    }
+    o.logger.info("dashboard rollout created", { admin: session.name, rollout: created.id });
+    return redirect(res, `/ui/rollouts?created=${encodeURIComponent(created.id)}`);
+  }
+
   async function route(
     req: IncomingMessage,
     res: ServerResponse,
@@ -233,6 +287,7 @@ export function dashboard(o: {
         "set-cookie": clearedCookie(o.secure),
       });
     }
+    if (path === "/ui/rollouts/new") return newRollout(req, res, session, viewer);
     const act = /^\/ui\/rollouts\/([^/]+)\/([a-z]+)$/.exec(path);
     if (act) {
       const id = decoded(act[1] as string, ROLLOUT_ID);
@@ -258,8 +313,15 @@ export function dashboard(o: {
         );
       return send(res, 200, devicePage({ viewer, device: found.device, events: found.events, now: o.now() }));
     }
-    if (path === "/ui/rollouts")
-      return send(res, 200, rolloutsPage({ viewer, rollouts: await data.rolloutsWithWaves() }));
+    if (path === "/ui/rollouts") {
+      const rollouts = await data.rolloutsWithWaves();
+      const created = url.searchParams.get("created");
+      // Only a rollout that is there: a crafted link cannot make the page announce anything else.
+      const notice = rollouts.some((r) => r.rollout.id === created)
+        ? `Rollout ${created} created: its first wave is open.`
+        : undefined;
+      return send(res, 200, rolloutsPage({ viewer, rollouts, notice }));
+    }
     if (path === "/ui/images")
       return send(res, 200, imagesPage({ viewer, images: await data.publishedImages() }));
     return send(res, 404, messagePage({ title: "Not found", message: "No such page.", viewer }));

@@ -13,7 +13,8 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
 import { EosError } from "../../../core/errors.ts";
 import { normaliseTags, type Role } from "../../../core/fleet/admin.ts";
-import { parseWaves, ROLLOUT_ID } from "../../../core/fleet/rollout.ts";
+import { describeIssue } from "../../../core/fleet/events.ts";
+import { parseWaves, ROLLOUT_ID, type Rollout } from "../../../core/fleet/rollout.ts";
 import { compareVersions } from "../../../core/manifest.ts";
 import { isSafeImageName } from "../../../core/image-name.ts";
 import { sendJson } from "../http-answer.ts";
@@ -62,6 +63,33 @@ async function previousOf(images: ImageStore, image: string, version: string): P
   return newest;
 }
 
+/**
+ * The one way a rollout is made, for the API and the dashboard's form alike:
+ * the body checked field by field (USAGE naming the field), both versions
+ * published here, then written. NOT_FOUND for a version the server does not
+ * keep, REFUSED for a name that is taken.
+ */
+export async function createRollout(
+  input: unknown,
+  rollouts: RolloutStore,
+  images: ImageStore,
+): Promise<Rollout> {
+  const parsed = createBody.safeParse(input);
+  if (!parsed.success) throw new EosError("USAGE", describeIssue(parsed.error));
+  const b = parsed.data;
+  const waves = parseWaves(b.waves);
+  const filter = { tags: normaliseTags(b.tags ?? []) };
+  for (const [field, v] of [["version", b.version] as const, ["previous", b.previous] as const]) {
+    if (v !== undefined && !(await images.find(b.image, v)))
+      throw new EosError("NOT_FOUND", `${field}: ${b.image} ${v} is not published on this server`, {
+        hint: "a rollout's versions must both be kept by the server (os-update-server fetch)",
+      });
+  }
+  const previous = b.previous ?? (await previousOf(images, b.image, b.version));
+  if (previous === b.version) throw new EosError("USAGE", "previous: must differ from version");
+  return rollouts.create({ ...b, previous, filter, waves });
+}
+
 export async function rolloutRoute(
   req: IncomingMessage,
   res: ServerResponse,
@@ -79,18 +107,7 @@ export async function rolloutRoute(
       return sendJson(res, 200, { rollouts: await rollouts.list(image) });
     }
     const who = await h.admin("operator");
-    const b = await h.body(createBody);
-    const waves = parseWaves(b.waves);
-    const filter = { tags: normaliseTags(b.tags ?? []) };
-    for (const [field, v] of [["version", b.version] as const, ["previous", b.previous] as const]) {
-      if (v !== undefined && !(await images.find(b.image, v)))
-        throw new EosError("NOT_FOUND", `${field}: ${b.image} ${v} is not published on this server`, {
-          hint: "a rollout's versions must both be kept by the server (os-update-server fetch)",
-        });
-    }
-    const previous = b.previous ?? (await previousOf(images, b.image, b.version));
-    if (previous === b.version) throw new EosError("USAGE", "previous: must differ from version");
-    const created = await rollouts.create({ ...b, previous, filter, waves });
+    const created = await createRollout(await h.body(z.unknown()), rollouts, images);
     return sendJson(res, 201, { rollout: created, by: who.name });
   }
   const act = /^\/v1\/admin\/rollouts\/([^/]+)\/(pause|resume|abort)$/.exec(path);

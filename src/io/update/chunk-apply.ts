@@ -189,7 +189,7 @@ export async function writeSlotFromChunks(o: ChunkWrite): Promise<WriteSlotResul
     }
     for (const f of work.fetches) await fetchRangeRetrying(o, f, buffer, land);
     const tree = o.plan.tree;
-    // Past the tree, the index covers nothing the build wrote: the zero tail starts where it ends.
+    // The build writes nothing after the tree: the zero tail starts where it ends.
     const end = tree ? await writeTree(handle, o.target, tree) : dataBytes;
     await writeZeros(handle, o.target.offset + end, o.size - end, buffer);
     await handle.datasync();

@@ -8,8 +8,8 @@
  * there counts, so a restart fetches only the rest). A check plans without
  * reading the target slot: its figure is then an upper bound. For a root
  * with a dm-verity tree only the file system's chunks are planned: the
- * device computes the tree from them (core/update/chunk-plan.ts computedTree),
- * whatever the index covers. Never throws
+ * device computes the tree from them (core/update/chunk-plan.ts computedTree;
+ * the index covers the tree too, for devices that fetch it). Never throws
  * for a missing or lying index: it says why, and the caller takes the full
  * stream.
  */

@@ -27,7 +27,7 @@ import { basename, dirname, join, resolve } from "node:path";
 import { readGpt, requirePartition, partitionRange, type ByteRange } from "../src/core/gpt.ts";
 import { ChunkHasher, DEFAULT_CHUNKER, type Chunk } from "../src/core/update/chunker.ts";
 import { CHUNK_INDEX_SCHEMA, encodeChunkIndex } from "../src/core/update/chunk-index.ts";
-import { planChunkWork } from "../src/core/update/chunk-plan.ts";
+import { assembledChunks, computedTree, planChunkWork } from "../src/core/update/chunk-plan.ts";
 import { xdelta3EncodeArgv } from "../src/core/update/delta-index.ts";
 import { squashfsBytesUsed, verityLayout } from "../src/core/verity.ts";
 import { openBlockSource } from "../src/io/files.ts";
@@ -267,7 +267,14 @@ async function measure(set: OptionSet, trees: [string, string], epoch: number): 
   const region = await regionsOf(b.root);
   const missing = { data: 0, metadata: 0, verity: 0 };
   for (const c of chunks) if (!have.has(c.sha256)) missing[region(c.offset)] += c.size;
-  const plan = planChunkWork(chunks, [], (sha) => have.get(sha));
+  // As a device plans it: the dm-verity tree is computed there, only the file system's chunks count.
+  const record = {
+    algorithm: "sha256" as const,
+    data_blocks: verityLayout(b.fsBytes).dataBlocks,
+    root_hash: "",
+  };
+  const assembled = assembledChunks(chunks, computedTree(record, b.rootBytes));
+  const plan = planChunkWork(assembled, [], (sha) => have.get(sha));
   const index = encodeChunkIndex(
     {
       schema: CHUNK_INDEX_SCHEMA,

@@ -84,6 +84,8 @@ async function runCheck(ctx: Context, o: UpdaterOptions, opts: Options): Promise
                     index_bytes: r.plan.indexBytes,
                     copied_chunks: r.plan.work.copies.length,
                     held_bytes: r.plan.work.heldBytes,
+                    // The root's dm-verity superblock and tree: computed on the device, not in `bytes`.
+                    tree_bytes: r.plan.tree?.bytes ?? 0,
                   }
                 : { reason: r.plan.reason }),
           }

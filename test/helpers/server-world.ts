@@ -33,6 +33,8 @@ export async function releaseImage(
     seed?: string;
     /** A root slot with a dm-verity tree, as eos build makes it. */
     verity?: boolean;
+    /** Changes the disk image after it is built, before it is signed (what another builder might make). */
+    beforeSign?: (raw: string) => Promise<void>;
   } = {},
 ): Promise<string> {
   const raw = join(world.dir, "build", `${name}.raw`);
@@ -45,6 +47,7 @@ export async function releaseImage(
     ...(options.firmwareFiles ? { firmwareFiles: options.firmwareFiles } : {}),
     ...(options.verity ? { verity: true } : {}),
   });
+  await options.beforeSign?.(raw);
   const signed = await runEos("eos", [
     "manifest",
     raw,

@@ -14,6 +14,8 @@ export interface LoggedRequest {
   path: string;
   status: number;
   bytes: number;
+  /** The request's Range header, when it had one. */
+  range?: string;
 }
 
 export interface UpdateServers {

@@ -10,14 +10,15 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { copyFile, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { createServer, type IncomingMessage, type Server } from "node:http";
+import { copyFile, open, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { join } from "node:path";
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import { DIST, runEos } from "../helpers/run.ts";
 import { partitionBytes } from "../helpers/sample-image.ts";
+import { squashfsBytesUsed, verityLayout } from "../../src/core/verity.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
 import { makeDevice, type TestDevice } from "../helpers/device.ts";
 import { startUpdateServers, type LoggedRequest, type UpdateServers } from "../helpers/update-servers.ts";
@@ -28,7 +29,35 @@ const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
 interface Manifest {
   version: string;
-  partitions: { root: { sha256: string; size: number; data_bytes: number } };
+  partitions: {
+    root: { sha256: string; size: number; data_bytes: number; verity: { data_blocks: number } };
+  };
+}
+
+/** v1 and v2 share their payload (the same seed): v2 changes a few small files, as a package would. */
+const FIXTURE = { payloadBytes: 12 * MiB, rootSizeMiB: 80, seed: "base", verity: true };
+/** Where a sample image's root slot starts: after 1 MiB of GPT and the 8 MiB ESP. */
+const ROOT_OFFSET = 2048 * 512 + 8 * MiB;
+
+/** The chunks of an index file (a header line, then 4-byte size + sha256 per chunk). */
+function indexChunks(index: Buffer): Array<{ offset: number; size: number }> {
+  const chunks: Array<{ offset: number; size: number }> = [];
+  for (let at = index.indexOf(0x0a) + 1, offset = 0; at < index.length; at += 36) {
+    chunks.push({ offset, size: index.readUInt32BE(at) });
+    offset += index.readUInt32BE(at);
+  }
+  return chunks;
+}
+
+/** [start, end) of each ranged read of the root in the server's log. */
+function rootRanges(requests: LoggedRequest[]): Array<[number, number]> {
+  return requests
+    .filter((r) => r.path.endsWith("/root"))
+    .map((r) => {
+      const m = /^bytes=(\d+)-(\d+)$/.exec(r.range ?? "");
+      assert.ok(m, `a ranged read: ${JSON.stringify(r)}`);
+      return [Number(m[1]), Number(m[2]) + 1];
+    });
 }
 
 describe("the chunk path: a signed chunk index, known chunks copied, the rest fetched by range", () => {
@@ -48,13 +77,11 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
     await writeServerConfig(world, [
       { image: `${world.origin.url}/${NAME}.raw.xz`, name: NAME, delta_from: 0 },
     ]);
-    // v1 and v2 share their payload (the same seed): v2 changes a few small files, as a package would.
-    const options = { payloadBytes: 12 * MiB, rootSizeMiB: 80, seed: "base", verity: true };
-    const v1 = await releaseImage(world, NAME, "1.0.0", options);
+    const v1 = await releaseImage(world, NAME, "1.0.0", FIXTURE);
     v1Manifest = JSON.parse(await readFile(`${v1}.manifest.json`, "utf8")) as Manifest;
     await copyFile(v1, join(world.dir, "device-v1.raw"));
     assert.equal((await runEos("os-update-server", ["fetch", "--config", world.config])).code, 0);
-    const v2 = await releaseImage(world, NAME, "2.0.0", options);
+    const v2 = await releaseImage(world, NAME, "2.0.0", FIXTURE);
     v2Manifest = JSON.parse(await readFile(`${v2}.manifest.json`, "utf8")) as Manifest;
     const fetched = await runEos("os-update-server", ["fetch", "--config", world.config]);
     assert.equal(fetched.code, 0, fetched.stderr);
@@ -75,9 +102,13 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
   const httpsConfig = () => servers.httpsConfig(NAME);
   const sshConfig = () => servers.sshConfig(NAME);
 
-  /** A plain HTTP proxy to the real server; `pass` may change a request's headers, or hold it (false). */
+  /** A plain HTTP proxy to the real server; `pass` may change a request's headers, or answer or hold it (false). */
   async function startProxy(
-    pass: (req: IncomingMessage, headers: Record<string, string | string[] | undefined>) => boolean,
+    pass: (
+      req: IncomingMessage,
+      headers: Record<string, string | string[] | undefined>,
+      res: ServerResponse,
+    ) => boolean,
     /** Bytes of this request's answer to pass before the connection is cut; undefined: all. */
     cutAfter: (req: IncomingMessage, length: number) => number | undefined = () => undefined,
   ): Promise<{ proxy: Server; port: number }> {
@@ -85,7 +116,7 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
     const ca = await readFile(cert);
     const proxy = createServer((req, res) => {
       const headers: Record<string, string | string[] | undefined> = { ...req.headers, host: target.host };
-      if (!pass(req, headers)) return;
+      if (!pass(req, headers, res)) return;
       const out = httpsRequest(
         { host: target.hostname, port: target.port, path: req.url, method: req.method, headers, ca },
         (answer) => {
@@ -166,6 +197,46 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
       assert.ok(requests.some((r) => r.path.endsWith("/chunks")));
       console.log(
         `chunk path: ${rootBytes()} bytes of the root in ${ranged.length} requests + ${download.index_bytes} bytes of index; full stream: ${download.full_bytes} bytes`,
+      );
+    } finally {
+      await device.close();
+    }
+  });
+
+  test("the dm-verity tree is not downloaded: the device computes it from the file system it assembled", async () => {
+    const root = v2Manifest.partitions.root;
+    const treeAt = root.verity.data_blocks * 4096;
+    // The chunk holding the file system's last bytes may reach into the tree: it is taken whole.
+    const edge = indexChunks(await readFile(chunksFile)).find((c) => c.offset + c.size >= treeAt);
+    assert.ok(edge && edge.offset < treeAt && edge.size <= 64 * 1024, JSON.stringify(edge));
+    const device = await deviceOnV1(httpsConfig());
+    try {
+      const check = await device.run(["--check", "--json"]);
+      const download = JSON.parse(check.stdout).download;
+      assert.equal(download.path, "chunks", check.stdout);
+      assert.equal(download.tree_bytes, root.data_bytes - treeAt, "superblock and tree, up to the zero tail");
+      requests.length = 0;
+      const apply = await device.run(["--apply"]);
+      assert.equal(apply.code, 0, apply.stderr);
+      assert.match(
+        apply.stdout,
+        new RegExp(`its dm-verity tree \\(${download.tree_bytes} bytes\\) computed here`),
+      );
+      assert.match(apply.stdout, /bytes downloaded \(chunks\)/, "no fallback to the full stream");
+      const ranges = rootRanges(requests);
+      assert.ok(ranges.length > 0);
+      for (const [start, end] of ranges) {
+        assert.ok(start < treeAt, `no range starts in the tree (at ${treeAt}): ${start}-${end}`);
+        assert.ok(
+          end <= edge.offset + edge.size,
+          `none reaches past the file system's last chunk: ${start}-${end}`,
+        );
+      }
+      assert.equal(rootBytes(), download.bytes, "what --check said");
+      await slotBMatchesV2(device);
+      const inTree = ranges.reduce((n, [start, end]) => n + Math.max(0, end - Math.max(start, treeAt)), 0);
+      console.log(
+        `chunk path: ${rootBytes()} bytes of the root in ${ranges.length} ranges, ${inTree} of them past the file system (its last chunk); the dm-verity tree's ${download.tree_bytes} bytes computed on the device`,
       );
     } finally {
       await device.close();
@@ -363,6 +434,67 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
         `resume: ${first.bytes} bytes planned, ${killedBytes} sent before the kill, ${rest} fetched after it`,
       );
     } finally {
+      await device.close();
+    }
+  });
+
+  // Last: it publishes v3, which every later apply would be offered.
+  test("a tree the device computes otherwise than the build did: the chunk path fails saying so, the boot state stays", async () => {
+    // v3's dm-verity superblock carries another UUID (veritysetup's random one, as a root made
+    // outside eos build may have): its signed slot is not what the device computes.
+    const v3 = await releaseImage(world, NAME, "3.0.0", {
+      ...FIXTURE,
+      beforeSign: async (raw) => {
+        const handle = await open(raw, "r+");
+        try {
+          const head = Buffer.alloc(96);
+          await handle.read(head, 0, 96, ROOT_OFFSET);
+          const at = ROOT_OFFSET + verityLayout(squashfsBytesUsed(head) as number).superblockOffset;
+          const magic = Buffer.alloc(8);
+          await handle.read(magic, 0, 8, at);
+          assert.equal(magic.toString("latin1"), "verity\0\0", "the superblock is where EOS puts it");
+          await handle.write(Buffer.from("0123456789abcdef"), 0, 16, at + 16);
+        } finally {
+          await handle.close();
+        }
+      },
+    });
+    const v3Manifest = JSON.parse(await readFile(`${v3}.manifest.json`, "utf8")) as Manifest;
+    const fetched = await runEos("os-update-server", ["fetch", "--config", world.config]);
+    assert.equal(fetched.code, 0, fetched.stderr);
+    // A proxy that serves the chunk path's ranges but not the full stream (the root's data, from its
+    // first byte): the chunk path's failure is final.
+    const whole = `bytes=0-${v3Manifest.partitions.root.data_bytes - 1}`;
+    const { proxy, port } = await startProxy((req, headers, res) => {
+      if (!req.url?.endsWith("/root") || (headers.range && headers.range !== whole)) return true;
+      res.writeHead(404).end();
+      return false;
+    });
+    const device = await deviceOnV1(`update:\n  name: ${NAME}\n  url: http://127.0.0.1:${port}\n`);
+    try {
+      const before = await device.grubenv();
+      const apply = await device.run(["--apply"]);
+      assert.notEqual(apply.code, 0, apply.stdout);
+      assert.match(apply.stdout, /taking the chunk path: .*its dm-verity tree \(\d+ bytes\) computed here/);
+      assert.match(
+        apply.stdout,
+        /the chunk path failed \(the slot holds sha256 [0-9a-f]+ after writing, but the signed manifest says [0-9a-f]+ \(its dm-verity superblock and tree were computed on this device, from the file system's \d+ blocks\)\); taking the full stream/,
+      );
+      const after = await device.grubenv();
+      // Unchanged but for slot B's record, emptied when the apply began: the slot is marked invalid.
+      for (const [key, value] of after)
+        assert.equal(value, before.get(key) ?? (key.startsWith("eos_B_") ? "" : undefined), key);
+      assert.equal(after.get("eos_default"), "A");
+      assert.equal(after.get("eos_trial"), "", "nothing on trial");
+      assert.equal(after.get("eos_B_sha256"), "", "slot B stays marked invalid");
+      const slotB = await partitionBytes(device.image, "p.lxrootclone1");
+      assert.notEqual(
+        sha256(slotB.subarray(0, v3Manifest.partitions.root.size)),
+        v3Manifest.partitions.root.sha256,
+      );
+    } finally {
+      proxy.closeAllConnections();
+      proxy.close();
       await device.close();
     }
   });

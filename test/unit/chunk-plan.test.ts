@@ -2,7 +2,12 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { chunkBuffer } from "../../src/core/update/chunker.ts";
-import { ChunkChecker, planChunkWork } from "../../src/core/update/chunk-plan.ts";
+import {
+  assembledChunks,
+  ChunkChecker,
+  computedTree,
+  planChunkWork,
+} from "../../src/core/update/chunk-plan.ts";
 
 const chunk = (offset: number, size: number, sha256: string) => ({ offset, size, sha256 });
 /** Ten chunks of 10 bytes, named c0..c9. */
@@ -64,4 +69,28 @@ test("ChunkChecker matches chunks whatever the block sizes", () => {
     checker.matches.flatMap((m, i) => (m ? [] : [i])),
     [3],
   );
+});
+
+test("a root with a dm-verity tree: only chunks that start in the file system are planned", () => {
+  // 2 data blocks (8192 bytes): the superblock and one tree block follow, 8192 bytes.
+  const record = { algorithm: "sha256" as const, data_blocks: 2, root_hash: "ab".repeat(32) };
+  const tree = computedTree(record, 16_384);
+  assert.deepEqual(tree, { offset: 8192, bytes: 8192, record });
+  const chunks = [
+    chunk(0, 5000, "a"),
+    chunk(5000, 4000, "b"),
+    chunk(9000, 4000, "c"),
+    chunk(13_000, 3384, "d"),
+  ];
+  // "b" reaches into the tree: taken whole, its hash covers both sides; "c" and "d" are computed.
+  assert.deepEqual(
+    assembledChunks(chunks, tree).map((c) => c.sha256),
+    ["a", "b"],
+  );
+  const work = planChunkWork(assembledChunks(chunks, tree), [], () => undefined);
+  assert.equal(work.fetchBytes, 9000);
+  // No tree, or one the index does not cover (a record that claims more than the root): all chunks.
+  assert.equal(computedTree(undefined, 16_384), undefined);
+  assert.equal(computedTree(record, 16_383), undefined);
+  assert.equal(assembledChunks(chunks, undefined).length, 4);
 });

@@ -8,6 +8,7 @@
  * that is also the device's buffer for one request.
  */
 import { createHash, type Hash } from "node:crypto";
+import { VERITY_BLOCK, verityLayout, type VerityRecord } from "../verity.ts";
 import type { Chunk } from "./chunker.ts";
 
 export interface ChunkRequestLimits {
@@ -34,6 +35,38 @@ export interface ChunkWork {
   heldBytes: number;
   /** Bytes to download. */
   fetchBytes: number;
+}
+
+/** A root's dm-verity superblock and hash tree: bytes [offset, offset + bytes) of the slot. */
+export interface TreeSpan {
+  offset: number;
+  bytes: number;
+  record: VerityRecord;
+}
+
+/**
+ * The part of the root the chunk path computes instead of fetching: the
+ * dm-verity superblock and tree that the signed manifest's record places
+ * after the file system. They change almost wholly when any data block does
+ * (55% of the demo pair's new chunks), and they are a function of the file
+ * system's bytes that the device has just assembled. Undefined when the root
+ * has no tree, or when the record does not place it inside the `covered`
+ * bytes the index describes: then every chunk is fetched or copied as before.
+ */
+export function computedTree(verity: VerityRecord | undefined, covered: number): TreeSpan | undefined {
+  if (!verity) return undefined;
+  const offset = verity.data_blocks * VERITY_BLOCK;
+  const bytes = verityLayout(offset).totalBytes - offset;
+  return offset + bytes <= covered ? { offset, bytes, record: verity } : undefined;
+}
+
+/**
+ * The chunks the device copies or fetches: with a computed tree, those that
+ * start inside the file system. One may reach into the tree; it is taken
+ * whole (its hash covers both sides), and the tree written over its end.
+ */
+export function assembledChunks(chunks: readonly Chunk[], tree: TreeSpan | undefined): readonly Chunk[] {
+  return tree ? chunks.filter((c) => c.offset < tree.offset) : chunks;
 }
 
 /**

@@ -383,6 +383,7 @@ export function createUpdateServer(options: UpdateServerOptions): Server {
         logger.log(level, "request", {
           method: req.method,
           path: req.url,
+          range: req.headers.range,
           status: final,
           bytes,
           ms: Math.round(performance.now() - started),

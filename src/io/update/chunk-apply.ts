@@ -4,16 +4,20 @@
  * come from the published root in few ranged requests, each checked chunk by
  * chunk against the verified index before it is written, straight at its
  * offset (so a restarted apply finds them: chunk-path.ts); a request that
- * breaks off is asked again for the rest of it, a few times. Then, as on every
- * path, the whole slot is hashed against the signed manifest. Any failure
- * throws; the caller takes the full stream, the slot stays marked invalid.
+ * breaks off is asked again for the rest of it, a few times. A root with a
+ * dm-verity tree gets its superblock and tree computed from the file system
+ * just assembled, as on the xdelta3-verity path, never downloaded. Then, as
+ * on every path, the whole slot is hashed against the signed manifest: a tree
+ * computed differently from the build's fails there. Any failure throws; the
+ * caller takes the full stream, the slot stays marked invalid.
  */
 import { createHash } from "node:crypto";
 import { open, type FileHandle } from "node:fs/promises";
 import type { ByteRange } from "../../core/gpt.ts";
 import { EosError, errorMessage } from "../../core/errors.ts";
 import type { Chunk } from "../../core/update/chunker.ts";
-import type { ChunkFetch } from "../../core/update/chunk-plan.ts";
+import type { ChunkFetch, TreeSpan } from "../../core/update/chunk-plan.ts";
+import { VERITY_BLOCK, verityRootHash } from "../../core/verity.ts";
 import { crashPoint } from "../crash-point.ts";
 import type { ProcessRunner } from "../process.ts";
 import type { Progress } from "../progress.ts";
@@ -21,6 +25,7 @@ import { interrupted, watchWithLimits, type TransferLimits } from "../watchdog.t
 import type { ChunkPlan } from "./chunk-path.ts";
 import { FINAL, pause, verifySlot, writeFully, writeZeros, type WriteSlotResult } from "./slot-writer.ts";
 import type { UpdateSource } from "./source.ts";
+import { verityTailOf } from "./verity-stream.ts";
 
 export interface ChunkWrite {
   plan: ChunkPlan;
@@ -140,6 +145,25 @@ async function fetchRangeRetrying(
   }
 }
 
+/**
+ * Computes the dm-verity superblock and tree from the file system in the
+ * target slot and writes them at their place; returns where they end. The
+ * root hash is checked against the signed record first, so a wrong tree is
+ * named as such rather than as a slot hash mismatch.
+ */
+async function writeTree(handle: FileHandle, target: ByteRange, tree: TreeSpan): Promise<number> {
+  const tail = await verityTailOf(handle, target.offset, tree.record.data_blocks);
+  // The top level is the block after the superblock; its sha256 is the root hash.
+  const rootHash = verityRootHash(tail.subarray(VERITY_BLOCK, 2 * VERITY_BLOCK));
+  if (rootHash !== tree.record.root_hash)
+    throw new EosError(
+      "HASH_MISMATCH",
+      `the dm-verity tree computed from the assembled file system has root hash ${rootHash.slice(0, 16)}…, the signed manifest says ${tree.record.root_hash.slice(0, 16)}…`,
+    );
+  await writeFully(handle, tail, tail.length, target.offset + tree.offset);
+  return tree.offset + tail.length;
+}
+
 export async function writeSlotFromChunks(o: ChunkWrite): Promise<WriteSlotResult> {
   const started = performance.now();
   const { work, index } = o.plan;
@@ -164,12 +188,30 @@ export async function writeSlotFromChunks(o: ChunkWrite): Promise<WriteSlotResul
       await land(chunk, bytes);
     }
     for (const f of work.fetches) await fetchRangeRetrying(o, f, buffer, land);
-    await writeZeros(handle, o.target.offset + dataBytes, o.size - dataBytes, buffer);
+    const tree = o.plan.tree;
+    // The build writes nothing after the tree: the zero tail starts where it ends.
+    const end = tree ? await writeTree(handle, o.target, tree) : dataBytes;
+    await writeZeros(handle, o.target.offset + end, o.size - end, buffer);
     await handle.datasync();
     crashPoint("apply:slot-written");
     o.progress?.done();
     const wroteAt = performance.now();
-    await verifySlot(handle, { disk: o.disk, range: o.target, size: o.size, sha256: o.sha256, proc: o.proc });
+    try {
+      await verifySlot(handle, {
+        disk: o.disk,
+        range: o.target,
+        size: o.size,
+        sha256: o.sha256,
+        proc: o.proc,
+      });
+    } catch (error) {
+      if (!tree || !(error instanceof EosError)) throw error;
+      throw new EosError(
+        error.code,
+        `${error.message} (its dm-verity superblock and tree were computed on this device, from the file system's ${tree.record.data_blocks} blocks)`,
+        error.hint ? { hint: error.hint } : {},
+      );
+    }
     return { writeSeconds: (wroteAt - started) / 1000, verifySeconds: (performance.now() - wroteAt) / 1000 };
   } finally {
     await handle.close();

@@ -6,7 +6,10 @@
  * index's own chunker: running-chunks.ts), and, for an exact plan, hash the
  * target slot at the index's boundaries (what a cut-short apply already wrote
  * there counts, so a restart fetches only the rest). A check plans without
- * reading the target slot: its figure is then an upper bound. Never throws
+ * reading the target slot: its figure is then an upper bound. For a root
+ * with a dm-verity tree only the file system's chunks are planned: the
+ * device computes the tree from them (core/update/chunk-plan.ts computedTree;
+ * the index covers the tree too, for devices that fetch it). Never throws
  * for a missing or lying index: it says why, and the caller takes the full
  * stream.
  */
@@ -15,7 +18,15 @@ import type { ByteRange } from "../../core/gpt.ts";
 import { errorMessage } from "../../core/errors.ts";
 import { streamBytes, type Manifest } from "../../core/manifest.ts";
 import { openChunkIndex, type ChunkIndex } from "../../core/update/chunk-index.ts";
-import { ChunkChecker, planChunkWork, type ChunkWork } from "../../core/update/chunk-plan.ts";
+import {
+  assembledChunks,
+  ChunkChecker,
+  computedTree,
+  planChunkWork,
+  type ChunkWork,
+  type TreeSpan,
+} from "../../core/update/chunk-plan.ts";
+import type { Chunk } from "../../core/update/chunker.ts";
 import { hashRange } from "../hash.ts";
 import type { Context } from "../context.ts";
 import { runningChunks } from "./running-chunks.ts";
@@ -24,6 +35,8 @@ import type { UpdateSource } from "./source.ts";
 export type ChunkPlan = {
   path: "chunks";
   index: ChunkIndex;
+  /** What the device computes after the chunks have landed, instead of fetching it. */
+  tree: TreeSpan | undefined;
   work: ChunkWork;
   /** Bytes of the chunk index itself (downloaded while planning). */
   indexBytes: number;
@@ -31,12 +44,14 @@ export type ChunkPlan = {
   exact: boolean;
 };
 
-/** Which of the index's chunks the target slot holds already. */
-async function heldChunks(disk: string, slot: ByteRange, index: ChunkIndex): Promise<boolean[]> {
-  const checker = new ChunkChecker(index.chunks);
+/** Which of `chunks` (the index's, from its first) the target slot holds already. */
+async function heldChunks(disk: string, slot: ByteRange, chunks: readonly Chunk[]): Promise<boolean[]> {
+  const checker = new ChunkChecker(chunks);
+  const last = chunks[chunks.length - 1];
+  const end = last ? last.offset + last.size : 0;
   const handle = await open(disk, "r");
   try {
-    await hashRange(handle, slot.offset, index.header.data_bytes, undefined, (bytes) => checker.push(bytes));
+    await hashRange(handle, slot.offset, end, undefined, (bytes) => checker.push(bytes));
   } finally {
     await handle.close();
   }
@@ -77,9 +92,11 @@ export async function planChunks(o: {
       slot: o.running,
       key: { sha256: o.runningSha, length: o.runningBytes, chunker: index.header.chunker },
     });
-    const held = o.exact ? await heldChunks(o.disk, o.target, index) : [];
-    const work = planChunkWork(index.chunks, held, (sha) => have.get(sha));
-    return { path: "chunks", index, work, indexBytes: ref.size, exact: o.exact };
+    const tree = computedTree(o.manifest.partitions.root.verity, index.header.data_bytes);
+    const chunks = assembledChunks(index.chunks, tree);
+    const held = o.exact ? await heldChunks(o.disk, o.target, chunks) : [];
+    const work = planChunkWork(chunks, held, (sha) => have.get(sha));
+    return { path: "chunks", index, tree, work, indexBytes: ref.size, exact: o.exact };
   } catch (error) {
     return { none: `the slots could not be read for the chunk path: ${errorMessage(error)}` };
   }

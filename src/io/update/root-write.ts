@@ -93,7 +93,8 @@ export function describePlan(plan: UpdatePlan, root: ManifestPartition): string 
     const { work } = plan;
     // A check does not read the target slot: what a cut-short apply left there is not known.
     const [upTo, held] = plan.exact ? ["", `, ${work.heldBytes} bytes already in place`] : ["up to ", ""];
-    return `${upTo}${work.fetchBytes} bytes of the root in ${work.fetches.length} ranges, ${work.copies.length} chunks copied from the running slot${held} (the full root is ${full})`;
+    const tree = plan.tree ? `, its dm-verity tree (${plan.tree.bytes} bytes) computed here` : "";
+    return `${upTo}${work.fetchBytes} bytes of the root in ${work.fetches.length} ranges, ${work.copies.length} chunks copied from the running slot${held}${tree} (the full root is ${full})`;
   }
   return `the full root, ${full} bytes (${plan.reason})`;
 }

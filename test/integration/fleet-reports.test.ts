@@ -6,11 +6,13 @@
  * restarted and keeps its state; a device that commits while the server is
  * down reports it with its next run.
  */
+import { spawn } from "node:child_process";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { readFile } from "node:fs/promises";
-import { join } from "node:path";
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { streamBytes } from "../../src/core/manifest.ts";
+import { SPILL_MAX } from "../../src/core/fleet/report-queue.ts";
 import { request as httpsRequest } from "node:https";
 import { runEos } from "../helpers/run.ts";
 import { startServer, type RunningServer, type TestCert } from "../helpers/serve.ts";
@@ -271,6 +273,61 @@ for (const kind of ["sqlite", "postgres"] as const) {
         assert.deepEqual([e.data.version, e.data.total], ["2.0.0", total]);
         assert.ok((e.data.bytes ?? -1) >= previous && (e.data.bytes ?? 0) <= total, JSON.stringify(e.data));
         previous = e.data.bytes ?? 0;
+      }
+    });
+
+    test("an event that cannot get the queue's lock in time is kept beside it and sent; past the spill it is counted as dropped, and the server told", async (t) => {
+      if (!server) return t.skip(`PostgreSQL cannot start here: ${pgUnavailable}`);
+      const d2 = devices[1] as TestDevice;
+      const queue = join(d2.root, "run/eos/reports.json");
+      type Shown = { device: { dropped: number }; events: Array<{ type: string; data: { id: string } }> };
+      const show = async () =>
+        JSON.parse((await cli(["devices", "show", "dev-2", "--json"])).stdout.toString()) as Shown;
+      const before = await show();
+      // Another live process holds the queue's lock for the whole test (os-update runs in this one).
+      const holder = spawn("sleep", ["600"], { stdio: "ignore" });
+      await mkdir(dirname(queue), { recursive: true });
+      await writeFile(`${queue}.lock`, `${holder.pid}\n`);
+      try {
+        const checked = await d2.run(["--check"]);
+        assert.ok(checked.code === 0 || checked.code === 1, checked.stderr);
+        const first = await show();
+        const seen = new Set(before.events.map((e) => e.data.id));
+        assert.deepEqual(
+          first.events.filter((e) => !seen.has(e.data.id)).map((e) => e.type),
+          ["checked"],
+          "the check's report reached the server though the queue stayed locked",
+        );
+        assert.equal(first.device.dropped, before.device.dropped);
+        assert.deepEqual(await readdir(`${queue}.spill`).catch(() => []), [], "sent, so no longer kept");
+
+        // The spill full (earlier runs' events that could not get the lock either): the next one is counted.
+        const spilled = Array.from({ length: SPILL_MAX }, (_, i) => ({
+          type: "checked",
+          id: `spilled-${String(i).padStart(4, "0")}-${kind}`,
+          time: new Date().toISOString(),
+          version: "1.0.0",
+          slot: "A",
+          sha256: "0".repeat(64),
+          available: true,
+        }));
+        await mkdir(`${queue}.spill`, { recursive: true });
+        for (const [i, e] of spilled.entries())
+          await writeFile(
+            join(`${queue}.spill`, `${String(i).padStart(4, "0")}-${e.id}.json`),
+            JSON.stringify(e),
+          );
+        assert.ok((await d2.run(["--check"])).code <= 1);
+        const second = await show();
+        const ids = new Set(second.events.map((e) => e.data.id));
+        assert.ok(
+          spilled.every((e) => ids.has(e.id)),
+          "every spilled event reached the server",
+        );
+        assert.equal(second.device.dropped, before.device.dropped + 1, "the check that found the spill full");
+      } finally {
+        holder.kill();
+        await rm(`${queue}.lock`, { force: true });
       }
     });
   });

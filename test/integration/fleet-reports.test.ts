@@ -17,7 +17,13 @@ import { request as httpsRequest } from "node:https";
 import { runEos } from "../helpers/run.ts";
 import { startServer, type RunningServer, type TestCert } from "../helpers/serve.ts";
 import type { World } from "../helpers/server-world.ts";
-import { makeFleetWorld, startFleetServer, stopServer, type FleetWorld } from "../helpers/fleet-server.ts";
+import {
+  httpsCall,
+  makeFleetWorld,
+  startFleetServer,
+  stopServer,
+  type FleetWorld,
+} from "../helpers/fleet-server.ts";
 import { makeDevice, type TestDevice } from "../helpers/device.ts";
 import type { Postgres } from "../helpers/postgres.ts";
 
@@ -345,5 +351,73 @@ test("over SSH, reporting is off and os-update says so once per boot", async () 
     assert.doesNotMatch(second.stderr, /reporting/);
   } finally {
     await device.close();
+  }
+});
+
+// The limit is kept in the server's memory, not in its database: one database is enough.
+test("a device over its report limit gets 429 with Retry-After; it keeps its events and sends nothing before then", async () => {
+  const fleet = await startFleetServer({
+    world,
+    dir: join(world.dir, "report-limit"),
+    extraConfig: "serve:\n  report_limit:\n    per_device: { burst: 2, per_minute: 1 }\n",
+    deviceIds: ["dev-9"],
+    tls,
+  });
+  const reports: number[] = [];
+  let lines = "";
+  fleet.server.child.stdout?.on("data", (s: string) => {
+    lines += s;
+    for (let nl = lines.indexOf("\n"); nl >= 0; nl = lines.indexOf("\n")) {
+      const line = lines.slice(0, nl);
+      lines = lines.slice(nl + 1);
+      const log = JSON.parse(line) as { msg?: string; path?: string; status?: number };
+      if (log.msg === "request" && log.path === "/v1/events") reports.push(log.status ?? 0);
+    }
+  });
+  const device = await makeDevice(join(world.dir, "device-v1.raw"), v1Manifest, {
+    config: `update:\n  name: ${NAME}\n  url: ${fleet.server.url}\n  ca: ${tls.cert}\n`,
+    keys: [join(world.keysDir, "release.pub")],
+    token: fleet.tokens.get("dev-9") as string,
+  });
+  const queue = join(device.root, "run/eos/reports.json");
+  const settled = async (n: number) => {
+    // The server logs a request once it has answered: the line may trail the device's run a little.
+    for (let i = 0; i < 100 && reports.length < n; i++) await new Promise((r) => setTimeout(r, 20));
+  };
+  try {
+    for (let i = 0; i < 3; i++) assert.equal((await device.run(["--check"])).code, 1);
+    await settled(3);
+    assert.deepEqual(reports, [200, 200, 429]);
+    const held = JSON.parse(await readFile(queue, "utf8")) as {
+      events: Array<{ type: string }>;
+      retryAt: number;
+    };
+    assert.deepEqual(
+      held.events.map((e) => e.type),
+      ["checked"],
+      "the refused batch is kept",
+    );
+    const wait = held.retryAt - Date.now();
+    assert.ok(wait > 30_000 && wait <= 61_000, `sends again after the server's Retry-After (${wait} ms)`);
+
+    assert.equal((await device.run(["--check"])).code, 1);
+    await new Promise((r) => setTimeout(r, 500));
+    assert.deepEqual(reports, [200, 200, 429], "no batch before Retry-After");
+    const later = JSON.parse(await readFile(queue, "utf8")) as { events: Array<{ type: string }> };
+    assert.deepEqual(
+      later.events.map((e) => e.type),
+      ["checked", "checked"],
+    );
+
+    const refused = await httpsCall(fleet.server.url, tls, "POST", "/v1/events", {
+      token: fleet.tokens.get("dev-9") as string,
+      body: { device: { image: NAME, architecture: "x86_64" }, events: [] },
+    });
+    assert.equal(refused.status, 429, "refused before its body is even read");
+    assert.match(String(refused.headers["retry-after"]), /^\d+$/);
+    assert.equal(refused.headers["x-eos-error"], "RATE_LIMITED");
+  } finally {
+    await device.close();
+    await stopServer(fleet.server);
   }
 });

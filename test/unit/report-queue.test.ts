@@ -10,8 +10,10 @@ import {
   absorbSpill,
   appendEvent,
   parseReportQueue,
+  MAX_RETRY_AFTER_MS,
   QUEUE_MAX,
   removeSent,
+  retryAfterAt,
   type ReportQueue,
 } from "../../src/core/fleet/report-queue.ts";
 
@@ -75,4 +77,23 @@ test("after a send, the sent events go and the drops the server was told of; lat
   const after = removeSent(q, new Set(["a", "b"]), 3);
   assert.deepEqual([ids(after), after.dropped, after.lostSeen], [["c"], 2, 2]);
   assert.equal(removeSent(q, new Set(), 9).dropped, 0);
+});
+
+test("the server's Retry-After: seconds or a date, capped; nothing usable is no wait", () => {
+  const now = Date.parse("2026-12-02T09:00:00Z");
+  assert.equal(retryAfterAt("30", now), now + 30_000);
+  assert.equal(retryAfterAt(" 30 ", now), now + 30_000);
+  assert.equal(retryAfterAt("Wed, 02 Dec 2026 09:01:00 GMT", now), now + 60_000);
+  assert.equal(retryAfterAt("999999", now), now + MAX_RETRY_AFTER_MS);
+  for (const bad of [undefined, "", "soon", "-5", "0", "Wed, 02 Dec 2026 08:00:00 GMT"])
+    assert.equal(retryAfterAt(bad, now), undefined, String(bad));
+});
+
+test("the time the server asked for is kept in the file, through merges, and cleared by a send", () => {
+  const q = parseReportQueue(JSON.stringify({ events: [ev("a")], dropped: 0, retryAt: 1234 }));
+  assert.equal(q.retryAt, 1234);
+  assert.equal(absorbSpill(q, { events: [ev("b")], damaged: 0 }, 0).retryAt, 1234);
+  assert.equal(appendEvent(q, ev("c")).retryAt, 1234);
+  assert.equal(removeSent(q, new Set(["a"]), 0).retryAt, undefined);
+  assert.equal(parseReportQueue(JSON.stringify({ events: [], retryAt: "x" })).retryAt, undefined);
 });

@@ -22,6 +22,8 @@ export interface ReportQueue {
   dropped: number;
   /** How many bytes of the lost count are already in `dropped`. */
   lostSeen: number;
+  /** The server asked for no batch before then (epoch ms; its 429's Retry-After). */
+  retryAt?: number;
 }
 
 const count = (v: unknown) => (typeof v === "number" && Number.isInteger(v) && v > 0 ? v : 0);
@@ -34,6 +36,7 @@ export function parseReportQueue(text: string): ReportQueue {
       events: Array.isArray(q.events) ? q.events : [],
       dropped: count(q.dropped),
       lostSeen: count(q.lostSeen),
+      ...(count(q.retryAt) > 0 ? { retryAt: count(q.retryAt) } : {}),
     };
   } catch {
     return { events: [], dropped: 0, lostSeen: 0 };
@@ -52,8 +55,9 @@ export function appendEvent(q: ReportQueue, event: DeviceEvent): ReportQueue {
 
 /**
  * The queue with the spilled events (oldest first), the spill files that
- * held none (damaged) and the lost count folded in. An event already queued (a merge that was cut short before it
- * removed its spill files) is not queued twice.
+ * held none (damaged) and the lost count folded in. An event already queued
+ * (a merge that was cut short before it removed its spill files) is not
+ * queued twice.
  */
 export function absorbSpill(
   q: ReportQueue,
@@ -65,6 +69,7 @@ export function absorbSpill(
   // A count file shorter than what was taken in was removed and began again: all of it is new.
   const lost = lostBytes >= q.lostSeen ? lostBytes - q.lostSeen : lostBytes;
   return trim({
+    ...q,
     events: [...q.events, ...fresh],
     dropped: q.dropped + lost + spilled.damaged,
     lostSeen: lostBytes,
@@ -73,9 +78,26 @@ export function absorbSpill(
 
 /** The queue once the server has taken a batch: its events, and the drops it was told of. */
 export function removeSent(q: ReportQueue, sentIds: ReadonlySet<string>, sentDropped: number): ReportQueue {
+  const { retryAt: _taken, ...rest } = q;
   return {
-    ...q,
+    ...rest,
     events: q.events.filter((e) => !sentIds.has(e.id)),
     dropped: Math.max(0, q.dropped - sentDropped),
   };
+}
+
+/** The longest wait a server's Retry-After can impose: a wrong or hostile value must not silence a device. */
+export const MAX_RETRY_AFTER_MS = 3600_000;
+
+/**
+ * When a 429's Retry-After (seconds, or an HTTP date) lets the device send
+ * again, at most MAX_RETRY_AFTER_MS on; undefined when the header says
+ * nothing usable (the next run tries again, as for any other refusal).
+ */
+export function retryAfterAt(header: string | undefined, nowMs: number): number | undefined {
+  if (header === undefined) return undefined;
+  const text = header.trim();
+  const at = /^\d+$/.test(text) ? nowMs + Number(text) * 1000 : Date.parse(text);
+  if (!Number.isFinite(at) || at <= nowMs) return undefined;
+  return Math.min(at, nowMs + MAX_RETRY_AFTER_MS);
 }

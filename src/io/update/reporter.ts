@@ -21,6 +21,7 @@ import {
   appendEvent,
   parseReportQueue,
   removeSent,
+  retryAfterAt,
   SPILL_MAX,
   type ReportQueue,
 } from "../../core/fleet/report-queue.ts";
@@ -238,6 +239,8 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
         const taken = await readSpill(path);
         const q = absorbSpill(await readQueue(path), taken, await lostBytes(path));
         if (q.events.length === 0) return;
+        // The server said when (a 429): a device that asks again sooner only spends its allowance.
+        if (q.retryAt !== undefined && o.ctx.now().getTime() < q.retryAt) return;
         const token = await deviceToken(o.ctx, setup, o.warn);
         if (token === undefined) return;
         const ca = u.ca ? await readFile(u.ca) : undefined;
@@ -246,7 +249,12 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
           events: q.events,
           ...(q.dropped > 0 ? { dropped: q.dropped } : {}),
         });
-        const { status } = await postJson(url, token, body, ca, SEND_TIMEOUT_MS);
+        const { status, retryAfter } = await postJson(url, token, body, ca, SEND_TIMEOUT_MS);
+        if (status === 429) {
+          const at = retryAfterAt(retryAfter, o.ctx.now().getTime());
+          if (at !== undefined) await editQueue(path, (now) => ({ ...now, retryAt: at }));
+          return;
+        }
         // Kept for later: the server is down, overloaded, or does not (yet) know this token.
         if (status >= 500 || status === 401 || status === 403 || status === 429 || status === 408) return;
         // Sent (200), or refused for good (another 4xx: resending the same bytes cannot help).

@@ -156,6 +156,14 @@ export const serverConfigSchema = z.strictObject({
       stall_bytes: stallBytes,
       /** ed25519 private key that signs downgrade assignments (abort, pin); none: no downgrades. */
       assignment_key: z.string().startsWith("/", "must be an absolute path").optional(),
+      /** POST /v1/events's token bucket per device (io/server/fleet/report-limit.ts). */
+      report_limit: z
+        .strictObject({
+          per_device: bucket.optional(),
+          /** Buckets kept; the least recently used go first (default 100000). */
+          max_clients: z.number().int().min(1).max(10_000_000).optional(),
+        })
+        .optional(),
       /** POST /v1/enrol's token buckets per client address and per enrolment key (io/server/fleet/enrol-limit.ts). */
       enrol_limit: z
         .strictObject({

@@ -6,16 +6,24 @@
  * restarted and keeps its state; a device that commits while the server is
  * down reports it with its next run.
  */
+import { spawn } from "node:child_process";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { readFile } from "node:fs/promises";
-import { join } from "node:path";
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { streamBytes } from "../../src/core/manifest.ts";
+import { SPILL_MAX } from "../../src/core/fleet/report-queue.ts";
 import { request as httpsRequest } from "node:https";
 import { runEos } from "../helpers/run.ts";
 import { startServer, type RunningServer, type TestCert } from "../helpers/serve.ts";
 import type { World } from "../helpers/server-world.ts";
-import { makeFleetWorld, startFleetServer, stopServer, type FleetWorld } from "../helpers/fleet-server.ts";
+import {
+  httpsCall,
+  makeFleetWorld,
+  startFleetServer,
+  stopServer,
+  type FleetWorld,
+} from "../helpers/fleet-server.ts";
 import { makeDevice, type TestDevice } from "../helpers/device.ts";
 import type { Postgres } from "../helpers/postgres.ts";
 
@@ -273,6 +281,61 @@ for (const kind of ["sqlite", "postgres"] as const) {
         previous = e.data.bytes ?? 0;
       }
     });
+
+    test("an event that cannot get the queue's lock in time is kept beside it and sent; past the spill it is counted as dropped, and the server told", async (t) => {
+      if (!server) return t.skip(`PostgreSQL cannot start here: ${pgUnavailable}`);
+      const d2 = devices[1] as TestDevice;
+      const queue = join(d2.root, "run/eos/reports.json");
+      type Shown = { device: { dropped: number }; events: Array<{ type: string; data: { id: string } }> };
+      const show = async () =>
+        JSON.parse((await cli(["devices", "show", "dev-2", "--json"])).stdout.toString()) as Shown;
+      const before = await show();
+      // Another live process holds the queue's lock for the whole test (os-update runs in this one).
+      const holder = spawn("sleep", ["600"], { stdio: "ignore" });
+      await mkdir(dirname(queue), { recursive: true });
+      await writeFile(`${queue}.lock`, `${holder.pid}\n`);
+      try {
+        const checked = await d2.run(["--check"]);
+        assert.ok(checked.code === 0 || checked.code === 1, checked.stderr);
+        const first = await show();
+        const seen = new Set(before.events.map((e) => e.data.id));
+        assert.deepEqual(
+          first.events.filter((e) => !seen.has(e.data.id)).map((e) => e.type),
+          ["checked"],
+          "the check's report reached the server though the queue stayed locked",
+        );
+        assert.equal(first.device.dropped, before.device.dropped);
+        assert.deepEqual(await readdir(`${queue}.spill`).catch(() => []), [], "sent, so no longer kept");
+
+        // The spill full (earlier runs' events that could not get the lock either): the next one is counted.
+        const spilled = Array.from({ length: SPILL_MAX }, (_, i) => ({
+          type: "checked",
+          id: `spilled-${String(i).padStart(4, "0")}-${kind}`,
+          time: new Date().toISOString(),
+          version: "1.0.0",
+          slot: "A",
+          sha256: "0".repeat(64),
+          available: true,
+        }));
+        await mkdir(`${queue}.spill`, { recursive: true });
+        for (const [i, e] of spilled.entries())
+          await writeFile(
+            join(`${queue}.spill`, `${String(i).padStart(4, "0")}-${e.id}.json`),
+            JSON.stringify(e),
+          );
+        assert.ok((await d2.run(["--check"])).code <= 1);
+        const second = await show();
+        const ids = new Set(second.events.map((e) => e.data.id));
+        assert.ok(
+          spilled.every((e) => ids.has(e.id)),
+          "every spilled event reached the server",
+        );
+        assert.equal(second.device.dropped, before.device.dropped + 1, "the check that found the spill full");
+      } finally {
+        holder.kill();
+        await rm(`${queue}.lock`, { force: true });
+      }
+    });
   });
 }
 
@@ -288,5 +351,73 @@ test("over SSH, reporting is off and os-update says so once per boot", async () 
     assert.doesNotMatch(second.stderr, /reporting/);
   } finally {
     await device.close();
+  }
+});
+
+// The limit is kept in the server's memory, not in its database: one database is enough.
+test("a device over its report limit gets 429 with Retry-After; it keeps its events and sends nothing before then", async () => {
+  const fleet = await startFleetServer({
+    world,
+    dir: join(world.dir, "report-limit"),
+    extraConfig: "serve:\n  report_limit:\n    per_device: { burst: 2, per_minute: 1 }\n",
+    deviceIds: ["dev-9"],
+    tls,
+  });
+  const reports: number[] = [];
+  let lines = "";
+  fleet.server.child.stdout?.on("data", (s: string) => {
+    lines += s;
+    for (let nl = lines.indexOf("\n"); nl >= 0; nl = lines.indexOf("\n")) {
+      const line = lines.slice(0, nl);
+      lines = lines.slice(nl + 1);
+      const log = JSON.parse(line) as { msg?: string; path?: string; status?: number };
+      if (log.msg === "request" && log.path === "/v1/events") reports.push(log.status ?? 0);
+    }
+  });
+  const device = await makeDevice(join(world.dir, "device-v1.raw"), v1Manifest, {
+    config: `update:\n  name: ${NAME}\n  url: ${fleet.server.url}\n  ca: ${tls.cert}\n`,
+    keys: [join(world.keysDir, "release.pub")],
+    token: fleet.tokens.get("dev-9") as string,
+  });
+  const queue = join(device.root, "run/eos/reports.json");
+  const settled = async (n: number) => {
+    // The server logs a request once it has answered: the line may trail the device's run a little.
+    for (let i = 0; i < 100 && reports.length < n; i++) await new Promise((r) => setTimeout(r, 20));
+  };
+  try {
+    for (let i = 0; i < 3; i++) assert.equal((await device.run(["--check"])).code, 1);
+    await settled(3);
+    assert.deepEqual(reports, [200, 200, 429]);
+    const held = JSON.parse(await readFile(queue, "utf8")) as {
+      events: Array<{ type: string }>;
+      retryAt: number;
+    };
+    assert.deepEqual(
+      held.events.map((e) => e.type),
+      ["checked"],
+      "the refused batch is kept",
+    );
+    const wait = held.retryAt - Date.now();
+    assert.ok(wait > 30_000 && wait <= 61_000, `sends again after the server's Retry-After (${wait} ms)`);
+
+    assert.equal((await device.run(["--check"])).code, 1);
+    await new Promise((r) => setTimeout(r, 500));
+    assert.deepEqual(reports, [200, 200, 429], "no batch before Retry-After");
+    const later = JSON.parse(await readFile(queue, "utf8")) as { events: Array<{ type: string }> };
+    assert.deepEqual(
+      later.events.map((e) => e.type),
+      ["checked", "checked"],
+    );
+
+    const refused = await httpsCall(fleet.server.url, tls, "POST", "/v1/events", {
+      token: fleet.tokens.get("dev-9") as string,
+      body: { device: { image: NAME, architecture: "x86_64" }, events: [] },
+    });
+    assert.equal(refused.status, 429, "refused before its body is even read");
+    assert.match(String(refused.headers["retry-after"]), /^\d+$/);
+    assert.equal(refused.headers["x-eos-error"], "RATE_LIMITED");
+  } finally {
+    await device.close();
+    await stopServer(fleet.server);
   }
 });

@@ -10,6 +10,8 @@ export interface PostAnswer {
   status: number;
   /** The server's typed error (x-eos-error), when it sent one. */
   error: string | undefined;
+  /** The Retry-After header of a refusal (429, 503), as sent. */
+  retryAfter: string | undefined;
   text: string;
 }
 
@@ -48,6 +50,7 @@ export function postJson(
           resolve({
             status: res.statusCode ?? 0,
             error: typeof error === "string" ? error : undefined,
+            retryAfter: res.headers["retry-after"],
             text,
           });
         });

@@ -4,14 +4,27 @@
  * that is down, slow or refusing costs the update nothing but a bounded wait,
  * and what could not be sent goes out with a later run. The queue lives on
  * the flake registry when it is active (it survives a reboot, a kexec and a
- * fallback), else in /run. Over SSH there is no endpoint to report to:
+ * fallback), else in /run. An event never waits long for another process's
+ * turn on the queue, and never vanishes: it is spilled beside the queue, or
+ * at worst counted as dropped, and the server is told
+ * (core/fleet/report-queue.ts). Over SSH there is no endpoint to report to:
  * reporting is off, and os-update says so once per boot.
  */
 import { randomBytes } from "node:crypto";
-import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
+import { appendFile, mkdir, readdir, readFile, stat, unlink, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { parseKernelCommandLine, readBootState, type Slot } from "../../core/update/bootctl.ts";
+import { EosError } from "../../core/errors.ts";
 import type { DeviceEvent, DeviceFacts } from "../../core/fleet/events.ts";
+import {
+  absorbSpill,
+  appendEvent,
+  parseReportQueue,
+  removeSent,
+  retryAfterAt,
+  SPILL_MAX,
+  type ReportQueue,
+} from "../../core/fleet/report-queue.ts";
 import { sysPath, type Context } from "../context.ts";
 import { deviceStatePath } from "./state-path.ts";
 import { atomicWriteFile } from "../files.ts";
@@ -39,50 +52,118 @@ export interface UpdateEvents {
   flush(): Promise<void>;
 }
 
-/** Events kept while the server is unreachable; older ones are dropped (and counted) beyond this. */
-export const QUEUE_MAX = 64;
 /** The whole send (connect, upload, answer) of one flush. */
 export const SEND_TIMEOUT_MS = 5000;
 const QUEUE_FILE = "eos/reports.json";
 /** This process may not live to send them later: the system reboots or kexecs next. */
 const SEND_AT_ONCE: ReadonlySet<DeviceEvent["type"]> = new Set(["kexec", "committed", "rolled_back"]);
 
-interface Queue {
-  events: DeviceEvent[];
-  dropped: number;
-}
-
 export const reportingOff: UpdateEvents = { note: async () => undefined, flush: async () => undefined };
 
 const queuePath = (ctx: Context) => deviceStatePath(ctx, QUEUE_FILE);
+/** Events that could not wait for the queue's lock, one file each (see core/fleet/report-queue.ts). */
+const spillDir = (path: string) => `${path}.spill`;
+/** One byte per event that found the spill full as well. */
+const lostPath = (path: string) => `${path}.lost`;
 
-async function readQueue(path: string): Promise<Queue> {
-  try {
-    const q = JSON.parse(await readFile(path, "utf8")) as Partial<Queue>;
-    return { events: Array.isArray(q.events) ? q.events : [], dropped: Number(q.dropped) || 0 };
-  } catch {
-    return { events: [], dropped: 0 };
-  }
+const readQueue = async (path: string): Promise<ReportQueue> =>
+  parseReportQueue(await readFile(path, "utf8").catch(() => ""));
+
+interface Spill {
+  /** The spill's files, oldest first. */
+  files: string[];
+  events: DeviceEvent[];
+  /** Files that are there but hold no event: counted as dropped when they are removed. */
+  damaged: number;
 }
 
-/** How long a writer waits for another process's turn on the queue (a few ms each) before it gives up the event. */
+/** The spill's complete files, oldest first (a writer's temp file starts with a dot). */
+async function spillFiles(path: string): Promise<string[]> {
+  const names = await readdir(spillDir(path)).catch(() => [] as string[]);
+  return names
+    .filter((n) => /^[0-9a-z].*\.json$/.test(n))
+    .sort()
+    .map((n) => join(spillDir(path), n));
+}
+
+async function readSpill(path: string): Promise<Spill> {
+  const spill: Spill = { files: [], events: [], damaged: 0 };
+  for (const file of await spillFiles(path)) {
+    spill.files.push(file);
+    try {
+      spill.events.push(JSON.parse(await readFile(file, "utf8")) as DeviceEvent);
+    } catch (error) {
+      // Gone: another process merged it. Damaged: removed with the rest, and counted.
+      if ((error as NodeJS.ErrnoException).code !== "ENOENT") spill.damaged++;
+    }
+  }
+  return spill;
+}
+
+const lostBytes = async (path: string) => (await stat(lostPath(path)).catch(() => undefined))?.size ?? 0;
+
+let spilled = 0;
+
+/**
+ * Keeps an event without the queue's lock: in a file of its own, named so
+ * that a process's events sort in the order it noted them, or, when the
+ * spill is full, as one more byte of the lost count (O_APPEND: writers do
+ * not overwrite each other's bytes).
+ */
+async function spill(path: string, event: DeviceEvent): Promise<void> {
+  const dir = spillDir(path);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  if ((await spillFiles(path)).length >= SPILL_MAX) {
+    await appendFile(lostPath(path), "x", { mode: 0o600 });
+    return;
+  }
+  const order = `${Date.now().toString(36).padStart(10, "0")}-${process.pid}-${String(spilled++).padStart(8, "0")}`;
+  await atomicWriteFile(join(dir, `${order}-${event.id}.json`), JSON.stringify(event), 0o600);
+}
+
+/**
+ * How long a writer waits for another process's turn on the queue (a few ms
+ * each): past it the event is spilled, so an update never waits longer.
+ */
 const QUEUE_LOCK_WAIT_MS = 2000;
+/** The wait once a wait has run out in this process: the holder is stuck, and every event would pay it again. */
+const QUEUE_LOCK_STUCK_MS = 100;
+let lockWait = QUEUE_LOCK_WAIT_MS;
 /** How long a writer leaves the queue's lock alone after its edit (longer than a waiter's retry pause). */
 const QUEUE_TURN_MS = 15;
 /** This process's edits, one after the other (the lock file tells processes apart, not calls). */
 let editing: Promise<unknown> = Promise.resolve();
 
 /**
- * Reads, changes and rewrites the queue as one step: the boot unit's report
- * and a manual os-update may both be writing, and neither may lose the
- * other's events.
+ * Reads, changes and rewrites the queue as one step, taking in what was
+ * spilled beside it: the boot unit's report and a manual os-update may both
+ * be writing, and neither may lose the other's events. With `orSpill`, an
+ * event that cannot get the lock in time is spilled instead of failing.
  */
-function editQueue(path: string, change: (q: Queue) => Queue): Promise<void> {
+function editQueue(
+  path: string,
+  change: (q: ReportQueue) => ReportQueue,
+  orSpill?: DeviceEvent,
+): Promise<void> {
   const run = async () => {
     await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-    await withLock(`${path}.lock`, "another os-update's report", QUEUE_LOCK_WAIT_MS, async () => {
-      await atomicWriteFile(path, JSON.stringify(change(await readQueue(path))), 0o600);
-    });
+    try {
+      await withLock(`${path}.lock`, "another os-update's report", lockWait, async () => {
+        const taken = await readSpill(path);
+        const q = absorbSpill(await readQueue(path), taken, await lostBytes(path));
+        await atomicWriteFile(path, JSON.stringify(change(q)), 0o600);
+        // After the queue holds them: a crash in between leaves copies, which the queue skips (same id)
+        // or the server stores once.
+        for (const file of taken.files) await unlink(file).catch(() => undefined);
+      });
+    } catch (error) {
+      if (!(error instanceof EosError && error.code === "LOCKED")) throw error;
+      lockWait = QUEUE_LOCK_STUCK_MS;
+      if (!orSpill) throw error;
+      await spill(path, orSpill);
+      return;
+    }
+    lockWait = QUEUE_LOCK_WAIT_MS;
     // A turn for the other process: one that notes a burst of events would otherwise take the
     // lock again at once after each, and a waiter polling for it could wait out its whole limit.
     await new Promise((resolve) => setTimeout(resolve, QUEUE_TURN_MS));
@@ -145,14 +226,8 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
     async note(event) {
       try {
         const id = `${Date.now().toString(36)}-${randomBytes(6).toString("base64url")}`;
-        await editQueue(path, (q) => {
-          q.events.push({ ...event, id, time: o.ctx.now().toISOString() } as DeviceEvent);
-          while (q.events.length > QUEUE_MAX) {
-            q.events.shift();
-            q.dropped++;
-          }
-          return q;
-        });
+        const full = { ...event, id, time: o.ctx.now().toISOString() } as DeviceEvent;
+        await editQueue(path, (q) => appendEvent(q, full), full);
       } catch {
         // a full or read-only disk loses this report, never the update
       }
@@ -160,8 +235,12 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
     },
     async flush() {
       try {
-        const q = await readQueue(path);
+        // What another process spilled goes out too, even while its lock is still held.
+        const taken = await readSpill(path);
+        const q = absorbSpill(await readQueue(path), taken, await lostBytes(path));
         if (q.events.length === 0) return;
+        // The server said when (a 429): a device that asks again sooner only spends its allowance.
+        if (q.retryAt !== undefined && o.ctx.now().getTime() < q.retryAt) return;
         const token = await deviceToken(o.ctx, setup, o.warn);
         if (token === undefined) return;
         const ca = u.ca ? await readFile(u.ca) : undefined;
@@ -170,15 +249,23 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
           events: q.events,
           ...(q.dropped > 0 ? { dropped: q.dropped } : {}),
         });
-        const { status } = await postJson(url, token, body, ca, SEND_TIMEOUT_MS);
+        const { status, retryAfter } = await postJson(url, token, body, ca, SEND_TIMEOUT_MS);
+        if (status === 429) {
+          const at = retryAfterAt(retryAfter, o.ctx.now().getTime());
+          if (at !== undefined) await editQueue(path, (now) => ({ ...now, retryAt: at }));
+          return;
+        }
         // Kept for later: the server is down, overloaded, or does not (yet) know this token.
         if (status >= 500 || status === 401 || status === 403 || status === 429 || status === 408) return;
         // Sent (200), or refused for good (another 4xx: resending the same bytes cannot help).
         const sent = new Set(q.events.map((e) => e.id));
-        await editQueue(path, (now) => ({
-          events: now.events.filter((e) => !sent.has(e.id)),
-          dropped: Math.max(0, now.dropped - q.dropped),
-        }));
+        try {
+          await editQueue(path, (now) => removeSent(now, sent, q.dropped));
+        } catch {
+          // The lock is still held: the spilled events that went out are their own files, removed
+          // without it. The queued ones go again (the server stores an event once, by its id).
+          for (const file of taken.files) await unlink(file).catch(() => undefined);
+        }
       } catch {
         // unreachable, timed out, no token: the queue keeps the events for the next run
       }

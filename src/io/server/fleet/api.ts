@@ -1,6 +1,7 @@
 /**
  * The control plane's HTTP routes, next to the image routes of http.ts:
- *   POST   /v1/events                  a device's batch of reports (device token)
+ *   POST   /v1/events                  a device's batch of reports (device token; rate-limited per
+ *                                      device: 429, report-limit.ts)
  *   POST   /v1/enrol                   {"hint"?} with the fleet's enrolment key → {"device", "token"}
  *                                      (rate-limited per address and per key: 429, enrol-limit.ts)
  *   GET    /v1/admin/whoami            the admin token's name and role (viewer)
@@ -128,6 +129,7 @@ export function controlPlane(
   rollouts?: { store: RolloutStore; images: ImageStore; onError(error: unknown): void },
   enrolLimit?: EnrolLimiter,
   windows?: WindowSettings,
+  reportLimit?: (device: string) => void,
 ): ControlPlane {
   async function admin(
     req: IncomingMessage,
@@ -163,6 +165,7 @@ export function controlPlane(
       const device = await auth.device();
       if (!device) throw refuse(401, "reports need a device token (the server runs with --no-auth)", "AUTH");
       auth.log.device = device;
+      reportLimit?.(device);
       const batch = await readJson(req, MAX_EVENTS_BODY_BYTES, eventBatchSchema);
       const stored = await store.record(device, batch);
       // A report can end a wave (its last commit) or cross the error threshold: judge it now. Not for

@@ -10,6 +10,7 @@ import { sysPath, type Context } from "../../context.ts";
 import type { Logger } from "../../log.ts";
 import { loadServerConfig, type ServerSetup } from "../server-config.ts";
 import { enrolLimiter, enrolLimits } from "./enrol-limit.ts";
+import { reportLimiter, reportLimits } from "./report-limit.ts";
 import { WindowSettings } from "./windows-api.ts";
 import { controlPlane, type ControlPlane } from "./api.ts";
 import { DEFAULT_STATE_DIR, openFleetDb, SQLITE_FILE } from "./db.ts";
@@ -86,6 +87,7 @@ export async function openControlPlane(
         { store: rollouts, images, onError },
         enrolLimiter(enrolLimits(setup.config.serve?.enrol_limit), ctx.now),
         windows,
+        reportLimiter(reportLimits(setup.config.serve?.report_limit), ctx.now),
       ),
       windows,
       data: new DashboardData(db, store, rollouts, images),

@@ -72,6 +72,7 @@ test("the server units with the image's drop-ins pass systemd-analyze verify, an
   // The tools the units run, as the image has them (verify checks that each is there and executable).
   for (const tool of [
     "mkdir",
+    "mountpoint",
     "mount",
     "umount",
     "cp",
@@ -108,6 +109,14 @@ test("the server units with the image's drop-ins pass systemd-analyze verify, an
   }
   const storage = await readFile(join(FILES, UNIT_DIR, "eos-server-storage.service"), "utf8");
   assert.match(storage, /^Requires=registry-rw\.service$/m);
+  // registry-rw.service succeeds without a registry (a device boots without one); a server must not
+  // then keep its state on tmpfs: the mount point is checked before anything is bound.
+  assert.ok(
+    storage.indexOf("ExecStartPre=/usr/bin/mountpoint /var/lib/containers/storage\n") > -1 &&
+      storage.indexOf("ExecStartPre=/usr/bin/mountpoint") <
+        storage.indexOf("ExecStart=/usr/bin/mount --bind"),
+    "the storage unit checks that the registry is mounted first",
+  );
   assert.match(
     storage,
     /^ExecStart=\/usr\/bin\/mount --bind \/var\/lib\/containers\/storage\/eos-update-server\/os-images \/srv\/www\/fleet\/os-images$/m,

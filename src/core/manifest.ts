@@ -194,13 +194,23 @@ export function decodeManifest(bytes: Buffer, source = "manifest"): Manifest {
   return manifest;
 }
 
-/** Stable key id: sha256 over the raw 32-byte ed25519 public key. */
+/** An ed25519 SubjectPublicKeyInfo is this fixed prefix and the raw 32-byte key (RFC 8410). */
+const ED25519_SPKI_PREFIX = Buffer.from("302a300506032b6570032100", "hex");
+
+/**
+ * Stable key id: sha256 over the raw 32-byte ed25519 public key. Read from
+ * the DER form, not the JWK: Node 20's JWK export holds the key's mutex while
+ * it allocates, and a garbage collection then that finalizes a key-generation
+ * job locks the same mutex: the process hangs (seen in CI, gdb: ExportJWKEdKey
+ * → GC → ~KeyGenJob → uv_mutex_lock).
+ */
 export function keyId(publicKey: KeyObject): string {
-  const jwk = publicKey.export({ format: "jwk" });
-  if (jwk.kty !== "OKP" || jwk.crv !== "Ed25519" || typeof jwk.x !== "string") {
+  const der =
+    publicKey.asymmetricKeyType === "ed25519" ? publicKey.export({ format: "der", type: "spki" }) : undefined;
+  if (!der || der.length !== 44 || !der.subarray(0, 12).equals(ED25519_SPKI_PREFIX)) {
     throw new EosError("SIGNATURE", "release keys must be ed25519");
   }
-  return createHash("sha256").update(Buffer.from(jwk.x, "base64url")).digest("hex");
+  return createHash("sha256").update(der.subarray(12)).digest("hex");
 }
 
 export function signManifest(bytes: Buffer, privateKeys: KeyObject[]): SignatureDoc {

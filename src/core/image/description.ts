@@ -241,6 +241,11 @@ export const imageDescriptionSchema = z
           .optional(),
         /** Trusted release public keys (PEM files, relative to the description). */
         keys: z.array(localPath).default([]),
+        /**
+         * Public keys of the update server's assignment key (PEM files, relative to the
+         * description): with them the device accepts a signed downgrade (a rollout's abort, a pin).
+         */
+        assignment_keys: z.array(localPath).default([]),
         token: z
           .string()
           .regex(/^[A-Za-z0-9._~+/=-]{1,512}$/, "must be a token of letters, digits and . _ ~ + / = -")

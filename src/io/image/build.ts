@@ -3,9 +3,8 @@
  * system → ESP → GPT disk → .raw.xz → signed manifest. Each step logs one
  * line with its duration, so a CI log shows where the time goes.
  */
-import { createPrivateKey, createPublicKey } from "node:crypto";
 import { mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { basename, dirname, isAbsolute, join, resolve } from "node:path";
+import { dirname, isAbsolute, join, resolve } from "node:path";
 import { EosError } from "../../core/errors.ts";
 import {
   parseImageDescription,
@@ -16,10 +15,8 @@ import {
 import { hostArchitecture, type Architecture } from "../../core/image/arch.ts";
 import { EC2_INIT_UNIT, ec2RootFiles, profileDescription } from "../../core/image/ec2.ts";
 import { planLayout } from "../../core/image/layout.ts";
-import { keyId } from "../../core/manifest.ts";
 import { verityParameter, type VerityRecord } from "../../core/verity.ts";
 import type { Context } from "../context.ts";
-import { loadPrivateKey, loadPublicKey } from "../keys.ts";
 import { sourceDateEpoch, writeManifest } from "../release.ts";
 import { addVerity, assembleDisk, compressXz, hashPadded, makeEsp, makeRootImage } from "./disk.ts";
 import { buildContainerStore } from "./containers.ts";
@@ -27,6 +24,7 @@ import { foreignGrubModules, makeBaseRoot } from "./base-root.ts";
 import { rpiBootFiles } from "./rpi-boot.ts";
 import { RootCache, rootCacheDir, rootCacheKeep } from "./root-cache.ts";
 import { buildRootTree, rootBuildEnv } from "./rootfs.ts";
+import { imageKeys } from "./image-keys.ts";
 import { defaultDistDir, projectServerUnits, projectUnit } from "./project.ts";
 
 export interface BuildOptions {
@@ -84,38 +82,6 @@ export async function loadDescription(path: string): Promise<ImageDescription> {
   return parseImageDescription(text, path);
 }
 
-/** Trusted keys for the image: the description's files plus the public halves of --key. */
-async function trustedKeys(
-  desc: ImageDescription,
-  base: string,
-  privateKeys: string[],
-): Promise<Map<string, string>> {
-  const byId = new Map<string, { name: string; pem: string }>();
-  for (const rel of desc.update.keys) {
-    const path = isAbsolute(rel) ? rel : resolve(base, rel);
-    const key = await loadPublicKey(path);
-    const pem = key.export({ format: "pem", type: "spki" }).toString();
-    const name = basename(path).endsWith(".pub") ? basename(path) : `${basename(path)}.pub`;
-    byId.set(keyId(key), { name, pem });
-  }
-  for (const path of privateKeys) {
-    await loadPrivateKey(path);
-    const pub = createPublicKey(createPrivateKey(await readFile(path)));
-    const id = keyId(pub);
-    if (!byId.has(id))
-      byId.set(id, {
-        name: `release-${id.slice(0, 12)}.pub`,
-        pem: pub.export({ format: "pem", type: "spki" }).toString(),
-      });
-  }
-  const out = new Map<string, string>();
-  for (const { name, pem } of byId.values()) {
-    if (out.has(name)) throw new EosError("CONFIG", `two trusted keys are both named ${name}`);
-    out.set(name, pem);
-  }
-  return out;
-}
-
 export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildResult> {
   const log = (line: string) => ctx.stderr.write(`eos build: ${line}\n`);
   const descPath = resolve(o.description);
@@ -162,7 +128,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
   await rm(work, { recursive: true, force: true });
   await mkdir(work, { recursive: true });
   const overlays = desc.files.map((f) => (isAbsolute(f) ? f : resolve(base, f)));
-  const keys = await trustedKeys(desc, base, o.keys);
+  const keys = await imageKeys(desc, base, o.keys);
   const distDir = o.distDir ?? defaultDistDir();
   const seconds: Record<string, number> = {};
   const step = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
@@ -176,7 +142,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
     `${desc.name} ${desc.version}, ${architecture}, profile ${o.profile}, SOURCE_DATE_EPOCH=${epoch} (${epochFrom}), work ${work}`,
   );
   for (const note of profiled.notes) log(`profile ${o.profile}: ${note}`);
-  if (keys.size === 0)
+  if (keys.release.size === 0)
     log("warning: no trusted release keys (update.keys or --key): os-update will refuse updates");
   const tree = join(work, "tree");
   const bootDebs = join(work, "boot-debs");

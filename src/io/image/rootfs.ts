@@ -24,14 +24,15 @@ import { ARCH_PROFILES, type Architecture } from "../../core/image/arch.ts";
 import type { ImageDescription } from "../../core/image/description.ts";
 import { rootFiles, type RootFile } from "../../core/image/root-files.ts";
 import type { ProcessRunner, RunOptions } from "../process.ts";
+import { writeImageKeys, type ImageKeys } from "./image-keys.ts";
 
 export interface RootTreeOptions {
   desc: ImageDescription;
   tree: string;
   /** Overlay directories, already resolved to absolute paths. */
   overlays: string[];
-  /** Trusted release public keys: file name in /usr/share/eos/keys → PEM. */
-  keys: Map<string, string>;
+  /** Trusted release and assignment public keys. */
+  keys: ImageKeys;
   /** Directory holding the EOS bundles (dist/*.mjs); undefined skips them. */
   distDir: string | undefined;
   /** The Node binary to ship when desc.eos.node is "host". */
@@ -54,7 +55,7 @@ function run(o: RootTreeOptions, argv: string[], options: RunOptions = {}) {
   return o.proc.run(argv, { code: "BUILD", ...options });
 }
 
-/** Name in /usr/share/eos/keys and in the wrappers: letters, digits and . _ - only. */
+/** Name of a command in the wrappers: letters, digits and . _ - only. */
 const SAFE_FILE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$/;
 
 /** Bundles that belong on a device (the build host's `eos` does not). */
@@ -176,15 +177,10 @@ export async function buildRootTree(o: RootTreeOptions): Promise<{ kernel: strin
         await copyFile(join(o.distDir as string, "chunks", chunk), join(chunks, chunk));
   }
 
-  const keyDir = inTree(tree, "/usr/share/eos/keys");
-  await mkdir(keyDir, { recursive: true });
-  for (const [name, pem] of o.keys) {
-    if (!SAFE_FILE.test(name)) throw new EosError("CONFIG", `release key file name ${name} is not safe`);
-    await writeFile(join(keyDir, name), pem, { mode: 0o644 });
-  }
+  await writeImageKeys(tree, o.keys);
 
   for (const f of rootFiles(desc, {
-    keyNames: [...o.keys.keys()].sort(),
+    keyNames: [...o.keys.release.keys()].sort(),
     commands,
     nodePath,
     updateCommitUnit: o.updateCommitUnit,

@@ -21,6 +21,7 @@ import { makeTestCert, type TestCert } from "../helpers/serve.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
 import { startFleetServer, stopServer, type FleetServer } from "../helpers/fleet-server.ts";
 import { startPostgres, type Postgres } from "../helpers/postgres.ts";
+import { waveOf, type Rollout } from "../../src/core/fleet/rollout.ts";
 
 const NAME = "EOS.x86_64-AB";
 const CHROMIUM = "/usr/bin/chromium";
@@ -185,6 +186,20 @@ const createForm = (csrf: string) =>
     id: "sneaky",
   }).toString();
 
+/** The status of a form POST sent by the page's own script: its session cookie, this server's origin. */
+const postForm = (page: Page, path: string, body: string) =>
+  page.evaluate(
+    async ([p, b]) =>
+      (
+        await fetch(p, {
+          method: "POST",
+          headers: { "content-type": "application/x-www-form-urlencoded" },
+          body: b,
+        })
+      ).status,
+    [path, body] as const,
+  );
+
 const rolloutState = async () =>
   (
     JSON.parse((await call("GET", "/v1/admin/rollouts/r1", { token: fleet.env.VIEWER as string })).text) as {
@@ -276,6 +291,46 @@ for (const kind of ["sqlite", "postgres"] as const) {
         assert.match(timeline, /checked: running 1\.0\.0/);
       });
 
+      test("the rollouts page shows a wave's new share without a reload when a device reports", async (t) => {
+        if (why()) return t.skip(why());
+        const { page } = ops;
+        await page.goto(`${fleet.server.url}/ui/rollouts`);
+        await page.evaluate(() => void ((globalThis as unknown as { __same?: number }).__same = 1));
+        const { rollout } = JSON.parse(
+          (await call("GET", "/v1/admin/rollouts/r1", { token: fleet.env.VIEWER as string })).text,
+        ) as { rollout: Rollout };
+        const wave = waveOf(rollout, "lab-2", ["lab"]);
+        const row = page.locator("#progress-r1 tbody tr").nth(wave);
+        assert.equal(await page.locator("#progress-r1").getAttribute("aria-live"), "polite");
+        const members = Number(await row.locator("td").nth(0).textContent());
+        const [, before] = /(\d+) \(\d+%\)/.exec((await row.locator("td").nth(1).textContent()) ?? "") ?? [];
+        const now = Number(before) + 1;
+        const pct = ((now / members) * 100).toFixed(0);
+        await report("lab-2", "2.0.0", { type: "committed", version: "2.0.0", slot: "A" });
+        await row.locator("td", { hasText: `${now} (${pct}%)` }).waitFor({ timeout: 15_000 });
+        assert.equal(
+          await row.locator("td").nth(1).locator(".bar").getAttribute("aria-label"),
+          `wave ${wave + 1} success: ${pct}%, threshold 90%`,
+        );
+        assert.equal(
+          await page.evaluate(() => (globalThis as unknown as { __same?: number }).__same),
+          1,
+          "the page was not reloaded",
+        );
+        await screenshot(page, "dashboard-rollout-live.png");
+        // Back as it was: the later tests count lab-2 as running 1.0.0, state current.
+        await report("lab-2", "1.0.0", {
+          type: "checked",
+          version: "1.0.0",
+          slot: "A",
+          sha256: "a".repeat(64),
+          available: false,
+        });
+        const anonymous = await call("GET", "/ui/rollouts/r1/progress");
+        assert.equal(anonymous.status, 401, "no session, no progress (and the poll stops)");
+        assert.doesNotMatch(anonymous.text, /data-state/);
+      });
+
       test("an operator pauses a rollout through its confirmation step; the admin API sees it paused", async (t) => {
         if (why()) return t.skip(why());
         const { page } = ops;
@@ -302,14 +357,11 @@ for (const kind of ["sqlite", "postgres"] as const) {
         await page.goto(`${fleet.server.url}/ui/rollouts/r1/resume`);
         const csrf = (await page.locator("input[name=csrf]").first().getAttribute("value")) as string;
         const form = { "content-type": "application/x-www-form-urlencoded" };
-        const post = (body: string, headers: Record<string, string> = {}) =>
-          page.evaluate(
-            async ([b, h]) =>
-              (await fetch("/ui/rollouts/r1/resume", { method: "POST", headers: h, body: b })).status,
-            [body, { ...form, ...headers }] as const,
-          );
-        assert.equal(await post("reason=x"), 403);
-        assert.equal(await post(`reason=x&csrf=${"A".repeat(csrf.length)}`), 403);
+        assert.equal(await postForm(page, "/ui/rollouts/r1/resume", "reason=x"), 403);
+        assert.equal(
+          await postForm(page, "/ui/rollouts/r1/resume", `reason=x&csrf=${"A".repeat(csrf.length)}`),
+          403,
+        );
         const foreign = await context.request.post(`${fleet.server.url}/ui/rollouts/r1/resume`, {
           headers: { ...form, origin: "https://evil.example" },
           data: `csrf=${encodeURIComponent(csrf)}`,
@@ -321,14 +373,8 @@ for (const kind of ["sqlite", "postgres"] as const) {
         });
         assert.equal(anonymous.status, 401);
         assert.equal((await rolloutState()).state, "paused");
-        const create = (body: string) =>
-          page.evaluate(
-            async ([b, h]) =>
-              (await fetch("/ui/rollouts/new", { method: "POST", headers: h, body: b })).status,
-            [body, form] as const,
-          );
-        assert.equal(await create(createForm("A".repeat(csrf.length))), 403);
-        assert.equal(await create(createForm("")), 403);
+        assert.equal(await postForm(page, "/ui/rollouts/new", createForm("A".repeat(csrf.length))), 403);
+        assert.equal(await postForm(page, "/ui/rollouts/new", createForm("")), 403);
         const foreignCreate = await context.request.post(`${fleet.server.url}/ui/rollouts/new`, {
           headers: { ...form, origin: "https://evil.example" },
           data: createForm(csrf),
@@ -344,37 +390,22 @@ for (const kind of ["sqlite", "postgres"] as const) {
         assert.equal(await page.locator("[data-state]").textContent(), "paused");
         assert.equal(await page.locator(".actions a").count(), 0);
         assert.equal(await page.getByRole("link", { name: "New rollout" }).count(), 0);
+        const polled = await page.evaluate(async () => (await fetch("/ui/rollouts/r1/progress")).text());
+        assert.match(polled, /<strong data-state>paused<\/strong>/);
+        assert.doesNotMatch(
+          polled,
+          /\/ui\/rollouts\/r1\/(resume|abort)/,
+          "the poll brings a viewer no buttons",
+        );
         const csrf = (await page.locator("input[name=csrf]").first().getAttribute("value")) as string;
         const confirm = await page.goto(`${fleet.server.url}/ui/rollouts/r1/resume`);
         assert.equal(confirm?.status(), 403);
-        const status = await page.evaluate(
-          async (token) =>
-            (
-              await fetch("/ui/rollouts/r1/resume", {
-                method: "POST",
-                headers: { "content-type": "application/x-www-form-urlencoded" },
-                body: `csrf=${encodeURIComponent(token)}`,
-              })
-            ).status,
-          csrf,
-        );
-        assert.equal(status, 403);
+        assert.equal(await postForm(page, "/ui/rollouts/r1/resume", `csrf=${encodeURIComponent(csrf)}`), 403);
         assert.equal((await rolloutState()).state, "paused");
         const blank = await page.goto(`${fleet.server.url}/ui/rollouts/new`);
         assert.equal(blank?.status(), 403);
         assert.equal(await page.locator("form.rollout-form").count(), 0);
-        const create = await page.evaluate(
-          async (body) =>
-            (
-              await fetch("/ui/rollouts/new", {
-                method: "POST",
-                headers: { "content-type": "application/x-www-form-urlencoded" },
-                body,
-              })
-            ).status,
-          createForm(csrf),
-        );
-        assert.equal(create, 403);
+        assert.equal(await postForm(page, "/ui/rollouts/new", createForm(csrf)), 403);
         assert.deepEqual(await rolloutIds(), ["r1"], "no rollout was created");
         await context.close();
       });

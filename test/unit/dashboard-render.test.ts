@@ -6,6 +6,7 @@ import {
   actionsFor,
   confirmPage,
   imagesPage,
+  rolloutProgress,
   rolloutsPage,
   waveProgress,
 } from "../../src/core/fleet/ui/rollouts.ts";
@@ -168,6 +169,23 @@ test("an operator gets the rollout's buttons, a viewer none; the confirm form po
   );
   assert.deepEqual(actionsFor({ state: "paused" }), ["resume", "abort"]);
   assert.deepEqual(actionsFor({ state: "aborted" }), []);
+});
+
+test("a rollout's progress is a live region the page embeds and its progress URL serves alone", () => {
+  const waves = waveProgress(rollout, []);
+  const fragment = rolloutProgress(rollout, waves, operator).text;
+  assert.match(
+    fragment,
+    /^<div id="progress-r1" data-live="5" data-src="\/ui\/rollouts\/r1\/progress" aria-live="polite">/,
+  );
+  assert.match(fragment, /<strong data-state>running<\/strong>/);
+  assert.match(fragment, /aria-label="wave 1 success: 0%, threshold 90%"/);
+  assert.match(fragment, /href="\/ui\/rollouts\/r1\/pause"/, "the buttons follow the state it polls");
+  const page = rolloutsPage({ viewer: operator, rollouts: [{ rollout, waves }] });
+  assert.ok(page.includes(fragment), "the page and the poll render the same markup");
+  // The page's main part does not refresh as well: the rollout's region is what updates.
+  assert.doesNotMatch(page, /<main[^>]*data-live/);
+  assert.doesNotMatch(rolloutProgress(rollout, waves, viewer).text, /\/pause"/);
 });
 
 test("wave progress counts each wave's devices, successes and errors", () => {

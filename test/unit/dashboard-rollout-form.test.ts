@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
+  FORM_FIELDS,
   fieldError,
   initialValues,
   newRolloutPage,
@@ -44,15 +45,8 @@ test("the form starts at the current version with `rollout create`'s defaults", 
     ),
   );
   assert.match(html, /<option value="EOS\/2\.0\.0" selected>EOS 2\.0\.0 \(current\)<\/option>/);
-  for (const field of [
-    "release",
-    "previous",
-    "tags",
-    "waves",
-    "soak",
-    "error_threshold",
-    "success_threshold",
-  ])
+  // Every field the form reads has a label tied to its control.
+  for (const field of FORM_FIELDS)
     assert.match(
       html,
       new RegExp(`<label for="f-${field}">[^<]+</label>\\s*<(input|select) id="f-${field}"`),

@@ -9,6 +9,7 @@ test("paths become route templates: names never become labels", () => {
   assert.equal(routeOf("/v1/admin/devices/dev-1"), "/v1/admin/devices/:id");
   assert.equal(routeOf("/ui/devices/dev-1"), "/ui/devices/:id");
   assert.equal(routeOf("/ui/rollouts/new"), "/ui/rollouts/new");
+  assert.equal(routeOf("/ui/rollouts/r1/progress"), "/ui/rollouts/:id/progress");
   assert.equal(routeOf("/health"), "/health");
   assert.equal(routeOf("/wp-login.php"), "other");
 });

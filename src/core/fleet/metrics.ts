@@ -44,6 +44,8 @@ const ROUTES: Array<[RegExp, string]> = [
   [/^\/v1\/images\/[^/]+\/deltas$/, "/v1/images/:name/deltas"],
   [/^\/v1\/admin\/(devices|rollouts|tokens)\/[^/]+\/([a-z]+)$/, "/v1/admin/$1/:id/$2"],
   [/^\/v1\/admin\/(devices|rollouts|tokens)\/[^/]+$/, "/v1/admin/$1/:id"],
+  // The rollouts page polls this: its own route, so the polls' load shows apart from the pages.
+  [/^\/ui\/rollouts\/[^/]+\/progress$/, "/ui/rollouts/:id/progress"],
   [/^\/ui\/(devices|rollouts)\/.+$/, "/ui/$1/:id"],
 ];
 const FIXED = new Set([

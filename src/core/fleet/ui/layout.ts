@@ -167,24 +167,33 @@ ol.timeline{padding-left:1.2rem}
 @media (max-width:40rem){th,td{padding:.25rem}main{padding:.5rem}}
 `;
 
-/** Refreshes the [data-live] part in place while the keyboard focus is outside it (typing, tabbing); no framework. */
+/**
+ * Refreshes each [data-live] region every data-live seconds from data-src (a
+ * fragment URL; default the page itself), taking the element of the same id
+ * from the answer; no framework. It skips while the keyboard focus is inside
+ * the region (typing, tabbing) or the tab is hidden, swaps only on a change
+ * (so an aria-live region announces news, not every fetch), and stops once
+ * the session is gone (401, or a redirect to the sign-in page) or the thing
+ * shown is (404): a reload then says why.
+ */
 export const SCRIPT = `
 (function(){
-  var main=document.querySelector("[data-live]");
-  if(!main||!window.fetch)return;
-  var every=Number(main.getAttribute("data-live"))*1000;
-  setInterval(function(){
-    if(document.hidden)return;
-    var a=document.activeElement;
-    if(a&&a!==document.body&&main.contains(a))return;
-    fetch(location.href,{credentials:"same-origin",headers:{"x-eos-refresh":"1"}}).then(function(r){
-      if(!r.ok||r.redirected)return null;return r.text();
-    }).then(function(t){
-      if(t===null)return;
-      var doc=new DOMParser().parseFromString(t,"text/html");
-      var fresh=doc.querySelector("[data-live]");
-      if(fresh)main.innerHTML=fresh.innerHTML;
-    }).catch(function(){});
-  },every);
+  if(!window.fetch||!window.DOMParser)return;
+  document.querySelectorAll("[data-live][id]").forEach(function(region){
+    var src=region.getAttribute("data-src")||location.href;
+    var timer=setInterval(function(){
+      if(document.hidden)return;
+      var a=document.activeElement;
+      if(a&&a!==document.body&&region.contains(a))return;
+      fetch(src,{credentials:"same-origin",headers:{"x-eos-refresh":"1"}}).then(function(r){
+        if(r.status===401||r.status===404||r.redirected){clearInterval(timer);return null;}
+        return r.ok?r.text():null;
+      }).then(function(t){
+        if(t===null)return;
+        var fresh=new DOMParser().parseFromString(t,"text/html").getElementById(region.id);
+        if(fresh&&fresh.innerHTML!==region.innerHTML)region.innerHTML=fresh.innerHTML;
+      }).catch(function(){});
+    },Number(region.getAttribute("data-live"))*1000);
+  });
 })();
 `;

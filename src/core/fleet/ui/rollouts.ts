@@ -7,7 +7,7 @@ import { allows, isRole } from "../admin.ts";
 import { covers, ERROR_STATES, formatWaves, waveOf, type Rollout, type WaveMember } from "../rollout.ts";
 import type { RolloutAction } from "./actions.ts";
 import { formatBytes } from "../../bytes.ts";
-import { h } from "./html.ts";
+import { h, type Html } from "./html.ts";
 import { bar, csrfField, dataTable, page, tableRow, type Viewer } from "./layout.ts";
 
 export interface WaveProgress {
@@ -61,7 +61,18 @@ export const canAct = (viewer: Pick<Viewer, "role">) =>
 const share = (n: number, of: number) => (of === 0 ? 0 : n / of);
 const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
 
-function rolloutSection(r: Rollout, waves: readonly WaveProgress[], viewer: Viewer) {
+/** Seconds between two fetches of a rollout's progress while its page is open. */
+export const PROGRESS_EVERY_S = 5;
+
+export const progressPath = (id: string) => `/ui/rollouts/${encodeURIComponent(id)}/progress`;
+
+/**
+ * What of a rollout changes while its page is open: its state, each wave's
+ * bars and shares, the buttons the state allows. The page embeds it and
+ * /ui/rollouts/ID/progress serves it alone for app.js to swap in, so both
+ * come from this one function. aria-live: a screen reader hears what changed.
+ */
+export function rolloutProgress(r: Rollout, waves: readonly WaveProgress[], viewer: Viewer): Html {
   const rows = waves.map((w) => {
     const ok = share(w.succeeded, w.members);
     const bad = share(w.errors, w.members);
@@ -80,8 +91,7 @@ function rolloutSection(r: Rollout, waves: readonly WaveProgress[], viewer: View
           > `,
       )
     : [];
-  return h`<section aria-labelledby="h-${r.id}" class="rollout">
-    <h2 id="h-${r.id}">${r.id}: ${r.image} ${r.previous} → ${r.version}</h2>
+  return h`<div id="progress-${r.id}" data-live="${PROGRESS_EVERY_S}" data-src="${progressPath(r.id)}" aria-live="polite">
     <p>
       State: <strong data-state>${r.state}</strong>; wave ${r.current_wave + 1} of ${r.waves.length}
       (${formatWaves(r.waves)}), soak ${r.soak_seconds} s; thresholds: success ≥ ${pct(r.success_threshold)},
@@ -90,6 +100,13 @@ function rolloutSection(r: Rollout, waves: readonly WaveProgress[], viewer: View
     </p>
     ${dataTable(["Wave", "Devices", `Running ${r.version}`, "Errors"], rows)}
     ${buttons.length ? h`<p class="actions">${buttons}</p>` : ""}
+  </div>`;
+}
+
+function rolloutSection(r: Rollout, waves: readonly WaveProgress[], viewer: Viewer) {
+  return h`<section aria-labelledby="h-${r.id}" class="rollout">
+    <h2 id="h-${r.id}">${r.id}: ${r.image} ${r.previous} → ${r.version}</h2>
+    ${rolloutProgress(r, waves, viewer)}
   </section>`;
 }
 
@@ -102,7 +119,8 @@ export function rolloutsPage(o: {
   ${canAct(o.viewer) ? h`<p><a class="button" href="/ui/rollouts/new">New rollout</a></p>` : ""}
   ${o.rollouts.length === 0 ? h`<p>No rollouts. An operator creates one here or with <code>os-update-server rollout create</code>.</p>` : ""}
   ${o.rollouts.map((r) => rolloutSection(r.rollout, r.waves, o.viewer))}`;
-  return page({ title: "Rollouts", viewer: o.viewer, section: "rollouts", body, live: true });
+  // Each rollout's progress refreshes itself (above); the list of rollouts is as it was when loaded.
+  return page({ title: "Rollouts", viewer: o.viewer, section: "rollouts", body });
 }
 
 const CONSEQUENCE: Record<RolloutAction, string> = {

@@ -19,8 +19,25 @@ const MAX_POINTS = 20_000;
 /** Versions listed per image on the images page. */
 const MAX_VERSIONS = 20;
 const VERSION_EVENTS = ["checked", "committed", "fell_back", "rolled_back"];
+/**
+ * One reading of a rollout's progress serves every page polling it for this
+ * long: the database reads a rollout's devices at most once per this however
+ * many pages are open, and requests at the same moment share one read. Below
+ * the pages' poll interval, so a poll never shows older data than the page it
+ * refreshes was loaded with.
+ */
+export const PROGRESS_FRESH_MS = 2000;
+/** Past this many readings kept, the stale ones are dropped: ids asked for are bounded by nothing else. */
+const PROGRESS_KEPT = 64;
+
+export interface RolloutProgress {
+  rollout: Rollout;
+  waves: WaveProgress[];
+}
 
 export class DashboardData {
+  private readonly progressRead = new Map<string, { at: number; value: Promise<RolloutProgress> }>();
+
   constructor(
     private readonly fleet: FleetDb,
     readonly store: FleetStore,
@@ -54,6 +71,31 @@ export class DashboardData {
       out.push({ rollout, waves: waveProgress(rollout, members.get(rollout.image) ?? []) });
     }
     return out;
+  }
+
+  /** One rollout and its waves' counts, read at most once per PROGRESS_FRESH_MS (`nowMs`: the caller's clock). */
+  rolloutProgress(id: string, nowMs: number): Promise<RolloutProgress> {
+    const kept = this.progressRead.get(id);
+    if (kept && nowMs - kept.at < PROGRESS_FRESH_MS) return kept.value;
+    if (this.progressRead.size >= PROGRESS_KEPT)
+      for (const [key, r] of this.progressRead)
+        if (nowMs - r.at >= PROGRESS_FRESH_MS) this.progressRead.delete(key);
+    const value = (async () => {
+      const rollout = await this.rollouts.get(id);
+      const members = await this.store.listDevices({ image: rollout.image });
+      return { rollout, waves: waveProgress(rollout, members) };
+    })();
+    this.progressRead.set(id, { at: nowMs, value });
+    // A failed read (no such rollout, the database away) is not kept: the next poll asks again.
+    value.catch(() => {
+      if (this.progressRead.get(id)?.value === value) this.progressRead.delete(id);
+    });
+    return value;
+  }
+
+  /** After this process changed a rollout: its next reading comes from the database. */
+  forgetProgress(id: string): void {
+    this.progressRead.delete(id);
   }
 
   async publishedImages(): Promise<Array<{ name: string; versions: ImageVersionRow[] }>> {

@@ -14,7 +14,7 @@ import { allows, parseDeviceFilter, type DeviceFilter } from "../../../core/flee
 import { isRolloutAction } from "../../../core/fleet/ui/actions.ts";
 import { deviceListPage, devicePage, overviewPage } from "../../../core/fleet/ui/devices.ts";
 import { CSS, loginPage, messagePage, SCRIPT, type Viewer } from "../../../core/fleet/ui/layout.ts";
-import { confirmPage, imagesPage, rolloutsPage } from "../../../core/fleet/ui/rollouts.ts";
+import { confirmPage, imagesPage, rolloutProgress, rolloutsPage } from "../../../core/fleet/ui/rollouts.ts";
 import {
   clearedCookie,
   cookieName,
@@ -41,6 +41,8 @@ import type { DashboardData } from "./dashboard-data.ts";
 import { createRollout } from "./rollout-api.ts";
 
 const FORM_BYTES = 4096;
+/** A rollout's progress alone, what app.js polls on the rollouts page. */
+const PROGRESS = /^\/ui\/rollouts\/([^/]+)\/progress$/;
 const SECURITY_HEADERS = {
   "content-security-policy":
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; " +
@@ -167,6 +169,40 @@ export function dashboard(o: {
     return send(res, error ? 400 : 200, body);
   }
 
+  /** Undefined when the session's role is operator or above; else the refusal, sent (for the GET of a form too: a viewer gets no form). */
+  function operatorOnly(
+    res: ServerResponse,
+    session: Session,
+    viewer: Viewer,
+    doing: string,
+  ): number | undefined {
+    if (allows(session.role, "operator")) return undefined;
+    return send(
+      res,
+      403,
+      messagePage({
+        title: "Not allowed",
+        message: `${doing} the operator role; ${session.name} is a ${session.role}.`,
+        viewer,
+        back: "/ui/rollouts",
+      }),
+    );
+  }
+
+  /** A POST's form once this server's origin and the session's CSRF token check out; else the refusal, sent. */
+  async function guardPost(
+    req: IncomingMessage,
+    res: ServerResponse,
+    session: Session,
+    viewer: Viewer,
+    back: string,
+  ): Promise<URLSearchParams | number> {
+    const form = await readForm(req);
+    const allowed = postAllowed(session, form, origin(req), o.secure);
+    if (allowed.ok) return form;
+    return send(res, 403, messagePage({ title: "Refused", message: allowed.why, viewer, back }));
+  }
+
   async function rolloutAction(
     req: IncomingMessage,
     res: ServerResponse,
@@ -177,29 +213,15 @@ export function dashboard(o: {
   ): Promise<number> {
     if (!isRolloutAction(action))
       return send(res, 404, messagePage({ title: "Not found", message: "No such action.", viewer }));
-    if (!allows(session.role, "operator"))
-      return send(
-        res,
-        403,
-        messagePage({
-          title: "Not allowed",
-          message: `Pausing, resuming and aborting need the operator role; ${session.name} is a ${session.role}.`,
-          viewer,
-          back: "/ui/rollouts",
-        }),
-      );
+    const refused = operatorOnly(res, session, viewer, "Pausing, resuming and aborting need");
+    if (refused !== undefined) return refused;
     const rollout = await data.rollouts.get(id);
     if (req.method === "GET") return send(res, 200, confirmPage({ viewer, rollout, action }));
-    const form = await readForm(req);
-    const allowed = postAllowed(session, form, origin(req), o.secure);
-    if (!allowed.ok)
-      return send(
-        res,
-        403,
-        messagePage({ title: "Refused", message: allowed.why, viewer, back: "/ui/rollouts" }),
-      );
+    const form = await guardPost(req, res, session, viewer, "/ui/rollouts");
+    if (typeof form === "number") return form;
     const reason = (form.get("reason") ?? "").slice(0, 500) || `${action}d by ${session.name} (dashboard)`;
     await data.rollouts.act(id, action, reason);
+    data.forgetProgress(id);
     o.logger.info("dashboard rollout action", { admin: session.name, rollout: id, action });
     return redirect(res, "/ui/rollouts");
   }
@@ -211,28 +233,13 @@ export function dashboard(o: {
     session: Session,
     viewer: Viewer,
   ): Promise<number> {
-    if (!allows(session.role, "operator"))
-      return send(
-        res,
-        403,
-        messagePage({
-          title: "Not allowed",
-          message: `Creating a rollout needs the operator role; ${session.name} is a ${session.role}.`,
-          viewer,
-          back: "/ui/rollouts",
-        }),
-      );
+    const refused = operatorOnly(res, session, viewer, "Creating a rollout needs");
+    if (refused !== undefined) return refused;
     const images = await data.publishedImages();
     if (req.method === "GET")
       return send(res, 200, newRolloutPage({ viewer, images, values: initialValues(images) }));
-    const form = await readForm(req);
-    const allowed = postAllowed(session, form, origin(req), o.secure);
-    if (!allowed.ok)
-      return send(
-        res,
-        403,
-        messagePage({ title: "Refused", message: allowed.why, viewer, back: "/ui/rollouts/new" }),
-      );
+    const form = await guardPost(req, res, session, viewer, "/ui/rollouts/new");
+    if (typeof form === "number") return form;
     const { values, body, errors } = parseRolloutForm(form);
     const again = (status: number, shown: FieldError[]) =>
       send(res, status, newRolloutPage({ viewer, images, values, errors: shown }));
@@ -272,7 +279,8 @@ export function dashboard(o: {
     if (path === "/ui/login") return method === "POST" ? login(req, res, log) : send(res, 200, loginPage({}));
     const session = await sessionOf(req);
     if (!session) {
-      if (method === "POST")
+      // A poll of a fragment gets no sign-in page to show in place: a status that stops it.
+      if (method === "POST" || PROGRESS.test(path))
         return send(res, 401, loginPage({ error: "Your session has ended: sign in again." }));
       return redirect(res, "/ui/login");
     }
@@ -280,14 +288,21 @@ export function dashboard(o: {
     const viewer: Viewer = { name: session.name, role: session.role, csrf: session.csrf };
     if (path === "/ui/logout") {
       if (method !== "POST") throw new HttpError(405, "sign out with POST", { allow: "POST" });
-      const allowed = postAllowed(session, await readForm(req), origin(req), o.secure);
-      if (!allowed.ok) return send(res, 403, messagePage({ title: "Refused", message: allowed.why, viewer }));
+      const form = await guardPost(req, res, session, viewer, "/ui");
+      if (typeof form === "number") return form;
       sessions.close(session.id);
       return send(res, 200, loginPage({ status: "You have signed out." }), undefined, {
         "set-cookie": clearedCookie(o.secure),
       });
     }
     if (path === "/ui/rollouts/new") return newRollout(req, res, session, viewer);
+    const progress = PROGRESS.exec(path);
+    if (progress && method === "GET") {
+      const id = decoded(progress[1] as string, ROLLOUT_ID);
+      if (id === undefined) throw new HttpError(404, "not a rollout id");
+      const { rollout, waves } = await data.rolloutProgress(id, o.now().getTime());
+      return send(res, 200, rolloutProgress(rollout, waves, viewer).text);
+    }
     const act = /^\/ui\/rollouts\/([^/]+)\/([a-z]+)$/.exec(path);
     if (act) {
       const id = decoded(act[1] as string, ROLLOUT_ID);

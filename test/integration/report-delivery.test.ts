@@ -103,3 +103,90 @@ test("a drop is reported once, and a delivered event never counted as dropped, w
     await stopServer(fleet.server);
   }
 });
+
+test("a device over its report limit still gets its commit recorded at once; its checks wait, and a flood of progress gets 429", async () => {
+  const fleet = await startFleetServer({
+    world: fw.world,
+    dir: join(fw.world.dir, "limit"),
+    extraConfig:
+      "serve:\n  report_limit:\n    per_device: { burst: 2, per_minute: 1 }\n    state_events: { burst: 3, per_minute: 1 }\n",
+    deviceIds: ["dev-l"],
+    tls: fw.tls,
+  });
+  const token = fleet.tokens.get("dev-l") as string;
+  const device = await makeDevice(fw.deviceImage, fw.v1, {
+    config: `update:\n  name: ${NAME}\n  url: ${fleet.server.url}\n  ca: ${fw.tls.cert}\n  tries: 3\n`,
+    keys: [join(fw.world.keysDir, "release.pub")],
+    token,
+  });
+  const queue = join(device.root, "run/eos/reports.json");
+  const show = async () => {
+    const r = await httpsCall(fleet.server.url, fw.tls, "GET", "/v1/admin/devices/dev-l", {
+      token: fleet.env.EOS_ADMIN_TOKEN as string,
+    });
+    assert.equal(r.status, 200, r.text);
+    return JSON.parse(r.text) as Shown;
+  };
+  const post = (events: unknown[], headers: Record<string, string> = {}) =>
+    httpsCall(fleet.server.url, fw.tls, "POST", "/v1/events", {
+      token,
+      headers,
+      body: { device: { image: NAME, architecture: "x86_64" }, events },
+    });
+  try {
+    // Two checks spend the bucket; the third is refused and kept, with the time to try again.
+    for (let i = 0; i < 3; i++) assert.equal((await device.run(["--check"])).code, 1);
+    const held = JSON.parse(await readFile(queue, "utf8")) as { retryAt: number };
+    assert.ok(held.retryAt > Date.now() + 30_000, "the server's Retry-After is kept");
+
+    const applied = await device.run(["--apply"]);
+    assert.equal(applied.code, 0, applied.stderr);
+    await device.boot("B", "COMMIT_UPDATE");
+    const committed = await device.run(["--commit"]);
+    assert.equal(committed.code, 0, committed.stderr);
+
+    const shown = await show();
+    assert.equal(shown.device.state, "committed", "the commit reached the server at once");
+    const types = shown.events.map((e) => e.type);
+    for (const type of ["written", "kexec", "committed"]) assert.ok(types.includes(type), `${type} recorded`);
+    assert.equal(types.filter((t) => t === "checked").length, 2, "the refused check still waits");
+    const waiting = JSON.parse(await readFile(queue, "utf8")) as { events: Array<{ type: string }> };
+    assert.deepEqual(
+      [...new Set(waiting.events.map((e) => e.type))].sort(),
+      ["checked", "download_started"],
+      "the chatty events are kept for after the wait",
+    );
+
+    // A flood of progress is refused, with or without the state header, before anything is stored.
+    const progress = (i: number) => ({
+      type: "download_progress",
+      id: `progress-${String(i).padStart(4, "0")}`,
+      time: new Date().toISOString(),
+      version: "2.0.0",
+      bytes: i,
+      total: 100,
+    });
+    for (let i = 0; i < 5; i++) {
+      const r = await post([progress(i)], i % 2 ? { "x-eos-events": "state" } : {});
+      assert.equal(r.status, 429, r.text);
+      assert.match(String(r.headers["retry-after"]), /^\d+$/);
+    }
+    // State events beyond the limit have a bound of their own: one more batch of the burst of 3, then 429.
+    const failed = (i: number) => ({
+      type: "failed",
+      id: `failed-${String(i).padStart(4, "0")}`,
+      time: new Date().toISOString(),
+      stage: "check",
+      code: "NETWORK",
+      message: "a looping device",
+    });
+    const statuses: number[] = [];
+    for (let i = 0; i < 3; i++) statuses.push((await post([failed(i)], { "x-eos-events": "state" })).status);
+    assert.deepEqual(statuses, [200, 429, 429]);
+    const after = await show();
+    assert.equal(after.events.filter((e) => e.type === "download_progress").length, 0, "no progress stored");
+  } finally {
+    await device.close();
+    await stopServer(fleet.server);
+  }
+});

@@ -17,6 +17,7 @@ import {
   outgoing,
   parseReceipt,
   retryAfterAt,
+  stateOnly,
   undelivered,
   type ReportQueue,
 } from "../../src/core/fleet/report-queue.ts";
@@ -148,4 +149,24 @@ test("the time the server asked for is kept in the file, through merges; a send 
     "cleared by the send",
   );
   assert.equal(parseReportQueue(JSON.stringify({ events: [], retryAt: "x" })).retryAt, undefined);
+});
+
+test("while the server asks for a wait, a batch keeps its state events (and the drop count), not its checks", () => {
+  const check: DeviceEvent = {
+    type: "checked",
+    id: "c1",
+    time: "2026-12-02T09:00:00.000Z",
+    version: "1",
+    slot: "A",
+    sha256: "0".repeat(64),
+    available: true,
+  };
+  const batch = outgoing({ events: [check, ev("k1")], dropped: 2, lostSeen: 0 }, [], 0);
+  const urgent = stateOnly(batch);
+  assert.deepEqual(
+    urgent?.events.map((e) => e.id),
+    ["k1"],
+  );
+  assert.deepEqual([urgent?.dropped, urgent?.receipt.ids, urgent?.receipt.dropped], [2, ["k1"], 2]);
+  assert.equal(stateOnly(outgoing({ events: [check], dropped: 0, lostSeen: 0 }, [], 0)), undefined);
 });

@@ -15,7 +15,7 @@
  * queued, be dropped (and counted) when the queue fills, and the drops
  * already reported would be reported again.
  */
-import { MAX_EVENTS_PER_BATCH, type DeviceEvent } from "./events.ts";
+import { MAX_EVENTS_PER_BATCH, STATE_EVENTS, type DeviceEvent } from "./events.ts";
 
 /** Events kept while the server is unreachable; older ones are dropped (and counted) beyond this. */
 export const QUEUE_MAX = 64;
@@ -186,6 +186,19 @@ export function outgoing(
     dropped: q.dropped + (lostTo - q.lostSeen),
     receipt: { ids: events.map((e) => e.id), dropped: q.dropped, lostFrom: q.lostSeen, lostTo },
   };
+}
+
+export type Batch = ReturnType<typeof outgoing>;
+
+/**
+ * The part of a batch that a device sends while the server has asked it to
+ * wait (a 429): its state events (STATE_EVENTS), which the server admits
+ * beyond its limit, and the drop count. Undefined when there are none.
+ */
+export function stateOnly(batch: Batch): Batch | undefined {
+  const events = batch.events.filter((e) => STATE_EVENTS.has(e.type));
+  if (events.length === 0) return undefined;
+  return { events, dropped: batch.dropped, receipt: { ...batch.receipt, ids: events.map((e) => e.id) } };
 }
 
 /** The longest wait a server's Retry-After can impose: a wrong or hostile value must not silence a device. */

@@ -15,7 +15,7 @@ import { appendFile, mkdir, readdir, readFile, stat, unlink, writeFile } from "n
 import { basename, dirname, join } from "node:path";
 import { parseKernelCommandLine, readBootState, type Slot } from "../../core/update/bootctl.ts";
 import { EosError } from "../../core/errors.ts";
-import type { DeviceEvent, DeviceFacts } from "../../core/fleet/events.ts";
+import { STATE_BATCH_HEADER, type DeviceEvent, type DeviceFacts } from "../../core/fleet/events.ts";
 import {
   absorbSpill,
   appendEvent,
@@ -23,10 +23,12 @@ import {
   applyReceipts,
   outgoing,
   parseReceipt,
+  stateOnly,
   parseReportQueue,
   retryAfterAt,
   SPILL_MAX,
   undelivered,
+  type Batch,
   type NamedReceipt,
   type ReportQueue,
   type SendReceipt,
@@ -278,30 +280,47 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
         const receipts = await readReceipts(path);
         const taken = await readSpill(path);
         const q = applyReceipts(await readQueue(path), receipts);
-        const batch = outgoing(q, undelivered(taken.events, receipts), await lostBytes(path));
-        if (batch.events.length === 0) return;
-        // The server said when (a 429): a device that asks again sooner only spends its allowance.
-        if (q.retryAt !== undefined && o.ctx.now().getTime() < q.retryAt) return;
+        const full = outgoing(q, undelivered(taken.events, receipts), await lostBytes(path));
+        // The server said when (a 429): a device that asks again sooner only spends its allowance. Not
+        // for what rollouts judge waves on (committed, fell_back…): the server admits those beyond it.
+        const held = q.retryAt !== undefined && o.ctx.now().getTime() < q.retryAt;
+        let batch: Batch | undefined = held ? stateOnly(full) : full;
+        if (batch === undefined || batch.events.length === 0) return;
         const token = await deviceToken(o.ctx, setup, o.warn);
         if (token === undefined) return;
         const ca = u.ca ? await readFile(u.ca) : undefined;
-        const body = JSON.stringify({
-          device: await deviceFacts(o, setup, registry),
-          events: batch.events,
-          ...(batch.dropped > 0 ? { dropped: batch.dropped } : {}),
-        });
-        const { status, retryAfter } = await postJson(url, token, body, ca, SEND_TIMEOUT_MS);
+        const device = await deviceFacts(o, setup, registry);
+        const send = (b: Batch) =>
+          postJson(
+            url,
+            token,
+            JSON.stringify({ device, events: b.events, ...(b.dropped > 0 ? { dropped: b.dropped } : {}) }),
+            ca,
+            SEND_TIMEOUT_MS,
+            b.events.length === stateOnly(b)?.events.length ? { [STATE_BATCH_HEADER]: "state" } : {},
+          );
+        const answer = await send(batch);
+        let status = answer.status;
         if (status === 429) {
-          const at = retryAfterAt(retryAfter, o.ctx.now().getTime());
-          if (at !== undefined) await editQueue(path, (now) => ({ ...now, retryAt: at }));
-          return;
+          const at = retryAfterAt(answer.retryAfter, o.ctx.now().getTime());
+          if (at !== undefined)
+            await editQueue(path, (now) => ({ ...now, retryAt: at })).catch(() => undefined);
+          // Refused with progress in it: the state events go on their own now, the rest after the wait.
+          const urgent = stateOnly(batch);
+          if (urgent === undefined || urgent.events.length === batch.events.length) return;
+          batch = urgent;
+          ({ status } = await send(batch));
         }
         // Kept for later: the server is down, overloaded, or does not (yet) know this token.
         if (status >= 500 || status === 401 || status === 403 || status === 429 || status === 408) return;
-        // Sent (200), or refused for good (another 4xx: resending the same bytes cannot help).
+        // Sent (200), or refused for good (another 4xx: resending the same bytes cannot help). The wait
+        // the server asked for is over once a whole batch went, not just its state events.
+        const whole = batch === full;
         const receipt = batch.receipt;
         try {
-          await editQueue(path, ({ retryAt: _taken, ...now }) => now, { delivered: receipt });
+          await editQueue(path, (now) => (whole ? { ...now, retryAt: undefined } : now), {
+            delivered: receipt,
+          });
         } catch {
           // The lock is still held: the receipt tells its holder's successor what went, so that it is
           // neither sent nor counted as dropped again. The spilled events that went are removed now.

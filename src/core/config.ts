@@ -160,6 +160,8 @@ export const serverConfigSchema = z.strictObject({
       report_limit: z
         .strictObject({
           per_device: bucket.optional(),
+          /** Batches of state events only, beyond per_device: a looping device is still bounded. */
+          state_events: bucket.optional(),
           /** Buckets kept; the least recently used go first (default 100000). */
           max_clients: z.number().int().min(1).max(10_000_000).optional(),
         })

@@ -5,15 +5,20 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import type { DeviceEvent } from "../../src/core/fleet/events.ts";
+import { MAX_EVENTS_PER_BATCH, type DeviceEvent } from "../../src/core/fleet/events.ts";
 import {
   absorbSpill,
   appendEvent,
   parseReportQueue,
   MAX_RETRY_AFTER_MS,
   QUEUE_MAX,
-  removeSent,
+  applyReceipt,
+  applyReceipts,
+  outgoing,
+  parseReceipt,
   retryAfterAt,
+  stateOnly,
+  undelivered,
   type ReportQueue,
 } from "../../src/core/fleet/report-queue.ts";
 
@@ -74,9 +79,53 @@ test("a spill that overfills the queue drops (and counts) the oldest", () => {
 
 test("after a send, the sent events go and the drops the server was told of; later ones stay", () => {
   const q: ReportQueue = { events: [ev("a"), ev("b"), ev("c")], dropped: 5, lostSeen: 2 };
-  const after = removeSent(q, new Set(["a", "b"]), 3);
+  const after = applyReceipt(q, { ids: ["a", "b"], dropped: 3, lostFrom: 2, lostTo: 2 });
   assert.deepEqual([ids(after), after.dropped, after.lostSeen], [["c"], 2, 2]);
-  assert.equal(removeSent(q, new Set(), 9).dropped, 0);
+  assert.equal(applyReceipt(q, { ids: [], dropped: 9, lostFrom: 2, lostTo: 2 }).dropped, 0);
+});
+
+test("a batch counts the lost bytes the queue has not taken in; its receipt takes them out once, taken in since or not", () => {
+  const q: ReportQueue = { events: [ev("a")], dropped: 2, lostSeen: 1 };
+  const batch = outgoing(q, [ev("s"), ev("a")], 4);
+  assert.deepEqual(
+    batch.events.map((e) => e.id),
+    ["a", "s"],
+  );
+  assert.equal(batch.dropped, 2 + 3, "the queue's 2 and the 3 lost bytes since it last looked");
+  // Nobody took the lost bytes in meanwhile; one more event was dropped and a byte lost after the send.
+  const untouched = applyReceipt({ ...q, dropped: 3 }, batch.receipt);
+  assert.deepEqual([untouched.dropped, untouched.lostSeen], [1, 4]);
+  assert.equal(absorbSpill(untouched, { events: [], damaged: 0 }, 5).dropped, 2);
+  // A writer took them in before the receipt was applied: the same result.
+  const taken = absorbSpill({ ...q, dropped: 3 }, { events: [], damaged: 0 }, 5);
+  assert.equal(applyReceipt(taken, batch.receipt).dropped, 2);
+});
+
+test("a batch is at most a batch's limit; nothing is counted for what did not fit", () => {
+  let q = empty;
+  for (let i = 0; i < QUEUE_MAX; i++) q = appendEvent(q, ev(`q${i}`));
+  const spilled = Array.from({ length: 64 }, (_, i) => ev(`s${i}`));
+  const batch = outgoing(q, spilled, 0);
+  assert.equal(batch.events.length, MAX_EVENTS_PER_BATCH);
+  assert.equal(batch.dropped, 0);
+});
+
+test("a receipt is applied once, also when its file outlives the write (a crash) or is listed again", () => {
+  const q: ReportQueue = { events: [ev("a"), ev("b")], dropped: 4, lostSeen: 0 };
+  const r = { name: "r1.json", receipt: { ids: ["a"], dropped: 3, lostFrom: 0, lostTo: 0 } };
+  const once = applyReceipts(q, [r]);
+  assert.deepEqual([ids(once), once.dropped, once.applied], [["b"], 1, ["r1.json"]]);
+  const again = applyReceipts(parseReportQueue(JSON.stringify(once)), [r]);
+  assert.deepEqual([ids(again), again.dropped], [["b"], 1]);
+  // Its file removed, then a reader that listed it before reads the queue.
+  const later = applyReceipts(applyReceipts(again, []), [r]);
+  assert.equal(later.dropped, 1);
+  assert.deepEqual(
+    undelivered([ev("a"), ev("c")], [r]).map((e) => e.id),
+    ["c"],
+  );
+  assert.equal(parseReceipt("{bad"), undefined);
+  assert.deepEqual(parseReceipt(JSON.stringify(r.receipt)), r.receipt);
 });
 
 test("the server's Retry-After: seconds or a date, capped; nothing usable is no wait", () => {
@@ -89,11 +138,35 @@ test("the server's Retry-After: seconds or a date, capped; nothing usable is no 
     assert.equal(retryAfterAt(bad, now), undefined, String(bad));
 });
 
-test("the time the server asked for is kept in the file, through merges, and cleared by a send", () => {
+test("the time the server asked for is kept in the file, through merges; a send clears it (reporter.ts), not a receipt", () => {
   const q = parseReportQueue(JSON.stringify({ events: [ev("a")], dropped: 0, retryAt: 1234 }));
   assert.equal(q.retryAt, 1234);
   assert.equal(absorbSpill(q, { events: [ev("b")], damaged: 0 }, 0).retryAt, 1234);
   assert.equal(appendEvent(q, ev("c")).retryAt, 1234);
-  assert.equal(removeSent(q, new Set(["a"]), 0).retryAt, undefined);
+  assert.equal(
+    applyReceipt(q, { ids: ["a"], dropped: 0, lostFrom: 0, lostTo: 0 }).retryAt,
+    1234,
+    "cleared by the send",
+  );
   assert.equal(parseReportQueue(JSON.stringify({ events: [], retryAt: "x" })).retryAt, undefined);
+});
+
+test("while the server asks for a wait, a batch keeps its state events (and the drop count), not its checks", () => {
+  const check: DeviceEvent = {
+    type: "checked",
+    id: "c1",
+    time: "2026-12-02T09:00:00.000Z",
+    version: "1",
+    slot: "A",
+    sha256: "0".repeat(64),
+    available: true,
+  };
+  const batch = outgoing({ events: [check, ev("k1")], dropped: 2, lostSeen: 0 }, [], 0);
+  const urgent = stateOnly(batch);
+  assert.deepEqual(
+    urgent?.events.map((e) => e.id),
+    ["k1"],
+  );
+  assert.deepEqual([urgent?.dropped, urgent?.receipt.ids, urgent?.receipt.dropped], [2, ["k1"], 2]);
+  assert.equal(stateOnly(outgoing({ events: [check], dropped: 0, lostSeen: 0 }, [], 0)), undefined);
 });

@@ -73,6 +73,26 @@ export const EVENT_TYPES: readonly DeviceEventType[] = [
   "failed",
 ];
 
+/**
+ * The events that change what a device is, or say that a change failed:
+ * rollouts judge waves on them, so they must not wait behind a rate limit.
+ * The others (checks, download progress) are most of the traffic and can.
+ */
+export const STATE_EVENTS: ReadonlySet<DeviceEventType> = new Set([
+  "written",
+  "kexec",
+  "committed",
+  "fell_back",
+  "rolled_back",
+  "failed",
+]);
+/**
+ * The header (value "state") of a batch that holds state events only: a
+ * device over its report limit may still send it, and the server can refuse
+ * any other batch before reading its body.
+ */
+export const STATE_BATCH_HEADER = "x-eos-events";
+
 /** What the device says about itself with each batch (it may change between batches). */
 export const deviceFactsSchema = z.strictObject({
   image: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/, "must be an image name"),

@@ -8,8 +8,14 @@
  * remembers how much of that count it has taken in. So an event is either
  * sent, or counted in `dropped`, which reaches the server with the next
  * batch: it never vanishes without a trace.
+ *
+ * A send that cannot take the lock afterwards to remove what it delivered
+ * leaves a receipt beside the queue instead (again a file of its own), which
+ * the next writer applies once: otherwise the delivered events would stay
+ * queued, be dropped (and counted) when the queue fills, and the drops
+ * already reported would be reported again.
  */
-import type { DeviceEvent } from "./events.ts";
+import { MAX_EVENTS_PER_BATCH, STATE_EVENTS, type DeviceEvent } from "./events.ts";
 
 /** Events kept while the server is unreachable; older ones are dropped (and counted) beyond this. */
 export const QUEUE_MAX = 64;
@@ -24,6 +30,24 @@ export interface ReportQueue {
   lostSeen: number;
   /** The server asked for no batch before then (epoch ms; its 429's Retry-After). */
   retryAt?: number;
+  /** Receipts taken in whose files may not be removed yet: a crash between the two must not apply one twice. */
+  applied?: string[];
+}
+
+/** What the server took of a batch: its events, and the drops it was told of. */
+export interface SendReceipt {
+  ids: string[];
+  /** The part of the batch's `dropped` that was the queue's own count. */
+  dropped: number;
+  /** The rest: the lost count's bytes from `lostFrom` (the queue's lostSeen then) to `lostTo`. */
+  lostFrom: number;
+  lostTo: number;
+}
+
+/** A receipt file's name (unique per send) and what it says; undefined when it is damaged. */
+export interface NamedReceipt {
+  name: string;
+  receipt: SendReceipt | undefined;
 }
 
 const count = (v: unknown) => (typeof v === "number" && Number.isInteger(v) && v > 0 ? v : 0);
@@ -37,6 +61,7 @@ export function parseReportQueue(text: string): ReportQueue {
       dropped: count(q.dropped),
       lostSeen: count(q.lostSeen),
       ...(count(q.retryAt) > 0 ? { retryAt: count(q.retryAt) } : {}),
+      ...(Array.isArray(q.applied) ? { applied: q.applied.filter((n) => typeof n === "string") } : {}),
     };
   } catch {
     return { events: [], dropped: 0, lostSeen: 0 };
@@ -76,14 +101,104 @@ export function absorbSpill(
   });
 }
 
-/** The queue once the server has taken a batch: its events, and the drops it was told of. */
-export function removeSent(q: ReportQueue, sentIds: ReadonlySet<string>, sentDropped: number): ReportQueue {
-  const { retryAt: _taken, ...rest } = q;
+/** A receipt file's text; undefined when it is damaged (its events are sent again, and stored once). */
+export function parseReceipt(text: string): SendReceipt | undefined {
+  try {
+    const r = JSON.parse(text) as Partial<SendReceipt>;
+    if (!Array.isArray(r.ids) || !r.ids.every((id) => typeof id === "string")) return undefined;
+    return { ids: r.ids, dropped: count(r.dropped), lostFrom: count(r.lostFrom), lostTo: count(r.lostTo) };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The queue once the server has taken a batch: its events go, and the drops
+ * it was told of. Right whether or not the lost bytes the batch carried were
+ * taken into `dropped` since (by absorbSpill): those that were are taken out
+ * again, those that were not are marked seen.
+ */
+export function applyReceipt(q: ReportQueue, r: SendReceipt): ReportQueue {
+  const ids = new Set(r.ids);
+  const absorbed = Math.max(0, Math.min(q.lostSeen, r.lostTo) - r.lostFrom);
   return {
-    ...rest,
-    events: q.events.filter((e) => !sentIds.has(e.id)),
-    dropped: Math.max(0, q.dropped - sentDropped),
+    ...q,
+    events: q.events.filter((e) => !ids.has(e.id)),
+    dropped: Math.max(0, q.dropped - r.dropped - absorbed),
+    lostSeen: Math.max(q.lostSeen, r.lostTo),
   };
+}
+
+/**
+ * Receipt names a queue remembers: more than can be beside it at once, so a
+ * reader without the lock that listed a receipt before a writer applied and
+ * removed it still finds it named (receipts are rare: a send whose edit
+ * could not get the lock).
+ */
+const APPLIED_KEPT = 64;
+
+/**
+ * The queue with the receipts beside it applied, each once: those it has
+ * applied before (named in `applied`: a crash may have kept their files, or
+ * a reader listed them before they were removed) are skipped.
+ */
+export function applyReceipts(q: ReportQueue, receipts: readonly NamedReceipt[]): ReportQueue {
+  const before = q.applied ?? [];
+  let out = q;
+  const now: string[] = [];
+  for (const { name, receipt } of receipts) {
+    if (before.includes(name)) continue;
+    if (receipt) out = applyReceipt(out, receipt);
+    now.push(name);
+  }
+  if (now.length === 0) return out;
+  return { ...out, applied: [...before, ...now].slice(-APPLIED_KEPT) };
+}
+
+/** Spilled events that a receipt says the server has already: not taken in again. */
+export function undelivered(
+  spilled: readonly DeviceEvent[],
+  receipts: readonly NamedReceipt[],
+): DeviceEvent[] {
+  const ids = new Set(receipts.flatMap((r) => r.receipt?.ids ?? []));
+  return spilled.filter((e) => !ids.has(e.id));
+}
+
+/**
+ * The batch a send makes of the queue (receipts applied) and of what was
+ * spilled beside it, read without the lock: the queued events, then the
+ * spilled ones, up to a batch's limit (the rest stay where they are), and
+ * the queue's drops with the lost bytes it has not taken in. Nothing is
+ * counted here: whoever holds the lock next counts (once) what did not fit.
+ */
+export function outgoing(
+  q: ReportQueue,
+  spilled: readonly DeviceEvent[],
+  lostBytes: number,
+): { events: DeviceEvent[]; dropped: number; receipt: SendReceipt } {
+  const ids = new Set(q.events.map((e) => e.id));
+  const fresh = spilled.filter((e) => !ids.has(e.id));
+  const events = [...q.events, ...fresh].slice(0, MAX_EVENTS_PER_BATCH);
+  // A count file shorter than what the queue took in began again: the next writer counts it.
+  const lostTo = Math.max(lostBytes, q.lostSeen);
+  return {
+    events,
+    dropped: q.dropped + (lostTo - q.lostSeen),
+    receipt: { ids: events.map((e) => e.id), dropped: q.dropped, lostFrom: q.lostSeen, lostTo },
+  };
+}
+
+export type Batch = ReturnType<typeof outgoing>;
+
+/**
+ * The part of a batch that a device sends while the server has asked it to
+ * wait (a 429): its state events (STATE_EVENTS), which the server admits
+ * beyond its limit, and the drop count. Undefined when there are none.
+ */
+export function stateOnly(batch: Batch): Batch | undefined {
+  const events = batch.events.filter((e) => STATE_EVENTS.has(e.type));
+  if (events.length === 0) return undefined;
+  return { events, dropped: batch.dropped, receipt: { ...batch.receipt, ids: events.map((e) => e.id) } };
 }
 
 /** The longest wait a server's Retry-After can impose: a wrong or hostile value must not silence a device. */

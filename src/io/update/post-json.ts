@@ -23,6 +23,7 @@ export function postJson(
   body: string,
   ca: Buffer | undefined,
   timeoutMs: number,
+  extraHeaders: Record<string, string> = {},
 ): Promise<PostAnswer> {
   const request = url.protocol === "https:" ? httpsRequest : httpRequest;
   return new Promise((resolve, reject) => {
@@ -37,6 +38,7 @@ export function postJson(
           "content-length": Buffer.byteLength(body),
           authorization: `Bearer ${token}`,
           "user-agent": "eos-os-update",
+          ...extraHeaders,
         },
       },
       (res) => {

@@ -12,18 +12,26 @@
  */
 import { randomBytes } from "node:crypto";
 import { appendFile, mkdir, readdir, readFile, stat, unlink, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { parseKernelCommandLine, readBootState, type Slot } from "../../core/update/bootctl.ts";
 import { EosError } from "../../core/errors.ts";
-import type { DeviceEvent, DeviceFacts } from "../../core/fleet/events.ts";
+import { STATE_BATCH_HEADER, type DeviceEvent, type DeviceFacts } from "../../core/fleet/events.ts";
 import {
   absorbSpill,
   appendEvent,
+  applyReceipt,
+  applyReceipts,
+  outgoing,
+  parseReceipt,
+  stateOnly,
   parseReportQueue,
-  removeSent,
   retryAfterAt,
   SPILL_MAX,
+  undelivered,
+  type Batch,
+  type NamedReceipt,
   type ReportQueue,
+  type SendReceipt,
 } from "../../core/fleet/report-queue.ts";
 import { sysPath, type Context } from "../context.ts";
 import { deviceStatePath } from "./state-path.ts";
@@ -65,6 +73,8 @@ const queuePath = (ctx: Context) => deviceStatePath(ctx, QUEUE_FILE);
 const spillDir = (path: string) => `${path}.spill`;
 /** One byte per event that found the spill full as well. */
 const lostPath = (path: string) => `${path}.lost`;
+/** What sends delivered while they could not get the lock to say so in the queue, one file each. */
+const receiptDir = (path: string) => `${path}.sent`;
 
 const readQueue = async (path: string): Promise<ReportQueue> =>
   parseReportQueue(await readFile(path, "utf8").catch(() => ""));
@@ -73,25 +83,48 @@ interface Spill {
   /** The spill's files, oldest first. */
   files: string[];
   events: DeviceEvent[];
+  /** The file each event is in. */
+  eventFiles: string[];
   /** Files that are there but hold no event: counted as dropped when they are removed. */
   damaged: number;
 }
 
-/** The spill's complete files, oldest first (a writer's temp file starts with a dot). */
-async function spillFiles(path: string): Promise<string[]> {
-  const names = await readdir(spillDir(path)).catch(() => [] as string[]);
+/** A spill's or receipts' complete files, oldest first (a writer's temp file starts with a dot). */
+async function filesIn(dir: string): Promise<string[]> {
+  const names = await readdir(dir).catch(() => [] as string[]);
   return names
     .filter((n) => /^[0-9a-z].*\.json$/.test(n))
     .sort()
-    .map((n) => join(spillDir(path), n));
+    .map((n) => join(dir, n));
+}
+const spillFiles = (path: string) => filesIn(spillDir(path));
+
+type FileReceipt = NamedReceipt & { file: string };
+
+async function readReceipts(path: string): Promise<FileReceipt[]> {
+  const receipts: FileReceipt[] = [];
+  for (const file of await filesIn(receiptDir(path))) {
+    const text = await readFile(file, "utf8").catch(() => undefined);
+    // Gone: a writer applied it (the queue names it in `applied`). Damaged: removed, its events go again.
+    if (text !== undefined) receipts.push({ name: basename(file), file, receipt: parseReceipt(text) });
+  }
+  return receipts;
+}
+
+/** Leaves what a send delivered beside the queue, for the next writer that gets the lock. */
+async function writeReceipt(path: string, receipt: SendReceipt): Promise<void> {
+  await mkdir(receiptDir(path), { recursive: true, mode: 0o700 });
+  const name = `${Date.now().toString(36).padStart(10, "0")}-${process.pid}-${randomBytes(6).toString("hex")}.json`;
+  await atomicWriteFile(join(receiptDir(path), name), JSON.stringify(receipt), 0o600);
 }
 
 async function readSpill(path: string): Promise<Spill> {
-  const spill: Spill = { files: [], events: [], damaged: 0 };
+  const spill: Spill = { files: [], events: [], eventFiles: [], damaged: 0 };
   for (const file of await spillFiles(path)) {
     spill.files.push(file);
     try {
       spill.events.push(JSON.parse(await readFile(file, "utf8")) as DeviceEvent);
+      spill.eventFiles.push(file);
     } catch (error) {
       // Gone: another process merged it. Damaged: removed with the rest, and counted.
       if ((error as NodeJS.ErrnoException).code !== "ENOENT") spill.damaged++;
@@ -136,31 +169,38 @@ let editing: Promise<unknown> = Promise.resolve();
 
 /**
  * Reads, changes and rewrites the queue as one step, taking in what was
- * spilled beside it: the boot unit's report and a manual os-update may both
- * be writing, and neither may lose the other's events. With `orSpill`, an
- * event that cannot get the lock in time is spilled instead of failing.
+ * spilled beside it and the receipts of sends: the boot unit's report and a
+ * manual os-update may both be writing, and neither may lose the other's
+ * events. With `orSpill`, an event that cannot get the lock in time is
+ * spilled instead of failing. `delivered` (a send's receipt) goes before
+ * the spill is taken in, so that delivered events never fill the queue.
  */
 function editQueue(
   path: string,
   change: (q: ReportQueue) => ReportQueue,
-  orSpill?: DeviceEvent,
+  o: { orSpill?: DeviceEvent; delivered?: SendReceipt } = {},
 ): Promise<void> {
   const run = async () => {
     await mkdir(dirname(path), { recursive: true, mode: 0o700 });
     try {
       await withLock(`${path}.lock`, "another os-update's report", lockWait, async () => {
+        const receipts = await readReceipts(path);
         const taken = await readSpill(path);
-        const q = absorbSpill(await readQueue(path), taken, await lostBytes(path));
+        let q = applyReceipts(await readQueue(path), receipts);
+        if (o.delivered) q = applyReceipt(q, o.delivered);
+        const known = o.delivered ? [...receipts, { name: "", receipt: o.delivered }] : receipts;
+        q = absorbSpill(q, { ...taken, events: undelivered(taken.events, known) }, await lostBytes(path));
         await atomicWriteFile(path, JSON.stringify(change(q)), 0o600);
-        // After the queue holds them: a crash in between leaves copies, which the queue skips (same id)
-        // or the server stores once.
-        for (const file of taken.files) await unlink(file).catch(() => undefined);
+        // After the queue holds them: a crash in between leaves copies, which the queue skips (same id,
+        // a receipt named in `applied`) or the server stores once.
+        for (const file of [...taken.files, ...receipts.map((r) => r.file)])
+          await unlink(file).catch(() => undefined);
       });
     } catch (error) {
       if (!(error instanceof EosError && error.code === "LOCKED")) throw error;
       lockWait = QUEUE_LOCK_STUCK_MS;
-      if (!orSpill) throw error;
-      await spill(path, orSpill);
+      if (!o.orSpill) throw error;
+      await spill(path, o.orSpill);
       return;
     }
     lockWait = QUEUE_LOCK_WAIT_MS;
@@ -227,7 +267,7 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
       try {
         const id = `${Date.now().toString(36)}-${randomBytes(6).toString("base64url")}`;
         const full = { ...event, id, time: o.ctx.now().toISOString() } as DeviceEvent;
-        await editQueue(path, (q) => appendEvent(q, full), full);
+        await editQueue(path, (q) => appendEvent(q, full), { orSpill: full });
       } catch {
         // a full or read-only disk loses this report, never the update
       }
@@ -235,36 +275,59 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
     },
     async flush() {
       try {
-        // What another process spilled goes out too, even while its lock is still held.
+        // What another process spilled goes out too, even while its lock is still held. Receipts first:
+        // one applied and removed after they are listed is named in the queue read after.
+        const receipts = await readReceipts(path);
         const taken = await readSpill(path);
-        const q = absorbSpill(await readQueue(path), taken, await lostBytes(path));
-        if (q.events.length === 0) return;
-        // The server said when (a 429): a device that asks again sooner only spends its allowance.
-        if (q.retryAt !== undefined && o.ctx.now().getTime() < q.retryAt) return;
+        const q = applyReceipts(await readQueue(path), receipts);
+        const full = outgoing(q, undelivered(taken.events, receipts), await lostBytes(path));
+        // The server said when (a 429): a device that asks again sooner only spends its allowance. Not
+        // for what rollouts judge waves on (committed, fell_back…): the server admits those beyond it.
+        const held = q.retryAt !== undefined && o.ctx.now().getTime() < q.retryAt;
+        let batch: Batch | undefined = held ? stateOnly(full) : full;
+        if (batch === undefined || batch.events.length === 0) return;
         const token = await deviceToken(o.ctx, setup, o.warn);
         if (token === undefined) return;
         const ca = u.ca ? await readFile(u.ca) : undefined;
-        const body = JSON.stringify({
-          device: await deviceFacts(o, setup, registry),
-          events: q.events,
-          ...(q.dropped > 0 ? { dropped: q.dropped } : {}),
-        });
-        const { status, retryAfter } = await postJson(url, token, body, ca, SEND_TIMEOUT_MS);
+        const device = await deviceFacts(o, setup, registry);
+        const send = (b: Batch) =>
+          postJson(
+            url,
+            token,
+            JSON.stringify({ device, events: b.events, ...(b.dropped > 0 ? { dropped: b.dropped } : {}) }),
+            ca,
+            SEND_TIMEOUT_MS,
+            b.events.length === stateOnly(b)?.events.length ? { [STATE_BATCH_HEADER]: "state" } : {},
+          );
+        const answer = await send(batch);
+        let status = answer.status;
         if (status === 429) {
-          const at = retryAfterAt(retryAfter, o.ctx.now().getTime());
-          if (at !== undefined) await editQueue(path, (now) => ({ ...now, retryAt: at }));
-          return;
+          const at = retryAfterAt(answer.retryAfter, o.ctx.now().getTime());
+          if (at !== undefined)
+            await editQueue(path, (now) => ({ ...now, retryAt: at })).catch(() => undefined);
+          // Refused with progress in it: the state events go on their own now, the rest after the wait.
+          const urgent = stateOnly(batch);
+          if (urgent === undefined || urgent.events.length === batch.events.length) return;
+          batch = urgent;
+          ({ status } = await send(batch));
         }
         // Kept for later: the server is down, overloaded, or does not (yet) know this token.
         if (status >= 500 || status === 401 || status === 403 || status === 429 || status === 408) return;
-        // Sent (200), or refused for good (another 4xx: resending the same bytes cannot help).
-        const sent = new Set(q.events.map((e) => e.id));
+        // Sent (200), or refused for good (another 4xx: resending the same bytes cannot help). The wait
+        // the server asked for is over once a whole batch went, not just its state events.
+        const whole = batch === full;
+        const receipt = batch.receipt;
         try {
-          await editQueue(path, (now) => removeSent(now, sent, q.dropped));
+          await editQueue(path, (now) => (whole ? { ...now, retryAt: undefined } : now), {
+            delivered: receipt,
+          });
         } catch {
-          // The lock is still held: the spilled events that went out are their own files, removed
-          // without it. The queued ones go again (the server stores an event once, by its id).
-          for (const file of taken.files) await unlink(file).catch(() => undefined);
+          // The lock is still held: the receipt tells its holder's successor what went, so that it is
+          // neither sent nor counted as dropped again. The spilled events that went are removed now.
+          await writeReceipt(path, receipt);
+          const sent = new Set(receipt.ids);
+          for (const [i, e] of taken.events.entries())
+            if (sent.has(e.id)) await unlink(taken.eventFiles[i] as string).catch(() => undefined);
         }
       } catch {
         // unreachable, timed out, no token: the queue keeps the events for the next run

@@ -1,7 +1,8 @@
 /**
  * The control plane's HTTP routes, next to the image routes of http.ts:
  *   POST   /v1/events                  a device's batch of reports (device token; rate-limited per
- *                                      device: 429, report-limit.ts)
+ *                                      device: 429, report-limit.ts; a batch of state events only,
+ *                                      marked x-eos-events: state, has a small bucket of its own)
  *   POST   /v1/enrol                   {"hint"?} with the fleet's enrolment key → {"device", "token"}
  *                                      (rate-limited per address and per key: 429, enrol-limit.ts)
  *   GET    /v1/admin/whoami            the admin token's name and role (viewer)
@@ -27,7 +28,13 @@ import {
   ROLES,
   type Role,
 } from "../../../core/fleet/admin.ts";
-import { describeIssue, eventBatchSchema, MAX_EVENTS_BODY_BYTES } from "../../../core/fleet/events.ts";
+import {
+  describeIssue,
+  eventBatchSchema,
+  MAX_EVENTS_BODY_BYTES,
+  STATE_BATCH_HEADER,
+  STATE_EVENTS,
+} from "../../../core/fleet/events.ts";
 import { readBounded } from "../../read-bounded.ts";
 import { HttpError, sendJson } from "../http-answer.ts";
 import { DEVICE_NAME } from "../tokens.ts";
@@ -37,6 +44,7 @@ import { rolloutRoute } from "./rollout-api.ts";
 import { DEVICE_TOKEN_PREFIX, ID_HINT, type DeviceTokenStore } from "./device-tokens.ts";
 import type { RolloutStore } from "./rollouts.ts";
 import type { EnrolLimiter } from "./enrol-limit.ts";
+import type { ReportLimiter } from "./report-limit.ts";
 import { windowsRoute, type WindowSettings } from "./windows-api.ts";
 
 export interface ControlPlane {
@@ -68,8 +76,6 @@ const tokenBody = z.strictObject({
   name: z.string().regex(ADMIN_NAME, "letters, digits and . _ - only"),
   role: z.enum(ROLES),
 });
-
-const UNJUDGED: ReadonlySet<string> = new Set(["checked", "download_started", "download_progress"]);
 
 const STATUS: Partial<Record<ErrorCode, number>> = { USAGE: 400, NOT_FOUND: 404, REFUSED: 409, AUTH: 401 };
 
@@ -129,7 +135,7 @@ export function controlPlane(
   rollouts?: { store: RolloutStore; images: ImageStore; onError(error: unknown): void },
   enrolLimit?: EnrolLimiter,
   windows?: WindowSettings,
-  reportLimit?: (device: string) => void,
+  reportLimit?: ReportLimiter,
 ): ControlPlane {
   async function admin(
     req: IncomingMessage,
@@ -165,13 +171,20 @@ export function controlPlane(
       const device = await auth.device();
       if (!device) throw refuse(401, "reports need a device token (the server runs with --no-auth)", "AUTH");
       auth.log.device = device;
-      reportLimit?.(device);
+      const refusal = reportLimit?.take(device);
+      // Over its limit, a device may still say what it became (committed, fell_back…), within a bound of
+      // its own; any other batch is refused before its body is read.
+      if (refusal && req.headers[STATE_BATCH_HEADER] !== "state") throw refusal;
       const batch = await readJson(req, MAX_EVENTS_BODY_BYTES, eventBatchSchema);
+      if (refusal) {
+        if (!batch.events.every((e) => STATE_EVENTS.has(e.type))) throw refusal;
+        reportLimit?.takeState(device);
+      }
       const stored = await store.record(device, batch);
       // A report can end a wave (its last commit) or cross the error threshold: judge it now. Not for
       // checks and downloads, most of the traffic, which add no error: judging reads every device of
       // the image (bench/fleet.ts: most of the server's time at 10k devices); the timer judges those.
-      if (rollouts && stored.stored > 0 && batch.events.some((e) => !UNJUDGED.has(e.type)))
+      if (rollouts && stored.stored > 0 && batch.events.some((e) => STATE_EVENTS.has(e.type)))
         await rollouts.store.evaluate(batch.device.image).catch(rollouts.onError);
       return sendJson(res, 200, stored);
     }

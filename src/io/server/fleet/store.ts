@@ -56,15 +56,22 @@ export class FleetStore {
   async record(device: string, batch: EventBatch): Promise<{ stored: number; duplicates: number }> {
     const received = this.now().toISOString();
     return this.fleet.db.transaction().execute(async (trx) => {
-      // Registers the device and reads its row in one round trip. The no-op update is what makes the
-      // upsert return an existing row, and on PostgreSQL it locks that row: two batches of one device
-      // at once must not both read the old row.
-      const row = await trx
-        .insertInto("devices")
-        .values({ id: device, state: "unknown", first_seen: received, last_seen: received, dropped: 0 })
-        .onConflict((oc) => oc.column("id").doUpdateSet({ id: (eb) => eb.ref("excluded.id") }))
-        .returningAll()
-        .executeTakeFirstOrThrow();
+      // On PostgreSQL two batches of one device at once must not both read the old row.
+      const read = () => {
+        const q = trx.selectFrom("devices").selectAll().where("id", "=", device);
+        return (this.fleet.kind === "postgres" ? q.forUpdate() : q).executeTakeFirst();
+      };
+      // Enrolment registered the device already, nearly always: one round trip, no row written twice.
+      let row = await read();
+      if (!row) {
+        await trx
+          .insertInto("devices")
+          .values({ id: device, state: "unknown", first_seen: received, last_seen: received, dropped: 0 })
+          .onConflict((oc) => oc.column("id").doNothing())
+          .execute();
+        row = await read();
+        if (!row) throw new EosError("IO", `device ${device}: its row vanished while a report was stored`);
+      }
       // All events in one statement; those it returns were new (a re-sent one conflicts and is not).
       const inserted = await trx
         .insertInto("events")

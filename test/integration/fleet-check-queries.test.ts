@@ -233,8 +233,10 @@ for (const kind of ["sqlite", "postgres"] as const) {
       await r1.store.setTags(d.device, ["canary"]);
       const start = clock;
       assert.equal((await check(r1, d.token)).offered, "2");
-      // Replica 2 aborts: replica 1 keeps offering 2 only until the bound, then the previous version.
+      assert.equal((await check(r2, d.token)).offered, "2");
+      // Replica 2 aborts: it offers the previous version at once, replica 1 only after the bound.
       await r2.rollouts.act("r2", "abort", "test");
+      assert.equal((await check(r2, d.token)).offered, "1", "an abort counts at once where it was made");
       clock = start + CHECK_CACHE_MS - 1;
       assert.equal((await check(r1, d.token)).offered, "2", "within the bound");
       clock = start + CHECK_CACHE_MS;
@@ -256,6 +258,16 @@ for (const kind of ["sqlite", "postgres"] as const) {
       assert.equal((await check(r2, e.token)).offered, "1", "the aborted rollout assigns 1");
       await r2.rollouts.pin(e.device, "2");
       assert.equal((await check(r2, e.token)).offered, "2", "a pin counts at once");
+      // Tags set through the admin API choose the window of the very next check.
+      assert.equal((await check(r2, e.token)).window, null);
+      const admin = await r2.store.addAdminToken("ops", "operator");
+      const tagged = await fetch(`${r2.url}/v1/admin/devices/${e.device}/tags`, {
+        method: "PUT",
+        headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
+        body: JSON.stringify({ tags: ["canary"] }),
+      });
+      assert.equal(tagged.status, 200, await tagged.text());
+      assert.equal((await check(r2, e.token)).window, "02:00-04:00", "new tags count at once");
       await r2.tokens.revoke(e.device);
       assert.equal((await get(r2, e.token, "manifest.json")).status, 401, "a revocation counts at once");
     });

@@ -243,6 +243,8 @@ export function controlPlane(
       const body = await readJson(req, ADMIN_BODY_BYTES, tagsBody);
       const normalised = normaliseTags(body.tags);
       await store.setTags(id, normalised);
+      // Its next check through this server is assigned by the new tags (other replicas: CHECK_CACHE_MS).
+      rollouts?.store.forget(id);
       return sendJson(res, 200, { id, tags: normalised });
     }
     const one = /^\/v1\/admin\/devices\/([^/]+)$/.exec(path);

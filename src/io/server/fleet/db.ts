@@ -103,7 +103,15 @@ export interface FleetDb {
   kind: DbKind;
   /** Where it is, without a password: for logs. */
   describe: string;
+  /** Statements sent so far, BEGIN and COMMIT included: each is a round trip on PostgreSQL. */
+  readonly stats: { queries: number };
   close(): Promise<void>;
+}
+
+/** kysely's log hook, counting every statement (it sees those of transactions too). */
+function counted(): { stats: { queries: number }; log: () => void } {
+  const stats = { queries: 0 };
+  return { stats, log: () => void stats.queries++ };
 }
 
 export const DEFAULT_STATE_DIR = "/var/lib/os-update-server";
@@ -166,8 +174,9 @@ async function openSqlite(path: string): Promise<FleetDb> {
       return statement;
     },
   };
-  const db = new Kysely<FleetSchema>({ dialect: new SqliteDialect({ database }) });
-  return { db, kind: "sqlite", describe: `sqlite:${path}`, close: () => db.destroy() };
+  const { stats, log } = counted();
+  const db = new Kysely<FleetSchema>({ dialect: new SqliteDialect({ database }), log });
+  return { db, kind: "sqlite", describe: `sqlite:${path}`, stats, close: () => db.destroy() };
 }
 
 async function openPostgres(url: string): Promise<FleetDb> {
@@ -175,8 +184,9 @@ async function openPostgres(url: string): Promise<FleetDb> {
   const pool = new pg.Pool({ connectionString: url, max: 10, connectionTimeoutMillis: 10_000 });
   // An idle connection the server drops must not take the update server down with it.
   pool.on("error", () => undefined);
-  const db = new Kysely<FleetSchema>({ dialect: new PostgresDialect({ pool }) });
-  return { db, kind: "postgres", describe: withoutPassword(url), close: () => db.destroy() };
+  const { stats, log } = counted();
+  const db = new Kysely<FleetSchema>({ dialect: new PostgresDialect({ pool }), log });
+  return { db, kind: "postgres", describe: withoutPassword(url), stats, close: () => db.destroy() };
 }
 
 /** Opens the database and brings its schema up to date. */

@@ -7,6 +7,7 @@
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { EosError } from "../../../core/errors.ts";
+import { CHECK_CACHE_MAX, CHECK_CACHE_MS, TtlCache } from "../../../core/fleet/ttl-cache.ts";
 import { HttpError } from "../http-answer.ts";
 import type { FleetDb } from "./db.ts";
 
@@ -18,6 +19,15 @@ export const ID_HINT = /^[A-Za-z0-9][A-Za-z0-9._-]{0,40}$/;
 const hashOf = (token: string) => createHash("sha256").update(token, "utf8").digest("hex");
 
 export class DeviceTokenStore {
+  /**
+   * Known tokens by hash (unknown ones are not kept: guessing must not fill it). The 3 requests of a
+   * check read the database once; a revocation through another replica holds within CHECK_CACHE_MS.
+   */
+  private readonly known = new TtlCache<string, { device: string; revoked: string | null }>(
+    CHECK_CACHE_MS,
+    CHECK_CACHE_MAX,
+  );
+
   constructor(
     private readonly fleet: FleetDb,
     private readonly now: () => Date,
@@ -46,12 +56,18 @@ export class DeviceTokenStore {
   /** The device a token belongs to; undefined when unknown; a 401 saying so when revoked. */
   async authenticate(token: string): Promise<string | undefined> {
     const hash = hashOf(token);
-    const row = await this.fleet.db
-      .selectFrom("device_tokens")
-      .select(["device", "hash", "revoked"])
-      .where("hash", "=", hash)
-      .executeTakeFirst();
-    if (!row || !timingSafeEqual(Buffer.from(row.hash), Buffer.from(hash))) return undefined;
+    const at = this.now().getTime();
+    let row = this.known.get(hash, at);
+    if (!row) {
+      const found = await this.fleet.db
+        .selectFrom("device_tokens")
+        .select(["device", "hash", "revoked"])
+        .where("hash", "=", hash)
+        .executeTakeFirst();
+      if (!found || !timingSafeEqual(Buffer.from(found.hash), Buffer.from(hash))) return undefined;
+      row = { device: found.device, revoked: found.revoked };
+      this.known.set(hash, row, at);
+    }
     if (row.revoked !== null)
       throw new HttpError(
         401,
@@ -69,7 +85,11 @@ export class DeviceTokenStore {
       .where("device", "=", device)
       .where("revoked", "is", null)
       .executeTakeFirst();
-    if (Number(r.numUpdatedRows) > 0) return;
+    if (Number(r.numUpdatedRows) > 0) {
+      // Through this server, at once; another replica forgets it within CHECK_CACHE_MS.
+      this.known.deleteWhere((v) => v.device === device);
+      return;
+    }
     const known = await this.fleet.db
       .selectFrom("device_tokens")
       .select("revoked")

@@ -7,6 +7,7 @@
  * move it once.
  */
 import { randomBytes } from "node:crypto";
+import { sql } from "kysely";
 import { EosError } from "../../../core/errors.ts";
 import {
   assign,
@@ -22,6 +23,7 @@ import {
   type WaveMember,
 } from "../../../core/fleet/rollout.ts";
 import type { DeviceState } from "../../../core/fleet/events.ts";
+import { CHECK_CACHE_MAX, CHECK_CACHE_MS, TtlCache } from "../../../core/fleet/ttl-cache.ts";
 import type { FleetDb, RolloutsTable } from "./db.ts";
 
 /** What an operator gives; the store adds the state, the wave position and the times. */
@@ -62,6 +64,17 @@ function rolloutOf(row: RolloutsTable): Rollout {
 }
 
 export class RolloutStore {
+  /**
+   * What a check reads, kept CHECK_CACHE_MS: each image's rollouts that are not completed (one query
+   * a second for the whole fleet) and each device's pin and tags (one query per check, not one per
+   * request). Changes made through this server drop them at once; another replica's within the bound.
+   */
+  private readonly active = new TtlCache<string, Rollout[]>(CHECK_CACHE_MS, 1000);
+  private readonly facts = new TtlCache<string, { pin: string | undefined; tags: string[] }>(
+    CHECK_CACHE_MS,
+    CHECK_CACHE_MAX,
+  );
+
   constructor(
     private readonly fleet: FleetDb,
     private readonly now: () => Date,
@@ -96,6 +109,7 @@ export class RolloutStore {
       .executeTakeFirst();
     if (Number(done.numInsertedOrUpdatedRows ?? 0) === 0)
       throw new EosError("REFUSED", `id: a rollout named ${id} exists already`);
+    this.active.delete(r.image);
     return rolloutOf(row);
   }
 
@@ -135,6 +149,7 @@ export class RolloutStore {
       .where("id", "=", id)
       .where("state", "=", current.state)
       .executeTakeFirst();
+    this.active.delete(current.image);
     if (Number(r.numUpdatedRows) === 0)
       throw new EosError("REFUSED", `rollout ${id} changed meanwhile`, { hint: "show it and try again" });
     return this.get(id);
@@ -147,24 +162,58 @@ export class RolloutStore {
         .insertInto("device_pins")
         .values({ device, version, created: this.now().toISOString() })
         .execute();
+    this.forget(device);
+  }
+
+  /** Its pin or tags changed through this server: the next check reads them again. */
+  forget(device: string): void {
+    this.facts.delete(device);
+  }
+
+  /** The device's pin and tags, in one round trip. */
+  private async factsOf(device: string): Promise<{ pin: string | undefined; tags: string[] }> {
+    const at = this.now().getTime();
+    const kept = this.facts.get(device, at);
+    if (kept) return kept;
+    const rows = await this.fleet.db
+      .selectFrom("device_pins")
+      .select([sql<string>`'pin'`.as("kind"), "version as value"])
+      .where("device", "=", device)
+      .unionAll((eb) =>
+        eb
+          .selectFrom("device_tags")
+          .select([sql<string>`'tag'`.as("kind"), "tag as value"])
+          .where("device", "=", device),
+      )
+      .execute();
+    const facts = {
+      pin: rows.find((r) => r.kind === "pin")?.value,
+      tags: rows
+        .filter((r) => r.kind === "tag")
+        .map((r) => r.value)
+        .sort(),
+    };
+    this.facts.set(device, facts, at);
+    return facts;
   }
 
   async pinOf(device: string): Promise<string | undefined> {
-    const row = await this.fleet.db
-      .selectFrom("device_pins")
-      .select("version")
-      .where("device", "=", device)
-      .executeTakeFirst();
-    return row?.version;
+    return (await this.factsOf(device)).pin;
   }
 
   async tagsOf(device: string): Promise<string[]> {
-    const rows = await this.fleet.db
-      .selectFrom("device_tags")
-      .select("tag")
-      .where("device", "=", device)
-      .execute();
-    return rows.map((r) => r.tag);
+    return (await this.factsOf(device)).tags;
+  }
+
+  /** The image's rollouts that still assign versions (not completed), newest first. */
+  private async activeOf(image: string): Promise<Rollout[]> {
+    const at = this.now().getTime();
+    const kept = this.active.get(image, at);
+    if (kept) return kept;
+    // A completed rollout no longer holds anyone back: its devices follow the newest version again.
+    const rollouts = (await this.list(image)).filter((r) => r.state !== "completed");
+    this.active.set(image, rollouts, at);
+    return rollouts;
   }
 
   /** The version this device is told for `image`; undefined: no rollout or pin, the newest published. */
@@ -172,10 +221,9 @@ export class RolloutStore {
     device: string,
     image: string,
   ): Promise<{ assignment: Assignment; rollout?: Rollout } | undefined> {
-    const pin = await this.pinOf(device);
-    // A completed rollout no longer holds anyone back: its devices follow the newest version again.
-    const rollouts = (await this.list(image)).filter((r) => r.state !== "completed");
-    const a = assign({ id: device, tags: await this.tagsOf(device) }, rollouts, pin);
+    const { pin, tags } = await this.factsOf(device);
+    const rollouts = await this.activeOf(image);
+    const a = assign({ id: device, tags }, rollouts, pin);
     if (!a) return undefined;
     const rollout = "rollout" in a ? rollouts.find((r) => r.id === a.rollout) : undefined;
     return { assignment: a, ...(rollout ? { rollout } : {}) };
@@ -231,7 +279,10 @@ export class RolloutStore {
         .where("state", "=", "running")
         .where("current_wave", "=", r.current_wave)
         .executeTakeFirst();
-      if (Number(r2.numUpdatedRows) > 0) done.push({ id: r.id, step });
+      if (Number(r2.numUpdatedRows) > 0) {
+        this.active.delete(r.image);
+        done.push({ id: r.id, step });
+      }
     }
     return done;
   }

@@ -56,35 +56,45 @@ export class FleetStore {
   async record(device: string, batch: EventBatch): Promise<{ stored: number; duplicates: number }> {
     const received = this.now().toISOString();
     return this.fleet.db.transaction().execute(async (trx) => {
-      await trx
-        .insertInto("devices")
-        .values({ id: device, state: "unknown", first_seen: received, last_seen: received, dropped: 0 })
-        .onConflict((oc) => oc.column("id").doNothing())
-        .execute();
       // On PostgreSQL two batches of one device at once must not both read the old row.
-      let select = trx.selectFrom("devices").selectAll().where("id", "=", device);
-      if (this.fleet.kind === "postgres") select = select.forUpdate();
-      const row = await select.executeTakeFirst();
-      const fresh: DeviceEvent[] = [];
-      for (const event of batch.events) {
-        const r = await trx
-          .insertInto("events")
-          .values({
+      const read = () => {
+        const q = trx.selectFrom("devices").selectAll().where("id", "=", device);
+        return (this.fleet.kind === "postgres" ? q.forUpdate() : q).executeTakeFirst();
+      };
+      // Enrolment registered the device already, nearly always: one round trip, no row written twice.
+      let row = await read();
+      if (!row) {
+        await trx
+          .insertInto("devices")
+          .values({ id: device, state: "unknown", first_seen: received, last_seen: received, dropped: 0 })
+          .onConflict((oc) => oc.column("id").doNothing())
+          .execute();
+        row = await read();
+        if (!row) throw new EosError("IO", `device ${device}: its row vanished while a report was stored`);
+      }
+      // All events in one statement; those it returns were new (a re-sent one conflicts and is not).
+      const inserted = await trx
+        .insertInto("events")
+        .values(
+          batch.events.map((event) => ({
             device,
             event_id: event.id,
             type: event.type,
             time: new Date(Date.parse(event.time)).toISOString(),
             received,
             data: JSON.stringify(event),
-          })
-          .onConflict((oc) => oc.columns(["device", "event_id"]).doNothing())
-          .executeTakeFirst();
-        if (Number(r.numInsertedOrUpdatedRows ?? 0) > 0) fresh.push(event);
-      }
+          })),
+        )
+        .onConflict((oc) => oc.columns(["device", "event_id"]).doNothing())
+        .returning("event_id")
+        .execute();
+      const newIds = new Set(inserted.map((r) => r.event_id));
+      // An id twice in one batch is stored once: only its first copy is new.
+      const fresh = batch.events.filter((e) => newIds.delete(e.id));
       const inv = applyBatch(inventoryOf(row), { ...batch, events: fresh });
       await trx
         .updateTable("devices")
-        .set({ ...inv, last_seen: received, dropped: (row?.dropped ?? 0) + (batch.dropped ?? 0) })
+        .set({ ...inv, last_seen: received, dropped: Number(row.dropped) + (batch.dropped ?? 0) })
         .where("id", "=", device)
         .execute();
       return { stored: fresh.length, duplicates: batch.events.length - fresh.length };

@@ -79,22 +79,12 @@ test("an image carries the description's assignment keys where os-update looks, 
         ),
       }),
     }) as unknown as UpdateSource;
-  const judged = await judgeAssignment(
-    ctx,
-    config,
-    offer(w.assignment.privateKey),
-    manifest as Manifest,
-    running,
-  );
+  const judgeSignedBy = (key: KeyObject) =>
+    judgeAssignment(ctx, config, offer(key), manifest as Manifest, running);
+  const judged = await judgeSignedBy(w.assignment.privateKey);
   assert.ok("allowed" in judged, JSON.stringify(judged));
   // Signed with the release key instead: the image does not trust it for assignments.
-  const refused = await judgeAssignment(
-    ctx,
-    config,
-    offer(w.release.privateKey),
-    manifest as Manifest,
-    running,
-  );
+  const refused = await judgeSignedBy(w.release.privateKey);
   assert.ok("refused" in refused && /not signed by a trusted assignment key/.test(refused.refused));
 });
 

@@ -22,6 +22,18 @@ import {
 const NAME = "EOS.x86_64-AB";
 let fw: FleetWorld;
 
+/** The device as the admin API shows it (its row and events). */
+async function showDevice(
+  fleet: Awaited<ReturnType<typeof startFleetServer>>,
+  query: string,
+): Promise<Shown> {
+  const r = await httpsCall(fleet.server.url, fw.tls, "GET", `/v1/admin/devices/${query}`, {
+    token: fleet.env.EOS_ADMIN_TOKEN as string,
+  });
+  assert.equal(r.status, 200, r.text);
+  return JSON.parse(r.text) as Shown;
+}
+
 before(async () => {
   fw = await makeFleetWorld(NAME, 1024 * 1024);
 });
@@ -59,13 +71,7 @@ test("a drop is reported once, and a delivered event never counted as dropped, w
     token: fleet.tokens.get("dev-d") as string,
   });
   const queue = join(device.root, "run/eos/reports.json");
-  const show = async () => {
-    const r = await httpsCall(fleet.server.url, fw.tls, "GET", "/v1/admin/devices/dev-d?limit=1000", {
-      token: fleet.env.EOS_ADMIN_TOKEN as string,
-    });
-    assert.equal(r.status, 200, r.text);
-    return JSON.parse(r.text) as Shown;
-  };
+  const show = () => showDevice(fleet, "dev-d?limit=1000");
   // A full queue from a time the server was unreachable, which had to drop 3 events.
   const queued = Array.from({ length: 64 }, (_, i) => checked(`queued-${String(i).padStart(4, "0")}`));
   await mkdir(dirname(queue), { recursive: true });
@@ -120,13 +126,7 @@ test("a device over its report limit still gets its commit recorded at once; its
     token,
   });
   const queue = join(device.root, "run/eos/reports.json");
-  const show = async () => {
-    const r = await httpsCall(fleet.server.url, fw.tls, "GET", "/v1/admin/devices/dev-l", {
-      token: fleet.env.EOS_ADMIN_TOKEN as string,
-    });
-    assert.equal(r.status, 200, r.text);
-    return JSON.parse(r.text) as Shown;
-  };
+  const show = () => showDevice(fleet, "dev-l");
   const post = (events: unknown[], headers: Record<string, string> = {}) =>
     httpsCall(fleet.server.url, fw.tls, "POST", "/v1/events", {
       token,

@@ -13,6 +13,7 @@ import type { ImageStore } from "../store.ts";
 import type { FleetDb } from "./db.ts";
 import type { DeviceView, FleetStore } from "./store.ts";
 import type { RolloutStore } from "./rollouts.ts";
+import { TtlCache } from "../../../core/fleet/ttl-cache.ts";
 
 /** The chart reads at most this many of the newest version reports: bounded work per page. */
 const MAX_POINTS = 20_000;
@@ -27,7 +28,7 @@ const VERSION_EVENTS = ["checked", "committed", "fell_back", "rolled_back"];
  * refreshes was loaded with.
  */
 export const PROGRESS_FRESH_MS = 2000;
-/** Past this many readings kept, the stale ones are dropped: ids asked for are bounded by nothing else. */
+/** Readings kept at most (the oldest go first): ids asked for are bounded by nothing else. */
 const PROGRESS_KEPT = 64;
 
 export interface RolloutProgress {
@@ -36,7 +37,10 @@ export interface RolloutProgress {
 }
 
 export class DashboardData {
-  private readonly progressRead = new Map<string, { at: number; value: Promise<RolloutProgress> }>();
+  private readonly progressRead = new TtlCache<string, Promise<RolloutProgress>>(
+    PROGRESS_FRESH_MS,
+    PROGRESS_KEPT,
+  );
 
   constructor(
     private readonly fleet: FleetDb,
@@ -75,20 +79,17 @@ export class DashboardData {
 
   /** One rollout and its waves' counts, read at most once per PROGRESS_FRESH_MS (`nowMs`: the caller's clock). */
   rolloutProgress(id: string, nowMs: number): Promise<RolloutProgress> {
-    const kept = this.progressRead.get(id);
-    if (kept && nowMs - kept.at < PROGRESS_FRESH_MS) return kept.value;
-    if (this.progressRead.size >= PROGRESS_KEPT)
-      for (const [key, r] of this.progressRead)
-        if (nowMs - r.at >= PROGRESS_FRESH_MS) this.progressRead.delete(key);
+    const kept = this.progressRead.get(id, nowMs);
+    if (kept) return kept;
     const value = (async () => {
       const rollout = await this.rollouts.get(id);
       const members = await this.store.listDevices({ image: rollout.image });
       return { rollout, waves: waveProgress(rollout, members) };
     })();
-    this.progressRead.set(id, { at: nowMs, value });
+    this.progressRead.set(id, value, nowMs);
     // A failed read (no such rollout, the database away) is not kept: the next poll asks again.
     value.catch(() => {
-      if (this.progressRead.get(id)?.value === value) this.progressRead.delete(id);
+      this.progressRead.deleteWhere((kept) => kept === value);
     });
     return value;
   }

@@ -430,9 +430,14 @@ static int channel_accept(void) {
     int fd = open(port_path, O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) fatal("open %s: %s", port_path, strerror(errno));
     /*
-     * POLLHUP while no host is connected. The driver sends SIGIO when the
-     * host connects (fasync), so an idle VM sleeps instead of polling; the
-     * timeout only guards against a missed signal.
+     * While no host is connected the driver reports POLLIN|POLLHUP (a read
+     * would return 0), so POLLHUP means "no host" even with POLLIN set.
+     * Taking that POLLIN for a host made this loop close and reopen the
+     * port, and a close discards what the host sent meanwhile: a command
+     * that arrived in that window was lost and its caller waited forever.
+     * The driver sends SIGIO when the host connects (fasync), so an idle VM
+     * sleeps instead of polling; the timeout only guards against a missed
+     * signal.
      */
     fcntl(fd, F_SETOWN, getpid());
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_ASYNC);
@@ -443,11 +448,11 @@ static int channel_accept(void) {
       struct pollfd p = {fd, POLLIN, 0};
       int r = poll(&p, 1, -1);
       if (r < 0 && errno == EINTR) continue;
-      if (p.revents & POLLIN) {
+      if ((p.revents & POLLIN) && !(p.revents & (POLLHUP | POLLERR))) {
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_ASYNC);
         return fd;
       }
-      /* POLLHUP (or POLLERR): no host yet */
+      /* POLLHUP (or POLLERR): no host yet; the port stays open, so nothing the next host sends is lost */
       struct timespec ts = {1, 0};
       sigtimedwait(&io, NULL, &ts);
     }
@@ -555,6 +560,8 @@ static int session(int ch) {
   }
   if (!argv[0]) return -1;
   debug("run %s", argv[0]);
+  /* The host bounds its wait for this: a command that never arrived is an error there, not a hang. */
+  frame(&out, 'A', NULL, 0);
 
   int pin[2], pout[2], perr[2];
   if (pipe2(pin, O_CLOEXEC) || pipe2(pout, O_CLOEXEC) || pipe2(perr, O_CLOEXEC)) fatal("pipe: %s", strerror(errno));

@@ -185,16 +185,32 @@ export interface RunResult {
 export function run(
   cmd: string,
   args: string[],
-  opts: SpawnOptions & { input?: string } = {},
+  opts: SpawnOptions & { input?: string; timeoutMs?: number } = {},
 ): Promise<RunResult> {
+  const timeoutMs = opts.timeoutMs ?? 600_000;
   return new Promise((resolvePromise, reject) => {
     const child = spawn(cmd, args, { ...opts, stdio: ["pipe", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
+    // A command that hangs fails its test with what it printed, instead of holding the tier.
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(
+        new Error(
+          `${cmd} ${args.join(" ")}: no exit within ${timeoutMs / 1000} s\nstdout: ${stdout.slice(-2000)}\nstderr: ${stderr.slice(-2000)}`,
+        ),
+      );
+    }, timeoutMs);
     child.stdout?.on("data", (b: Buffer) => (stdout += b.toString()));
     child.stderr?.on("data", (b: Buffer) => (stderr += b.toString()));
-    child.on("error", reject);
-    child.on("close", (status, signal) => resolvePromise({ status, signal, stdout, stderr }));
+    child.on("error", (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    child.on("close", (status, signal) => {
+      clearTimeout(timer);
+      resolvePromise({ status, signal, stdout, stderr });
+    });
     // A command that exits without reading its input closes the pipe: that is not a test failure.
     child.stdin?.on("error", () => undefined);
     child.stdin?.end(opts.input ?? "");

@@ -5,7 +5,8 @@
  *
  *   host -> guest   'C' argv as NUL-terminated strings (first frame)
  *                   'I' stdin bytes, 'i' stdin closed, 'K' a signal (1 byte)
- *   guest -> host   'O' stdout bytes, 'E' stderr bytes,
+ *   guest -> host   'A' the command arrived (empty; first frame),
+ *                   'O' stdout bytes, 'E' stderr bytes,
  *                   'X' exit status (int32 BE: the code, or 128+n for signal n)
  *
  * guest/sci/sci.c is the other side; keep the two in step.
@@ -16,7 +17,10 @@ export const MAX_FRAME = 1 << 16;
 export const FRAME_HEADER = 5;
 
 export type HostFrameType = "C" | "I" | "i" | "K";
-export type GuestFrameType = "O" | "E" | "X";
+export type GuestFrameType = "A" | "O" | "E" | "X";
+
+/** How long the host waits for the guest's 'A' before it calls the channel lost. */
+export const COMMAND_ACK_TIMEOUT_MS = 30_000;
 
 export function encodeFrame(
   type: HostFrameType | GuestFrameType,

@@ -12,6 +12,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { EosError } from "../../core/errors.ts";
 import { isVsockOk, vsockConnectLine } from "../../core/flakes/firecracker-config.ts";
 import {
+  COMMAND_ACK_TIMEOUT_MS,
   commandFrame,
   encodeFrame,
   exitStatus,
@@ -120,6 +121,7 @@ export function runSession(
   argv: string[],
   io: SessionIo,
   vmExited?: Promise<unknown>,
+  ackTimeoutMs = COMMAND_ACK_TIMEOUT_MS,
 ): Promise<SessionResult> {
   const { sock } = channel;
   return new Promise((resolve) => {
@@ -145,9 +147,20 @@ export function runSession(
       if (!finished) sock.write(encodeFrame("i"));
     };
     const onStdinError = () => onStdinEnd();
+    // The guest answers the command frame at once; without that answer the
+    // command never arrived, and waiting on would wait forever.
+    const ackTimer = setTimeout(
+      () =>
+        finish({
+          status: "lost",
+          detail: `the guest init did not take the command within ${ackTimeoutMs < 1000 ? `${ackTimeoutMs} ms` : `${Math.round(ackTimeoutMs / 1000)} s`}`,
+        }),
+      ackTimeoutMs,
+    );
     const finish = (result: SessionResult) => {
       if (finished) return;
       finished = true;
+      clearTimeout(ackTimer);
       for (const [sig, handler] of handlers) process.off(sig, handler);
       io.stdin.off("data", onStdinData);
       io.stdin.off("end", onStdinEnd);
@@ -166,6 +179,7 @@ export function runSession(
         finish({ status: "lost", detail: (error as Error).message });
         return;
       }
+      clearTimeout(ackTimer);
       for (const frame of frames) {
         if (frame.type === "O" || frame.type === "E") {
           if (first) {

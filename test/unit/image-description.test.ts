@@ -229,3 +229,13 @@ test("epoch: seconds or a date; absent, the build takes the suite's date, never 
   assert.match(configError(`${minimal}epoch: yesterday\n`), /epoch.*seconds since 1970 or a date/);
   assert.match(configError(`${minimal}epoch: -5\n`), /epoch/);
 });
+
+test("every root carries the programs os-update runs on the device, whatever the description lists", () => {
+  // kexec (--apply), xdelta3 (pair deltas), mcopy (--firmware), veritysetup (the initramfs, GRUB's verity).
+  for (const file of ["images/default.yaml", "images/aarch64.yaml", "images/update-server.yaml"]) {
+    const desc = parseImageDescription(readFileSync(file, "utf8"), file);
+    const packages = packageList({ ...desc, packages: [] });
+    for (const p of ["kexec-tools", "xdelta3", "mtools", "cryptsetup-bin"])
+      assert.ok(packages.includes(p), `${file}: ${p}`);
+  }
+});

@@ -2,14 +2,15 @@
  * The proof of the update cycle: what `eos demo` does (build v1 and v2,
  * serve v2, boot v1, check, apply with kexec into slot B, commit, roll back
  * with a reboot), asserted from inside the guest at each state, then a power
- * cut in the middle of --apply, and one in the middle of the commit's write
- * of the boot control block.
+ * cut in the middle of --apply, one in the middle of --firmware, and one in
+ * the middle of the commit's write of the boot control block.
  */
 import { consoleContext } from "../helpers/context.ts";
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
+import { gunzipSync } from "node:zlib";
 import { copyFile, mkdir, rm, writeFile } from "node:fs/promises";
 import { guestState, runDemo, waitForCommit, type DemoResult, type GuestState } from "../../src/io/demo.ts";
 import { FIRMWARE_LABEL, ROOT_CLONE_LABEL, ROOT_LABEL } from "../../src/core/manifest.ts";
@@ -146,6 +147,61 @@ describe("update cycle in a real VM (the demo, asserted)", { skip, timeout: 75 *
     const check = await again.ssh(["os-update", "--check"], { timeoutMs: 300_000 });
     assert.equal(check.code, 1, check.stderr);
     assert.match(check.stdout, /update available: 1.0.0 → 2.0.0/);
+  });
+
+  it("a power cut in the middle of --firmware leaves an ESP that boots, and the next --firmware finishes", async () => {
+    const vm = demo.vm as Vm;
+    // x86_64's firmware has nothing outside EFI/ (which --firmware never touches), so the
+    // writes to cut are the removals: two files that v2's firmware does not have, flushed.
+    const stale = ["fw-stale-1.bin", "fw-stale-2.bin"];
+    await vm.sshOk([
+      "sh",
+      "-c",
+      'for f in "$@"; do head -c 65536 /dev/urandom >/boot/efi/$f; done; sync',
+      "sh",
+      ...stale,
+    ]);
+    const bootId = async () => (await vm.sshOk(["cat", "/proc/sys/kernel/random/boot_id"])).trim();
+    const before = await bootId();
+    // The power goes after the first removal and before the second (sysrq reset, no sync);
+    // this QEMU reboots the guest, as a power cycle would.
+    await vm.sshOk([
+      "sh",
+      "-c",
+      "setsid -f env EOS_TEST_CRASH_AT=firmware:removed-partly EOS_TEST_CRASH_MODE=power os-update --firmware >/dev/null 2>&1 </dev/null",
+    ]);
+    const deadline = performance.now() + BOOT_TIMEOUT_MS;
+    for (;;) {
+      const r = await vm.ssh(["cat", "/proc/sys/kernel/random/boot_id"], {
+        timeoutMs: 20_000,
+        connectTimeout: 5,
+      });
+      if (r.code === 0 && r.stdout.trim() !== before) break;
+      assert.ok(performance.now() < deadline, "the guest never came back after the cut in --firmware");
+      await new Promise((res) => setTimeout(res, 2000));
+    }
+    assert.notEqual(await bootId(), before, "the cut rebooted the guest");
+    await vm.sshOk(["fleet", "--getkey"]);
+    expectState(await guestState(vm), { version: "1.0.0", slot: "A", def: "A", check: 1 });
+    // The first removal may or may not have reached the disk; the second never ran.
+    const left = (await vm.sshOk(["ls", "/boot/efi"])).split(/\s+/).filter((f) => stale.includes(f));
+    assert.ok(left.length >= 1, `the cut came before the second removal: ${left.join(" ")}`);
+    // The ESP as the rebooted guest sees it: fsck.fat finds it clean but for the dirty flag.
+    const espGz = await vm.sshOk(
+      ["sh", "-c", `gzip -1 -c /dev/disk/by-partlabel/${FIRMWARE_LABEL} | base64 -w0`],
+      {
+        timeoutMs: 300_000,
+      },
+    );
+    const espFile = join(workDir, "firmware-cut-esp.fat");
+    await writeFile(espFile, gunzipSync(Buffer.from(espGz, "base64")));
+    const fsck = fsckFat(espFile);
+    await rm(espFile, { force: true });
+    assert.ok(fsck.clean, `the ESP after the cut in --firmware, beyond its dirty flag: ${fsck.report}`);
+    // The next --firmware finishes what the cut left.
+    const again = await vm.sshOk(["os-update", "--firmware"], { timeoutMs: 300_000 });
+    assert.match(again, new RegExp(`0 files written, ${left.length} removed; EFI/ kept`));
+    assert.deepEqual((await vm.sshOk(["ls", "/boot/efi"])).split(/\s+/).filter(Boolean), ["EFI"]);
   });
 
   it("a power cut during the commit's write of the boot control block keeps the trial, and the next boot commits", async () => {

@@ -308,6 +308,8 @@ export const REQUIRED_PACKAGES = [
   "dosfstools",
   // os-update's delta path decodes pair deltas against the running slot.
   "xdelta3",
+  // os-update --firmware reads the new ESP image's files with mcopy (no loop mount needed).
+  "mtools",
 ] as const;
 
 export function packageList(desc: ImageDescription, architecture: Architecture = "x86_64"): string[] {

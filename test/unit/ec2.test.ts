@@ -169,6 +169,7 @@ test("the EC2 profile: AB's disk, the serial console at 115200 last, sshd, DHCP 
     [
       "/usr/lib/systemd/system/eos-ec2-init.service",
       "/etc/systemd/system/ssh.service.d/eos-host-keys.conf",
+      "/etc/ssh/sshd_config.d/eos-host-keys.conf",
       "/usr/lib/systemd/network/80-eos-ec2.network",
     ],
   );

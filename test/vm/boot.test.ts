@@ -60,6 +60,18 @@ describe("the default AB image boots", { skip, timeout: 40 * 60_000 }, () => {
     process.stdout.write(`# multi-user.target ${(Number(t) / 1e6).toFixed(1)} s after the kernel started\n`);
   });
 
+  it("made one SSH host key at this boot, Ed25519, and sshd serves only that one", async () => {
+    const keys = await vm.sshOk(["sh", "-c", "ls /etc/ssh/ssh_host_*"]);
+    assert.deepEqual(keys.trim().split("\n"), [
+      "/etc/ssh/ssh_host_ed25519_key",
+      "/etc/ssh/ssh_host_ed25519_key.pub",
+    ]);
+    const served = (await vm.sshOk(["sshd", "-T"])).split("\n").filter((l) => l.startsWith("hostkey "));
+    assert.deepEqual(served, ["hostkey /etc/ssh/ssh_host_ed25519_key"]);
+    // Made in the tmpfs overlay, not shipped in the read-only slot.
+    assert.equal((await vm.ssh(["test", "-e", "/media/root-ro/etc/ssh/ssh_host_ed25519_key"])).code, 1);
+  });
+
   it("runs the initramfs scripts without a missing command", async () => {
     // The initramfs has klibc's tools and no busybox: a script calling grep printed "not found"
     // and skipped what it guarded. (The serial console can drop bytes under TCG: a lost line

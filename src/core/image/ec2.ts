@@ -8,7 +8,7 @@
  * metadata service, without cloud-init.
  */
 import { EosError } from "../errors.ts";
-import { SSH_HOST_KEYS_DROPIN, type RootFile } from "./root-files.ts";
+import { SSH_HOST_KEY_FILES, type RootFile } from "./root-files.ts";
 import type { ImageDescription, Profile } from "./description.ts";
 import { rpiDescription } from "./rpi.ts";
 
@@ -70,8 +70,8 @@ export function profileDescription(
 export function ec2RootFiles(initUnit: string): RootFile[] {
   return [
     { path: `/usr/lib/systemd/system/${EC2_INIT_UNIT}`, mode: 0o644, content: initUnit },
-    // With no key in the description, nothing else makes sshd's host keys.
-    { path: SSH_HOST_KEYS_DROPIN.path, mode: 0o644, content: SSH_HOST_KEYS_DROPIN.content },
+    // With no key in the description, nothing else makes sshd's host key.
+    ...SSH_HOST_KEY_FILES.map((f) => ({ path: f.path, mode: 0o644, content: f.content })),
     {
       // /usr/lib: the lowest precedence, a description's own .network file wins.
       path: "/usr/lib/systemd/network/80-eos-ec2.network",

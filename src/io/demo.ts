@@ -14,7 +14,6 @@ import type { Server } from "node:http";
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { stringify } from "yaml";
 import { parseYamlData } from "../core/yaml-input.ts";
-import { EosError } from "../core/errors.ts";
 import type { Architecture } from "../core/image/arch.ts";
 import { buildImage, type BuildResult } from "./image/build.ts";
 import { repoRoot } from "./image/project.ts";
@@ -27,7 +26,9 @@ import { jsonLogger, silentLogger } from "./log.ts";
 import { DEFAULT_LIMITS } from "./watchdog.ts";
 import { Vm } from "./machine/qemu.ts";
 import { TokenStore } from "./server/tokens.ts";
-import { createUpdateServer } from "./server/http.ts";
+import { awaitReports, DEMO_REPORTS, startDemoServer } from "./demo-server.ts";
+import { guestState, waitForCommit, type GuestState } from "./demo-guest.ts";
+import type { DeviceEventType } from "../core/fleet/events.ts";
 
 export interface DemoOptions {
   workDir: string;
@@ -49,14 +50,6 @@ export interface DemoStep {
   detail: string;
 }
 
-export interface GuestState {
-  version: string;
-  slot: string;
-  cmdline: string;
-  grubenv: Record<string, string>;
-  checkExit: number;
-}
-
 export interface DemoResult {
   steps: DemoStep[];
   v1: BuildResult;
@@ -66,6 +59,8 @@ export interface DemoResult {
   /** Only with keepVm: the VM (running v1 after the rollback) and the server, for further steps. */
   vm?: Vm;
   server?: Server;
+  /** What the device reported to the demo's server during the demo, oldest first. */
+  reports: DeviceEventType[];
   close(): Promise<void>;
 }
 
@@ -110,44 +105,6 @@ async function buildVersion(
   await writeFile(resultFile, JSON.stringify(result));
   await writeFile(stamp, digest);
   return { result, cached: false };
-}
-
-export async function guestState(vm: Vm): Promise<GuestState> {
-  const osRelease = await vm.sshOk(["cat", "/etc/os-release"]);
-  const cmdline = (await vm.sshOk(["cat", "/proc/cmdline"])).trim();
-  const grubenv: Record<string, string> = {};
-  for (const line of (await vm.sshOk(["cat", "/boot/efi/EFI/BOOT/grubenv"])).split("\n")) {
-    const m = /^(eos_[A-Za-z0-9_]+)=(.*)$/.exec(line);
-    if (m) grubenv[m[1] as string] = m[2] as string;
-  }
-  const check = await vm.ssh(["os-update", "--check"], { timeoutMs: 300_000 });
-  if (check.code !== 0 && check.code !== 1) {
-    throw new EosError("VM", `os-update --check failed in the guest (${check.code}): ${check.stderr}`);
-  }
-  return {
-    version: /^VERSION="?([^"\n]*)"?$/m.exec(osRelease)?.[1] ?? "?",
-    slot: /eos\.slot=([AB])/.exec(cmdline)?.[1] ?? "?",
-    cmdline,
-    grubenv,
-    checkExit: check.code,
-  };
-}
-
-/** Waits until the guest has committed its trial boot (update_commit.service ran). */
-export async function waitForCommit(vm: Vm, timeoutMs: number): Promise<string> {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    const state = (
-      await vm.ssh(["systemctl", "show", "-P", "ActiveState", "update_commit.service"])
-    ).stdout.trim();
-    const result = (
-      await vm.ssh(["systemctl", "show", "-P", "Result", "update_commit.service"])
-    ).stdout.trim();
-    if (state === "active" || state === "failed") return `${state} (${result})`;
-    if (performance.now() > deadline)
-      throw new EosError("VM", `update_commit.service still ${state} after ${timeoutMs / 1000} s`);
-    await new Promise((r) => setTimeout(r, 2000));
-  }
 }
 
 interface DemoInputs {
@@ -283,14 +240,12 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
         status: "published",
         version: `${current?.manifest.version ?? "?"}, delta from 1.0.0: ${delta ? `${delta.size} bytes of ${current?.manifest.partitions.root.size} (${((100 * delta.size) / (current?.manifest.partitions.root.size ?? 1)).toFixed(2)} %)` : "none"}`,
       };
-      const srv = createUpdateServer({
+      const srv = await startDemoServer(ctx, {
         store,
-        tokens: new TokenStore(tokensDir),
+        tokensDir,
+        workDir: o.workDir,
+        port: o.port,
         logger: process.env.EOS_DEMO_SERVER_LOG ? jsonLogger(ctx.stderr) : silentLogger(),
-      });
-      await new Promise<void>((res, rej) => {
-        srv.once("error", rej);
-        srv.listen(o.port, "127.0.0.1", () => res());
       });
       return [
         srv,
@@ -322,9 +277,9 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
   };
   const close = async () => {
     await vm?.kill();
-    server.closeAllConnections();
-    server.close();
+    await server.close();
   };
+  const since = ctx.now();
   try {
     vm = await step("boot v1 (eos run, TCG unless KVM works)", async () => {
       const machine = await startMachine(v1.raw, false);
@@ -379,13 +334,30 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
         `running ${s.version} from slot ${s.slot}, default ${s.grubenv.eos_default}; --check exit ${s.checkExit}`,
       ];
     });
+    // The reports of --rollback and of the boot after it may still be on their way.
+    const reports = await step("the server's record of the device", async () => {
+      const seen = await awaitReports(server, "demo-device", since, DEMO_REPORTS, slow(2 * 60_000));
+      const missing = DEMO_REPORTS.filter((t) => !seen.includes(t));
+      return [
+        seen,
+        `demo-device reported ${[...new Set(seen)].join(", ")}${missing.length ? `; missing ${missing.join(", ")}` : ""}`,
+      ];
+    });
     const seconds = (performance.now() - started) / 1000;
     o.log("");
     o.log("summary");
     for (const s of steps) o.log(`  ${s.seconds.toFixed(1).padStart(7)} s  ${s.name}`);
     o.log(`  ${seconds.toFixed(1).padStart(7)} s  total`);
-    const result: DemoResult = { steps, v1, v2, states: { booted, updated, rolledBack }, seconds, close };
-    if (o.keepVm) return { ...result, vm, server };
+    const result: DemoResult = {
+      steps,
+      v1,
+      v2,
+      states: { booted, updated, rolledBack },
+      reports,
+      seconds,
+      close,
+    };
+    if (o.keepVm) return { ...result, vm, server: server.server };
     await vm.powerOff();
     await close();
     return result;

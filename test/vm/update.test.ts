@@ -12,7 +12,9 @@ import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 import { gunzipSync } from "node:zlib";
 import { copyFile, mkdir, rm, writeFile } from "node:fs/promises";
-import { guestState, runDemo, waitForCommit, type DemoResult, type GuestState } from "../../src/io/demo.ts";
+import { runDemo, type DemoResult } from "../../src/io/demo.ts";
+import { guestState, waitForCommit, type GuestState } from "../../src/io/demo-guest.ts";
+import { DEMO_REPORTS } from "../../src/io/demo-server.ts";
 import { FIRMWARE_LABEL, ROOT_CLONE_LABEL, ROOT_LABEL } from "../../src/core/manifest.ts";
 import { Vm } from "../../src/io/machine/qemu.ts";
 import { demoTestOptions, vmSkipReason } from "../helpers/vm-image.ts";
@@ -85,6 +87,15 @@ describe("update cycle in a real VM (the demo, asserted)", { skip, timeout: 75 *
     const s = demo.states.rolledBack;
     expectState(s, { version: "1.0.0", slot: "A", def: "A", check: 1 });
     assert.doesNotMatch(s.cmdline, /COMMIT_UPDATE/);
+  });
+
+  it("the device reported each step of the demo to the server, in order", () => {
+    const firsts = DEMO_REPORTS.map((type) => demo.reports.indexOf(type));
+    assert.ok(
+      firsts.every((at, i) => at >= 0 && (i === 0 || at > (firsts[i - 1] as number))),
+      `reported: ${demo.reports.join(" ")}; wanted, in this order: ${DEMO_REPORTS.join(" ")}`,
+    );
+    assert.ok(!demo.reports.includes("failed"), demo.reports.join(" "));
   });
 
   it("a power cut in the middle of --apply leaves v1 booting normally and --check still offering v2", async () => {

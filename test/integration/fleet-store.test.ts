@@ -139,5 +139,38 @@ for (const kind of ["sqlite", "postgres"] as const) {
         await store.close();
       }
     });
+
+    test("a queue's drop total is added once however often it is sent; a new queue's whole; an old device's count as sent", async (t) => {
+      if (!spec) return t.skip(`PostgreSQL cannot start here: ${skipReason}`);
+      const store = await open();
+      try {
+        let n = 0;
+        const send = async (more: Partial<EventBatch>) => {
+          await store.record("dev-3", {
+            device: facts,
+            events: [checked(`evt-3${String(n++).padStart(3, "0")}`, 7, false)],
+            ...more,
+          });
+          return (await store.device("dev-3", 1))?.device.dropped;
+        };
+        const run = { queue: "run-queue-boot1", total: 3 };
+        assert.equal(await send({ drops: run }), 3);
+        assert.equal(await send({ drops: run }), 3, "the same total from a second process adds nothing");
+        assert.equal(await send({ drops: { ...run, total: 5 } }), 5, "a higher total adds the difference");
+        assert.equal(await send({ drops: run }), 5, "a total overtaken by a later one adds nothing");
+        const registry = { queue: "registry-queue", total: 4 };
+        assert.equal(await send({ drops: registry }), 9, "a new queue adds its whole total");
+        assert.equal(
+          await send({ drops: { ...run, total: 6 } }),
+          10,
+          "queues taking turns: each counts from its own",
+        );
+        assert.equal(await send({ drops: registry }), 10);
+        assert.equal(await send({ dropped: 2 }), 12, "a device from before totals: its count as sent");
+        assert.equal(await send({ dropped: 2 }), 14);
+      } finally {
+        await store.close();
+      }
+    });
   });
 }

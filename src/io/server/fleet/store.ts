@@ -117,9 +117,10 @@ export class FleetStore {
   /**
    * Keeps the newest total of one of the device's queues; returns the one
    * kept before (undefined for a queue not seen). The device's row is locked
-   * (record's read), so two batches of one device take their turns here. Only
-   * the device's newest queues are kept: an older one comes back (its whole
-   * total counted again) only after DROP_QUEUES_KEPT others sent drops.
+   * (record's read), so two batches of one device take their turns here.
+   * Only the queues the device sent from most recently are kept (a queue
+   * with drops sends its total with every batch): an older one comes back
+   * (its whole total counted again) only after DROP_QUEUES_KEPT others.
    */
   private async takeDrops(
     trx: Transaction<FleetSchema>,
@@ -134,36 +135,33 @@ export class FleetStore {
       .where("queue", "=", drops.queue)
       .executeTakeFirst();
     const previous = seen === undefined ? undefined : Number(seen.total);
-    if (previous !== undefined && previous >= drops.total) return previous;
+    const total = Math.max(previous ?? 0, drops.total);
     await trx
       .insertInto("device_drops")
-      .values({ device, queue: drops.queue, total: drops.total, updated: received })
-      .onConflict((oc) =>
-        oc.columns(["device", "queue"]).doUpdateSet({ total: drops.total, updated: received }),
-      )
+      .values({ device, queue: drops.queue, total, updated: received })
+      .onConflict((oc) => oc.columns(["device", "queue"]).doUpdateSet({ total, updated: received }))
       .execute();
-    if (previous === undefined) {
-      const old = await trx
-        .selectFrom("device_drops")
-        .select("queue")
+    if (previous !== undefined) return previous;
+    const old = await trx
+      .selectFrom("device_drops")
+      .select("queue")
+      .where("device", "=", device)
+      .orderBy("updated", "desc")
+      .orderBy("queue")
+      .offset(DROP_QUEUES_KEPT)
+      .limit(1000)
+      .execute();
+    if (old.length > 0)
+      await trx
+        .deleteFrom("device_drops")
         .where("device", "=", device)
-        .orderBy("updated", "desc")
-        .orderBy("queue")
-        .offset(DROP_QUEUES_KEPT)
-        .limit(1000)
+        .where(
+          "queue",
+          "in",
+          old.map((r) => r.queue),
+        )
         .execute();
-      if (old.length > 0)
-        await trx
-          .deleteFrom("device_drops")
-          .where("device", "=", device)
-          .where(
-            "queue",
-            "in",
-            old.map((r) => r.queue),
-          )
-          .execute();
-    }
-    return previous;
+    return undefined;
   }
 
   async listDevices(filter: DeviceFilter): Promise<DeviceView[]> {

@@ -139,5 +139,60 @@ for (const kind of ["sqlite", "postgres"] as const) {
         await store.close();
       }
     });
+
+    test("a queue's drop total is added once however often it is sent; a new queue's whole; an old device's count as sent", async (t) => {
+      if (!spec) return t.skip(`PostgreSQL cannot start here: ${skipReason}`);
+      // A clock that moves: which queues the store keeps goes by when it last heard from each.
+      let tick = 0;
+      const store = new FleetStore(
+        await openFleetDb(spec),
+        () => new Date(Date.UTC(2026, 0, 3) + tick++ * 1000),
+      );
+      try {
+        let n = 0;
+        const send = async (more: Partial<EventBatch>) => {
+          await store.record("dev-3", {
+            device: facts,
+            events: [checked(`evt-3${String(n++).padStart(3, "0")}`, 7, false)],
+            ...more,
+          });
+          return (await store.device("dev-3", 1))?.device.dropped;
+        };
+        const run = { queue: "run-queue-boot1", total: 3 };
+        assert.equal(await send({ drops: run }), 3);
+        assert.equal(await send({ drops: run }), 3, "the same total from a second process adds nothing");
+        assert.equal(await send({ drops: { ...run, total: 5 } }), 5, "a higher total adds the difference");
+        assert.equal(await send({ drops: run }), 5, "a total overtaken by a later one adds nothing");
+        const registry = { queue: "registry-queue", total: 4 };
+        assert.equal(await send({ drops: registry }), 9, "a new queue adds its whole total");
+        assert.equal(
+          await send({ drops: { ...run, total: 6 } }),
+          10,
+          "queues taking turns: each counts from its own",
+        );
+        assert.equal(await send({ drops: registry }), 10);
+        assert.equal(await send({ dropped: 2 }), 12, "a device from before totals: its count as sent");
+        assert.equal(await send({ dropped: 2 }), 14);
+        // A /run queue per boot, while the registry queue (total 4) goes on sending: the 16 queues heard
+        // from last are kept, and none of them adds again; older ones are let go, and would count anew.
+        for (let boot = 2; boot <= 17; boot++) {
+          await send({ drops: { queue: `run-queue-boot${boot}`, total: 1 } });
+          await send({ drops: registry });
+        }
+        assert.equal(await send({ drops: { queue: "run-queue-boot3", total: 1 } }), 30);
+        assert.equal(
+          await send({ drops: registry }),
+          30,
+          "the registry queue, heard from all along, is kept",
+        );
+        assert.equal(
+          await send({ drops: { queue: "run-queue-boot2", total: 1 } }),
+          31,
+          "17 queues ago: let go",
+        );
+      } finally {
+        await store.close();
+      }
+    });
   });
 }

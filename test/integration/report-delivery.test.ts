@@ -8,9 +8,10 @@
 import { spawn } from "node:child_process";
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { makeDevice } from "../helpers/device.ts";
+import { REPO, run } from "../helpers/run.ts";
 import {
   httpsCall,
   makeFleetWorld,
@@ -75,7 +76,7 @@ test("a drop is reported once, and a delivered event never counted as dropped, w
   // A full queue from a time the server was unreachable, which had to drop 3 events.
   const queued = Array.from({ length: 64 }, (_, i) => checked(`queued-${String(i).padStart(4, "0")}`));
   await mkdir(dirname(queue), { recursive: true });
-  await writeFile(queue, JSON.stringify({ events: queued, dropped: 3, lostSeen: 0 }));
+  await writeFile(queue, JSON.stringify({ id: "queue-drops", events: queued, drops: 3, lostSeen: 0 }));
   // Another live process takes the queue's lock just as the send is done, and keeps it.
   const holder = spawn("sleep", ["600"], { stdio: "ignore" });
   try {
@@ -100,11 +101,66 @@ test("a drop is reported once, and a delivered event never counted as dropped, w
     const last = await show();
     assert.equal(last.device.dropped, 3, "no delivered event counted as dropped");
     assert.equal(last.events.filter((e) => e.type === "checked").length, 64 + 3, "every check stored once");
-    const q = JSON.parse(await readFile(queue, "utf8")) as { events: unknown[]; dropped: number };
-    assert.deepEqual([q.events.length, q.dropped], [0, 0], "nothing left to send");
+    const q = JSON.parse(await readFile(queue, "utf8")) as { events: unknown[]; id: string; drops: number };
+    assert.deepEqual(
+      [q.events.length, q.id, q.drops],
+      [0, "queue-drops", 3],
+      "nothing left to send; the total kept",
+    );
     assert.deepEqual(await readdir(`${queue}.sent`).catch(() => []), [], "the receipts taken in");
   } finally {
     holder.kill();
+    await device.close();
+    await stopServer(fleet.server);
+  }
+});
+
+test("two processes that send the same queue at the same moment report its drops once", async () => {
+  const fleet = await startFleetServer({
+    world: fw.world,
+    dir: join(fw.world.dir, "twice"),
+    extraConfig: "",
+    deviceIds: ["dev-t"],
+    tls: fw.tls,
+  });
+  const device = await makeDevice(fw.deviceImage, fw.v1, {
+    config: `update:\n  name: ${NAME}\n  url: ${fleet.server.url}\n  ca: ${fw.tls.cert}\n`,
+    keys: [join(fw.world.keysDir, "release.pub")],
+    token: fleet.tokens.get("dev-t") as string,
+  });
+  const queue = join(device.root, "run/eos/reports.json");
+  try {
+    // A queue that had to drop 3 events while the server was unreachable.
+    await writeFile(
+      queue,
+      JSON.stringify({
+        id: "queue-twice",
+        events: [checked("twice-0001"), checked("twice-0002")],
+        drops: 3,
+        lostSeen: 0,
+      }),
+    );
+    const flusher = (who: string) =>
+      run(
+        process.execPath,
+        ["--import", "tsx", join(REPO, "test/helpers/queue-flusher.ts"), device.root, who],
+        {
+          cwd: REPO,
+        },
+      );
+    const flushers = [flusher("a"), flusher("b")];
+    const deadline = Date.now() + 60_000;
+    for (const who of ["a", "b"])
+      while (!(await stat(join(device.root, `ready-${who}`)).catch(() => undefined))) {
+        assert.ok(Date.now() < deadline, "the flushers did not start");
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    await writeFile(join(device.root, "go"), "");
+    for (const r of await Promise.all(flushers)) assert.equal(r.code, 0, r.stderr);
+    const shown = await showDevice(fleet, "dev-t");
+    assert.equal(shown.events.length, 2, "both events stored, once each");
+    assert.equal(shown.device.dropped, 3, "the 3 drops counted once, not once per process");
+  } finally {
     await device.close();
     await stopServer(fleet.server);
   }

@@ -42,12 +42,12 @@ test("two processes queueing reports at once lose none of them", async () => {
     for (const r of await Promise.all(writers)) assert.equal(r.code, 0, r.stderr);
     const queue = JSON.parse(await readFile(join(root, "run/eos/reports.json"), "utf8")) as {
       events: Array<{ version: string }>;
-      dropped: number;
+      drops: number;
     };
     const versions = queue.events.map((e) => e.version);
     const want = ["a", "b"].flatMap((who) => Array.from({ length: EACH }, (_, i) => `${who}.${i}`));
     assert.deepEqual([...versions].sort(), [...want].sort(), `${versions.length} of ${want.length} kept`);
-    assert.equal(queue.dropped, 0);
+    assert.equal(queue.drops, 0);
     for (const who of ["a", "b"]) {
       const mine = versions.filter((v) => v.startsWith(`${who}.`));
       assert.deepEqual(
@@ -87,13 +87,13 @@ test("events that cannot get the queue's lock are kept beside it, then taken int
     await writer("b", 1);
     const q = JSON.parse(await readFile(queue, "utf8")) as {
       events: Array<{ version: string }>;
-      dropped: number;
+      drops: number;
     };
     assert.deepEqual(
       q.events.map((e) => e.version),
       ["a.0", "a.1", "a.2", "a.3", "a.4", "b.0"],
     );
-    assert.equal(q.dropped, 0);
+    assert.equal(q.drops, 0);
     assert.deepEqual(await readdir(`${queue}.spill`), [], "taken in, so no longer beside it");
   } finally {
     await rm(root, { recursive: true, force: true });

@@ -4,6 +4,7 @@ import { allows, normaliseTags, parseDeviceFilter } from "../../src/core/fleet/a
 import {
   applyBatch,
   describeIssue,
+  dropsAdded,
   EMPTY_INVENTORY,
   eventBatchSchema,
   MAX_EVENTS_PER_BATCH,
@@ -93,4 +94,18 @@ test("admin: roles are ordered; filters and tags are checked and name the parame
   assert.throws(() => parseDeviceFilter(new URLSearchParams("tag=a b")), /tag: not a tag/);
   assert.deepEqual(normaliseTags(["lab", "canary", "lab"]), ["canary", "lab"]);
   assert.throws(() => normaliseTags(["ok", "not ok"]), /tags\[1\]: not a tag/);
+});
+
+test("drops: a queue's total adds what the server has not seen of it; an old device's count adds itself", () => {
+  const drops = { queue: "queue-0001", total: 5 };
+  assert.equal(dropsAdded({ drops }, undefined), 5, "a queue not seen: its whole total");
+  assert.equal(dropsAdded({ drops }, 5), 0, "the same total again");
+  assert.equal(dropsAdded({ drops }, 3), 2);
+  assert.equal(dropsAdded({ drops }, 7), 0, "overtaken by a later total: never negative");
+  assert.equal(dropsAdded({ dropped: 4 }, undefined), 4);
+  assert.equal(dropsAdded({}, undefined), 0);
+  const event = { id: "e-0000001", time: time(1), type: "kexec", version: "2.0", slot: "B" };
+  assert.equal(eventBatchSchema.safeParse({ device, events: [event], drops }).success, true);
+  assert.match(refusal({ device, events: [event], drops: { ...drops, queue: "a b" } }), /^drops\.queue: /);
+  assert.match(refusal({ device, events: [event], drops: { ...drops, total: -1 } }), /^drops\.total: /);
 });

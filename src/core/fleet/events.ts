@@ -104,13 +104,36 @@ export const deviceFactsSchema = z.strictObject({
 });
 export type DeviceFacts = z.infer<typeof deviceFactsSchema>;
 
+/** The largest drop total a batch may carry (a device sends no more); the devices' column is 32-bit. */
+export const MAX_DROPS_TOTAL = 1_000_000_000;
+
+/** Events the device's queue `queue` (its random id) has dropped since it was made: a total, not a delta. */
+export const dropsSchema = z.strictObject({
+  queue: z.string().regex(/^[A-Za-z0-9_-]{8,64}$/, "must be a queue id"),
+  total: z.number().int().min(0).max(MAX_DROPS_TOTAL),
+});
+export type Drops = z.infer<typeof dropsSchema>;
+
 export const eventBatchSchema = z.strictObject({
   device: deviceFactsSchema,
   events: z.array(deviceEventSchema).min(1).max(MAX_EVENTS_PER_BATCH),
-  /** Events the device's queue had to drop (it was full while the server was unreachable). */
+  /** Events the device's queue had to drop, as a total per queue: a re-sent total adds nothing. */
+  drops: dropsSchema.optional(),
+  /** Drops not yet reported, from a device before totals: added as they come. */
   dropped: z.number().int().min(0).max(1_000_000).optional(),
 });
 export type EventBatch = z.infer<typeof eventBatchSchema>;
+
+/**
+ * What a batch adds to its device's drop count, given the total the server
+ * last took from the same queue (undefined: a queue it has not seen, whose
+ * whole total is new). A total sent twice, or overtaken by a later one that
+ * arrived first, adds nothing.
+ */
+export function dropsAdded(batch: Pick<EventBatch, "drops" | "dropped">, seen: number | undefined): number {
+  const fromTotal = batch.drops ? Math.max(0, batch.drops.total - (seen ?? 0)) : 0;
+  return fromTotal + (batch.dropped ?? 0);
+}
 
 /** A device's state as the inventory shows it: what its last update event says it is doing. */
 export type DeviceState =

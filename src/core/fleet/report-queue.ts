@@ -6,16 +6,28 @@
  * the lock next. A writer that finds the spill full too appends one byte to
  * a count file (the lost count), again without the lock; the queue
  * remembers how much of that count it has taken in. So an event is either
- * sent, or counted in `dropped`, which reaches the server with the next
- * batch: it never vanishes without a trace.
+ * sent, or counted in `drops`: it never vanishes without a trace.
+ *
+ * `drops` is the queue's total since it was made, never lowered, sent with
+ * the queue's id (made by the first writer: a /run queue is new each boot,
+ * a damaged file starts a new one). Two processes that send the same queue
+ * at once send the same total, and the server adds only what it has not
+ * seen of that queue's total: drops are idempotent like the events' ids.
+ * A count of drops "not yet reported", taken down after each send, was
+ * reported twice when two sends read it before either took it down.
  *
  * A send that cannot take the lock afterwards to remove what it delivered
  * leaves a receipt beside the queue instead (again a file of its own), which
  * the next writer applies once: otherwise the delivered events would stay
- * queued, be dropped (and counted) when the queue fills, and the drops
- * already reported would be reported again.
+ * queued, and be dropped (and counted) when the queue fills.
  */
-import { MAX_EVENTS_PER_BATCH, STATE_EVENTS, type DeviceEvent } from "./events.ts";
+import {
+  MAX_DROPS_TOTAL,
+  MAX_EVENTS_PER_BATCH,
+  STATE_EVENTS,
+  type DeviceEvent,
+  type Drops,
+} from "./events.ts";
 
 /** Events kept while the server is unreachable; older ones are dropped (and counted) beyond this. */
 export const QUEUE_MAX = 64;
@@ -24,9 +36,11 @@ export const SPILL_MAX = QUEUE_MAX;
 
 export interface ReportQueue {
   events: DeviceEvent[];
-  /** Events dropped and not yet reported to the server. */
-  dropped: number;
-  /** How many bytes of the lost count are already in `dropped`. */
+  /** Made by the writer that first writes the queue (reporter.ts); the server keeps a total per id. */
+  id?: string;
+  /** Events this queue has dropped since it was made: it only grows (a receipt from before totals aside). */
+  drops: number;
+  /** How many bytes of the lost count are already in `drops`. */
   lostSeen: number;
   /** The server asked for no batch before then (epoch ms; its 429's Retry-After). */
   retryAt?: number;
@@ -34,14 +48,15 @@ export interface ReportQueue {
   applied?: string[];
 }
 
-/** What the server took of a batch: its events, and the drops it was told of. */
+/** What the server took of a batch: its events. */
 export interface SendReceipt {
   ids: string[];
-  /** The part of the batch's `dropped` that was the queue's own count. */
-  dropped: number;
-  /** The rest: the lost count's bytes from `lostFrom` (the queue's lostSeen then) to `lostTo`. */
-  lostFrom: number;
-  lostTo: number;
+  /**
+   * A receipt that an os-update from before drop totals left (it reported a
+   * count of drops, then took it out of the queue): applied as it was then,
+   * so that what it reported is not counted again in the total.
+   */
+  before?: { dropped: number; lostFrom: number; lostTo: number };
 }
 
 /** A receipt file's name (unique per send) and what it says; undefined when it is damaged. */
@@ -52,25 +67,38 @@ export interface NamedReceipt {
 
 const count = (v: unknown) => (typeof v === "number" && Number.isInteger(v) && v > 0 ? v : 0);
 
-/** The queue file's text; a damaged file is an empty queue (the events are lost, not the update). */
+/** A queue id as the server takes it (core/fleet/events.ts). */
+export const QUEUE_ID = /^[A-Za-z0-9_-]{8,64}$/;
+
+/**
+ * The queue file's text; a damaged file is an empty queue with no id (the
+ * events are lost, not the update; its writer makes a new id). A file from
+ * before drop totals has no id either: its `dropped`, the drops it had not
+ * reported yet, start the total of the id it is given.
+ */
 export function parseReportQueue(text: string): ReportQueue {
   try {
-    const q = JSON.parse(text) as Partial<ReportQueue>;
+    const q = JSON.parse(text) as Partial<ReportQueue> & { dropped?: unknown };
+    const id = typeof q.id === "string" && QUEUE_ID.test(q.id) ? q.id : undefined;
     return {
       events: Array.isArray(q.events) ? q.events : [],
-      dropped: count(q.dropped),
+      ...(id === undefined ? { drops: count(q.dropped) } : { id, drops: count(q.drops) }),
       lostSeen: count(q.lostSeen),
       ...(count(q.retryAt) > 0 ? { retryAt: count(q.retryAt) } : {}),
       ...(Array.isArray(q.applied) ? { applied: q.applied.filter((n) => typeof n === "string") } : {}),
     };
   } catch {
-    return { events: [], dropped: 0, lostSeen: 0 };
+    return { events: [], drops: 0, lostSeen: 0 };
   }
 }
 
+/** The lost count's bytes the queue has not taken in; a count file shorter than that began again. */
+const lostSince = (q: ReportQueue, lostBytes: number) =>
+  lostBytes >= q.lostSeen ? lostBytes - q.lostSeen : lostBytes;
+
 function trim(q: ReportQueue): ReportQueue {
   const over = Math.max(0, q.events.length - QUEUE_MAX);
-  return over === 0 ? q : { ...q, events: q.events.slice(over), dropped: q.dropped + over };
+  return over === 0 ? q : { ...q, events: q.events.slice(over), drops: q.drops + over };
 }
 
 /** The queue with one more event; the oldest goes (counted) when it is full. */
@@ -91,12 +119,10 @@ export function absorbSpill(
 ): ReportQueue {
   const ids = new Set(q.events.map((e) => e.id));
   const fresh = spilled.events.filter((e) => !ids.has(e.id));
-  // A count file shorter than what was taken in was removed and began again: all of it is new.
-  const lost = lostBytes >= q.lostSeen ? lostBytes - q.lostSeen : lostBytes;
   return trim({
     ...q,
     events: [...q.events, ...fresh],
-    dropped: q.dropped + lost + spilled.damaged,
+    drops: q.drops + lostSince(q, lostBytes) + spilled.damaged,
     lostSeen: lostBytes,
   });
 }
@@ -104,29 +130,36 @@ export function absorbSpill(
 /** A receipt file's text; undefined when it is damaged (its events are sent again, and stored once). */
 export function parseReceipt(text: string): SendReceipt | undefined {
   try {
-    const r = JSON.parse(text) as Partial<SendReceipt>;
+    const r = JSON.parse(text) as Partial<SendReceipt> & {
+      dropped?: unknown;
+      lostFrom?: unknown;
+      lostTo?: unknown;
+    };
     if (!Array.isArray(r.ids) || !r.ids.every((id) => typeof id === "string")) return undefined;
-    return { ids: r.ids, dropped: count(r.dropped), lostFrom: count(r.lostFrom), lostTo: count(r.lostTo) };
+    if (r.dropped === undefined && r.lostTo === undefined) return { ids: r.ids };
+    return {
+      ids: r.ids,
+      before: { dropped: count(r.dropped), lostFrom: count(r.lostFrom), lostTo: count(r.lostTo) },
+    };
   } catch {
     return undefined;
   }
 }
 
 /**
- * The queue once the server has taken a batch: its events go, and the drops
- * it was told of. Right whether or not the lost bytes the batch carried were
- * taken into `dropped` since (by absorbSpill): those that were are taken out
- * again, those that were not are marked seen.
+ * The queue once the server has taken a batch: its events go; `drops` stays
+ * (it is a total). Only a receipt from before totals takes out the drops it
+ * reported, as it did then: right whether or not the lost bytes it carried
+ * were taken in since (those that were are taken out again, those that were
+ * not are marked seen).
  */
 export function applyReceipt(q: ReportQueue, r: SendReceipt): ReportQueue {
   const ids = new Set(r.ids);
-  const absorbed = Math.max(0, Math.min(q.lostSeen, r.lostTo) - r.lostFrom);
-  return {
-    ...q,
-    events: q.events.filter((e) => !ids.has(e.id)),
-    dropped: Math.max(0, q.dropped - r.dropped - absorbed),
-    lostSeen: Math.max(q.lostSeen, r.lostTo),
-  };
+  const out = { ...q, events: q.events.filter((e) => !ids.has(e.id)) };
+  if (!r.before) return out;
+  const { dropped, lostFrom, lostTo } = r.before;
+  const absorbed = Math.max(0, Math.min(q.lostSeen, lostTo) - lostFrom);
+  return { ...out, drops: Math.max(0, q.drops - dropped - absorbed), lostSeen: Math.max(q.lostSeen, lostTo) };
 }
 
 /**
@@ -168,23 +201,25 @@ export function undelivered(
  * The batch a send makes of the queue (receipts applied) and of what was
  * spilled beside it, read without the lock: the queued events, then the
  * spilled ones, up to a batch's limit (the rest stay where they are), and
- * the queue's drops with the lost bytes it has not taken in. Nothing is
- * counted here: whoever holds the lock next counts (once) what did not fit.
+ * the queue's drop total with the lost bytes it has not taken in: the total
+ * it will have once a writer takes them in, so the server never sees more
+ * than the queue will count. Nothing is counted here: whoever holds the
+ * lock next counts (once) what did not fit. A queue no writer has written
+ * yet has no id to count under: its drops go with a later batch.
  */
 export function outgoing(
   q: ReportQueue,
   spilled: readonly DeviceEvent[],
   lostBytes: number,
-): { events: DeviceEvent[]; dropped: number; receipt: SendReceipt } {
+): { events: DeviceEvent[]; drops?: Drops; receipt: SendReceipt } {
   const ids = new Set(q.events.map((e) => e.id));
   const fresh = spilled.filter((e) => !ids.has(e.id));
   const events = [...q.events, ...fresh].slice(0, MAX_EVENTS_PER_BATCH);
-  // A count file shorter than what the queue took in began again: the next writer counts it.
-  const lostTo = Math.max(lostBytes, q.lostSeen);
+  const total = Math.min(q.drops + lostSince(q, lostBytes), MAX_DROPS_TOTAL);
   return {
     events,
-    dropped: q.dropped + (lostTo - q.lostSeen),
-    receipt: { ids: events.map((e) => e.id), dropped: q.dropped, lostFrom: q.lostSeen, lostTo },
+    ...(q.id !== undefined && total > 0 ? { drops: { queue: q.id, total } } : {}),
+    receipt: { ids: events.map((e) => e.id) },
   };
 }
 
@@ -193,12 +228,12 @@ export type Batch = ReturnType<typeof outgoing>;
 /**
  * The part of a batch that a device sends while the server has asked it to
  * wait (a 429): its state events (STATE_EVENTS), which the server admits
- * beyond its limit, and the drop count. Undefined when there are none.
+ * beyond its limit, and the drop total. Undefined when there are none.
  */
 export function stateOnly(batch: Batch): Batch | undefined {
   const events = batch.events.filter((e) => STATE_EVENTS.has(e.type));
   if (events.length === 0) return undefined;
-  return { events, dropped: batch.dropped, receipt: { ...batch.receipt, ids: events.map((e) => e.id) } };
+  return { ...batch, events, receipt: { ...batch.receipt, ids: events.map((e) => e.id) } };
 }
 
 /** The longest wait a server's Retry-After can impose: a wrong or hostile value must not silence a device. */

@@ -190,7 +190,10 @@ function editQueue(
         if (o.delivered) q = applyReceipt(q, o.delivered);
         const known = o.delivered ? [...receipts, { name: "", receipt: o.delivered }] : receipts;
         q = absorbSpill(q, { ...taken, events: undelivered(taken.events, known) }, await lostBytes(path));
-        await atomicWriteFile(path, JSON.stringify(change(q)), 0o600);
+        const next = change(q);
+        // The first write of a queue (or of one that was damaged, or from before totals) gives it its id.
+        const id = next.id ?? randomBytes(12).toString("base64url");
+        await atomicWriteFile(path, JSON.stringify({ ...next, id }), 0o600);
         // After the queue holds them: a crash in between leaves copies, which the queue skips (same id,
         // a receipt named in `applied`) or the server stores once.
         for (const file of [...taken.files, ...receipts.map((r) => r.file)])
@@ -294,7 +297,7 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
           postJson(
             url,
             token,
-            JSON.stringify({ device, events: b.events, ...(b.dropped > 0 ? { dropped: b.dropped } : {}) }),
+            JSON.stringify({ device, events: b.events, ...(b.drops ? { drops: b.drops } : {}) }),
             ca,
             SEND_TIMEOUT_MS,
             b.events.length === stateOnly(b)?.events.length ? { [STATE_BATCH_HEADER]: "state" } : {},

@@ -85,7 +85,16 @@ export interface SettingsTable {
   updated_by: string;
 }
 
+/** The drop total the server last took from one of a device's report queues (core/fleet/report-queue.ts). */
+export interface DeviceDropsTable {
+  device: string;
+  queue: string;
+  total: number;
+  updated: string;
+}
+
 export interface FleetSchema {
+  device_drops: DeviceDropsTable;
   settings: SettingsTable;
   device_tokens: DeviceTokensTable;
   rollouts: RolloutsTable;

@@ -91,5 +91,19 @@ export function fleetMigrations(kind: DbKind): Record<string, Migration> {
       },
     },
     ...identityMigrations,
+    "0005_device_drops": {
+      // One row per report queue of a device that sent a drop total: a device's /run queue and its
+      // registry queue may take turns (a boot without the registry), and neither's total may count twice.
+      async up(db: Kysely<unknown>) {
+        await db.schema
+          .createTable("device_drops")
+          .addColumn("device", "text", (c) => c.notNull())
+          .addColumn("queue", "text", (c) => c.notNull())
+          .addColumn("total", "integer", (c) => c.notNull())
+          .addColumn("updated", "text", (c) => c.notNull())
+          .addPrimaryKeyConstraint("device_drops_pk", ["device", "queue"])
+          .execute();
+      },
+    },
   };
 }

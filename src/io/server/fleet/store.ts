@@ -9,13 +9,21 @@ import { EosError } from "../../../core/errors.ts";
 import { isRole, type DeviceFilter, type Role } from "../../../core/fleet/admin.ts";
 import {
   applyBatch,
+  dropsAdded,
   EMPTY_INVENTORY,
+  type Drops,
   type DeviceEvent,
   type DeviceInventory,
   type DeviceState,
   type EventBatch,
 } from "../../../core/fleet/events.ts";
-import type { DevicesTable, FleetDb } from "./db.ts";
+import type { Transaction } from "kysely";
+import type { DevicesTable, FleetDb, FleetSchema } from "./db.ts";
+
+/** Report queues whose drop totals are kept per device (a /run queue is new at each boot). */
+const DROP_QUEUES_KEPT = 16;
+/** The devices' drop column is 32-bit on PostgreSQL. */
+const MAX_DROPPED = 2 ** 31 - 1;
 
 export interface DeviceView extends DeviceInventory {
   id: string;
@@ -92,13 +100,68 @@ export class FleetStore {
       // An id twice in one batch is stored once: only its first copy is new.
       const fresh = batch.events.filter((e) => newIds.delete(e.id));
       const inv = applyBatch(inventoryOf(row), { ...batch, events: fresh });
+      const added = dropsAdded(
+        batch,
+        batch.drops && (await this.takeDrops(trx, device, batch.drops, received)),
+      );
+      const dropped = Math.min(Number(row.dropped) + added, MAX_DROPPED);
       await trx
         .updateTable("devices")
-        .set({ ...inv, last_seen: received, dropped: Number(row.dropped) + (batch.dropped ?? 0) })
+        .set({ ...inv, last_seen: received, dropped })
         .where("id", "=", device)
         .execute();
       return { stored: fresh.length, duplicates: batch.events.length - fresh.length };
     });
+  }
+
+  /**
+   * Keeps the newest total of one of the device's queues; returns the one
+   * kept before (undefined for a queue not seen). The device's row is locked
+   * (record's read), so two batches of one device take their turns here.
+   * Only the queues the device sent from most recently are kept (a queue
+   * with drops sends its total with every batch): an older one comes back
+   * (its whole total counted again) only after DROP_QUEUES_KEPT others.
+   */
+  private async takeDrops(
+    trx: Transaction<FleetSchema>,
+    device: string,
+    drops: Drops,
+    received: string,
+  ): Promise<number | undefined> {
+    const seen = await trx
+      .selectFrom("device_drops")
+      .select("total")
+      .where("device", "=", device)
+      .where("queue", "=", drops.queue)
+      .executeTakeFirst();
+    const previous = seen === undefined ? undefined : Number(seen.total);
+    const total = Math.max(previous ?? 0, drops.total);
+    await trx
+      .insertInto("device_drops")
+      .values({ device, queue: drops.queue, total, updated: received })
+      .onConflict((oc) => oc.columns(["device", "queue"]).doUpdateSet({ total, updated: received }))
+      .execute();
+    if (previous !== undefined) return previous;
+    const old = await trx
+      .selectFrom("device_drops")
+      .select("queue")
+      .where("device", "=", device)
+      .orderBy("updated", "desc")
+      .orderBy("queue")
+      .offset(DROP_QUEUES_KEPT)
+      .limit(1000)
+      .execute();
+    if (old.length > 0)
+      await trx
+        .deleteFrom("device_drops")
+        .where("device", "=", device)
+        .where(
+          "queue",
+          "in",
+          old.map((r) => r.queue),
+        )
+        .execute();
+    return undefined;
   }
 
   async listDevices(filter: DeviceFilter): Promise<DeviceView[]> {

@@ -8,12 +8,13 @@ import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { join } from "node:path";
 import { freePort } from "../../src/io/machine/host.ts";
+import { guestSshArgv } from "../../src/core/machine/qemu-machine.ts";
 import { BOOT_TIMEOUT_MS } from "./vm.ts";
 import { REPO } from "./vm-image.ts";
 
 export interface EosRun {
   port: number;
-  /** Runs argv in the guest (no shell on this side; the guest's sshd joins argv with spaces). */
+  /** Runs argv in the guest (quoted for the guest's shell, as Vm.ssh does). */
   ssh(argv: string[]): { code: number; stdout: string };
   sshOk(argv: string[]): string;
   /** eos run's exit code, once the guest powered off. */
@@ -58,29 +59,7 @@ export async function startEosRun(raw: string, sshKey: string, work: string): Pr
   child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
   const exited = new Promise<number | null>((res) => child.once("close", (code) => res(code)));
   const ssh = (argv: string[]) => {
-    const r = spawnSync(
-      "ssh",
-      [
-        "-i",
-        sshKey,
-        "-p",
-        String(port),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "ConnectTimeout=10",
-        "root@127.0.0.1",
-        "--",
-        ...argv,
-      ],
-      { timeout: 120_000 },
-    );
+    const r = spawnSync("ssh", guestSshArgv(sshKey, port, argv, 10), { timeout: 120_000 });
     return { code: r.status ?? 255, stdout: r.stdout.toString() };
   };
   const run: EosRun = {

@@ -269,6 +269,12 @@ for (const kind of ["sqlite", "postgres"] as const) {
           .locator("section[aria-labelledby=h-states]", { hasText: "failed" })
           .waitFor({ timeout: 30_000 });
         assert.equal(await marker(), 1, "the page was not reloaded");
+        // A screen reader hears the new counts, in the region that stayed while the page refreshed.
+        assert.equal(await page.locator("#announcer").getAttribute("aria-live"), "polite");
+        assert.match(
+          (await page.locator("#announcer").textContent()) ?? "",
+          /^4 devices, \d online; .*1 failed/,
+        );
       });
 
       test("the device list filters by tag and state; a device shows its timeline", async (t) => {
@@ -413,6 +419,10 @@ for (const kind of ["sqlite", "postgres"] as const) {
       test("an operator creates a two-wave rollout from the form (a bad field named first); the list and the admin API show it", async (t) => {
         if (why()) return t.skip(why());
         const { page } = ops;
+        // Another operator's page, open before r2 exists: r2 comes into it without a reload.
+        const other = await ops.context.newPage();
+        await other.goto(`${fleet.server.url}/ui/rollouts`);
+        await other.evaluate(() => void ((globalThis as unknown as { __same?: number }).__same = 1));
         await page.goto(`${fleet.server.url}/ui/rollouts`);
         await page.getByRole("link", { name: "New rollout" }).click();
         await page.waitForURL(/\/ui\/rollouts\/new$/);
@@ -461,6 +471,29 @@ for (const kind of ["sqlite", "postgres"] as const) {
           "2: 100% (not yet)",
         ]);
         assert.match((await section.textContent()) ?? "", /Devices tagged lab/);
+        const arrived = other.locator("#rollout-r2 [data-state]");
+        await arrived.waitFor({ timeout: 20_000 });
+        assert.equal(await arrived.textContent(), "running", "its progress was fetched in place");
+        assert.equal(
+          await other.evaluate(() => (globalThis as unknown as { __same?: number }).__same),
+          1,
+          "the other page was not reloaded",
+        );
+        assert.equal(await other.locator("#rollout-r1 [data-state]").count(), 1, "r1 stayed");
+        // Its own page: the devices it covers (tag lab) with their wave.
+        await other.getByRole("link", { name: "r2", exact: true }).click();
+        await other.waitForURL(/\/ui\/rollouts\/r2$/);
+        assert.equal(await other.getByRole("heading", { level: 1 }).textContent(), "Rollout r2");
+        assert.deepEqual(
+          (
+            await other
+              .locator("section[aria-labelledby=h-members] tbody tr td:first-child")
+              .allTextContents()
+          ).sort(),
+          ["lab-1", "lab-2"],
+        );
+        await screenshot(other, "dashboard-rollout-page.png");
+        await other.close();
         const api = JSON.parse(
           (await call("GET", "/v1/admin/rollouts/r2", { token: fleet.env.VIEWER as string })).text,
         ) as { rollout: Record<string, unknown> };

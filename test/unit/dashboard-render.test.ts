@@ -6,6 +6,9 @@ import {
   actionsFor,
   confirmPage,
   imagesPage,
+  ROLLOUT_LIST_PATH,
+  rolloutList,
+  rolloutPage,
   rolloutProgress,
   rolloutsPage,
   waveProgress,
@@ -186,6 +189,72 @@ test("a rollout's progress is a live region the page embeds and its progress URL
   // The page's main part does not refresh as well: the rollout's region is what updates.
   assert.doesNotMatch(page, /<main[^>]*data-live/);
   assert.doesNotMatch(rolloutProgress(rollout, waves, viewer).text, /\/pause"/);
+});
+
+test("the rollouts page's list is a keyed live region; a rollout it has not shown comes in fetching its progress", () => {
+  const waves = waveProgress(rollout, []);
+  const page = rolloutsPage({ viewer: operator, rollouts: [{ rollout, waves }] });
+  assert.match(
+    page,
+    new RegExp(`<div id="rollout-list" data-live="5" data-src="${ROLLOUT_LIST_PATH}" data-keyed>`),
+  );
+  assert.match(page, /<section id="rollout-r1" aria-labelledby="h-r1"/, "a section is kept by its id");
+  assert.match(page, /<h2 id="h-r1"><a href="\/ui\/rollouts\/r1">r1<\/a>/);
+  const fragment = rolloutList([{ rollout }], operator).text;
+  assert.match(fragment, /<section id="rollout-r1"/);
+  assert.match(
+    fragment,
+    /<div id="progress-r1" data-live="5" data-src="\/ui\/rollouts\/r1\/progress" aria-live="polite">\s*<p>Loading/,
+  );
+  assert.match(rolloutList([], operator).text, /No rollouts/);
+});
+
+test("a rollout's page lists the devices it covers with their wave, and its live progress", () => {
+  const tagged: Rollout = { ...rollout, filter: { tags: ["lab"] } };
+  const members = [
+    device("lab-1", { tags: ["lab"], state: "committed", running_version: "2.0.0" }),
+    device("lab-2", { tags: ["lab", "x"] }),
+    device("field-1", { tags: [] }),
+  ];
+  const page = rolloutPage({ viewer, rollout: tagged, waves: waveProgress(tagged, members), members });
+  assert.match(page, /<h1>Rollout r1<\/h1>/);
+  assert.match(page, /Devices \(2\)/);
+  assert.match(page, /href="\/ui\/devices\/lab-1"/);
+  assert.match(page, /href="\/ui\/devices\/lab-2"/);
+  assert.doesNotMatch(page, /field-1/, "a device outside the rollout's tags is not listed");
+  assert.match(page, /<div id="progress-r1" data-live="5"/);
+  assertEscaped(page);
+});
+
+test("the overview and a device's page carry the summary a refresh announces", () => {
+  const devices = [device("a"), device("b", { state: "failed", last_seen: "2026-12-01T09:00:00.000Z" })];
+  const overview = overviewPage({ viewer, devices, history: [], now: NOW });
+  assert.match(
+    overview,
+    /<p class="visually-hidden" data-announce>2 devices, 1 online; 1 current, 1 failed<\/p>/,
+  );
+  assert.match(overview, /<div id="announcer" class="visually-hidden" aria-live="polite"><\/div>/);
+  const one = devicePage({
+    viewer,
+    device: device("a"),
+    events: [
+      {
+        time: NOW.toISOString(),
+        type: "checked",
+        data: {
+          type: "checked",
+          id: "e1",
+          time: NOW.toISOString(),
+          version: "1.0.0",
+          slot: "A",
+          sha256: "a".repeat(64),
+          available: false,
+        },
+      },
+    ],
+    now: NOW,
+  });
+  assert.match(one, /data-announce>a: current, running 1\.0\.0; last event checked</);
 });
 
 test("wave progress counts each wave's devices, successes and errors", () => {

@@ -47,7 +47,10 @@ export function overviewPage(o: {
   const stateRows = states.map(([s, n]) =>
     tableRow([h`<a href="/ui/devices${query({ state: s })}">${s}</a>`, n]),
   );
-  const body = h`<section aria-labelledby="h-counts" class="cards">
+  // What a screen reader hears when a refresh changes it (layout.ts SCRIPT): the counts, not the page.
+  const summary = `${o.devices.length} devices, ${online} online; ${states.map(([s, n]) => `${n} ${s}`).join(", ")}`;
+  const body = h`<p class="visually-hidden" data-announce>${summary}</p>
+    <section aria-labelledby="h-counts" class="cards">
       <h2 id="h-counts" class="visually-hidden">Devices</h2>
       <div class="card"><strong>${o.devices.length}</strong> devices</div>
       <div class="card"><strong>${online}</strong> online</div>
@@ -120,7 +123,7 @@ export function deviceListPage(o: {
       <div><button type="submit">Filter</button> <a href="/ui/devices">Clear</a></div>
     </form>
     ${o.error ? h`<p class="error" role="alert">${o.error}</p>` : ""}
-    <p role="status">${o.devices.length} device${o.devices.length === 1 ? "" : "s"}</p>
+    <p data-announce>${o.devices.length} device${o.devices.length === 1 ? "" : "s"}</p>
     ${dataTable(["Device", "Image", "Version", "State", "Tags", "Online", "Last report"], rows)}`;
   return page({ title: "Devices", viewer: o.viewer, section: "devices", body, live: true });
 }
@@ -171,7 +174,10 @@ export function devicePage(o: {
           <time datetime="${e.time}">${e.time}</time> <strong>${e.type}</strong>: ${eventSummary(e.data)}
         </li>`,
   );
-  const body = h`<dl>
+  const last = o.events[o.events.length - 1];
+  const summary = `${d.id}: ${d.state}, running ${d.running_version ?? "?"}${last ? `; last event ${last.type}` : ""}`;
+  const body = h`<p class="visually-hidden" data-announce>${summary}</p>
+    <dl>
       ${facts.map(
         ([k, v]) =>
           h`<dt>${k}</dt>

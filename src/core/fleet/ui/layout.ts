@@ -60,6 +60,7 @@ export function page(o: {
 <h1>${o.title}</h1>
 ${o.body}
 </main>
+<div id="announcer" class="visually-hidden" aria-live="polite"></div>
 </body>
 </html>
 `.text;
@@ -171,17 +172,28 @@ ol.timeline{padding-left:1.2rem}
  * Refreshes each [data-live] region every data-live seconds from data-src (a
  * fragment URL; default the page itself), taking the element of the same id
  * from the answer; no framework. It skips while the keyboard focus is inside
- * the region (typing, tabbing) or the tab is hidden, swaps only on a change
- * (so an aria-live region announces news, not every fetch), and stops once
- * the session is gone (401, or a redirect to the sign-in page) or the thing
- * shown is (404): a reload then says why.
+ * the region (typing, tabbing) or the tab is hidden, swaps only on a change,
+ * and stops once the session is gone (401, or a redirect to the sign-in
+ * page) or the thing shown is (404): a reload then says why.
+ *
+ * A region marked data-keyed keeps its children that have an id (they
+ * refresh themselves: replacing them would reset their own live regions) and
+ * takes in only new ones, which start refreshing at once; a list of
+ * rollouts grows that way without a reload. A region whose swapped content
+ * holds a [data-announce] summary that changed puts it in the page's one
+ * persistent status region: a region replaced wholesale is not announced by
+ * screen readers, and a whole page read out on each refresh would be noise.
  */
 export const SCRIPT = `
 (function(){
   if(!window.fetch||!window.DOMParser)return;
-  document.querySelectorAll("[data-live][id]").forEach(function(region){
+  var announcer=document.getElementById("announcer");
+  function summary(el){var s=el.querySelector("[data-announce]");return s?s.textContent.replace(/\\s+/g," ").trim():"";}
+  function watch(region,now){
     var src=region.getAttribute("data-src")||location.href;
-    var timer=setInterval(function(){
+    var said=summary(region);
+    function poll(){
+      if(!document.contains(region)){clearInterval(timer);return;}
       if(document.hidden)return;
       var a=document.activeElement;
       if(a&&a!==document.body&&region.contains(a))return;
@@ -189,11 +201,32 @@ export const SCRIPT = `
         if(r.status===401||r.status===404||r.redirected){clearInterval(timer);return null;}
         return r.ok?r.text():null;
       }).then(function(t){
-        if(t===null)return;
+        if(t===null||!document.contains(region))return;
         var fresh=new DOMParser().parseFromString(t,"text/html").getElementById(region.id);
-        if(fresh&&fresh.innerHTML!==region.innerHTML)region.innerHTML=fresh.innerHTML;
+        if(!fresh)return;
+        if(region.hasAttribute("data-keyed"))merge(region,fresh);
+        else if(fresh.innerHTML!==region.innerHTML)region.innerHTML=fresh.innerHTML;
+        var news=summary(region);
+        if(news!==said){said=news;if(announcer&&news)announcer.textContent=news;}
       }).catch(function(){});
-    },Number(region.getAttribute("data-live"))*1000);
-  });
+    }
+    var timer=setInterval(poll,Number(region.getAttribute("data-live"))*1000);
+    if(now)poll();
+  }
+  function merge(region,fresh){
+    var kids=Array.prototype.slice.call(fresh.children);
+    var mine=region.children;
+    if(kids.length===mine.length&&kids.every(function(c,i){return c.id&&c.id===mine[i].id;}))return;
+    var next=kids.map(function(c){
+      var old=c.id?document.getElementById(c.id):null;
+      return old&&old.parentNode===region?{node:old}:{node:document.importNode(c,true),added:true};
+    });
+    while(region.firstChild)region.removeChild(region.firstChild);
+    next.forEach(function(n){region.appendChild(n.node);if(n.added)start(n.node,true);});
+  }
+  function start(root,now){
+    root.querySelectorAll("[data-live][id]").forEach(function(r){watch(r,now);});
+  }
+  start(document,false);
 })();
 `;

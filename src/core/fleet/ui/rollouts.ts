@@ -103,11 +103,37 @@ export function rolloutProgress(r: Rollout, waves: readonly WaveProgress[], view
   </div>`;
 }
 
-function rolloutSection(r: Rollout, waves: readonly WaveProgress[], viewer: Viewer) {
-  return h`<section aria-labelledby="h-${r.id}" class="rollout">
-    <h2 id="h-${r.id}">${r.id}: ${r.image} ${r.previous} → ${r.version}</h2>
-    ${rolloutProgress(r, waves, viewer)}
+export const rolloutPath = (id: string) => `/ui/rollouts/${encodeURIComponent(id)}`;
+
+/** Where the rollouts page asks which rollouts there are; not under /ui/rollouts/, where any id is a rollout's. */
+export const ROLLOUT_LIST_PATH = "/ui/rollout-list";
+
+/** A rollout's progress, or (a rollout the page has not shown yet) the region that fetches it at once. */
+function rolloutSection(r: Rollout, waves: readonly WaveProgress[] | undefined, viewer: Viewer) {
+  const progress = waves
+    ? rolloutProgress(r, waves, viewer)
+    : h`<div id="progress-${r.id}" data-live="${PROGRESS_EVERY_S}" data-src="${progressPath(r.id)}" aria-live="polite">
+        <p>Loading its progress…</p>
+      </div>`;
+  return h`<section id="rollout-${r.id}" aria-labelledby="h-${r.id}" class="rollout">
+    <h2 id="h-${r.id}"><a href="${rolloutPath(r.id)}">${r.id}</a>: ${r.image} ${r.previous} → ${r.version}</h2>
+    ${progress}
   </section>`;
+}
+
+/**
+ * The rollouts as a keyed live region: the page polls ROLLOUT_LIST_PATH for
+ * it, keeps the sections it has (their progress refreshes itself) and takes
+ * in a rollout created elsewhere (another operator, the CLI, another replica).
+ */
+export function rolloutList(
+  rollouts: ReadonlyArray<{ rollout: Rollout; waves?: WaveProgress[] }>,
+  viewer: Viewer,
+): Html {
+  return h`<div id="rollout-list" data-live="${PROGRESS_EVERY_S}" data-src="${ROLLOUT_LIST_PATH}" data-keyed>
+    ${rollouts.length === 0 ? h`<p>No rollouts. An operator creates one here or with <code>os-update-server rollout create</code>.</p>` : ""}
+    ${rollouts.map((r) => rolloutSection(r.rollout, r.waves, viewer))}
+  </div>`;
 }
 
 export function rolloutsPage(o: {
@@ -117,10 +143,42 @@ export function rolloutsPage(o: {
 }): string {
   const body = h`${o.notice ? h`<p class="note" role="status">${o.notice}</p>` : ""}
   ${canAct(o.viewer) ? h`<p><a class="button" href="/ui/rollouts/new">New rollout</a></p>` : ""}
-  ${o.rollouts.length === 0 ? h`<p>No rollouts. An operator creates one here or with <code>os-update-server rollout create</code>.</p>` : ""}
-  ${o.rollouts.map((r) => rolloutSection(r.rollout, r.waves, o.viewer))}`;
-  // Each rollout's progress refreshes itself (above); the list of rollouts is as it was when loaded.
+  ${rolloutList(o.rollouts, o.viewer)}`;
   return page({ title: "Rollouts", viewer: o.viewer, section: "rollouts", body });
+}
+
+/** Devices listed at most on a rollout's page; the waves' counts above cover all of them. */
+export const ROLLOUT_PAGE_DEVICES = 500;
+
+/** One rollout: its progress (live) and the devices it covers, each with its wave. */
+export function rolloutPage(o: {
+  viewer: Viewer;
+  rollout: Rollout;
+  waves: readonly WaveProgress[];
+  members: readonly WaveMember[];
+}): string {
+  const r = o.rollout;
+  const covered = o.members.filter((m) => covers(r, m.tags));
+  const rows = covered
+    .slice(0, ROLLOUT_PAGE_DEVICES)
+    .map((m) =>
+      tableRow([
+        h`<a href="/ui/devices/${encodeURIComponent(m.id)}">${m.id}</a>`,
+        String(waveOf(r, m.id, m.tags) + 1),
+        m.running_version ?? "",
+        m.state,
+        m.last_event_at ? h`<time datetime="${m.last_event_at}">${m.last_event_at}</time>` : "",
+      ]),
+    );
+  const body = h`<p>${r.image} ${r.previous} → ${r.version}, created ${r.created}.</p>
+    ${rolloutProgress(r, o.waves, o.viewer)}
+    <section aria-labelledby="h-members">
+      <h2 id="h-members">Devices (${covered.length})</h2>
+      ${covered.length > ROLLOUT_PAGE_DEVICES ? h`<p>The first ${ROLLOUT_PAGE_DEVICES} are listed.</p>` : ""}
+      ${dataTable(["Device", "Wave", "Running", "State", "Last event"], rows)}
+    </section>
+    <p><a href="/ui/rollouts">All rollouts</a></p>`;
+  return page({ title: `Rollout ${r.id}`, viewer: o.viewer, section: "rollouts", body });
 }
 
 const CONSEQUENCE: Record<RolloutAction, string> = {

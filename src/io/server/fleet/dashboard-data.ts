@@ -94,6 +94,13 @@ export class DashboardData {
     return value;
   }
 
+  /** One rollout, its waves' counts and the devices of its image (its page: read fresh, not shared). */
+  async rolloutWithMembers(id: string): Promise<RolloutProgress & { members: DeviceView[] }> {
+    const rollout = await this.rollouts.get(id);
+    const members = await this.store.listDevices({ image: rollout.image });
+    return { rollout, waves: waveProgress(rollout, members), members };
+  }
+
   /** After this process changed a rollout: its next reading comes from the database. */
   forgetProgress(id: string): void {
     this.progressRead.delete(id);

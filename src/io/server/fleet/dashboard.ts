@@ -14,7 +14,15 @@ import { allows, parseDeviceFilter, type DeviceFilter } from "../../../core/flee
 import { isRolloutAction } from "../../../core/fleet/ui/actions.ts";
 import { deviceListPage, devicePage, overviewPage } from "../../../core/fleet/ui/devices.ts";
 import { CSS, loginPage, messagePage, SCRIPT, type Viewer } from "../../../core/fleet/ui/layout.ts";
-import { confirmPage, imagesPage, rolloutProgress, rolloutsPage } from "../../../core/fleet/ui/rollouts.ts";
+import {
+  confirmPage,
+  imagesPage,
+  ROLLOUT_LIST_PATH,
+  rolloutList,
+  rolloutPage,
+  rolloutProgress,
+  rolloutsPage,
+} from "../../../core/fleet/ui/rollouts.ts";
 import {
   clearedCookie,
   cookieName,
@@ -280,7 +288,7 @@ export function dashboard(o: {
     const session = await sessionOf(req);
     if (!session) {
       // A poll of a fragment gets no sign-in page to show in place: a status that stops it.
-      if (method === "POST" || PROGRESS.test(path))
+      if (method === "POST" || PROGRESS.test(path) || path === ROLLOUT_LIST_PATH)
         return send(res, 401, loginPage({ error: "Your session has ended: sign in again." }));
       return redirect(res, "/ui/login");
     }
@@ -302,6 +310,10 @@ export function dashboard(o: {
       if (id === undefined) throw new HttpError(404, "not a rollout id");
       const { rollout, waves } = await data.rolloutProgress(id, o.now().getTime());
       return send(res, 200, rolloutProgress(rollout, waves, viewer).text);
+    }
+    if (path === ROLLOUT_LIST_PATH && method === "GET") {
+      const rollouts = (await data.rollouts.list()).map((rollout) => ({ rollout }));
+      return send(res, 200, rolloutList(rollouts, viewer).text);
     }
     const act = /^\/ui\/rollouts\/([^/]+)\/([a-z]+)$/.exec(path);
     if (act) {
@@ -336,6 +348,13 @@ export function dashboard(o: {
         ? `Rollout ${created} created: its first wave is open.`
         : undefined;
       return send(res, 200, rolloutsPage({ viewer, rollouts, notice }));
+    }
+    const rollout = /^\/ui\/rollouts\/([^/]+)$/.exec(path);
+    if (rollout) {
+      const id = decoded(rollout[1] as string, ROLLOUT_ID);
+      if (id === undefined)
+        return send(res, 404, messagePage({ title: "Not found", message: "No such rollout.", viewer }));
+      return send(res, 200, rolloutPage({ viewer, ...(await data.rolloutWithMembers(id)) }));
     }
     if (path === "/ui/images")
       return send(res, 200, imagesPage({ viewer, images: await data.publishedImages() }));

@@ -14,8 +14,10 @@
  * a few small files). Run `node scripts/bundle.mjs` first.
  *
  * Per path (full stream, chunk index, pair delta): bytes on the wire (the
- * server's request log), wall time of `--apply` and its peak RSS with its
- * children (xdelta3, losetup), counted as the device pays for them:
+ * server's request log), wall time of `--apply`, the bytes it read (its own
+ * /proc/self/io at exit, written by a hook loaded with --import) and its
+ * peak RSS with its children (xdelta3, losetup), counted as the device pays
+ * for them:
  * os-update's own VmHWM plus its children's VmHWM at the highest sum seen
  * among those alive together (bench/proc-stats sampleTreeRss; a child
  * forked but not yet exec'd shares os-update's pages and is not counted).
@@ -56,6 +58,10 @@ const RSS_TARGET_MIB = 96;
 const WITH_DELTA = "EOS.bench-delta";
 const CHUNKS_ONLY = "EOS.bench-chunks";
 const MiB = 2 ** 20;
+/** Loaded into each --apply: its /proc/self/io at exit, to the file BENCH_IO_FILE names. */
+const READ_BYTES_HOOK = `data:text/javascript,${encodeURIComponent(
+  'import { readFileSync, writeFileSync } from "node:fs"; process.on("exit", () => writeFileSync(process.env.BENCH_IO_FILE, readFileSync("/proc/self/io")));',
+)}`;
 
 interface Manifest {
   version: string;
@@ -178,10 +184,16 @@ try {
     served = 0;
     const t0 = performance.now();
     const nodeArgs = (process.env.BENCH_NODE_ARGS ?? "").split(" ").filter(Boolean);
-    const proc = spawn(process.execPath, [...nodeArgs, join(DIST, "os-update.mjs"), "--apply", ...extra], {
-      env: { ...process.env, EOS_ROOT: device.root },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const ioFile = join(work, "apply-io.txt");
+    await rm(ioFile, { force: true });
+    const proc = spawn(
+      process.execPath,
+      [...nodeArgs, "--import", READ_BYTES_HOOK, join(DIST, "os-update.mjs"), "--apply", ...extra],
+      {
+        env: { ...process.env, EOS_ROOT: device.root, BENCH_IO_FILE: ioFile },
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
     const rss = sampleTreeRss(proc.pid as number, 10);
     let out = "";
     proc.stdout.on("data", (s: Buffer) => (out += s.toString()));
@@ -190,6 +202,8 @@ try {
     const peak = await rss.stop();
     const seconds = (performance.now() - t0) / 1000;
     if (code !== 0) throw new Error(`--apply ${options.join(" ")}: ${out}`);
+    const io = await readFile(ioFile, "utf8");
+    const ioField = (name: string) => Number(new RegExp(`${name}: (\\d+)`).exec(io)?.[1]);
     const [, payload, path] = /from (\d+) bytes downloaded \((\w+)\)/.exec(out) ?? [];
     const failed = /the \w+ path failed .*/.exec(out)?.[0];
     await new Promise((r) => setTimeout(r, 200)); // the server's last log lines
@@ -208,6 +222,9 @@ try {
       rssMiB,
       rssDetail,
       failed,
+      // What os-update read (its own /proc/self/io at exit): all reads, and those that reached storage.
+      readBytes: ioField("rchar"),
+      storageReadBytes: ioField("read_bytes"),
     };
   };
 
@@ -259,19 +276,27 @@ try {
     full_peak_rss_mib: full.rssMiB,
     chunk_peak_rss_mib: chunks.rssMiB,
     delta_peak_rss_mib: delta.rssMiB,
+    // Bytes os-update read (all of its reads: the slots, the network, its own code), and from storage.
+    full_read_bytes: full.readBytes,
+    chunk_read_bytes: chunks.readBytes,
+    delta_read_bytes: delta.readBytes,
+    full_storage_read_bytes: full.storageReadBytes,
+    chunk_storage_read_bytes: chunks.storageReadBytes,
+    delta_storage_read_bytes: delta.storageReadBytes,
     rss_detail: { full: full.rssDetail, chunk: chunks.rssDetail, delta: delta.rssDetail },
   };
   if (asJson) console.log(JSON.stringify(result));
   else {
     const size = (n: number) => (n < 10_000 ? `${n} B` : `${(n / 1000).toFixed(0)} KB`);
     const ratio = (x: number, y: number) => (x / y).toFixed(2);
+    const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
     const r = result;
     console.log(`bench/delta: ${r.pair}`);
     console.log(
       `full stream: ${size(r.full_bytes)} (${size(r.full_wire_bytes)} on the wire), --apply ${r.full_apply_s} s, peak RSS ${r.full_peak_rss_mib} MiB (${r.rss_detail.full}) (the baseline for time)`,
     );
     console.log(
-      `chunk path: ${size(r.chunk_bytes)} with its index (${size(r.chunk_wire_bytes)} on the wire); casync new chunks (baseline): ${size(casyncBytes)}, ratio ${ratio(r.chunk_bytes, casyncBytes)} (target ≤ 0.8); --apply ${r.chunk_apply_s} s, ratio to full ${ratio(r.chunk_apply_s, r.full_apply_s)}; peak RSS ${r.chunk_peak_rss_mib} MiB (${r.rss_detail.chunk}), ratio to ${RSS_TARGET_MIB} MiB ${ratio(r.chunk_peak_rss_mib, RSS_TARGET_MIB)}`,
+      `chunk path: ${size(r.chunk_bytes)} with its index (${size(r.chunk_wire_bytes)} on the wire); casync new chunks (baseline): ${size(casyncBytes)}, ratio ${ratio(r.chunk_bytes, casyncBytes)} (target ≤ 0.8); --apply ${r.chunk_apply_s} s, ratio to full ${ratio(r.chunk_apply_s, r.full_apply_s)}, read ${mb(r.chunk_read_bytes)} (${mb(r.chunk_storage_read_bytes)} from storage; full stream ${mb(r.full_read_bytes)}, ratio ${ratio(r.chunk_read_bytes, r.full_read_bytes)}); peak RSS ${r.chunk_peak_rss_mib} MiB (${r.rss_detail.chunk}), ratio to ${RSS_TARGET_MIB} MiB ${ratio(r.chunk_peak_rss_mib, RSS_TARGET_MIB)}`,
     );
     console.log(
       `pair delta: ${size(r.delta_bytes)} (${size(r.delta_wire_bytes)} on the wire); xdelta3 -9 (baseline): ${size(xdelta3Bytes)}, ratio ${ratio(r.delta_bytes, xdelta3Bytes)} (target ≤ 1.05); zstd -19 --long --patch-from: ${size(zstdBytes)}; --apply ${r.delta_apply_s} s, ratio to full ${ratio(r.delta_apply_s, r.full_apply_s)} (target ≤ 1.5); peak RSS ${r.delta_peak_rss_mib} MiB (${r.rss_detail.delta}), ratio to ${RSS_TARGET_MIB} MiB ${ratio(r.delta_peak_rss_mib, RSS_TARGET_MIB)} (target ≤ 1)`,

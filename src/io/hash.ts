@@ -5,16 +5,14 @@ import { EosError } from "../core/errors.ts";
 
 const BLOCK = 1024 * 1024;
 
-/** sha256 of a byte range, reading the next block while hashing the current one. */
-export async function hashRange(
+/** Reads a byte range in blocks, reading the next block while `sink` sees the current one. */
+export async function readRange(
   handle: FileHandle,
   offset: number,
   length: number,
-  onBytes?: (n: number) => void,
-  /** Sees each block read, with its offset in the range (before it is hashed). */
-  onBlock?: (bytes: Buffer, at: number) => void,
-): Promise<string> {
-  const hash = createHash("sha256");
+  /** Each block read, with its offset in the range; valid only until it returns. */
+  sink: (bytes: Buffer, at: number) => void,
+): Promise<void> {
   const buffers = [Buffer.allocUnsafe(BLOCK), Buffer.allocUnsafe(BLOCK)];
   const readAt = async (buffer: Buffer, at: number): Promise<number> => {
     const want = Math.min(BLOCK, length - at);
@@ -35,9 +33,24 @@ export async function hashRange(
     at += got;
     turn ^= 1;
     pending = at < length ? readAt(buffers[turn] as Buffer, at) : undefined;
-    onBlock?.(current.subarray(0, got), at - got);
-    hash.update(current.subarray(0, got));
-    onBytes?.(got);
+    sink(current.subarray(0, got), at - got);
   }
+}
+
+/** sha256 of a byte range, reading the next block while hashing the current one. */
+export async function hashRange(
+  handle: FileHandle,
+  offset: number,
+  length: number,
+  onBytes?: (n: number) => void,
+  /** Sees each block read, with its offset in the range (before it is hashed). */
+  onBlock?: (bytes: Buffer, at: number) => void,
+): Promise<string> {
+  const hash = createHash("sha256");
+  await readRange(handle, offset, length, (bytes, at) => {
+    onBlock?.(bytes, at);
+    hash.update(bytes);
+    onBytes?.(bytes.length);
+  });
   return hash.digest("hex");
 }

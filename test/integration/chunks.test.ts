@@ -21,6 +21,7 @@ import { partitionBytes } from "../helpers/sample-image.ts";
 import { squashfsBytesUsed, verityLayout } from "../../src/core/verity.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
 import { makeDevice, type TestDevice } from "../helpers/device.ts";
+import { writeBootControl } from "../../src/io/update/boot-control.ts";
 import { startUpdateServers, type LoggedRequest, type UpdateServers } from "../helpers/update-servers.ts";
 
 const NAME = "EOS.x86_64-AB";
@@ -439,7 +440,7 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
   });
 
   // Last: it publishes v3, which every later apply would be offered.
-  test("a tree the device computes otherwise than the build did: the chunk path fails saying so, the boot state stays", async () => {
+  test("a tree the device computes otherwise than the build did: only the build's tree is fetched, by range; if that fails too, the full stream", async () => {
     // v3's dm-verity superblock carries another UUID (veritysetup's random one, as a root made
     // outside eos build may have): its signed slot is not what the device computes.
     const v3 = await releaseImage(world, NAME, "3.0.0", {
@@ -462,24 +463,63 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
     const v3Manifest = JSON.parse(await readFile(`${v3}.manifest.json`, "utf8")) as Manifest;
     const fetched = await runEos("os-update-server", ["fetch", "--config", world.config]);
     assert.equal(fetched.code, 0, fetched.stderr);
-    // A proxy that serves the chunk path's ranges but not the full stream (the root's data, from its
-    // first byte): the chunk path's failure is final.
-    const whole = `bytes=0-${v3Manifest.partitions.root.data_bytes - 1}`;
+    const root = v3Manifest.partitions.root;
+    const treeAt = root.verity.data_blocks * 4096;
+    const versions = join(world.imagesDir, ".versions", NAME);
+    const current = (await readdir(versions)).find((v) => v.startsWith("3.0.0-")) as string;
+    const v3Chunks = indexChunks(await readFile(join(versions, current, `${NAME}.chunks`)));
+    // The chunk that holds the file system's last bytes: the build's tree is fetched from it on.
+    const edge = v3Chunks.find((c) => c.offset + c.size > treeAt);
+    assert.ok(edge && edge.offset < treeAt, JSON.stringify(edge));
+    // A proxy that never serves the full stream (the root's data, from its first byte), and, when
+    // asked to, not the tree's ranges either (the chunk path's planned ranges end at `edge`'s end).
+    const whole = `bytes=0-${root.data_bytes - 1}`;
+    let refuseTree = false;
     const { proxy, port } = await startProxy((req, headers, res) => {
-      if (!req.url?.endsWith("/root") || (headers.range && headers.range !== whole)) return true;
+      if (!req.url?.endsWith("/root")) return true;
+      const end = Number(/-(\d+)$/.exec(String(headers.range))?.[1]) + 1;
+      if (headers.range && headers.range !== whole && !(refuseTree && end > edge.offset + edge.size))
+        return true;
       res.writeHead(404).end();
       return false;
     });
-    const device = await deviceOnV1(`update:\n  name: ${NAME}\n  url: http://127.0.0.1:${port}\n`);
+    const config = `update:\n  name: ${NAME}\n  url: http://127.0.0.1:${port}\n`;
+    const fetchedTree = new RegExp(
+      `the slot with the dm-verity tree computed here holds sha256 [0-9a-f]{16}…, the signed manifest says ${root.sha256.slice(0, 16)}…\nfetching the build's dm-verity tree: ${root.data_bytes - edge.offset} bytes in 1 ranges\n`,
+    );
+    const device = await deviceOnV1(config);
     try {
-      const before = await device.grubenv();
+      const fresh = await device.grubenv();
+      requests.length = 0;
       const apply = await device.run(["--apply"]);
-      assert.notEqual(apply.code, 0, apply.stdout);
-      assert.match(apply.stdout, /taking the chunk path: .*its dm-verity tree \(\d+ bytes\) computed here/);
-      assert.match(
-        apply.stdout,
-        /the chunk path failed \(the slot holds sha256 [0-9a-f]+ after writing, but the signed manifest says [0-9a-f]+ \(its dm-verity superblock and tree were computed on this device, from the file system's \d+ blocks\)\); taking the full stream/,
+      assert.equal(apply.code, 0, apply.stdout + apply.stderr);
+      const plan = /taking the chunk path: (\d+) bytes of the root in (\d+) ranges/.exec(apply.stdout);
+      assert.ok(plan, apply.stdout);
+      assert.match(apply.stdout, fetchedTree);
+      assert.match(apply.stdout, /the slot verifies with the build's dm-verity tree \(\d+ bytes fetched\)/);
+      assert.match(apply.stdout, /bytes downloaded \(chunks\)/, "no fallback to the full stream");
+      // After the planned ranges, only the tree's: from the edge chunk to the end of the stream.
+      const ranges = rootRanges(requests.filter((r) => r.status === 206));
+      assert.equal(ranges.length, requests.filter((r) => r.path.endsWith("/root")).length, "no full stream");
+      assert.deepEqual(ranges.slice(Number(plan[2])), [[edge.offset, root.data_bytes]]);
+      assert.equal(rootBytes(), Number(plan[1]) + root.data_bytes - edge.offset);
+      const slotB = await partitionBytes(device.image, "p.lxrootclone1");
+      assert.equal(sha256(slotB.subarray(0, root.size)), root.sha256, "slot B verifies as v3");
+      assert.equal((await device.grubenv()).get("eos_B_sha256"), root.sha256);
+      console.log(
+        `a computed tree that failed: ${plan[1]} bytes in ${plan[2]} ranges, then the build's tree, ${root.data_bytes - edge.offset} bytes in 1 range`,
       );
+      // The same device again, its boot control as before (its running slot's chunks are cached,
+      // slot B holds v3's file system: seconds saved), and now the build's tree cannot be had
+      // either: the full stream, refused too, is the last path.
+      refuseTree = true;
+      await writeBootControl(device.esp, fresh);
+      const before = await device.grubenv();
+      const again = await device.run(["--apply"]);
+      assert.notEqual(again.code, 0, again.stdout);
+      assert.match(again.stdout, /taking the chunk path: .*its dm-verity tree \(\d+ bytes\) computed here/);
+      assert.match(again.stdout, fetchedTree);
+      assert.match(again.stdout, /the chunk path failed \(.*\); taking the full stream/);
       const after = await device.grubenv();
       // Unchanged but for slot B's record, emptied when the apply began: the slot is marked invalid.
       for (const [key, value] of after)
@@ -487,11 +527,8 @@ describe("the chunk path: a signed chunk index, known chunks copied, the rest fe
       assert.equal(after.get("eos_default"), "A");
       assert.equal(after.get("eos_trial"), "", "nothing on trial");
       assert.equal(after.get("eos_B_sha256"), "", "slot B stays marked invalid");
-      const slotB = await partitionBytes(device.image, "p.lxrootclone1");
-      assert.notEqual(
-        sha256(slotB.subarray(0, v3Manifest.partitions.root.size)),
-        v3Manifest.partitions.root.sha256,
-      );
+      const slotBAfter = await partitionBytes(device.image, "p.lxrootclone1");
+      assert.notEqual(sha256(slotBAfter.subarray(0, root.size)), root.sha256);
     } finally {
       proxy.closeAllConnections();
       proxy.close();

@@ -4,26 +4,37 @@
  * come from the published root in few ranged requests, each checked chunk by
  * chunk against the verified index before it is written, straight at its
  * offset (so a restarted apply finds them: chunk-path.ts); a request that
- * breaks off is asked again for the rest of it, a few times. A root with a
- * dm-verity tree gets its superblock and tree computed from the file system
- * just assembled, as on the xdelta3-verity path, never downloaded. Then, as
- * on every path, the whole slot is hashed against the signed manifest: a tree
- * computed differently from the build's fails there. Any failure throws; the
- * caller takes the full stream, the slot stays marked invalid.
+ * breaks off is asked again for the rest of it, a few times. Then, as on
+ * every path, the whole slot is hashed against the signed manifest. A root
+ * with a dm-verity tree gets its superblock and tree computed from the file
+ * system just assembled, as on the xdelta3-verity path, in the same read of
+ * the slot that hashes it; when that tree is not the build's, the build's is
+ * fetched by range and the slot hashed again. Any failure throws; the caller
+ * takes the full stream, the slot stays marked invalid.
  */
-import { createHash } from "node:crypto";
+import { createHash, type Hash } from "node:crypto";
 import { open, type FileHandle } from "node:fs/promises";
 import type { ByteRange } from "../../core/gpt.ts";
 import { EosError, errorMessage } from "../../core/errors.ts";
 import type { Chunk } from "../../core/update/chunker.ts";
-import type { ChunkFetch, TreeSpan } from "../../core/update/chunk-plan.ts";
+import { planChunkWork, type ChunkFetch, type TreeSpan } from "../../core/update/chunk-plan.ts";
 import { VERITY_BLOCK, verityRootHash } from "../../core/verity.ts";
 import { crashPoint } from "../crash-point.ts";
+import { readRange } from "../hash.ts";
 import type { ProcessRunner } from "../process.ts";
 import type { Progress } from "../progress.ts";
 import { interrupted, watchWithLimits, type TransferLimits } from "../watchdog.ts";
 import type { ChunkPlan } from "./chunk-path.ts";
-import { FINAL, pause, verifySlot, writeFully, writeZeros, type WriteSlotResult } from "./slot-writer.ts";
+import {
+  dropCachedPages,
+  FINAL,
+  pause,
+  slotMismatch,
+  verifySlot,
+  writeFully,
+  writeZeros,
+  type WriteSlotResult,
+} from "./slot-writer.ts";
 import type { UpdateSource } from "./source.ts";
 import { verityTailOf } from "./verity-stream.ts";
 
@@ -43,6 +54,8 @@ export interface ChunkWrite {
   /** First pause before a broken-off range is asked for again (doubles each time). */
   retryDelayMs?: number | undefined;
   log?: ((line: string) => void) | undefined;
+  /** Says what happened to the dm-verity tree when the one computed here was not the build's. */
+  say?: ((line: string) => void) | undefined;
 }
 
 /** A ranged request that breaks off is asked again for what it still lacks, this often, before the path fails. */
@@ -145,29 +158,90 @@ async function fetchRangeRetrying(
   }
 }
 
-/**
- * Computes the dm-verity superblock and tree from the file system in the
- * target slot and writes them at their place; returns where they end. The
- * root hash is checked against the signed record first, so a wrong tree is
- * named as such rather than as a slot hash mismatch.
- */
-async function writeTree(handle: FileHandle, target: ByteRange, tree: TreeSpan): Promise<number> {
-  const tail = await verityTailOf(handle, target.offset, tree.record.data_blocks);
-  // The top level is the block after the superblock; its sha256 is the root hash.
-  const rootHash = verityRootHash(tail.subarray(VERITY_BLOCK, 2 * VERITY_BLOCK));
-  if (rootHash !== tree.record.root_hash)
-    throw new EosError(
-      "HASH_MISMATCH",
-      `the dm-verity tree computed from the assembled file system has root hash ${rootHash.slice(0, 16)}…, the signed manifest says ${tree.record.root_hash.slice(0, 16)}…`,
-    );
-  await writeFully(handle, tail, tail.length, target.offset + tree.offset);
-  return tree.offset + tail.length;
+/** Bytes [tree.offset, size) of the slot, read back from the device, added to `slot`: its sha256. */
+async function hashFromTree(o: ChunkWrite, handle: FileHandle, tree: TreeSpan, slot: Hash): Promise<string> {
+  await dropCachedPages(handle, o.disk, o.proc);
+  await readRange(handle, o.target.offset + tree.offset, o.size - tree.offset, (bytes) => slot.update(bytes));
+  return slot.digest("hex");
 }
 
-export async function writeSlotFromChunks(o: ChunkWrite): Promise<WriteSlotResult> {
+/**
+ * The build's superblock and tree, fetched by range from the index (it
+ * covers the whole stream) and written over the computed ones. The chunk
+ * that holds the file system's last bytes is fetched whole (its hash covers
+ * both sides), but only its bytes past the file system are written: those
+ * before were hashed already, and must stay the bytes that were.
+ */
+async function fetchTree(o: ChunkWrite, handle: FileHandle, tree: TreeSpan): Promise<number> {
+  const work = planChunkWork(
+    o.plan.index.chunks.filter((c) => c.offset + c.size > tree.offset),
+    [],
+    () => undefined,
+  );
+  o.say?.(`fetching the build's dm-verity tree: ${work.fetchBytes} bytes in ${work.fetches.length} ranges`);
+  const buffer = Buffer.allocUnsafe(Math.max(...work.fetches.map((f) => f.end - f.start)));
+  const land = async (chunk: Chunk, bytes: Buffer) => {
+    const skip = Math.max(0, tree.offset - chunk.offset);
+    await writeFully(handle, bytes.subarray(skip), chunk.size - skip, o.target.offset + chunk.offset + skip);
+  };
+  // Its bytes are not in the planned download the progress counts.
+  for (const f of work.fetches) await fetchRangeRetrying({ ...o, progress: undefined }, f, buffer, land);
+  await handle.datasync();
+  return work.fetchBytes;
+}
+
+/**
+ * A root with a dm-verity tree: its superblock and tree are computed from
+ * the file system just assembled and written, and the slot verified, in one
+ * read of the slot. The file system is read back from the device (after
+ * datasync and dropping cached pages): those bytes feed both the tree's
+ * leaves and the slot's sha256. Then the computed superblock and tree are
+ * written, and they and the zero tail read back and hashed on: every hashed
+ * byte comes from the device, as in verifySlot, so the guarantee is the
+ * same. Re-reading the tree costs its bytes (under 1% of the file system);
+ * hashing the buffer written instead would trust the write. A tree computed
+ * otherwise than the build's (the root hash, or the slot's sha256, is not the
+ * signed one) is replaced by the build's, fetched, and the rest hashed again
+ * from the state after the file system. Returns the tree bytes fetched.
+ */
+async function writeTreeAndVerify(o: ChunkWrite, handle: FileHandle, tree: TreeSpan): Promise<number> {
+  await dropCachedPages(handle, o.disk, o.proc);
+  const slot = createHash("sha256");
+  const computed = await verityTailOf(handle, o.target.offset, tree.record.data_blocks, slot);
+  const afterFileSystem = slot.copy();
+  // The top level is the block after the superblock; its sha256 is the root hash.
+  const rootHash = verityRootHash(computed.subarray(VERITY_BLOCK, 2 * VERITY_BLOCK));
+  const short = (hex: string) => `${hex.slice(0, 16)}…`;
+  let why = `the dm-verity tree computed here has root hash ${short(rootHash)}, the signed manifest says ${short(tree.record.root_hash)}`;
+  if (rootHash === tree.record.root_hash) {
+    await writeFully(handle, computed, computed.length, o.target.offset + tree.offset);
+    await handle.datasync();
+    crashPoint("apply:slot-written");
+    const onDisk = await hashFromTree(o, handle, tree, slot);
+    if (onDisk === o.sha256) return 0;
+    why = `the slot with the dm-verity tree computed here holds sha256 ${short(onDisk)}, the signed manifest says ${short(o.sha256)}`;
+  }
+  o.say?.(why);
+  const fetched = await fetchTree(o, handle, tree);
+  const onDisk = await hashFromTree(o, handle, tree, afterFileSystem);
+  if (onDisk !== o.sha256)
+    throw slotMismatch(
+      onDisk,
+      o.sha256,
+      ` (its dm-verity superblock and tree computed on this device from the file system's ${tree.record.data_blocks} blocks, then the build's fetched)`,
+    );
+  o.say?.(`the slot verifies with the build's dm-verity tree (${fetched} bytes fetched)`);
+  return fetched;
+}
+
+export interface ChunkWriteResult extends WriteSlotResult {
+  /** Bytes of the build's dm-verity tree fetched after the one computed here failed. */
+  treeFetched: number;
+}
+
+export async function writeSlotFromChunks(o: ChunkWrite): Promise<ChunkWriteResult> {
   const started = performance.now();
   const { work, index } = o.plan;
-  const dataBytes = index.header.data_bytes;
   const handle = await open(o.disk, "r+");
   try {
     const largest = Math.max(index.header.chunker.max, ...work.fetches.map((f) => f.end - f.start));
@@ -190,13 +264,15 @@ export async function writeSlotFromChunks(o: ChunkWrite): Promise<WriteSlotResul
     for (const f of work.fetches) await fetchRangeRetrying(o, f, buffer, land);
     const tree = o.plan.tree;
     // The build writes nothing after the tree: the zero tail starts where it ends.
-    const end = tree ? await writeTree(handle, o.target, tree) : dataBytes;
+    const end = tree ? tree.offset + tree.bytes : index.header.data_bytes;
     await writeZeros(handle, o.target.offset + end, o.size - end, buffer);
     await handle.datasync();
-    crashPoint("apply:slot-written");
     o.progress?.done();
     const wroteAt = performance.now();
-    try {
+    let treeFetched = 0;
+    if (tree) treeFetched = await writeTreeAndVerify(o, handle, tree);
+    else {
+      crashPoint("apply:slot-written");
       await verifySlot(handle, {
         disk: o.disk,
         range: o.target,
@@ -204,15 +280,9 @@ export async function writeSlotFromChunks(o: ChunkWrite): Promise<WriteSlotResul
         sha256: o.sha256,
         proc: o.proc,
       });
-    } catch (error) {
-      if (!tree || !(error instanceof EosError)) throw error;
-      throw new EosError(
-        error.code,
-        `${error.message} (its dm-verity superblock and tree were computed on this device, from the file system's ${tree.record.data_blocks} blocks)`,
-        error.hint ? { hint: error.hint } : {},
-      );
     }
-    return { writeSeconds: (wroteAt - started) / 1000, verifySeconds: (performance.now() - wroteAt) / 1000 };
+    const verifySeconds = (performance.now() - wroteAt) / 1000;
+    return { writeSeconds: (wroteAt - started) / 1000, verifySeconds, treeFetched };
   } finally {
     await handle.close();
   }

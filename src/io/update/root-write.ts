@@ -182,8 +182,10 @@ export async function writeRootByPlan(
         progress: download(`slot ${o.label} (chunks)`, plan.work.fetchBytes),
         retryDelayMs: o.retryDelayMs,
         log,
+        say: o.say,
       });
-      return { timing, path: "chunks", downloaded: plan.work.fetchBytes + plan.indexBytes };
+      const downloaded = plan.work.fetchBytes + plan.indexBytes + timing.treeFetched;
+      return { timing, path: "chunks", downloaded };
     } catch (error) {
       if (stopped(error)) throw error;
       o.say(`the chunk path failed (${errorMessage(error)}); taking the full stream`);

@@ -63,17 +63,23 @@ export async function verifySlot(
   handle: FileHandle,
   o: Pick<WriteSlotOptions, "disk" | "range" | "size" | "sha256" | "proc">,
 ): Promise<void> {
-  // Drop the block device's cached pages so the re-read comes from the device itself.
-  if ((await handle.stat()).isBlockDevice())
-    await o.proc.run(["blockdev", "--flushbufs", o.disk]).catch(() => undefined);
+  await dropCachedPages(handle, o.disk, o.proc);
   const onDisk = await hashRange(handle, o.range.offset, o.size);
-  if (onDisk !== o.sha256) {
-    throw new EosError(
-      "HASH_MISMATCH",
-      `the slot holds sha256 ${onDisk} after writing, but the signed manifest says ${o.sha256}`,
-      { hint: "the download was altered or the storage is failing; the slot stays marked invalid" },
-    );
-  }
+  if (onDisk !== o.sha256) throw slotMismatch(onDisk, o.sha256);
+}
+
+/** Drops a block device's cached pages, so the next read comes from the device itself. Call after datasync. */
+export async function dropCachedPages(handle: FileHandle, disk: string, proc: ProcessRunner): Promise<void> {
+  if ((await handle.stat()).isBlockDevice())
+    await proc.run(["blockdev", "--flushbufs", disk]).catch(() => undefined);
+}
+
+export function slotMismatch(onDisk: string, signed: string, detail = ""): EosError {
+  return new EosError(
+    "HASH_MISMATCH",
+    `the slot holds sha256 ${onDisk} after writing, but the signed manifest says ${signed}${detail}`,
+    { hint: "the download was altered or the storage is failing; the slot stays marked invalid" },
+  );
 }
 
 /** The zero tail: written, not trimmed, so the slot hashes the same on any storage. */

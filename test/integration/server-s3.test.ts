@@ -17,7 +17,7 @@ import { copyFile, readFile, rm, writeFile } from "node:fs/promises";
 import { request } from "node:http";
 import { join } from "node:path";
 import { GetObjectCommand } from "@aws-sdk/client-s3";
-import { runEos } from "../helpers/run.ts";
+import { runEos, startEos } from "../helpers/run.ts";
 import { partitionBytes, zstdFile } from "../helpers/sample-image.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
 import { makeDevice } from "../helpers/device.ts";
@@ -213,6 +213,34 @@ describe("os-update-server with storage: s3:// (s3rver)", () => {
       !written.some((k) => k.endsWith(".ranges.json") || k.endsWith(".current.json")),
       written.join(" "),
     );
+  });
+
+  test("a fetch stopped (SIGTERM) while uploading aborts its multipart uploads; the pointer stays", async () => {
+    const one = await published();
+    const mark = s3.calls.length;
+    s3.delay = (c) => (c.key.endsWith(".raw") && c.query.startsWith("partNumber=") ? 300 : 0);
+    const child = startEos("os-update-server", ["fetch", "--config", world.config], env);
+    let stderr = "";
+    child.stderr?.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+    child.stdout?.resume();
+    let code: number | null | undefined;
+    const exited = new Promise<void>((resolve) => child.on("close", (c) => resolve(void (code = c))));
+    const rawParts = () => since(mark, (c) => c.key.endsWith(".raw") && c.query.startsWith("partNumber="));
+    for (let waited = 0; code === undefined && rawParts().length < 2 && waited < 30_000; waited += 20)
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    child.kill("SIGTERM");
+    await exited;
+    s3.delay = undefined;
+    assert.ok(rawParts().length >= 2, `the raw image's parts were going up: ${stderr}`);
+    assert.notEqual(code, 0, stderr);
+    assert.match(stderr, /"code":"INTERRUPTED"/);
+    assert.deepEqual(await s3.pendingUploads(BUCKET), [], "no parts are left stored");
+    const aborts = since(mark, (c) => c.method === "DELETE" && c.query.startsWith("uploadId="));
+    assert.ok(
+      aborts.some((c) => c.key.endsWith(".raw")),
+      "the raw image's upload is aborted",
+    );
+    assert.deepEqual(await published(), one, "the current pointer still names 1.0.0");
   });
 
   test("the next fetch publishes the version beside the unchanged previous one, with its delta", async () => {

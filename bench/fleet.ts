@@ -22,9 +22,14 @@
  * with update.mirrors do), printed as ratios to one replica in the same run;
  * CPU and RSS are then the two processes' sum.
  *
+ * Last, the stream a device downloads: the root stream (64 MiB) from `serve`
+ * on `storage: s3://…` (s3rver on loopback) against the same server on the
+ * image directory, N concurrent full downloads (bench/s3.ts's case;
+ * `--stream 0` leaves it out).
+ *
  *   node --import tsx bench/fleet.ts [--devices 1000,10000] [--interval 60]
  *     [--duration 20] [--db sqlite,postgres] [--sockets 32] [--no-rollout] [--legacy-tokens]
- *     [--replicas 1,2]
+ *     [--replicas 1,2] [--stream 10]
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
@@ -37,6 +42,7 @@ import { cpuSeconds, sampleRss } from "./proc-stats.ts";
 import { DIST, runEos, waitForLog } from "../test/helpers/run.ts";
 import { startPostgres, type Postgres } from "../test/helpers/postgres.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../test/helpers/server-world.ts";
+import { streamBench, streamHeader, streamLine } from "./s3.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -48,6 +54,7 @@ const { values: args } = parseArgs({
     "no-rollout": { type: "boolean", default: false },
     "legacy-tokens": { type: "boolean", default: false },
     replicas: { type: "string", default: "1,2" },
+    stream: { type: "string", default: "10" },
   },
 });
 const DEVICES = args.devices.split(",").map(Number);
@@ -56,6 +63,10 @@ const DURATION_S = Number(args.duration);
 const DBS = args.db.split(",") as Array<"sqlite" | "postgres">;
 const SOCKETS = Number(args.sockets);
 const REPLICAS = args.replicas.split(",").map(Number);
+const STREAM_CLIENTS = args.stream
+  .split(",")
+  .map(Number)
+  .filter((n) => n > 0);
 const NAME = "EOS.bench";
 const TICK_MS = 5;
 
@@ -392,6 +403,13 @@ async function main() {
     await pg?.stop();
     await world.origin.close();
     await rm(world.dir, { recursive: true, force: true });
+  }
+  if (STREAM_CLIENTS.length) {
+    console.log(
+      `stream: the root stream (64 MiB), ${STREAM_CLIENTS.join("/")} concurrent full downloads, median of 3`,
+    );
+    console.log(streamHeader);
+    await streamBench(STREAM_CLIENTS, (r) => console.log(streamLine(r)));
   }
 }
 

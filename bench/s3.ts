@@ -7,21 +7,19 @@
  * the S3 path costs the update server, not what a real store delivers.
  *
  *   node --import tsx bench/s3.ts [N ...]     (default: 1 10)
+ *
+ * bench/fleet.ts runs the same case (`--stream N`) through streamBench.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { readFile, writeFile } from "node:fs/promises";
 import { request } from "node:http";
 import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import { rm } from "node:fs/promises";
 import { DIST, runEos, waitForLog } from "../test/helpers/run.ts";
 import { makeWorld, releaseImage, writeServerConfig } from "../test/helpers/server-world.ts";
 import { startS3, S3_KEY } from "../test/helpers/s3.ts";
 
-const counts = process.argv
-  .slice(2)
-  .map(Number)
-  .filter((n) => n > 0);
-const Ns = counts.length ? counts : [1, 10];
 const env = { ...process.env, ...S3_KEY };
 
 function download(url: string): Promise<number> {
@@ -61,7 +59,22 @@ async function serve(config: string, children: ChildProcess[]): Promise<string> 
   return url;
 }
 
-async function main() {
+export interface StreamRow {
+  clients: number;
+  /** Median of 3, bytes per second. */
+  s3: number;
+  directory: number;
+}
+
+/**
+ * The root stream (64 MiB) from `serve` on `storage: s3://…` (s3rver) and
+ * from `serve` on the image directory, N concurrent full downloads from
+ * each, alternating, for each N: one row per N, as it is measured.
+ */
+export async function streamBench(
+  Ns: number[],
+  row: (r: StreamRow) => void,
+): Promise<{ streamBytes: number }> {
   const world = await makeWorld();
   const s3 = await startS3(join(world.dir, "s3"), ["eos-bench"]);
   const children: ChildProcess[] = [];
@@ -87,12 +100,7 @@ async function main() {
     const path = `/v1/images/${name}/root`;
     const fsUrl = `${await serve(fsConfig, children)}${path}`;
     const s3Url = `${await serve(s3Config, children)}${path}`;
-    const size = await download(fsUrl);
-    console.log(
-      `bench/s3: root stream of ${(size / 2 ** 20).toFixed(0)} MiB, loopback, ${Ns.join("/")} concurrent clients`,
-    );
-    console.log("baseline: the same server on the image directory; s3: serve on storage: s3:// (s3rver)");
-    console.log("N     s3 MiB/s  dir MiB/s  ratio");
+    const streamBytes = await download(fsUrl);
     for (const n of Ns) {
       await measure(s3Url, 1);
       const s3s: number[] = [];
@@ -108,11 +116,9 @@ async function main() {
         }
       }
       const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[1] as number;
-      const mib = (x: number) => (x / 2 ** 20).toFixed(0).padStart(8);
-      console.log(
-        `${String(n).padEnd(5)} ${mib(median(s3s))}  ${mib(median(dirs))}   ${(median(s3s) / median(dirs)).toFixed(2)}`,
-      );
+      row({ clients: n, s3: median(s3s), directory: median(dirs) });
     }
+    return { streamBytes };
   } finally {
     for (const c of children) c.kill("SIGTERM");
     await new Promise((r) => setTimeout(r, 300));
@@ -122,4 +128,24 @@ async function main() {
   }
 }
 
-await main();
+export const streamHeader =
+  "baseline: the same server on the image directory; s3: serve on storage: s3:// (s3rver)\nN     s3 MiB/s  dir MiB/s  ratio";
+
+export function streamLine(r: StreamRow): string {
+  const mib = (x: number) => (x / 2 ** 20).toFixed(0).padStart(8);
+  return `${String(r.clients).padEnd(5)} ${mib(r.s3)}  ${mib(r.directory)}   ${(r.s3 / r.directory).toFixed(2)}`;
+}
+
+async function main() {
+  const counts = process.argv
+    .slice(2)
+    .map(Number)
+    .filter((n) => n > 0);
+  const Ns = counts.length ? counts : [1, 10];
+  console.log(`bench/s3: root stream of 64 MiB, loopback, ${Ns.join("/")} concurrent clients`);
+  console.log(streamHeader);
+  await streamBench(Ns, (r) => console.log(streamLine(r)));
+}
+
+// Run as a script; imported by bench/fleet.ts for streamBench.
+if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) await main();

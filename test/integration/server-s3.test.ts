@@ -6,15 +6,18 @@
  * which reads the bucket by Range (so does the SSH forced command), and once
  * through presigned redirects;
  * retention deletes old versions' objects; a wrong key, a missing bucket and
- * a stopped store are clear typed errors naming the storage URL.
+ * a stopped store are clear typed errors naming the storage URL. Parts of
+ * 1 MiB above 4 MiB (EOS_S3_PART_BYTES) send the raw image and the root
+ * stream as multipart uploads; a part that keeps failing aborts them.
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { copyFile, readFile, rm, writeFile } from "node:fs/promises";
 import { request } from "node:http";
 import { join } from "node:path";
 import { GetObjectCommand } from "@aws-sdk/client-s3";
-import { runEos } from "../helpers/run.ts";
+import { runEos, startEos } from "../helpers/run.ts";
 import { partitionBytes, zstdFile } from "../helpers/sample-image.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../helpers/server-world.ts";
 import { makeDevice } from "../helpers/device.ts";
@@ -25,7 +28,8 @@ const NAME = "EOS.x86_64-AB";
 const BUCKET = "eos-images";
 const PREFIX = "fleet/";
 const URL_OF_STORE = `s3://${BUCKET}/fleet`;
-const env = { ...process.env, ...S3_KEY };
+const PART = 1 << 20;
+const env = { ...process.env, ...S3_KEY, EOS_S3_PART_BYTES: String(PART) };
 
 interface Manifest {
   version: string;
@@ -90,6 +94,12 @@ describe("os-update-server with storage: s3:// (s3rver)", () => {
       version: string;
     };
   };
+  const objectBytes = async (key: string) => {
+    const got = await s3.client.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }));
+    return Buffer.from(
+      await (got.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray(),
+    );
+  };
   const versionKeys = async (vid: string) => s3.keys(BUCKET, `${PREFIX}${NAME}/${vid}/`);
   const since = (mark: number, f: (c: S3Call) => boolean) => s3.calls.slice(mark).filter(f);
 
@@ -112,7 +122,11 @@ describe("os-update-server with storage: s3:// (s3rver)", () => {
 
   test("fetch publishes immutable per-version keys and switches the current pointer last", async () => {
     const mark = s3.calls.length;
+    // The root's part 2 is refused 3 times, the SDK's own attempts at one UploadPart: fetch sends it again.
+    let refused = 0;
+    s3.refuse = (c) => c.key.endsWith(".root") && /partNumber=2&/.test(c.query) && refused++ < 3;
     const first = await fetchImages();
+    s3.refuse = undefined;
     assert.equal(first.code, 0, first.stderr);
     const one = await published();
     assert.equal(one.version, "1.0.0");
@@ -124,8 +138,115 @@ describe("os-update-server with storage: s3:// (s3rver)", () => {
     assert.equal(puts.at(-2), `${PREFIX}${NAME}/${one.vid}/${NAME}.ranges.json`, "then the version's marker");
     assert.deepEqual(new Set(puts.slice(0, -1)), new Set(keys), "every object of the version before them");
 
-    const before2 = await s3.keys(BUCKET, `${PREFIX}${NAME}/${one.vid}/`);
+    // Above 4 MiB in parts of 1 MiB, read back whole and byte-identical; small objects in one PUT.
+    const rootKey = `${PREFIX}${NAME}/${one.vid}/${NAME}.root`;
+    const root = await partitionBytes(raws["1.0.0"] as string, "p.lxreadonly");
+    const rootCalls = since(mark, (c) => c.key === rootKey).map((c) => `${c.method} ${c.query}`);
+    const parts = rootCalls.filter((c) => c.startsWith("PUT partNumber="));
+    assert.equal(parts.length, Math.ceil(root.length / PART) + 3, rootCalls.join("\n"));
+    assert.equal(parts.filter((c) => c.startsWith("PUT partNumber=2&")).length, 4, "part 2 sent again");
+    assert.equal(rootCalls[0], "POST uploads=", "a multipart upload is created first");
+    assert.match(rootCalls.at(-1) as string, /^POST uploadId=/, "and completed last");
+    const rawCalls = since(mark, (c) => c.key === `${PREFIX}${NAME}/${one.vid}/${NAME}.raw`);
+    assert.ok(rawCalls.filter((c) => c.query.startsWith("partNumber=")).length > 4, "the raw image too");
+    const manifestPuts = since(
+      mark,
+      (c) => c.method !== "GET" && c.key.endsWith(`${one.vid}/${NAME}.manifest.json`),
+    );
+    assert.deepEqual(
+      manifestPuts.map((c) => `${c.method} ${c.query}`),
+      ["PUT "],
+      "a small object in one PUT",
+    );
+    assert.ok((await objectBytes(rootKey)).equals(root), "the root object is the root stream");
+    const rawSha = createHash("sha256")
+      .update(await objectBytes(`${PREFIX}${NAME}/${one.vid}/${NAME}.raw`))
+      .digest("hex");
+    assert.equal(
+      rawSha,
+      createHash("sha256")
+        .update(await readFile(raws["1.0.0"] as string))
+        .digest("hex"),
+    );
+    assert.deepEqual(await s3.pendingUploads(BUCKET), [], "no upload left open");
+  });
+
+  test("a part that keeps failing: its upload and the others in flight are aborted, the pointer stays", async () => {
+    const one = await published();
     await release("2.0.0");
+    const mark = s3.calls.length;
+    s3.refuse = (c) => c.key.endsWith(".root") && /partNumber=2&/.test(c.query);
+    // The raw image's parts over a slow link: its upload is still running when the root's fails.
+    s3.delay = (c) => (c.key.endsWith(".raw") && c.query.startsWith("partNumber=") ? 300 : 0);
+    const failed = await fetchImages();
+    s3.refuse = undefined;
+    s3.delay = undefined;
+    assert.notEqual(failed.code, 0);
+    assert.match(
+      failed.stderr,
+      new RegExp(
+        `"code":"STORAGE","error":"${URL_OF_STORE}: uploading part 2 of \\d+ of ${PREFIX}${NAME}/2\\.0\\.0-[^ ]+\\.root failed: InternalError`,
+      ),
+    );
+    assert.doesNotMatch(failed.stderr, /\n\s+at /, "no stack trace");
+    const part2 = since(
+      mark,
+      (c) => c.method === "PUT" && /partNumber=2&/.test(c.query) && c.key.endsWith(".root"),
+    );
+    assert.equal(part2.length, 9, "3 tries of the SDK's 3 attempts, then no more");
+    assert.deepEqual(await s3.pendingUploads(BUCKET), [], "no parts are left stored");
+    const aborts = since(mark, (c) => c.method === "DELETE" && c.query.startsWith("uploadId="));
+    assert.deepEqual(
+      aborts.map((c) => c.key.split(".").at(-1)).sort(),
+      ["raw", "root"],
+      "the root's upload is aborted, and the raw image's, which was still running",
+    );
+    const afterAbort = s3.calls.slice(s3.calls.indexOf(aborts[0] as S3Call));
+    assert.deepEqual(
+      afterAbort.filter((c) => c.method === "PUT" || c.method === "POST"),
+      [],
+      "nothing is uploaded once a part has failed",
+    );
+    assert.deepEqual(await published(), one, "the current pointer still names 1.0.0");
+    const written = since(mark, (c) => c.method === "PUT").map((c) => c.key);
+    assert.ok(
+      !written.some((k) => k.endsWith(".ranges.json") || k.endsWith(".current.json")),
+      written.join(" "),
+    );
+  });
+
+  test("a fetch stopped (SIGTERM) while uploading aborts its multipart uploads; the pointer stays", async () => {
+    const one = await published();
+    const mark = s3.calls.length;
+    s3.delay = (c) => (c.key.endsWith(".raw") && c.query.startsWith("partNumber=") ? 300 : 0);
+    const child = startEos("os-update-server", ["fetch", "--config", world.config], env);
+    let stderr = "";
+    child.stderr?.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+    child.stdout?.resume();
+    let code: number | null | undefined;
+    const exited = new Promise<void>((resolve) => child.on("close", (c) => resolve(void (code = c))));
+    const rawParts = () => since(mark, (c) => c.key.endsWith(".raw") && c.query.startsWith("partNumber="));
+    for (let waited = 0; code === undefined && rawParts().length < 2 && waited < 30_000; waited += 20)
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    child.kill("SIGTERM");
+    await exited;
+    s3.delay = undefined;
+    assert.ok(rawParts().length >= 2, `the raw image's parts were going up: ${stderr}`);
+    assert.notEqual(code, 0, stderr);
+    assert.match(stderr, /"code":"INTERRUPTED"/);
+    assert.deepEqual(await s3.pendingUploads(BUCKET), [], "no parts are left stored");
+    const aborts = since(mark, (c) => c.method === "DELETE" && c.query.startsWith("uploadId="));
+    assert.ok(
+      aborts.some((c) => c.key.endsWith(".raw")),
+      "the raw image's upload is aborted",
+    );
+    assert.deepEqual(await published(), one, "the current pointer still names 1.0.0");
+  });
+
+  test("the next fetch publishes the version beside the unchanged previous one, with its delta", async () => {
+    const one = await published();
+    assert.equal(one.version, "1.0.0");
+    const before2 = await s3.keys(BUCKET, `${PREFIX}${NAME}/${one.vid}/`);
     const mark2 = s3.calls.length;
     const second = await fetchImages();
     assert.equal(second.code, 0, second.stderr);
@@ -141,6 +262,8 @@ describe("os-update-server with storage: s3:// (s3rver)", () => {
       keys2.includes(`${PREFIX}${NAME}/${two.vid}/deltas/${v1Manifest.partitions.root.sha256}.xd3`),
       "the delta from 1.0.0 is published with 2.0.0",
     );
+    const vids = new Set((await s3.keys(BUCKET, `${PREFIX}${NAME}/`)).map((k) => k.split("/")[2]));
+    assert.deepEqual(vids, new Set([one.vid, two.vid]), "the failed publish's objects are gone");
   });
 
   test("a device updates through serve, which reads the bucket by Range", async () => {

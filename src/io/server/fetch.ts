@@ -305,15 +305,20 @@ export async function fetchAndPublish(
               options,
             )
           : undefined;
-      const vid = await store.publish(name, staging, {
-        manifestBytes: manifestBytes as Buffer,
-        signatureBytes,
-        rawSha256: got.sha256,
-        version: manifest.version,
-        deltaIndexBytes,
-        chunkIndexBytes: "bytes" in chunks ? chunks.bytes : undefined,
-        ranges: rangesOf(parts.table, manifest),
-      });
+      const vid = await store.publish(
+        name,
+        staging,
+        {
+          manifestBytes: manifestBytes as Buffer,
+          signatureBytes,
+          rawSha256: got.sha256,
+          version: manifest.version,
+          deltaIndexBytes,
+          chunkIndexBytes: "bytes" in chunks ? chunks.bytes : undefined,
+          ranges: rangesOf(parts.table, manifest),
+        },
+        options.signal,
+      );
       await store.writeState(name, {
         ...(manifestValidators ? { manifest: manifestValidators } : {}),
         image: got.validators,

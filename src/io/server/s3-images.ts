@@ -12,15 +12,13 @@
  * (the image directory), where fetch's lock lives too.
  */
 import { randomBytes } from "node:crypto";
-import { createReadStream } from "node:fs";
-import { mkdir, readdir, rm, stat } from "node:fs/promises";
+import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import {
   DeleteObjectCommand,
   GetObjectCommand,
   HeadBucketCommand,
   ListObjectsV2Command,
-  PutObjectCommand,
 } from "@aws-sdk/client-s3";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import { EosError } from "../../core/errors.ts";
@@ -33,6 +31,7 @@ import { deltaFileName } from "./deltas.ts";
 import { publishedAt } from "./published.ts";
 import { getBytes, objectReader, objectSize, s3Bucket, storageError, type Bucket } from "./s3-client.ts";
 import type { S3Settings } from "./s3-client.ts";
+import { partSizes, uploadObject, type PartSizes, type UploadBody } from "./s3-upload.ts";
 import type {
   ImageStore,
   PublishedVersion,
@@ -51,6 +50,7 @@ export class S3Images implements ImageStore {
   readonly kind = "s3";
   private readonly bucket: Bucket;
   private readonly workDir: string;
+  private readonly partSizes: PartSizes;
   private readonly pointers = new Map<string, { vid: string | undefined; read: number }>();
   /** Versions by NAME/VID: their objects never change once published. */
   private readonly versions = new Map<string, PublishedVersion>();
@@ -59,6 +59,7 @@ export class S3Images implements ImageStore {
     this.url = where.url;
     this.bucket = s3Bucket(where, settings);
     this.workDir = settings.workDir;
+    this.partSizes = partSizes(settings.env);
   }
 
   private key(...parts: string[]): string {
@@ -101,27 +102,13 @@ export class S3Images implements ImageStore {
     return { keys, dirs };
   }
 
-  private async put(key: string, body: Buffer | { path: string; range?: ByteRange }): Promise<void> {
-    const payload = Buffer.isBuffer(body)
-      ? { Body: body, ContentLength: body.length }
-      : body.range
-        ? {
-            Body: createReadStream(body.path, {
-              start: body.range.offset,
-              end: body.range.offset + body.range.length - 1,
-              highWaterMark: 1 << 20,
-            }),
-            ContentLength: body.range.length,
-          }
-        : {
-            Body: createReadStream(body.path, { highWaterMark: 1 << 20 }),
-            ContentLength: (await stat(body.path)).size,
-          };
-    await this.send(`uploading ${key}`, () =>
-      this.bucket.client.send(
-        new PutObjectCommand({ Bucket: this.bucket.where.bucket, Key: key, ...payload }),
-      ),
-    );
+  private async put(
+    key: string,
+    body: UploadBody,
+    signal?: AbortSignal,
+    onFailure?: (error: unknown) => void,
+  ): Promise<void> {
+    await uploadObject(this.bucket, key, body, { sizes: this.partSizes, signal, onFailure });
   }
 
   private async remove(key: string): Promise<void> {
@@ -283,32 +270,48 @@ export class S3Images implements ImageStore {
     await rm(staging.dir, { recursive: true, force: true });
   }
 
-  async publish(name: string, staging: Staging, files: PublishFiles): Promise<string> {
+  async publish(name: string, staging: Staging, files: PublishFiles, signal?: AbortSignal): Promise<string> {
     this.checkName(name);
     const safeVersion = files.version.replace(/[^A-Za-z0-9._+-]/g, "_");
     const vid = `${safeVersion}-${Date.now().toString(36)}-${randomBytes(3).toString("hex")}`;
     const at = (file: string) => this.key(name, vid, file);
-    const uploads: Array<() => Promise<void>> = [
-      () => this.put(at(`${name}.raw`), { path: staging.rawPath }),
-      () => this.put(at(`${name}.manifest.json`), files.manifestBytes),
-      () => this.put(at(`${name}.raw.sha`), Buffer.from(`${files.rawSha256}  ${name}.raw\n`)),
+    const uploads: Array<[string, UploadBody]> = [
+      [at(`${name}.raw`), { path: staging.rawPath }],
+      [at(`${name}.manifest.json`), files.manifestBytes],
+      [at(`${name}.raw.sha`), Buffer.from(`${files.rawSha256}  ${name}.raw\n`)],
     ];
     for (const kind of ["root", "firmware"] as const) {
       const range = files.ranges[kind];
-      if (range) uploads.push(() => this.put(at(`${name}.${kind}`), { path: staging.rawPath, range }));
+      if (range) uploads.push([at(`${name}.${kind}`), { path: staging.rawPath, range }]);
     }
     const { signatureBytes, deltaIndexBytes, chunkIndexBytes } = files;
-    if (signatureBytes) uploads.push(() => this.put(at(`${name}.manifest.json.sig`), signatureBytes));
-    if (deltaIndexBytes) uploads.push(() => this.put(at(`${name}.deltas.json`), deltaIndexBytes));
-    if (chunkIndexBytes) uploads.push(() => this.put(at(`${name}.chunks`), chunkIndexBytes));
+    if (signatureBytes) uploads.push([at(`${name}.manifest.json.sig`), signatureBytes]);
+    if (deltaIndexBytes) uploads.push([at(`${name}.deltas.json`), deltaIndexBytes]);
+    if (chunkIndexBytes) uploads.push([at(`${name}.chunks`), chunkIndexBytes]);
     const deltas = await readdir(join(staging.dir, "deltas")).catch(() => [] as string[]);
     for (const file of deltas.filter((f) => f.endsWith(".xd3")))
-      uploads.push(() => this.put(at(`deltas/${file}`), { path: join(staging.dir, "deltas", file) }));
+      uploads.push([at(`deltas/${file}`), { path: join(staging.dir, "deltas", file) }]);
+    // The first failure stops the other uploads too (their multipart uploads are aborted), and
+    // publish returns only once none is left running: nothing is uploaded after it has failed.
+    const failed = new AbortController();
+    const stop = signal ? AbortSignal.any([signal, failed.signal]) : failed.signal;
+    let failure: { error: unknown } | undefined;
+    // The first failure is what publish reports, not the others' being stopped by it.
+    const fail = (error: unknown) => {
+      failure ??= { error };
+      failed.abort();
+    };
     let next = 0;
     const worker = async () => {
-      while (next < uploads.length) await (uploads[next++] as () => Promise<void>)();
+      while (next < uploads.length && !stop.aborted) {
+        const [key, body] = uploads[next++] as [string, UploadBody];
+        await this.put(key, body, stop, fail).catch(fail);
+      }
     };
     await Promise.all(Array.from({ length: UPLOADS_AT_ONCE }, worker));
+    if (failure) throw failure.error;
+    if (signal?.aborted)
+      throw new EosError("INTERRUPTED", `${this.url}: the publish of ${name} ${files.version} was stopped`);
     // The version is complete with its ranges.json; the pointer that readers follow switches last.
     await this.put(at(`${name}.ranges.json`), Buffer.from(JSON.stringify(files.ranges)));
     await this.put(

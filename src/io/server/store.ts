@@ -93,8 +93,11 @@ export interface ImageStore {
   /** A fresh local staging directory (call with the image's lock held). */
   stage(name: string): Promise<Staging>;
   discard(staging: Staging): Promise<void>;
-  /** Makes a staged, verified version current; the pointer readers follow switches last. Returns its id. */
-  publish(name: string, staging: Staging, files: PublishFiles): Promise<string>;
+  /**
+   * Makes a staged, verified version current; the pointer readers follow switches last. Returns its id.
+   * The signal stops it before that switch (an S3 store then aborts its multipart uploads).
+   */
+  publish(name: string, staging: Staging, files: PublishFiles, signal?: AbortSignal): Promise<string>;
   /** Deletes an older version (retention decides which); never the current one. */
   removeVersion(name: string, vid: string): Promise<void>;
 }

@@ -20,7 +20,10 @@
  * On PostgreSQL each fleet size also runs on two replicas (two `serve`
  * processes on one database, device i asking replica i mod 2, as devices
  * with update.mirrors do), printed as ratios to one replica in the same run;
- * CPU and RSS are then the two processes' sum.
+ * CPU and RSS are then the two processes' sum. Each case's "cores" line
+ * says what shared the machine's cores meanwhile: each replica, PostgreSQL's
+ * processes, the generator, the whole machine (other jobs included, in % of
+ * one core), and how long the servers' event loops waited for a CPU.
  *
  * Last, the stream a device downloads: the root stream (64 MiB) from `serve`
  * on `storage: s3://…` (s3rver on loopback) against the same server on the
@@ -32,13 +35,22 @@
  *     [--replicas 1,2] [--stream 10]
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import { createWriteStream } from "node:fs";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { Agent, request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { cpuSeconds, sampleRss } from "./proc-stats.ts";
+import pgClient from "pg";
+import {
+  cpuSeconds,
+  machineBusySeconds,
+  parentOf,
+  runQueueWait,
+  sampleRss,
+  treeCpuSeconds,
+} from "./proc-stats.ts";
 import { DIST, runEos, waitForLog } from "../test/helpers/run.ts";
 import { startPostgres, type Postgres } from "../test/helpers/postgres.ts";
 import { makeWorld, releaseImage, writeServerConfig, type World } from "../test/helpers/server-world.ts";
@@ -69,6 +81,8 @@ const STREAM_CLIENTS = args.stream
   .filter((n) => n > 0);
 const NAME = "EOS.bench";
 const TICK_MS = 5;
+/** PostgreSQL's postmaster, whose tree's CPU is printed beside the servers' (it shares the 2 cores). */
+let postmaster: number | undefined;
 
 interface Sample {
   latencies: number[];
@@ -145,8 +159,15 @@ async function drive(
   one: (i: number, sample: Sample) => Promise<void>,
 ) {
   const sample: Sample = { latencies: [], errors: 0, statuses: new Map() };
-  const cpuOf = async () => (await Promise.all(pids.map(cpuSeconds))).reduce((a, b) => a + b, 0);
-  const cpu0 = await cpuOf();
+  const cpuEach = () => Promise.all(pids.map(cpuSeconds));
+  const cpuOf = async () => (await cpuEach()).reduce((a, b) => a + b, 0);
+  const pgCpu = async () => (postmaster === undefined ? 0 : treeCpuSeconds(postmaster).catch(() => 0));
+  const each0 = await cpuEach();
+  const cpu0 = each0.reduce((a, b) => a + b, 0);
+  const pg0 = await pgCpu();
+  const waitOf = async () => (await Promise.all(pids.map(runQueueWait))).reduce((a, b) => a + b, 0);
+  const wait0 = await waitOf();
+  const busy0 = await machineBusySeconds();
   const gen0 = process.cpuUsage();
   const rss = pids.map((pid) => sampleRss(pid, 250));
   const start = performance.now();
@@ -173,6 +194,10 @@ async function drive(
   await Promise.all(inflight);
   const seconds = (performance.now() - start) / 1000;
   const gen = process.cpuUsage(gen0);
+  const each = (await cpuEach()).map((c, k) => (c - (each0[k] ?? 0)) / seconds);
+  const pgShare = ((await pgCpu()) - pg0) / seconds;
+  const waited = (await waitOf()) - wait0;
+  const busy = ((await machineBusySeconds()) - busy0) / seconds;
   const sorted = [...sample.latencies].sort((a, b) => a - b);
   return {
     requests: sample.latencies.length,
@@ -185,6 +210,13 @@ async function drive(
     rss: (await Promise.all(rss.map((r) => r.stop()))).reduce((a, b) => a + b, 0),
     seconds,
     generatorCpu: (gen.user + gen.system) / 1e6 / seconds,
+    /** Each replica's share of a core, and PostgreSQL's processes' together. */
+    each,
+    pgShare,
+    /** The servers' event loops' time waiting for a CPU, ms per request. */
+    runQueueMs: (waited * 1000) / Math.max(sample.latencies.length, 1),
+    /** Cores the whole machine was busy, other jobs included. */
+    busy,
     maxLagMs: maxLag,
     load: (await readFile("/proc/loadavg", "utf8")).split(" ")[0],
   };
@@ -273,7 +305,10 @@ async function runCase(
       ]);
       children.push(server);
       urls.push(String((await waitForLog(server, "listening")).url));
-      server.stdout?.resume();
+      // e.g. BENCH_SERVER_LOG=/tmp/fleet-log: each replica's request log (server-side ms) in /tmp/fleet-log.K
+      if (process.env.BENCH_SERVER_LOG)
+        server.stdout?.pipe(createWriteStream(`${process.env.BENCH_SERVER_LOG}.${k}`, { flags: "a" }));
+      else server.stdout?.resume();
       server.stderr?.resume();
       pids.push(server.pid as number);
     }
@@ -345,7 +380,7 @@ function line(label: string, r: Result): string {
     ? `  errors ${r.errors} (${[...r.statuses].map(([k, v]) => `${k}:${v}`).join(" ")})`
     : "";
   const perRequest = ((r.cpu * r.seconds * 1000) / Math.max(r.requests, 1)).toFixed(2);
-  return `  ${label.padEnd(8)} ${r.rps.toFixed(0).padStart(6)} req/s  cpu ${perRequest.padStart(5)} ms/req  p50 ${r.p50.toFixed(2).padStart(6)} ms  p99 ${r.p99.toFixed(2).padStart(7)} ms  cpu ${(r.cpu * 100).toFixed(0).padStart(3)}% of a core  rss ${(r.rss / 2 ** 20).toFixed(0)} MiB${errs}`;
+  return `  ${label.padEnd(8)} ${r.rps.toFixed(0).padStart(6)} req/s  cpu ${perRequest.padStart(5)} ms/req  p50 ${r.p50.toFixed(2).padStart(6)} ms  p99 ${r.p99.toFixed(2).padStart(7)} ms  cpu ${(r.cpu * 100).toFixed(0).padStart(3)}% of a core  rss ${(r.rss / 2 ** 20).toFixed(0)} MiB${errs}\n${" ".repeat(11)}cores: ${r.each.length > 1 ? `replicas ${r.each.map((c) => `${(c * 100).toFixed(0)}%`).join(" + ")}, ` : ""}postgres ${(r.pgShare * 100).toFixed(0)}%, generator ${(r.generatorCpu * 100).toFixed(0)}%; the machine ${(r.busy * 100).toFixed(0)}% (load ${r.load}); servers waited for a CPU ${r.runQueueMs.toFixed(2)} ms/req`;
 }
 
 function generatorNote(r: Result): string | undefined {
@@ -370,7 +405,14 @@ async function main() {
     if (DBS.includes("postgres")) {
       const started = await startPostgres();
       if ("unavailable" in started) console.log(`postgres skipped: ${started.unavailable}`);
-      else pg = started;
+      else {
+        pg = started;
+        const client = new pgClient.Client({ connectionString: await pg.freshDatabase() });
+        await client.connect();
+        const { rows } = await client.query<{ pid: number }>("SELECT pg_backend_pid() AS pid");
+        postmaster = await parentOf(Number(rows[0]?.pid));
+        await client.end();
+      }
     }
     console.log(
       `bench/fleet: each device checks every ${INTERVAL_S} s (manifest, signature, checked report), ${DURATION_S} s per case, loopback HTTP, ${SOCKETS} keep-alive sockets; ${args["no-rollout"] ? "no rollout" : "a rollout running"}`,

@@ -7,6 +7,45 @@ export async function cpuSeconds(pid: number): Promise<number> {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
+/**
+ * A process tree's CPU seconds so far: its own, its reaped children's
+ * (cutime, cstime) and its live children's. A difference of two readings
+ * then counts the children that came and went between them (PostgreSQL's
+ * backends, whose parent is the postmaster).
+ */
+export async function treeCpuSeconds(pid: number): Promise<number> {
+  const fields = (await readFile(`/proc/${pid}/stat`, "utf8")).split(") ")[1]!.split(" ");
+  const own = [11, 12, 13, 14].reduce((a, i) => a + Number(fields[i]), 0) / 100;
+  const kids = await readFile(`/proc/${pid}/task/${pid}/children`, "utf8").catch(() => "");
+  const below = await Promise.all(
+    kids
+      .split(" ")
+      .filter(Boolean)
+      .map((k) => treeCpuSeconds(Number(k)).catch(() => 0)),
+  );
+  return own + below.reduce((a, b) => a + b, 0);
+}
+
+/** The parent of a process (/proc/PID/stat): a PostgreSQL backend's is the postmaster. */
+export async function parentOf(pid: number): Promise<number> {
+  return Number((await readFile(`/proc/${pid}/stat`, "utf8")).split(") ")[1]!.split(" ")[1]);
+}
+
+/**
+ * How long a process's main thread (a Node server's event loop) has waited
+ * on a run queue for a CPU so far, in seconds (/proc/PID/schedstat).
+ */
+export async function runQueueWait(pid: number): Promise<number> {
+  return Number((await readFile(`/proc/${pid}/schedstat`, "utf8")).split(" ")[1]) / 1e9;
+}
+
+/** CPU seconds the whole machine has been busy so far, all cores and processes (/proc/stat, less idle and iowait). */
+export async function machineBusySeconds(): Promise<number> {
+  const f = (await readFile("/proc/stat", "utf8")).split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal (guest time is inside user already)
+  return [0, 1, 2, 5, 6, 7].reduce((a, i) => a + (f[i] ?? 0), 0) / 100;
+}
+
 export async function currentRss(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, "utf8");
   return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? 0) * 1024;

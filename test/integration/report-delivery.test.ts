@@ -3,9 +3,12 @@
  * `serve`: a drop is counted once, however the queue's lock falls; and a
  * device over its report limit still gets the events that rollouts judge
  * waves on (committed, fell_back, failed…) recorded at once, while its
- * chatty ones (checks, progress) wait for the server's Retry-After.
+ * chatty ones (checks, progress) wait for the server's Retry-After. While
+ * update.url cannot be reached, reports go to a replica in update.mirrors.
  */
 import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { createServer } from "node:net";
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
@@ -241,6 +244,44 @@ test("a device over its report limit still gets its commit recorded at once; its
     assert.deepEqual(statuses, [200, 429, 429]);
     const after = await show();
     assert.equal(after.events.filter((e) => e.type === "download_progress").length, 0, "no progress stored");
+  } finally {
+    await device.close();
+    await stopServer(fleet.server);
+  }
+});
+
+test("while update.url cannot be reached, the device's reports reach the mirror's control plane", async () => {
+  const fleet = await startFleetServer({
+    world: fw.world,
+    dir: join(fw.world.dir, "mirror"),
+    extraConfig: "",
+    deviceIds: ["dev-m"],
+    tls: fw.tls,
+  });
+  // A port nothing listens on: update.url's server is down (connection refused).
+  const closed = createServer().listen(0, "127.0.0.1");
+  await once(closed, "listening");
+  const { port } = closed.address() as { port: number };
+  closed.close();
+  const device = await makeDevice(fw.deviceImage, fw.v1, {
+    config:
+      `update:\n  name: ${NAME}\n  url: https://127.0.0.1:${port}\n` +
+      `  mirrors:\n    - ${fleet.server.url}\n  ca: ${fw.tls.cert}\n`,
+    keys: [join(fw.world.keysDir, "release.pub")],
+    token: fleet.tokens.get("dev-m") as string,
+  });
+  const queue = join(device.root, "run/eos/reports.json");
+  try {
+    const checkedRun = await device.run(["--check"]);
+    assert.ok(checkedRun.code <= 1, checkedRun.stderr);
+    const shown = await showDevice(fleet, "dev-m");
+    assert.deepEqual(
+      shown.events.map((e) => e.type),
+      ["checked"],
+      "the check's report arrived on the mirror",
+    );
+    const q = JSON.parse(await readFile(queue, "utf8")) as { events: unknown[] };
+    assert.equal(q.events.length, 0, "nothing left queued for update.url");
   } finally {
     await device.close();
     await stopServer(fleet.server);

@@ -1,7 +1,9 @@
 /**
  * A device's small JSON POST to its update server (reports, enrolment):
  * bearer token, a deadline over the whole exchange, and at most 4 KiB of
- * the answer kept, so a hostile server can neither hold nor flood it.
+ * the answer kept, so a hostile server can neither hold nor flood it. With
+ * replicas (update.mirrors), a POST that finds its server down goes to the
+ * next one.
  */
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
@@ -64,4 +66,44 @@ export function postJson(
     req.on("error", reject);
     req.end(body);
   });
+}
+
+/** A server that is down or overloaded: another replica may answer. Other answers (401, 429…) are everyone's. */
+const elsewhere = (status: number) => status >= 500 || status === 408;
+
+/** One POST of a body to whichever replica answers, within timeoutMs per replica tried. */
+export type ReplicatedPost = (
+  token: string,
+  body: string,
+  ca: Buffer | undefined,
+  timeoutMs: number,
+  extraHeaders?: Record<string, string>,
+) => Promise<PostAnswer>;
+
+/**
+ * postJson over replicas of one server (update.url, then update.mirrors;
+ * the same token, since they share the database): the POST goes to the
+ * replica that answered last, and to each other one in turn when that one
+ * cannot be reached or answers 5xx/408. Resolves with the first other
+ * answer, else the last 5xx/408; throws only when no replica answered.
+ */
+export function replicatedPost(urls: readonly URL[], post: typeof postJson = postJson): ReplicatedPost {
+  let at = 0;
+  return async (token, body, ca, timeoutMs, extraHeaders) => {
+    let last: { answer: PostAnswer } | { error: unknown } = { error: new Error("no server to post to") };
+    for (let tried = 0; tried < urls.length; tried++) {
+      const i = (at + tried) % urls.length;
+      try {
+        const answer = await post(urls[i] as URL, token, body, ca, timeoutMs, extraHeaders);
+        last = { answer };
+        if (elsewhere(answer.status)) continue;
+        at = i;
+        return answer;
+      } catch (error) {
+        last = { error };
+      }
+    }
+    if ("answer" in last) return last.answer;
+    throw last.error;
+  };
 }

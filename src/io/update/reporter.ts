@@ -1,5 +1,6 @@
 /**
- * A device's reports to its update server (POST /v1/events with its token).
+ * A device's reports to its update server (POST /v1/events with its token;
+ * while update.url is down, to a replica in update.mirrors: post-json.ts).
  * An event is first put in a small bounded queue file, then sent: a server
  * that is down, slow or refusing costs the update nothing but a bounded wait,
  * and what could not be sent goes out with a later run. The queue lives on
@@ -41,7 +42,7 @@ import { readBootControl } from "./boot-control.ts";
 import { loadSetupWith, type DeviceSetup, type SshTransport } from "./device-config.ts";
 import { deviceIdentity } from "./device-identity.ts";
 import { deviceToken } from "./enrolment.ts";
-import { postJson } from "./post-json.ts";
+import { replicatedPost } from "./post-json.ts";
 import { planBytes, type UpdatePlan } from "./root-write.ts";
 import { streamBytes, type Manifest } from "../../core/manifest.ts";
 
@@ -60,7 +61,7 @@ export interface UpdateEvents {
   flush(): Promise<void>;
 }
 
-/** The whole send (connect, upload, answer) of one flush. */
+/** The whole send (connect, upload, answer) of one flush to one server (update.url or a mirror). */
 export const SEND_TIMEOUT_MS = 5000;
 const QUEUE_FILE = "eos/reports.json";
 /** This process may not live to send them later: the system reboots or kexecs next. */
@@ -262,7 +263,10 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
     await sayOffOncePerBoot(o);
     return reportingOff;
   }
-  const url = new URL(`${u.url.replace(/\/+$/, "")}/v1/events`);
+  // Replicas share the database: a report any of them takes is the fleet's (update.mirrors).
+  const post = replicatedPost(
+    [u.url, ...(u.mirrors ?? [])].map((s) => new URL(`${s.replace(/\/+$/, "")}/v1/events`)),
+  );
   const path = await queuePath(o.ctx);
   const registry = !path.startsWith(sysPath(o.ctx, "/run"));
   const reporter: UpdateEvents = {
@@ -294,8 +298,7 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
         const ca = u.ca ? await readFile(u.ca) : undefined;
         const device = await deviceFacts(o, setup, registry);
         const send = (b: Batch) =>
-          postJson(
-            url,
+          post(
             token,
             JSON.stringify({ device, events: b.events, ...(b.drops ? { drops: b.drops } : {}) }),
             ca,
@@ -314,7 +317,7 @@ export async function openReporter(o: ReporterOptions): Promise<UpdateEvents> {
           batch = urgent;
           ({ status } = await send(batch));
         }
-        // Kept for later: the server is down, overloaded, or does not (yet) know this token.
+        // Kept for later: every replica is down or overloaded, or the servers do not (yet) know this token.
         if (status >= 500 || status === 401 || status === 403 || status === 429 || status === 408) return;
         // Sent (200), or refused for good (another 4xx: resending the same bytes cannot help). The wait
         // the server asked for is over once a whole batch went, not just its state events.

@@ -9,13 +9,15 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { spawnSync } from "node:child_process";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DELTA_WINDOW } from "../../src/core/update/delta-index.ts";
 import { silentLogger } from "../../src/io/log.ts";
 import { systemRunner } from "../../src/io/process.ts";
 import { deltaFileName, makeDeltas } from "../../src/io/server/deltas.ts";
+import { decodeDeltaIndex, MAX_DELTA_BYTES } from "../../src/core/update/delta-index.ts";
+import type { Logger } from "../../src/io/log.ts";
 
 import { pseudoRandomBytes } from "../helpers/sample-image.ts";
 
@@ -49,6 +51,8 @@ test("a delta whose source moved further than the window decodes against a block
         },
       ],
       logger: silentLogger(),
+      // Larger than a device takes (MAX_DELTA_BYTES): kept here to show it decodes.
+      maxBytes: Infinity,
     });
     loop = spawnSync("losetup", ["--find", "--show", "--read-only", join(dir, "old.root")])
       .stdout.toString()
@@ -64,6 +68,51 @@ test("a delta whose source moved further than the window decodes against a block
     assert.equal(sha(r.stdout), sha(moved));
   } finally {
     if (loop) spawnSync("losetup", ["--detach", loop]);
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("a delta larger than a device takes is not kept: the index lists none, the file is gone, the log says why", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "eos-delta-max-"));
+  try {
+    // Unrelated contents: the delta is about as large as the new root, above MAX_DELTA_BYTES.
+    const old = pseudoRandomBytes("old", 4 * MiB);
+    const fresh = pseudoRandomBytes("new", MAX_DELTA_BYTES + 1 * MiB);
+    await writeFile(join(dir, "old.root"), old);
+    await writeFile(join(dir, "new.root"), fresh);
+    const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+    const logged: Array<{ msg: string; fields: Record<string, unknown> | undefined }> = [];
+    const logger: Logger = {
+      log: (_level, msg, fields) => logged.push({ msg, fields }),
+      info: (msg, fields) => logged.push({ msg, fields }),
+      warn: (msg, fields) => logged.push({ msg, fields }),
+      error: (msg, fields) => logged.push({ msg, fields }),
+    };
+    const index = await makeDeltas(systemRunner(), {
+      name: "T",
+      dir,
+      to: {
+        version: "2",
+        rawPath: join(dir, "new.root"),
+        root: { offset: 0, length: fresh.length },
+        sha256: sha(fresh),
+      },
+      from: [
+        {
+          version: "1",
+          rawPath: join(dir, "old.root"),
+          root: { offset: 0, length: old.length },
+          sha256: sha(old),
+        },
+      ],
+      logger,
+    });
+    assert.deepEqual(decodeDeltaIndex(index).deltas, []);
+    assert.deepEqual(await readdir(join(dir, "deltas")), []);
+    const why = logged.find((l) => l.msg === "delta not kept");
+    assert.ok(why, JSON.stringify(logged));
+    assert.ok(Number(why.fields?.bytes) > MAX_DELTA_BYTES, JSON.stringify(why));
+  } finally {
     await rm(dir, { recursive: true, force: true });
   }
 });

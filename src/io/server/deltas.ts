@@ -24,6 +24,7 @@ import type { ByteRange } from "../../core/gpt.ts";
 import {
   encodeDeltaIndex,
   DELTA_INDEX_SCHEMA,
+  MAX_DELTA_BYTES,
   xdelta3EncodeArgv,
   type DeltaEntry,
 } from "../../core/update/delta-index.ts";
@@ -73,8 +74,11 @@ export async function makeDeltas(
     from: DeltaEnd[];
     logger: Logger;
     signal?: AbortSignal | undefined;
+    /** Larger deltas are not kept (default MAX_DELTA_BYTES, what a device takes). */
+    maxBytes?: number;
   },
 ): Promise<Buffer> {
+  const maxBytes = o.maxBytes ?? MAX_DELTA_BYTES;
   const deltas: DeltaEntry[] = [];
   const out = join(o.dir, "deltas");
   const work = join(o.dir, ".delta-work");
@@ -109,6 +113,20 @@ export async function makeDeltas(
           ...(o.signal ? { signal: o.signal } : {}),
         });
         const size = (await stat(target)).size;
+        if (size > maxBytes) {
+          // A device declines it (it holds a delta in memory to check it before use) and takes
+          // the chunk path: publishing it would only cost disk and every device a look.
+          await rm(target, { force: true });
+          o.logger.info("delta not kept", {
+            image: o.name,
+            from: from.version,
+            to: o.to.version,
+            bytes: size,
+            max_bytes: maxBytes,
+            reason: "larger than a device takes: devices on this version take the chunk path",
+          });
+          continue;
+        }
         deltas.push({
           from_sha256: from.sha256,
           from_version: from.version,

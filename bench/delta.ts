@@ -190,7 +190,12 @@ try {
     if (check.code !== 1) throw new Error(`--check: ${check.stdout}${check.stderr}`);
     served = 0;
     const t0 = performance.now();
-    const nodeArgs = (process.env.BENCH_NODE_ARGS ?? "").split(" ").filter(Boolean);
+    // The node flags the device runs os-update with: its shebang's (`#!/usr/bin/env -S node …`).
+    const shebang = (await readFile(join(DIST, "os-update.mjs"), "utf8")).split("\n", 1)[0] ?? "";
+    const nodeArgs = [
+      ...(/^#!\/usr\/bin\/env -S node (.*)$/.exec(shebang)?.[1] ?? "").split(" "),
+      ...(process.env.BENCH_NODE_ARGS ?? "").split(" "),
+    ].filter(Boolean);
     const ioFile = join(work, "apply-io.txt");
     await rm(ioFile, { force: true });
     const proc = spawn(

@@ -22,6 +22,7 @@ import {
   lstatSync,
   mkdirSync,
   readFileSync,
+  readdirSync,
   readlinkSync,
   rmSync,
   statSync,
@@ -292,6 +293,61 @@ describe("the fleet container and flake (eos build fleet:, fleet --getkey)", { s
     process.stdout.write(
       `# fleet --getkey (median of 3): flake ${flakeMs.toFixed(0)} ms, direct ${directMs.toFixed(0)} ms (×${(flakeMs / directMs).toFixed(1)}); first flake call ${firstMs.toFixed(0)} ms\n`,
     );
+  });
+
+  test("without the flake registry (podman's graphroot on the root's overlayfs): the container's graph goes to /run", async () => {
+    // As on a device whose p.spare is not active: /var/lib/containers/storage is in the overlay root.
+    const graph = join(device, "var/lib/containers/storage");
+    const flakesConfig = readFileSync(fx.flakesConfig, "utf8");
+    assert.match(flakesConfig, /podman_storage_conf: /);
+    const layers = join(work, "overlay-root");
+    for (const d of ["lower", "upper", "work"]) mkdirSync(join(layers, d), { recursive: true });
+    mkdirSync(graph, { recursive: true });
+    execFileSync("mount", [
+      "-t",
+      "overlay",
+      "overlay",
+      "-o",
+      `lowerdir=${join(layers, "lower")},upperdir=${join(layers, "upper")},workdir=${join(layers, "work")}`,
+      graph,
+    ]);
+    try {
+      rmSync(join(device, "run"), { recursive: true, force: true });
+      mkdirSync(join(device, "run"));
+      // The flakes' storage.conf names the overlay graphroot, as the image's does.
+      writeFileSync(
+        join(work, "device-storage.conf"),
+        `[storage]\ndriver = "overlay"\ngraphroot = "${graph}"\nrunroot = "${join(device, "run/containers/storage")}"\n\n[storage.options]\nadditionalimagestores = [${JSON.stringify(join(device, READ_ONLY_STORE))}]\n`,
+      );
+      writeFileSync(
+        fx.flakesConfig,
+        flakesConfig.replace(
+          /podman_storage_conf: .*/,
+          `podman_storage_conf: ${join(work, "device-storage.conf")}`,
+        ),
+      );
+      const r = await fleet(["--getkey"], { CONTAINERS_STORAGE_CONF: "" });
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, /\/var\/lib\/containers\/storage is on overlayfs .*graph is in \/run/);
+      assert.doesNotMatch(r.stderr, /copying directly/);
+      assert.equal(
+        readFileSync(join(device, "run/id_fleet"), "utf8"),
+        KEY,
+        "the key comes from the container",
+      );
+      assert.equal(statSync(join(device, "run/id_fleet")).mode & 0o777, 0o600);
+      // podman kept its graph in /run and left the overlay alone (this host's kernel would take
+      // an overlay graph there; Debian 12's 6.1 refuses it, which the vm tier's update test meets).
+      assert.ok(existsSync(join(device, "run/eos/fleet-containers/overlay")), "the graph in /run");
+      assert.deepEqual(readdirSync(join(layers, "upper")), [], "nothing written to the overlay graphroot");
+      assert.match(
+        readFileSync(join(device, "run/eos/fleet-storage.conf"), "utf8"),
+        new RegExp(`graphroot = "${join(device, "run/eos/fleet-containers")}"`),
+      );
+    } finally {
+      writeFileSync(fx.flakesConfig, flakesConfig);
+      execFileSync("umount", [graph]);
+    }
   });
 
   test("without podman (PATH), without the store, or when podman fails: today's direct copy, same targets and modes", async () => {

@@ -27,18 +27,21 @@ export const NO_DOCS_DPKG_OPTIONS = [
 /** Where the store lives in the root, and what storage.conf names as additionalimagestores. */
 export const READ_ONLY_STORE = "/usr/share/containers/storage";
 
+/** podman's graphroot on a device: the writable flake registry (p.spare) is mounted there. */
+export const GRAPHROOT = "/var/lib/containers/storage";
+
 /** The device's podman storage: the writable registry as graphroot, the image's store beside it. */
-export function storageConf(): string {
+export function storageConf(graphroot: string = GRAPHROOT, readOnlyStore: string = READ_ONLY_STORE): string {
   return [
     "# EOS: the writable flake registry (p.spare) is podman's graphroot; the",
     `# images built into the OS (eos build, containers:) are read-only in ${READ_ONLY_STORE}.`,
     "[storage]",
     'driver = "overlay"',
-    'graphroot = "/var/lib/containers/storage"',
+    `graphroot = ${JSON.stringify(graphroot)}`,
     'runroot = "/run/containers/storage"',
     "",
     "[storage.options]",
-    `additionalimagestores = [${JSON.stringify(READ_ONLY_STORE)}]`,
+    `additionalimagestores = [${JSON.stringify(readOnlyStore)}]`,
     "",
   ].join("\n");
 }

@@ -7,11 +7,11 @@
  * the root keeps under /usr/share/eos/fleet/ are copied. Both write the same
  * targets with the same mode, so os-update cannot tell which one ran.
  */
-import { accessSync, constants, existsSync, readFileSync } from "node:fs";
+import { accessSync, constants, existsSync, readFileSync, statfsSync } from "node:fs";
 import { chmod, mkdir, open, readFile } from "node:fs/promises";
 import { delimiter, dirname, join } from "node:path";
 import { EosError, errorMessage } from "../../core/errors.ts";
-import { READ_ONLY_STORE, containerReference } from "../../core/image/containers.ts";
+import { GRAPHROOT, READ_ONLY_STORE, containerReference, storageConf } from "../../core/image/containers.ts";
 import {
   FLEET_CREDENTIALS,
   FLEET_FLAKES_CONFIG,
@@ -111,6 +111,43 @@ function flakeContext(ctx: Context): Context {
   return { ...ctx, env: { ...ctx.env, FLAKES_CONFIG: sysPath(ctx, FLEET_FLAKES_CONFIG) } };
 }
 
+/** statfs f_type of overlayfs (linux/magic.h). */
+const OVERLAYFS_MAGIC = 0x794c7630;
+/** The fleet container's graph when the registry's cannot serve (tmpfs: gone at power-off). */
+export const FLEET_RUN_GRAPHROOT = "/run/eos/fleet-containers";
+const FLEET_RUN_STORAGE_CONF = "/run/eos/fleet-storage.conf";
+
+function onOverlayfs(path: string): boolean {
+  for (let dir = path; ; dir = dirname(dir)) {
+    try {
+      return statfsSync(dir).type === OVERLAYFS_MAGIC;
+    } catch {
+      if (dir === dirname(dir)) return false;
+    }
+  }
+}
+
+/**
+ * Without the writable registry (not activated, or no p.spare) podman's
+ * graphroot is in the root's overlay, where its overlay driver refuses to
+ * run ("'overlay' is not supported over overlayfs"). The fleet container
+ * only reads the image's store, so its graph can live in /run instead.
+ */
+async function storageContext(ctx: Context): Promise<Context> {
+  if (ctx.env.CONTAINERS_STORAGE_CONF || !onOverlayfs(sysPath(ctx, GRAPHROOT))) return ctx;
+  const conf = sysPath(ctx, FLEET_RUN_STORAGE_CONF);
+  await mkdir(dirname(conf), { recursive: true, mode: 0o755 });
+  await atomicWriteFile(
+    conf,
+    storageConf(sysPath(ctx, FLEET_RUN_GRAPHROOT), sysPath(ctx, READ_ONLY_STORE)),
+    0o644,
+  );
+  ctx.stderr.write(
+    `fleet: ${GRAPHROOT} is on overlayfs (no flake registry): the container's graph is in /run\n`,
+  );
+  return { ...ctx, env: { ...ctx.env, CONTAINERS_STORAGE_CONF: conf } };
+}
+
 /** Exit codes of podman's own failures (not the app's): run it directly instead. */
 const PODMAN_FAILED = new Set([125, 126, 127]);
 
@@ -123,7 +160,7 @@ export async function getkeyThroughFlake(ctx: Context, args: string[]): Promise<
   try {
     await prepareTargets(ctx);
     const { launchContainerFlake } = await import("../flakes/container-launch.ts");
-    const code = await launchContainerFlake(FLEET_NAME, args, flakeContext(ctx));
+    const code = await launchContainerFlake(FLEET_NAME, args, flakeContext(await storageContext(ctx)));
     if (!PODMAN_FAILED.has(code)) return code;
     ctx.stderr.write(`fleet: the ${FLEET_NAME} flake did not run (podman exit ${code}): copying directly\n`);
   } catch (error) {

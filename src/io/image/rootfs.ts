@@ -123,8 +123,15 @@ const VOLATILE = [
   "/etc/initramfs-tools/.eos-*",
 ];
 
-async function removeVolatile(tree: string): Promise<void> {
-  for (const pattern of VOLATILE) {
+/**
+ * Files a package ships that no device runs: trixie's podman carries its
+ * system tests' helper (36 MB) beside the runtime in /usr/libexec/podman.
+ */
+const NOT_SHIPPED = ["/usr/libexec/podman/podman-testing"];
+
+/** Removes from the tree what differs per build (VOLATILE) and what no device runs (NOT_SHIPPED). */
+export async function removeVolatile(tree: string): Promise<void> {
+  for (const pattern of [...VOLATILE, ...NOT_SHIPPED]) {
     const dir = inTree(tree, dirname(pattern));
     const base = pattern.slice(pattern.lastIndexOf("/") + 1);
     const re = new RegExp(`^${base.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*")}$`);

@@ -51,6 +51,13 @@ test("a minimal description gets the documented defaults", () => {
   assert.equal(baseCmdline(d), "console=ttyS0 rootfstype=squashfs");
 });
 
+test("distribution.suite: bookworm (the default) or trixie; another suite is refused by name", () => {
+  const trixie = parseImageDescription(`${minimal}distribution: {suite: trixie}\n`, "img.yaml");
+  assert.equal(trixie.distribution.suite, "trixie");
+  assert.equal(trixie.distribution.mirror, "http://deb.debian.org/debian");
+  assert.match(configError(`${minimal}distribution: {suite: sid}\n`), /^img\.yaml: distribution\.suite: /);
+});
+
 test("errors name the file and the key at fault", () => {
   assert.match(configError("version: '1'\n"), /^img\.yaml: name: /);
   assert.match(configError(`${minimal}name2: x\n`), /img\.yaml: unknown key name2/);
@@ -226,6 +233,7 @@ test("epoch: seconds or a date; absent, the build takes the suite's date, never 
   );
   assert.equal(parseImageDescription(minimal, "img.yaml").epoch, undefined);
   assert.equal(SUITE_EPOCH.bookworm, 1686355200);
+  assert.equal(SUITE_EPOCH.trixie, 1754697600);
   assert.match(configError(`${minimal}epoch: yesterday\n`), /epoch.*seconds since 1970 or a date/);
   assert.match(configError(`${minimal}epoch: -5\n`), /epoch/);
 });

@@ -71,7 +71,12 @@ const epoch = z.union([z.number(), z.string()]).transform((value, ctx) => {
  * Without an `epoch`, a build still does not take the clock: it dates its files
  * at the suite's release, so two builds of one description are the same bytes.
  */
-export const SUITE_EPOCH = { bookworm: Date.UTC(2023, 5, 10) / 1000 } as const;
+export const SUITE_EPOCH = {
+  bookworm: Date.UTC(2023, 5, 10) / 1000,
+  trixie: Date.UTC(2025, 7, 9) / 1000,
+} as const;
+
+export const SUITES = ["bookworm", "trixie"] as const;
 
 /** Debian package names (policy 5.6.1), optionally with =version. */
 const packageName = z
@@ -128,7 +133,7 @@ export const imageDescriptionSchema = z
       .default("eos"),
     distribution: z
       .strictObject({
-        suite: z.literal("bookworm").default("bookworm"),
+        suite: z.enum(SUITES).default("bookworm"),
         mirror: z
           .string()
           .regex(/^(https?|file):\/\/[^\s]+$/, "must be an http://, https:// or file:// URL")

@@ -199,6 +199,25 @@ test("root files: os-release VERSION, os-update.yml, update_commit.service, wrap
   assert.equal(files.has("/etc/systemd/system/serial-getty@ttyS0.service.d/eos-autologin.conf"), false);
 });
 
+test("root files: sshd's host key is made at first boot wherever the root has openssh-server, keys or not", () => {
+  const hostKeyUnit = "/etc/systemd/system/ssh.service.d/eos-host-keys.conf";
+  const files = (yaml: string) =>
+    new Map(
+      rootFiles(parseImageDescription(yaml, "img.yaml"), {
+        keyNames: [],
+        commands: [],
+        nodePath: undefined,
+        architecture: "x86_64",
+        updateCommitUnit: "[Service]\n",
+      }).map((f) => [f.path, f]),
+    );
+  const sshd = files(`${minimal}packages: [openssh-server]\n`);
+  assert.match(sshd.get(hostKeyUnit)?.content ?? "", /ssh-keygen -q -t ed25519/);
+  assert.equal(sshd.has("/root/.ssh/authorized_keys"), false);
+  assert.ok(files(`${minimal}packages: ["openssh-server=1:9.2p1-2+deb12u3"]\n`).has(hostKeyUnit));
+  assert.equal(files(`${minimal}packages: [less]\n`).has(hostKeyUnit), false, "no sshd, no unit for it");
+});
+
 test("root files: the update server's units, not enabled, only in a root that carries os-update-server", () => {
   const d = parseImageDescription(minimal, "img.yaml");
   const serverUnits = new Map([

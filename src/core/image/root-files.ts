@@ -235,10 +235,11 @@ export function rootFiles(
   }
 
   const keys = desc.users.root.ssh_authorized_keys;
-  if (keys.length > 0) {
-    add("/root/.ssh/authorized_keys", `${keys.join("\n")}\n`, 0o600);
+  if (keys.length > 0) add("/root/.ssh/authorized_keys", `${keys.join("\n")}\n`, 0o600);
+  // The build drops the host keys the package made (they would be every device's): without
+  // this, a root with sshd but no authorized keys boots with ssh.service failed.
+  if (keys.length > 0 || desc.packages.some((p) => p.split("=")[0] === "openssh-server"))
     for (const f of SSH_HOST_KEY_FILES) add(f.path, f.content);
-  }
   if (desc.users.root.autologin_serial) {
     add(
       `/etc/systemd/system/serial-getty@${serialConsole(desc.kernel.cmdline)}.service.d/eos-autologin.conf`,

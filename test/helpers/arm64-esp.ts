@@ -1,5 +1,5 @@
 /**
- * What the arm64 disk tests (aarch64-disk, rpi-disk) share: GRUB's arm64
+ * What the arm64 disk tests (aarch64-disk, rpi-disk, rpi-firmware) share: GRUB's arm64
  * modules from a cached arm64 root when this machine has built one, and a
  * stand-in for grub-mkimage where it has not, so that the ESP step runs for
  * real either way and only GRUB's own bytes are faked.

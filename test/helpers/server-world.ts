@@ -33,20 +33,24 @@ export async function releaseImage(
     seed?: string;
     /** A root slot with a dm-verity tree, as eos build makes it. */
     verity?: boolean;
+    /** A disk image made elsewhere (e.g. an RPI disk), signed and published instead of a sample image. */
+    disk?: string;
     /** Changes the disk image after it is built, before it is signed (what another builder might make). */
     beforeSign?: (raw: string) => Promise<void>;
   } = {},
 ): Promise<string> {
   const raw = join(world.dir, "build", `${name}.raw`);
   await mkdir(join(world.dir, "build"), { recursive: true });
-  await makeSampleImage(raw, {
-    version,
-    ...(options.payloadBytes ? { payloadBytes: options.payloadBytes } : {}),
-    ...(options.rootSizeMiB ? { rootSizeMiB: options.rootSizeMiB } : {}),
-    ...(options.seed ? { seed: options.seed } : {}),
-    ...(options.firmwareFiles ? { firmwareFiles: options.firmwareFiles } : {}),
-    ...(options.verity ? { verity: true } : {}),
-  });
+  if (options.disk) await copyFile(options.disk, raw);
+  else
+    await makeSampleImage(raw, {
+      version,
+      ...(options.payloadBytes ? { payloadBytes: options.payloadBytes } : {}),
+      ...(options.rootSizeMiB ? { rootSizeMiB: options.rootSizeMiB } : {}),
+      ...(options.seed ? { seed: options.seed } : {}),
+      ...(options.firmwareFiles ? { firmwareFiles: options.firmwareFiles } : {}),
+      ...(options.verity ? { verity: true } : {}),
+    });
   await options.beforeSign?.(raw);
   const signed = await runEos("eos", [
     "manifest",

@@ -11,88 +11,31 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EosError } from "../../src/core/errors.ts";
-import { parseImageDescription } from "../../src/core/image/description.ts";
-import { profileDescription } from "../../src/core/image/ec2.ts";
-import { planLayout } from "../../src/core/image/layout.ts";
 import { RPI_BOOT_DEBS, rpiConfigTxt } from "../../src/core/image/rpi.ts";
 import { decodeGrubenv } from "../../src/core/update/grubenv.ts";
-import { assembleDisk, makeRootImage } from "../../src/io/image/disk.ts";
-import { rootCacheDir } from "../../src/io/image/root-cache.ts";
-import { pinnedDeb, rpiBootFiles } from "../../src/io/image/rpi-boot.ts";
-import { systemRunner } from "../../src/io/process.ts";
-import { arm64Grub, cachedArm64Root, makeArm64Esp, fatFile, MTOOLS_ENV } from "../helpers/arm64-esp.ts";
+import { pinnedDeb } from "../../src/io/image/rpi-boot.ts";
+import { fatFile, MTOOLS_ENV } from "../helpers/arm64-esp.ts";
+import { makeRpiDisk, rpiDebsMissing } from "../helpers/rpi-disk.ts";
 
-const MIRROR = "http://deb.debian.org/debian";
-const KERNEL = "6.1.0-test-arm64";
 const env = MTOOLS_ENV;
 
 test("RPI disk: GPT without a hybrid MBR, FAT32 ESP with config.txt, start4.elf, u-boot.bin, DTBs, GRUB and grubenv", async (t) => {
-  const cacheDir = `${rootCacheDir(process.env)}-debs`;
-  for (const deb of [RPI_BOOT_DEBS.firmware, RPI_BOOT_DEBS.uboot]) {
-    try {
-      await pinnedDeb(deb, { mirror: MIRROR, cacheDir });
-    } catch (error) {
-      if (error instanceof EosError && error.code === "NETWORK") {
-        t.skip(
-          `${deb.package} is not cached in ${cacheDir} and Debian's mirror is unreachable: ${error.message}`,
-        );
-        return;
-      }
-      throw error;
-    }
+  const missing = await rpiDebsMissing();
+  if (missing) {
+    t.skip(missing);
+    return;
   }
   const work = await mkdtemp(join(tmpdir(), "eos-rpi-disk-"));
   t.after(() => rm(work, { recursive: true, force: true }));
-  const parsed = parseImageDescription(
-    "name: EOS\nversion: '1.0'\nkernel: {cmdline: [console=ttyAMA0]}\npartitions: {root: 64M, esp: 64M, spare: 8M}\n",
-    "rpi.yaml",
-  );
-  const { desc } = profileDescription(parsed, "RPI", "rpi.yaml");
-  const layout = planLayout(desc, "RPI", "aarch64");
-
-  const cached = await cachedArm64Root();
-  const tree = join(work, "tree");
-  const dtbDir = join(tree, "usr/lib", `linux-image-${KERNEL}`, "broadcom");
-  await mkdir(dtbDir, { recursive: true });
-  const realDtbs = cached
-    ? (await readdir(join(cached.tree, "usr/lib")))
-        .filter((n) => n.startsWith("linux-image-"))
-        .map((n) => join(cached.tree, "usr/lib", n, "broadcom"))[0]
-    : undefined;
-  for (const name of ["bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2837-rpi-3-b.dtb"]) {
-    if (realDtbs && existsSync(join(realDtbs, name)))
-      await copyFile(join(realDtbs, name), join(dtbDir, name));
-    else await writeFile(join(dtbDir, name), `stand-in ${name}`);
-  }
-  const logs: string[] = [];
-  const t0 = performance.now();
-  const files = await rpiBootFiles({
-    proc: systemRunner(),
-    mirror: MIRROR,
-    cacheDir,
-    work,
-    tree,
-    kernel: KERNEL,
-    log: (l) => logs.push(l),
-  });
-  t.diagnostic(`boot files in ${Math.round(performance.now() - t0)} ms: ${logs.join("; ")}`);
+  const { raw, layout, dtbDir, realDtbs, realGrub, logs, bootFilesMs } = await makeRpiDisk(work);
+  t.diagnostic(`boot files in ${bootFilesMs} ms: ${logs.join("; ")}`);
   assert.match(logs.join("\n"), /raspi-firmware 1\.20220830\+ds-1 from the cache/);
   // The Pi 5's tree is not in this kernel: the build says so instead of failing.
   assert.match(logs.join("\n"), /no .*bcm2712-rpi-5-b\.dtb \(Raspberry Pi 5\)/);
-
-  const rootImg = join(work, "root.img");
-  await mkdir(join(work, "slot/boot"), { recursive: true });
-  await writeFile(join(work, "slot/boot/vmlinuz"), "not a kernel");
-  await makeRootImage(systemRunner(), desc, join(work, "slot"), rootImg, 1686355200);
-  const grub = arm64Grub(work, cached?.grubDeb);
-  const esp = await makeArm64Esp(grub, desc, layout, work, { fat32: true, files });
-
-  const raw = join(work, "EOS.aarch64-RPI.raw");
-  await assembleDisk(layout, esp, rootImg, raw);
 
   // GPT with a protective MBR only: the Pi 4/5 EEPROM reads GPT; a hybrid MBR (Pi 3 ROM) is not made.
   const sg = spawnSync("sgdisk", ["-p", "-O", raw]).stdout.toString();
@@ -125,7 +68,7 @@ test("RPI disk: GPT without a hybrid MBR, FAT32 ESP with config.txt, start4.elf,
   assert.deepEqual(fatFile(part, "bcm2711-rpi-4-b.dtb"), await readFile(join(dtbDir, "bcm2711-rpi-4-b.dtb")));
   if (realDtbs) assert.equal(fatFile(part, "bcm2711-rpi-4-b.dtb").readUInt32BE(0), 0xd00dfeed);
   const efi = fatFile(part, "EFI/BOOT/BOOTAA64.EFI");
-  if (cached?.grubDeb) assert.equal(efi.readUInt16LE(efi.readUInt32LE(0x3c) + 4), 0xaa64);
+  if (realGrub) assert.equal(efi.readUInt16LE(efi.readUInt32LE(0x3c) + 4), 0xaa64);
   assert.match(fatFile(part, "EFI/BOOT/grub.cfg").toString(), /load_env/);
   const grubenv = decodeGrubenv(fatFile(part, "EFI/BOOT/grubenv"));
   assert.equal(grubenv.get("eos_default"), "A");

@@ -13,6 +13,7 @@ import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { EosError } from "../../core/errors.ts";
 import { streamBytes, type ManifestPartition } from "../../core/manifest.ts";
+import { firmwareSwitchOrder } from "../../core/update/firmware-order.ts";
 import { crashPoint } from "../crash-point.ts";
 import { fsyncDir, fsyncFile } from "../files.ts";
 import type { ProcessRunner } from "../process.ts";
@@ -106,7 +107,10 @@ export async function updateFirmware(options: {
     // An empty FAT has nothing to copy; anything else is an error.
     if (copy.code !== 0 && !/no match|not found/i.test(copy.stderr))
       throw new EosError("IO", `cannot read the firmware image: ${copy.stderr}`);
-    const incoming = (await listFiles(tree)).filter((f) => !kept(f));
+    const incoming = firmwareSwitchOrder(
+      (await listFiles(tree)).filter((f) => !kept(f)),
+      new Set(await listFiles(options.esp)),
+    );
     // 1. Beside the old files: every new file as NAME.eos-new, flushed.
     for (const [i, file] of incoming.entries()) {
       if (i === 1) crashPoint("firmware:staged-partly");
@@ -116,7 +120,7 @@ export async function updateFirmware(options: {
       await fsyncFile(target);
     }
     crashPoint("firmware:staged");
-    // 2. Switch each file in by rename.
+    // 2. Switch each file in by rename, in an order that keeps a cut between two renames bootable (firmware-order.ts).
     for (const [i, file] of incoming.entries()) {
       if (i === 1) crashPoint("firmware:switched-partly");
       await rename(join(options.esp, `${file}${NEW_SUFFIX}`), join(options.esp, file));

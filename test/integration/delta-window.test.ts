@@ -23,6 +23,32 @@ import { pseudoRandomBytes } from "../helpers/sample-image.ts";
 
 const MiB = 1024 * 1024;
 
+const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+
+/** Writes OLD and NEW as whole roots in `dir` and makes the server's delta between them. */
+async function deltaOf(
+  dir: string,
+  old: Buffer,
+  fresh: Buffer,
+  o: { logger: Logger; maxBytes?: number },
+): Promise<Buffer> {
+  await writeFile(join(dir, "old.root"), old);
+  await writeFile(join(dir, "new.root"), fresh);
+  const end = (version: string, file: string, bytes: Buffer) => ({
+    version,
+    rawPath: join(dir, file),
+    root: { offset: 0, length: bytes.length },
+    sha256: sha(bytes),
+  });
+  return makeDeltas(systemRunner(), {
+    name: "T",
+    dir,
+    to: end("2", "new.root", fresh),
+    from: [end("1", "old.root", old)],
+    ...o,
+  });
+}
+
 test("a delta whose source moved further than the window decodes against a block device", async () => {
   const dir = await mkdtemp(join(tmpdir(), "eos-delta-window-"));
   let loop = "";
@@ -30,30 +56,8 @@ test("a delta whose source moved further than the window decodes against a block
     const half = DELTA_WINDOW + 8 * MiB;
     const old = pseudoRandomBytes("old", 2 * half);
     const moved = Buffer.concat([old.subarray(half), old.subarray(0, half)]);
-    await writeFile(join(dir, "old.root"), old);
-    await writeFile(join(dir, "new.root"), moved);
-    const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
-    await makeDeltas(systemRunner(), {
-      name: "T",
-      dir,
-      to: {
-        version: "2",
-        rawPath: join(dir, "new.root"),
-        root: { offset: 0, length: moved.length },
-        sha256: sha(moved),
-      },
-      from: [
-        {
-          version: "1",
-          rawPath: join(dir, "old.root"),
-          root: { offset: 0, length: old.length },
-          sha256: sha(old),
-        },
-      ],
-      logger: silentLogger(),
-      // Larger than a device takes (MAX_DELTA_BYTES): kept here to show it decodes.
-      maxBytes: Infinity,
-    });
+    // Larger than a device takes (MAX_DELTA_BYTES): kept here to show it decodes.
+    await deltaOf(dir, old, moved, { logger: silentLogger(), maxBytes: Infinity });
     loop = spawnSync("losetup", ["--find", "--show", "--read-only", join(dir, "old.root")])
       .stdout.toString()
       .trim();
@@ -78,9 +82,6 @@ test("a delta larger than a device takes is not kept: the index lists none, the 
     // Unrelated contents: the delta is about as large as the new root, above MAX_DELTA_BYTES.
     const old = pseudoRandomBytes("old", 4 * MiB);
     const fresh = pseudoRandomBytes("new", MAX_DELTA_BYTES + 1 * MiB);
-    await writeFile(join(dir, "old.root"), old);
-    await writeFile(join(dir, "new.root"), fresh);
-    const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
     const logged: Array<{ msg: string; fields: Record<string, unknown> | undefined }> = [];
     const logger: Logger = {
       log: (_level, msg, fields) => logged.push({ msg, fields }),
@@ -88,25 +89,7 @@ test("a delta larger than a device takes is not kept: the index lists none, the 
       warn: (msg, fields) => logged.push({ msg, fields }),
       error: (msg, fields) => logged.push({ msg, fields }),
     };
-    const index = await makeDeltas(systemRunner(), {
-      name: "T",
-      dir,
-      to: {
-        version: "2",
-        rawPath: join(dir, "new.root"),
-        root: { offset: 0, length: fresh.length },
-        sha256: sha(fresh),
-      },
-      from: [
-        {
-          version: "1",
-          rawPath: join(dir, "old.root"),
-          root: { offset: 0, length: old.length },
-          sha256: sha(old),
-        },
-      ],
-      logger,
-    });
+    const index = await deltaOf(dir, old, fresh, { logger });
     assert.deepEqual(decodeDeltaIndex(index).deltas, []);
     assert.deepEqual(await readdir(join(dir, "deltas")), []);
     const why = logged.find((l) => l.msg === "delta not kept");

@@ -3,18 +3,20 @@
  * emulation, for the tests that read one (rpi-disk) or update one
  * (rpi-firmware): the suite's real pinned raspi-firmware and u-boot-rpi .debs
  * (fetched once into the build's cache, EOS_CACHE_DIR-debs), a tiny root tree
- * with the kernel's device trees (real ones where this machine has a cached
- * arm64 root whose kernel has them, stand-ins elsewhere: no cached root has
- * trixie's bcm2712-rpi-5-b.dtb unless a trixie arm64 root was built here).
+ * with the kernel's device trees: bookworm's from a cached arm64 root where
+ * this machine has one, trixie's out of trixie's arm64 kernel .deb (fetched
+ * once into the same cache, its DTBs extracted once beside it); stand-ins
+ * where neither can be had.
  */
+import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { copyFile, mkdir, readdir, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { EosError } from "../../src/core/errors.ts";
 import { parseImageDescription } from "../../src/core/image/description.ts";
 import { profileDescription } from "../../src/core/image/ec2.ts";
 import { planLayout, type DiskLayout } from "../../src/core/image/layout.ts";
-import { rpiSuite } from "../../src/core/image/rpi.ts";
+import { debFileName, rpiSuite, type PinnedDeb } from "../../src/core/image/rpi.ts";
 import { assembleDisk, makeRootImage } from "../../src/io/image/disk.ts";
 import { rootCacheDir } from "../../src/io/image/root-cache.ts";
 import { pinnedDeb, rpiBootFiles } from "../../src/io/image/rpi-boot.ts";
@@ -35,13 +37,59 @@ export interface RpiDisk {
   layout: DiskLayout;
   /** The kernel's broadcom/ directory the DTBs came from. */
   dtbDir: string;
-  /** The DTBs copied from a cached arm64 root's kernel; the others are stand-ins. */
+  /** The DTBs copied from a real kernel (cached root, trixie's .deb); the others are stand-ins. */
   realDtbs: string[];
+  /** Where the real DTBs came from, or why there are none. */
+  dtbSource: string;
   /** GRUB's arm64 modules were real. */
   realGrub: boolean;
   /** What rpiBootFiles logged. */
   logs: string[];
   bootFilesMs: number;
+}
+
+/**
+ * trixie's arm64 kernel, only for its real Pi 4 and Pi 5 device trees (93 MB
+ * once). When Debian drops this version from the mirror, pin the current
+ * linux-image-*-arm64 from dists/trixie/main/binary-arm64/Packages.
+ */
+const TRIXIE_KERNEL: PinnedDeb = {
+  package: "linux-image-6.12.117+deb13-arm64",
+  version: "6.12.117-1",
+  filename: "pool/main/l/linux-signed-arm64/linux-image-6.12.117+deb13-arm64_6.12.117-1_arm64.deb",
+  sha256: "73805585385c78e048e63fdfba66da36bab724c2cdebd96a3055a8a4f1ae287a",
+  size: 93443312,
+};
+
+/** A directory with the trixie kernel's `names` (broadcom/), or why there is none. */
+async function trixieDtbs(cacheDir: string, names: string[]): Promise<{ dir?: string; why?: string }> {
+  const dir = join(cacheDir, debFileName(TRIXIE_KERNEL).replace(/\.deb$/, ".dtbs"));
+  if (names.every((n) => existsSync(join(dir, n)))) return { dir };
+  let deb: string;
+  try {
+    deb = (await pinnedDeb(TRIXIE_KERNEL, { mirror: MIRROR, cacheDir })).path;
+  } catch (error) {
+    if (error instanceof EosError && (error.code === "NETWORK" || error.code === "NOT_FOUND"))
+      return { why: error.message };
+    throw error;
+  }
+  const tmp = await mkdtemp(join(cacheDir, ".dtbs-"));
+  // The package is named after its directory: /usr/lib/linux-image-VERSION/broadcom.
+  const inside = names.map((n) => `./usr/lib/${TRIXIE_KERNEL.package}/broadcom/${n}`);
+  const r = spawnSync("sh", [
+    "-c",
+    'deb="$0"; into="$1"; shift; dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$into" --strip-components=5 "$@"',
+    deb,
+    tmp,
+    ...inside,
+  ]);
+  if (r.status !== 0) {
+    await rm(tmp, { recursive: true, force: true });
+    throw new Error(`extracting DTBs from ${deb}: ${r.stderr.toString()}`);
+  }
+  await rm(dir, { recursive: true, force: true });
+  await rename(tmp, dir);
+  return { dir };
 }
 
 /** Why the suite's .debs cannot be had (not cached, mirror unreachable), or undefined when they are in the cache. */
@@ -74,11 +122,20 @@ export async function makeRpiDisk(work: string, suite: RpiTestSuite = "bookworm"
   const tree = join(work, "tree");
   const dtbDir = join(tree, "usr/lib", `linux-image-${KERNEL[suite]}`, "broadcom");
   await mkdir(dtbDir, { recursive: true });
-  const realDtbs = cached
-    ? (await readdir(join(cached.tree, "usr/lib")))
-        .filter((n) => n.startsWith("linux-image-"))
-        .map((n) => join(cached.tree, "usr/lib", n, "broadcom"))[0]
-    : undefined;
+  let realDtbs: string | undefined;
+  let dtbSource: string;
+  if (suite === "trixie") {
+    const got = await trixieDtbs(cacheDir, DTBS.trixie);
+    realDtbs = got.dir;
+    dtbSource = got.dir ? `${TRIXIE_KERNEL.package} ${TRIXIE_KERNEL.version}` : `stand-ins: ${got.why}`;
+  } else {
+    realDtbs = cached
+      ? (await readdir(join(cached.tree, "usr/lib")))
+          .filter((n) => n.startsWith("linux-image-"))
+          .map((n) => join(cached.tree, "usr/lib", n, "broadcom"))[0]
+      : undefined;
+    dtbSource = realDtbs ? `the cached arm64 root (${realDtbs})` : "stand-ins: no cached arm64 root";
+  }
   const real: string[] = [];
   for (const name of DTBS[suite]) {
     if (realDtbs && existsSync(join(realDtbs, name))) {
@@ -109,5 +166,5 @@ export async function makeRpiDisk(work: string, suite: RpiTestSuite = "bookworm"
 
   const raw = join(work, "EOS.aarch64-RPI.raw");
   await assembleDisk(layout, esp, rootImg, raw);
-  return { raw, layout, dtbDir, realDtbs: real, realGrub: grub.real, logs, bootFilesMs };
+  return { raw, layout, dtbDir, realDtbs: real, dtbSource, realGrub: grub.real, logs, bootFilesMs };
 }

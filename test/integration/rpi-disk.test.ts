@@ -96,8 +96,8 @@ test("RPI disk on trixie: the Pi 4 and the Pi 5 find config.txt, U-Boot 2025.01 
   }
   const work = await mkdtemp(join(tmpdir(), "eos-rpi-trixie-"));
   t.after(() => rm(work, { recursive: true, force: true }));
-  const { raw, layout, dtbDir, realDtbs, logs, bootFilesMs } = await makeRpiDisk(work, "trixie");
-  t.diagnostic(`boot files in ${bootFilesMs} ms; real DTBs: ${realDtbs.join(", ") || "none (stand-ins)"}`);
+  const { raw, layout, dtbDir, realDtbs, dtbSource, logs, bootFilesMs } = await makeRpiDisk(work, "trixie");
+  t.diagnostic(`boot files in ${bootFilesMs} ms; DTBs from ${dtbSource}: ${realDtbs.join(", ") || "none"}`);
   const log = logs.join("\n");
   assert.match(log, /raspi-firmware 1\.20240424\+ds-6 (from the cache|fetched)/);
   assert.match(log, /u-boot-rpi 2025\.01-3\+deb13u1 (from the cache|fetched)/);
@@ -133,8 +133,18 @@ test("RPI disk on trixie: the Pi 4 and the Pi 5 find config.txt, U-Boot 2025.01 
     fatFile(part, "start4.elf"),
     await readFile(join(unpacked, "raspi-firmware/usr/lib/raspi-firmware/start4.elf")),
   );
-  for (const dtb of ["bcm2711-rpi-4-b.dtb", "bcm2712-rpi-5-b.dtb"])
-    assert.deepEqual(fatFile(part, dtb), await readFile(join(dtbDir, dtb)), dtb);
+  const trees = [
+    { dtb: "bcm2711-rpi-4-b.dtb", model: "raspberrypi,4-model-b", sd: "brcm,bcm2711-emmc2" },
+    { dtb: "bcm2712-rpi-5-b.dtb", model: "raspberrypi,5-model-b", sd: "brcm,bcm2712-sdhci" },
+  ];
+  for (const { dtb, model, sd } of trees) {
+    const onFat = fatFile(part, dtb);
+    assert.deepEqual(onFat, await readFile(join(dtbDir, dtb)), dtb);
+    if (!realDtbs.includes(dtb)) continue;
+    // trixie's kernel: a flattened tree for that board, with the SD controller U-Boot and the kernel boot from.
+    assert.equal(onFat.readUInt32BE(0), 0xd00dfeed, dtb);
+    for (const s of [model, sd]) assert.ok(onFat.includes(`${s}\0`), `${dtb} has ${s}`);
+  }
   const grubenv = decodeGrubenv(fatFile(part, "EFI/BOOT/grubenv"));
   assert.equal(
     grubenv.get("eos_cmdline"),

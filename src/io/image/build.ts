@@ -15,6 +15,7 @@ import {
 import { hostArchitecture, type Architecture } from "../../core/image/arch.ts";
 import { EC2_INIT_UNIT, ec2RootFiles, profileDescription } from "../../core/image/ec2.ts";
 import { planLayout } from "../../core/image/layout.ts";
+import { rpiSuite } from "../../core/image/rpi.ts";
 import { verityParameter, type VerityRecord } from "../../core/verity.ts";
 import type { Context } from "../context.ts";
 import { sourceDateEpoch, writeManifest } from "../release.ts";
@@ -228,6 +229,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
           fat32: true,
           files: await rpiBootFiles({
             proc: ctx.proc,
+            rpi: rpiSuite(desc.distribution.suite, descPath),
             mirror: desc.distribution.mirror,
             cacheDir: `${rootCacheDir(ctx.env)}-debs`,
             work,

@@ -1,6 +1,6 @@
 /**
- * The RPI profile's boot files on the build host: the pinned raspi-firmware
- * and u-boot-rpi .debs (src/core/image/rpi.ts) fetched once from the
+ * The RPI profile's boot files on the build host: the suite's pinned
+ * raspi-firmware and u-boot-rpi .debs (src/core/image/rpi.ts) fetched once from the
  * description's mirror into a cache beside the root cache, checked against
  * their pinned sha256 at every use, unpacked with dpkg-deb -x (no emulation),
  * and the device trees of the root tree's own kernel.
@@ -13,10 +13,10 @@ import { fileURLToPath } from "node:url";
 import { EosError } from "../../core/errors.ts";
 import {
   debFileName,
-  RPI_BOOT_DEBS,
   rpiConfigTxt,
   rpiEspFiles,
   type PinnedDeb,
+  type RpiSuite,
 } from "../../core/image/rpi.ts";
 import { atomicWriteFile } from "../files.ts";
 import type { ProcessRunner } from "../process.ts";
@@ -75,6 +75,8 @@ export async function pinnedDeb(
 
 export interface RpiBootOptions {
   proc: ProcessRunner;
+  /** The description's suite: which .debs, and whether the Pi 5 must boot (rpiSuite). */
+  rpi: RpiSuite;
   mirror: string;
   cacheDir: string;
   /** Scratch directory: the .debs are unpacked below it and config.txt written there. */
@@ -93,7 +95,7 @@ export async function rpiBootFiles(o: RpiBootOptions): Promise<Array<{ src: stri
     "kernel-dtbs": join(o.tree, "usr/lib", `linux-image-${o.kernel}`),
   };
   await mkdir(join(o.work, "rpi"), { recursive: true });
-  for (const deb of [RPI_BOOT_DEBS.firmware, RPI_BOOT_DEBS.uboot]) {
+  for (const deb of [o.rpi.debs.firmware, o.rpi.debs.uboot]) {
     const { path, cached } = await pinnedDeb(deb, o);
     o.log(`RPI: ${deb.package} ${deb.version} ${cached ? "from the cache" : "fetched"} (${path})`);
     const dest = join(o.work, "rpi", deb.package);
@@ -102,7 +104,7 @@ export async function rpiBootFiles(o: RpiBootOptions): Promise<Array<{ src: stri
   }
   const files: Array<{ src: string; dest: string }> = [];
   const missing: string[] = [];
-  for (const f of rpiEspFiles()) {
+  for (const f of rpiEspFiles(o.rpi)) {
     const src = join(roots[f.source.from] ?? "/nonexistent", f.source.path);
     if (existsSync(src)) files.push({ src, dest: f.dest });
     else if (f.required)
@@ -114,7 +116,7 @@ export async function rpiBootFiles(o: RpiBootOptions): Promise<Array<{ src: stri
   if (missing.length > 0)
     o.log(`RPI: kernel ${o.kernel} has no ${missing.join(", ")}: the image does not boot those boards`);
   const config = join(o.work, "rpi", "config.txt");
-  await atomicWriteFile(config, rpiConfigTxt());
+  await atomicWriteFile(config, rpiConfigTxt(o.rpi));
   files.push({ src: config, dest: "config.txt" });
   return files;
 }

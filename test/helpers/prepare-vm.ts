@@ -8,7 +8,13 @@
  */
 import { buildDemoImages } from "../../src/io/demo.ts";
 import { consoleContext } from "./context.ts";
-import { demoTestOptions, testImage, VM_TEST_IMAGE, vmSkipReason } from "./vm-image.ts";
+import {
+  demoTestOptions,
+  testImage,
+  VM_TEST_IMAGE,
+  VM_TEST_IMAGE_NEWER_BASE,
+  vmSkipReason,
+} from "./vm-image.ts";
 
 const skip = vmSkipReason();
 if (skip) {
@@ -19,6 +25,8 @@ if (skip) {
     console.log(`prepare-vm: ${what} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
   const image = await testImage(VM_TEST_IMAGE);
   lap(`test image ${image.raw}${image.cached ? " (cached)" : ""}`);
+  const newer = await testImage(VM_TEST_IMAGE_NEWER_BASE);
+  lap(`test image with a newer basesystem ${newer.raw}${newer.cached ? " (cached)" : ""}`);
   const demo = await buildDemoImages(
     consoleContext(),
     demoTestOptions(() => {}),

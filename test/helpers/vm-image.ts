@@ -193,6 +193,20 @@ async function pruneImages(keep: number): Promise<void> {
 /** The vm tier's image of the default description (every boot test but the demo's). */
 export const VM_TEST_IMAGE: TestImageOptions = { version: "1.0.0-test" };
 
+/** What the newer basesystem has that the test image's lacks (registry.test's flake calls it). */
+export const NEWER_BASE_PACKAGE = "hello";
+
+/**
+ * The test image as an OS update that brings a newer basesystem (one more
+ * package in it) would write it: registry.test puts its root into slot B.
+ */
+export const VM_TEST_IMAGE_NEWER_BASE: TestImageOptions = {
+  version: "1.1.0-test",
+  edit: (desc) => {
+    desc.containers = [{ name: "basesystem", packages: [NEWER_BASE_PACKAGE] }];
+  },
+};
+
 /** How the vm tier runs the demo: the update test and the background build agree on it. */
 export function demoTestOptions(log: (line: string) => void): DemoOptions {
   return {

@@ -203,6 +203,7 @@ test("provisioning: FROM base, COPY --from each layer then the app; no RUN", () 
       "COPY host/ /",
       "ADD include-0.tar /",
       "COPY paths/ /",
+      "COPY eos-flake-key /usr/share/eos-flake/key",
       'LABEL eos.flake.name="lynx" eos.flake.key="k1"',
       "",
     ].join("\n"),

@@ -11,8 +11,10 @@
  *  2. reboot: the mount fails, the unit reports why, the system is up, the
  *     damaged bytes are exactly as left (no xfs_repair, no mkfs); restored by
  *     the test, `flake-registry --activate` brings the flake and data back;
- *  3. os-update switches to slot B and reboots: the boot unit opens the
- *     registry with the TPM's key, the flake and the data are there;
+ *  3. os-update switches to slot B, which holds the test image with a newer
+ *     basesystem (what an OS update writes there), and reboots: the boot
+ *     unit opens the registry with the TPM's key, the flake and the data
+ *     are there, and the delta flake runs on the new base;
  *  4. the same disk in another VM (fresh swtpm state): the key does not
  *     unseal, the registry stays closed and its LUKS header unchanged. That
  *     VM is started the way a user starts one, `eos run --headless --tpm`:
@@ -33,9 +35,19 @@ import {
   copyImage,
   editImageGrubenv,
   readImageGrubenv,
+  readPartition,
   startTestVm,
+  writePartition,
 } from "../helpers/vm.ts";
-import { VM_TMP, testImage, VM_TEST_IMAGE, vmSkipReason, type TestImage } from "../helpers/vm-image.ts";
+import {
+  NEWER_BASE_PACKAGE,
+  VM_TMP,
+  testImage,
+  VM_TEST_IMAGE,
+  VM_TEST_IMAGE_NEWER_BASE,
+  vmSkipReason,
+  type TestImage,
+} from "../helpers/vm-image.ts";
 import { sha256File, startEosRun } from "../helpers/eos-run.ts";
 import { parseImageDescription } from "../../src/core/image/description.ts";
 
@@ -68,13 +80,16 @@ async function busyboxTar(dir: string): Promise<Buffer> {
   return r.stdout;
 }
 
-/** The seed's lynx as a delta container: one script, no shell of its own; it runs only on a base. */
+/**
+ * The seed's lynx as a delta container: one script, no shell of its own; it
+ * runs only on a base, and says which one (the newer basesystem has `hello`).
+ */
 async function lynxDeltaTar(dir: string): Promise<Buffer> {
   const root = join(dir, "lynxroot");
   await mkdir(join(root, "usr/bin"), { recursive: true });
   await writeFile(
     join(root, "usr/bin/lynx"),
-    '#!/bin/sh\necho "lynx $* on debian $(cat /etc/debian_version)"\n',
+    `#!/bin/sh\ngreeting=$(${NEWER_BASE_PACKAGE} 2>/dev/null) || greeting="no ${NEWER_BASE_PACKAGE}"\necho "lynx $* on debian $(cat /etc/debian_version): $greeting"\n`,
     {
       mode: 0o755,
     },
@@ -86,6 +101,7 @@ async function lynxDeltaTar(dir: string): Promise<Buffer> {
 
 describe("the flake registry on p.spare (QEMU + swtpm)", { skip, timeout: 40 * 60_000 }, () => {
   let image: TestImage;
+  let newer: TestImage;
   let work: string;
   let vm: Vm | undefined;
   let diskBytes = 0;
@@ -120,6 +136,7 @@ describe("the flake registry on p.spare (QEMU + swtpm)", { skip, timeout: 40 * 6
   before(async () => {
     const t0 = performance.now();
     image = await testImage(VM_TEST_IMAGE);
+    newer = await testImage(VM_TEST_IMAGE_NEWER_BASE);
     process.stdout.write(
       `# image ${image.raw} (${image.cached ? "cached" : `built in ${((performance.now() - t0) / 1000).toFixed(0)} s`})\n`,
     );
@@ -139,6 +156,9 @@ describe("the flake registry on p.spare (QEMU + swtpm)", { skip, timeout: 40 * 6
     // The first set-up dies after luksFormat and the token import (every boot's unit gets the
     // crash point; only a set-up reaches it).
     const raw = await copyImage(image.raw, work, "first-boot.raw");
+    // Slot B holds the newer basesystem's root from the start (step 3 switches to it): no boot
+    // before then writes that slot, so the VM's disk overlay shows it as written here.
+    await writePartition(raw, "p.lxrootclone1", await readPartition(newer.raw, "p.lxreadonly"));
     const cmdline = (await readImageGrubenv(raw)).get("eos_cmdline") ?? "";
     await editImageGrubenv(raw, {
       eos_cmdline: `${cmdline} systemd.setenv=EOS_TEST_CRASH_AT=registry:token`.trim(),
@@ -190,6 +210,7 @@ describe("the flake registry on p.spare (QEMU + swtpm)", { skip, timeout: 40 * 6
   });
 
   let savedSector = "";
+  let baseId = "";
   it("a flake registered and data written; a mount failure injected on purpose: reported, system booted, data intact", async () => {
     let v = vm as Vm;
     const tar = await busyboxTar(work);
@@ -233,8 +254,14 @@ describe("the flake registry on p.spare (QEMU + swtpm)", { skip, timeout: 40 * 6
     ]);
     assert.match(
       (await v.sshOk([LYNX, "-dump"], { timeoutMs: 300_000 })).trim(),
-      new RegExp(`^lynx -dump on debian ${await debianMajor(image.description)}\\.\\d+$`),
+      new RegExp(
+        `^lynx -dump on debian ${await debianMajor(image.description)}\\.\\d+: no ${NEWER_BASE_PACKAGE}$`,
+      ),
     );
+    baseId = (
+      await v.sshOk(["podman", "images", "--format", "{{.ID}}", "localhost/basesystem:latest"])
+    ).trim();
+    assert.match(baseId, /^[0-9a-f]{12}$/);
     // Damage the XFS superblock magic ("XFSB") of the opened registry.
     await v.sshOk(["flake-registry", "--stop"]);
     await v.sshOk(["sh", "-c", "flake-registry --status; true"]);
@@ -288,24 +315,19 @@ describe("the flake registry on p.spare (QEMU + swtpm)", { skip, timeout: 40 * 6
 
   it("the registry, its flake and data survive an OS switch from slot A to slot B", async () => {
     let v = vm ?? (await boot("before the switch"));
-    // Slot B gets the same root as A (what an update would write), recorded in the boot control
-    // block like os-update records a verified slot; then os-update itself switches: it re-hashes
-    // slot B against that record, makes B the default and reboots through GRUB.
-    await v.sshOk(
-      [
-        "dd",
-        "if=/dev/disk/by-partlabel/p.lxreadonly",
-        "of=/dev/disk/by-partlabel/p.lxrootclone1",
-        "bs=4M",
-        "conv=fsync",
-        "status=none",
-      ],
-      { timeoutMs: 300_000 },
+    // Slot B holds the newer image's root (written before the first boot), recorded in the boot
+    // control block as os-update records a verified slot (the newer image's own record of its
+    // slot A: version, hash, size, dm-verity); then os-update itself switches: it re-hashes slot B
+    // against that record, makes B the default and reboots through GRUB.
+    const newerEnv = await readImageGrubenv(newer.raw);
+    const newerRecord = Object.fromEntries(
+      ["version", "sha256", "size", "verity"].map((k) => [k, newerEnv.get(`eos_A_${k}`) ?? ""]),
     );
+    assert.equal(newerRecord.version, VM_TEST_IMAGE_NEWER_BASE.version);
     const recordB = [
       "const fs = require('fs'); const f = '/boot/efi/EFI/BOOT/grubenv';",
       "const vars = new Map(fs.readFileSync(f, 'latin1').split('\\n').filter((l) => /^eos_\\w+=/.test(l)).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));",
-      "for (const k of ['version', 'sha256', 'size']) vars.set('eos_B_' + k, vars.get('eos_A_' + k));",
+      `for (const [k, val] of Object.entries(${JSON.stringify(newerRecord)})) vars.set('eos_B_' + k, val);`,
       "let body = '# GRUB Environment Block\\n'; for (const [k, val] of vars) body += k + '=' + val + '\\n';",
       "fs.writeFileSync(f + '.new', body.padEnd(1024, '#'), 'latin1'); fs.renameSync(f + '.new', f);",
     ].join(" ");
@@ -344,8 +366,14 @@ describe("the flake registry on p.spare (QEMU + swtpm)", { skip, timeout: 40 * 6
     // The other slot's read-only store serves the base: the flake still runs on it.
     assert.match(
       (await v.sshOk([LYNX, "again"], { timeoutMs: 300_000 })).trim(),
-      new RegExp(`^lynx again on debian ${await debianMajor(image.description)}\\.`),
+      new RegExp(`^lynx again on debian ${await debianMajor(image.description)}\\.\\d+: Hello, world!$`),
     );
+    // It runs on the newer base from slot B's read-only store, rebuilt on this first call.
+    assert.match(await v.sshOk(["cat", "/etc/os-release"]), /^VERSION="?1\.1\.0-test"?$/m);
+    const newBaseId = (
+      await v.sshOk(["podman", "images", "--format", "{{.ID}}", "localhost/basesystem:latest"])
+    ).trim();
+    assert.notEqual(newBaseId, baseId, "slot B's store holds another basesystem");
     await down();
   });
 

@@ -311,11 +311,18 @@ export interface ProvisionPlan {
   key: string;
 }
 
+/** The build context's file holding the provisioning key, and where the image carries it. */
+export const PROVISION_KEY_FILE = "eos-flake-key";
+export const PROVISION_KEY_PATH = "/usr/share/eos-flake/key";
+
 /**
  * The Containerfile of a provisioned flake image: the base, each layer, then
  * the app image copied on top; then host dependencies and includes. Only
  * COPY/ADD: nothing from any image runs on the host (or at all) while it is
- * built.
+ * built. The key goes into the layer itself, not only a label: the layer of
+ * the same app on another base (a base an OS update took away with its
+ * read-only store) would otherwise have the same digest, and podman reuses
+ * a layer by digest, reading the old one through its missing parent.
  */
 export function provisionContainerfile(plan: ProvisionPlan, flakeName: string): string {
   const lines = [`FROM ${plan.from}`];
@@ -323,6 +330,7 @@ export function provisionContainerfile(plan: ProvisionPlan, flakeName: string): 
   if (plan.hostDeps) lines.push("COPY host/ /");
   for (const tar of plan.tars) lines.push(`ADD ${tar} /`);
   if (plan.paths) lines.push("COPY paths/ /");
+  lines.push(`COPY ${PROVISION_KEY_FILE} ${PROVISION_KEY_PATH}`);
   lines.push(`LABEL eos.flake.name=${JSON.stringify(flakeName)} eos.flake.key=${JSON.stringify(plan.key)}`);
   return `${lines.join("\n")}\n`;
 }

@@ -22,6 +22,7 @@ import {
   parseHostDependencies,
   provisionContainerfile,
   provisionKeyMaterial,
+  PROVISION_KEY_FILE,
   provisionedImageName,
   type ContainerFlake,
   type ProvisionPlan,
@@ -301,6 +302,7 @@ async function buildImage(
         await copyInto(path, join(dir, "paths"), opts.ignoreSyncError, opts.log);
       plan.paths = (await readdir(join(dir, "paths"))).length > 0;
     }
+    await writeFile(join(dir, PROVISION_KEY_FILE), `${plan.key}\n`);
     await writeFile(join(dir, "Containerfile"), provisionContainerfile(plan, flakeName));
     if (opts.progress) opts.log.write(`${opts.label}: provisioning ${image}\n`);
     const args = [

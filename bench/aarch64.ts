@@ -22,6 +22,7 @@ import { buildImage, type BuildResult } from "../src/io/image/build.ts";
 import { Vm } from "../src/io/machine/qemu.ts";
 import { consoleContext } from "../test/helpers/context.ts";
 import { REPO } from "../test/helpers/vm-image.ts";
+import { LOGIN_OR_SHELL } from "../src/core/machine/qemu-machine.ts";
 
 const arg = (name: string): string | undefined => {
   const i = process.argv.indexOf(name);
@@ -101,7 +102,7 @@ let login = Number.NaN;
 let ssh = Number.NaN;
 let guest = "";
 try {
-  await vm.waitForConsole(/ login: |root@[^:\s]+:[^#]*# /, { timeoutMs: 20 * 60_000 });
+  await vm.waitForConsole(LOGIN_OR_SHELL, { timeoutMs: 20 * 60_000 });
   login = Math.round(vm.uptime() * 10) / 10;
   await vm.waitForSsh({ timeoutMs: 20 * 60_000 });
   ssh = Math.round(vm.uptime() * 10) / 10;

@@ -29,6 +29,7 @@ import { TokenStore } from "./server/tokens.ts";
 import { awaitReports, DEMO_REPORTS, startDemoServer } from "./demo-server.ts";
 import { guestState, waitForCommit, type GuestState } from "./demo-guest.ts";
 import type { DeviceEventType } from "../core/fleet/events.ts";
+import { LOGIN_PROMPT } from "../core/machine/qemu-machine.ts";
 
 export interface DemoOptions {
   workDir: string;
@@ -267,7 +268,7 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
     });
     // Not yet `vm`, which close() kills: a boot that never answers must not leave QEMU running.
     try {
-      await machine.waitForConsole(/ login: /, { timeoutMs: slow(BOOT_MS) });
+      await machine.waitForConsole(LOGIN_PROMPT, { timeoutMs: slow(BOOT_MS) });
       await machine.waitForSsh({ timeoutMs: slow(3 * 60_000) });
     } catch (error) {
       await machine.kill();
@@ -297,7 +298,7 @@ export async function runDemo(ctx: Context, o: DemoOptions): Promise<DemoResult>
       const mark = vm!.mark();
       const r = await vm!.ssh(["os-update", "--apply"], { timeoutMs: slow(15 * 60_000) });
       const out = r.stdout.trim().split("\n");
-      await vm!.waitForConsole(/ login: /, { timeoutMs: slow(BOOT_MS), since: mark });
+      await vm!.waitForConsole(LOGIN_PROMPT, { timeoutMs: slow(BOOT_MS), since: mark });
       await vm!.waitForSsh({ timeoutMs: slow(3 * 60_000) });
       return [
         undefined,

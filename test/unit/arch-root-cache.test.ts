@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { EosError } from "../../src/core/errors.ts";
 import { PartitionType } from "../../src/core/gpt.ts";
 import { architectureOfRootType, parseArchitecture } from "../../src/core/image/arch.ts";
-import { machineArgv } from "../../src/core/machine/qemu-machine.ts";
+import { machineArgv, LOGIN_OR_SHELL, LOGIN_PROMPT } from "../../src/core/machine/qemu-machine.ts";
 import { packageList, parseImageDescription } from "../../src/core/image/description.ts";
 import { planLayout } from "../../src/core/image/layout.ts";
 import {
@@ -182,4 +182,16 @@ test("device code runs on Debian's Node 18 (eos.node: debian): only core/crc32.t
     .split("\n")
     .filter((f) => f && f !== "src/core/crc32.ts");
   assert.deepEqual(offenders, []);
+});
+
+test("the console's login prompt is found when the kernel's lines land inside getty's", () => {
+  // As CI's trixie demo saw it after the kexec: getty wrote "eos " and "login: " apart.
+  const interleaved =
+    "EOS 2.0.0 (demo) eos ttyS0\r\n\r\neos [   35.310136] kvm_amd: Nested Virtualization enabled\r\nlogin: root (automatic login)\r\n";
+  assert.match(interleaved, LOGIN_PROMPT);
+  assert.match(interleaved, LOGIN_OR_SHELL);
+  assert.match("\r\neos login: ", LOGIN_PROMPT);
+  assert.doesNotMatch("[  OK  ] Started systemd-logind.service - User Login Management.\r\n", LOGIN_PROMPT);
+  assert.doesNotMatch("eos ttyS0\r\n", LOGIN_OR_SHELL);
+  assert.match("root@eos:~# ", LOGIN_OR_SHELL);
 });

@@ -13,6 +13,7 @@ import type { Vm } from "../../src/io/machine/qemu.ts";
 import { BOOT_TIMEOUT_MS, readImageGrubenv, startTestVm } from "../helpers/vm.ts";
 import { runEspDurabilityProbe } from "../helpers/esp-durability.ts";
 import { testImage, VM_TEST_IMAGE, vmSkipReason, type TestImage } from "../helpers/vm-image.ts";
+import { LOGIN_PROMPT } from "../../src/core/machine/qemu-machine.ts";
 
 const skip = vmSkipReason();
 if (skip) process.stdout.write(`# vm tier skipped: ${skip}\n`);
@@ -29,7 +30,7 @@ describe("the default AB image boots", { skip, timeout: 40 * 60_000 }, () => {
       `# image ${image.raw} (${image.cached ? "cached" : `built in ${((performance.now() - t0) / 1000).toFixed(0)} s`})\n`,
     );
     vm = await startTestVm(undefined, image);
-    await vm.waitForConsole(/ login: /, { timeoutMs: BOOT_TIMEOUT_MS });
+    await vm.waitForConsole(LOGIN_PROMPT, { timeoutMs: BOOT_TIMEOUT_MS });
     await vm.waitForSsh({ timeoutMs: 3 * 60_000 });
     const state = (
       await vm.ssh(["systemctl", "is-system-running", "--wait"], { timeoutMs: 180_000 })

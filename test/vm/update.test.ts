@@ -27,6 +27,7 @@ import {
   readPartition,
   writePartition,
 } from "../helpers/vm.ts";
+import { LOGIN_PROMPT } from "../../src/core/machine/qemu-machine.ts";
 
 const skip = vmSkipReason();
 if (skip) process.stdout.write(`# vm tier skipped: ${skip}\n`);
@@ -147,7 +148,7 @@ describe("update cycle in a real VM (the demo, asserted)", { skip, timeout: 75 *
       registryDiskBytes: 0,
     });
     demo.vm = again;
-    await again.waitForConsole(/ login: /, { timeoutMs: 8 * 60_000 });
+    await again.waitForConsole(LOGIN_PROMPT, { timeoutMs: 8 * 60_000 });
     await again.waitForSsh({ timeoutMs: 3 * 60_000 });
     // As the seed ships it: through the `fleet` flake (podman, the image's read-only store), not the copy.
     const getkey = await again.ssh(["fleet", "--getkey"], { timeoutMs: 300_000 });

@@ -160,3 +160,14 @@ export function guestSshArgv(key: string, port: number, command: string[], conne
     formatArgv(command),
   ];
 }
+
+/**
+ * getty's login prompt on a serial console. getty writes the host name and
+ * "login: " apart, and the kernel's own lines can land between them
+ * ("eos [   35.31] kvm_amd: …\r\nlogin: "), so the prompt is "login: " after
+ * any white space or at a line's start, not only after the host name's space.
+ */
+export const LOGIN_PROMPT = /(?:^|\s)login: /m;
+
+/** The login prompt, or an autologin root shell's prompt. */
+export const LOGIN_OR_SHELL = /(?:^|\s)login: |root@[^:\s]+:[^#]*# /m;

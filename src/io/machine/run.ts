@@ -11,6 +11,7 @@ import type { Architecture } from "../../core/image/arch.ts";
 import type { Context } from "../context.ts";
 import { imageArchitecture } from "../disk-image.ts";
 import { Vm, type VmOptions } from "./qemu.ts";
+import { LOGIN_OR_SHELL } from "../../core/machine/qemu-machine.ts";
 
 export interface RunImageOptions extends Omit<
   VmOptions,
@@ -68,7 +69,7 @@ export async function runImage(ctx: Context, o: RunImageOptions): Promise<number
         .then(() => say(`multi-user.target after ${vm.uptime().toFixed(1)} s`))
         .catch(() => undefined);
       void vm
-        .waitForConsole(/ login: |root@[^:\s]+:[^#]*# /, { timeoutMs: 30 * 60_000 })
+        .waitForConsole(LOGIN_OR_SHELL, { timeoutMs: 30 * 60_000 })
         .then(() => say(`login prompt (or autologin shell) after ${vm.uptime().toFixed(1)} s`))
         .catch(() => undefined);
       if (o.waitSsh && o.sshKey) {

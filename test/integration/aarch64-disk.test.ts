@@ -8,11 +8,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PartitionType, readGpt, findPartition } from "../../src/core/gpt.ts";
 import { parseImageDescription } from "../../src/core/image/description.ts";
+import { earlyGrubCfg } from "../../src/core/image/grubcfg.ts";
 import { planLayout } from "../../src/core/image/layout.ts";
 import { decodeGrubenv } from "../../src/core/update/grubenv.ts";
 import { ROOT_CLONE_LABEL, ROOT_LABEL } from "../../src/core/manifest.ts";
@@ -46,6 +48,15 @@ test("aarch64 AB disk: Linux root (ARM64) slots, BOOTAA64.EFI from arm64 modules
   assert.equal(argv[argv.indexOf("-O") + 1], "arm64-efi");
   assert.equal(argv[argv.indexOf("-d") + 1], grub.moduleDir);
   assert.ok(argv.includes("squash4") && argv.includes("loadenv"));
+  // The embedded early config: bookworm's GRUB 2.06 sets $cmdpath and keeps its bytes; the
+  // suite's GRUB from trixie on (2.12) sets only $fw_path, which that description's ESP reads.
+  const early = (a: string[]) => readFileSync(a[a.indexOf("-c") + 1] as string, "utf8");
+  assert.equal(early(argv), earlyGrubCfg());
+  const trixieWork = join(work, "trixie");
+  await mkdir(trixieWork);
+  const trixie = { ...desc, distribution: { ...desc.distribution, suite: "trixie" as const } };
+  await makeArm64Esp(grub, trixie, layout, trixieWork);
+  assert.equal(early(grub.mkimageCalls[1] ?? []), earlyGrubCfg({ fwPath: true }));
 
   const env = MTOOLS_ENV;
   const listing = spawnSync("mdir", ["-i", esp, "-b", "::EFI/BOOT"], { env }).stdout.toString();

@@ -143,6 +143,16 @@ test("grub.cfg addresses slots on the disk GRUB was loaded from", () => {
 
 test("the embedded early config loads grub.cfg from the directory GRUB was loaded from", () => {
   assert.equal(earlyGrubCfg(), 'set prefix=$cmdpath\nconfigfile "${prefix}/grub.cfg"\n');
+  // Debian's GRUB 2.12 (trixie, arm64) sets only $fw_path; an empty prefix booted nothing.
+  const both = earlyGrubCfg({ fwPath: true }).split("\n");
+  assert.deepEqual(both.slice(0, 5), [
+    'if [ -n "${cmdpath}" ]; then',
+    '  set prefix="${cmdpath}"',
+    'elif [ -n "${fw_path}" ]; then',
+    '  set prefix="${fw_path}"',
+    "fi",
+  ]);
+  assert.equal(both.at(-2), 'configfile "${prefix}/grub.cfg"');
 });
 
 test("grub.cfg rejects a timeout GRUB would not accept", () => {

@@ -104,12 +104,25 @@ export function initialGrubenv(slots: BootSlots): Buffer {
 }
 
 /**
- * Embedded in BOOTX64.EFI with `grub-mkimage -c`. GRUB sets `$cmdpath` to the
- * directory it was loaded from (the ESP's /EFI/BOOT), so this works whatever
- * the disk's number is.
+ * Embedded in BOOTX64.EFI (or BOOTAA64.EFI) with `grub-mkimage -c`. GRUB 2.06
+ * sets `$cmdpath` to the directory it was loaded from (the ESP's /EFI/BOOT),
+ * so this works whatever the disk's number is. Debian's GRUB 2.12 (trixie's
+ * grub-efi-arm64-bin) leaves `$cmdpath` unset and sets `$fw_path` instead: an
+ * empty prefix there loaded no grubenv and booted nothing. `fwPath` makes the
+ * config take either; without it the bytes stay those of every image built
+ * before (x86_64's host GRUB, bookworm's arm64 GRUB).
  */
-export function earlyGrubCfg(): string {
-  return ["set prefix=$cmdpath", 'configfile "${prefix}/grub.cfg"', ""].join("\n");
+export function earlyGrubCfg(options: { fwPath?: boolean } = {}): string {
+  if (!options.fwPath) return ["set prefix=$cmdpath", 'configfile "${prefix}/grub.cfg"', ""].join("\n");
+  return [
+    'if [ -n "${cmdpath}" ]; then',
+    '  set prefix="${cmdpath}"',
+    'elif [ -n "${fw_path}" ]; then',
+    '  set prefix="${fw_path}"',
+    "fi",
+    'configfile "${prefix}/grub.cfg"',
+    "",
+  ].join("\n");
 }
 
 function verityArgs(target: string, record: string): string[] {

@@ -206,7 +206,11 @@ export async function makeEsp(
   const efi = join(work, arch.efiBinary);
   const cfg = join(work, "grub.cfg");
   const envblk = join(work, "grubenv");
-  await writeFile(early, earlyGrubCfg());
+  // The suite's own GRUB (foreign architectures) is 2.12 from trixie on: no $cmdpath.
+  await writeFile(
+    early,
+    earlyGrubCfg({ fwPath: grubModuleDir !== undefined && desc.distribution.suite !== "bookworm" }),
+  );
   await writeFile(cfg, generateGrubCfg());
   await writeFile(
     envblk,

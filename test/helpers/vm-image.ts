@@ -14,8 +14,10 @@ import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { spawnSync } from "node:child_process";
 import { parse, stringify } from "yaml";
+import type { Architecture } from "../../src/core/image/arch.ts";
 import type { Profile } from "../../src/core/image/description.ts";
-import { buildImage, type BuildResult } from "../../src/io/image/build.ts";
+import { buildImage, imageFileBase, type BuildResult } from "../../src/io/image/build.ts";
+import { MACHINE_HOSTS } from "../../src/io/machine/host.ts";
 import type { Context } from "../../src/io/context.ts";
 import { generateReleaseKeys } from "../../src/io/keys.ts";
 import type { DemoOptions } from "../../src/io/demo.ts";
@@ -46,6 +48,8 @@ export interface TestImageOptions {
   name?: string;
   version?: string;
   profile?: Profile;
+  /** Default x86_64; aarch64 builds under qemu-user (give it images/aarch64.yaml). */
+  architecture?: Architecture;
   /** Extra packages (v2 of the demo carries one more). */
   packages?: string[];
   /** Also write NAME.raw.xz (off by default: the tests boot the raw image). */
@@ -54,22 +58,17 @@ export interface TestImageOptions {
   edit?: (desc: Record<string, unknown>) => void;
 }
 
-/** Why the vm tier cannot run here, or undefined when it can. */
-export function vmSkipReason(): string | undefined {
+/** Why the vm tier cannot build and boot an image of this architecture here, or undefined when it can. */
+export function vmSkipReason(architecture: Architecture = "x86_64"): string | undefined {
   if (process.getuid?.() !== 0) return "eos build needs root (mmdebstrap --mode=root, chroot)";
-  for (const tool of [
-    "mmdebstrap",
-    "mksquashfs",
-    "qemu-system-x86_64",
-    "qemu-img",
-    "grub-mkimage",
-    "mcopy",
-    "ssh",
-  ]) {
+  const host = MACHINE_HOSTS[architecture];
+  for (const tool of ["mmdebstrap", "mksquashfs", host.qemu, "qemu-img", "grub-mkimage", "mcopy", "ssh"]) {
     if (spawnSync("sh", ["-c", 'command -v "$1"', "sh", tool]).status !== 0)
       return `${tool} is not installed`;
   }
-  if (!existsSync("/usr/share/OVMF/OVMF_CODE.fd")) return "OVMF is not installed";
+  if (!existsSync(host.firmwareCode)) return `${host.firmwareCode} is missing (${host.packages})`;
+  if (architecture !== "x86_64" && !existsSync(`/proc/sys/fs/binfmt_misc/qemu-${architecture}`))
+    return `no qemu-${architecture} binfmt handler for the emulated build (scripts/setup.sh)`;
   return undefined;
 }
 
@@ -127,6 +126,7 @@ export async function testImage(options: TestImageOptions = {}): Promise<TestIma
   options.edit?.(desc);
   const text = stringify(desc);
   const profile = options.profile ?? "AB";
+  const architecture = options.architecture ?? "x86_64";
 
   const hash = createHash("sha256");
   hash
@@ -135,6 +135,8 @@ export async function testImage(options: TestImageOptions = {}): Promise<TestIma
     .update(options.xz ? "xz" : "raw")
     .update(isoWeek(new Date()))
     .update(process.version);
+  // Only another architecture adds to the key: x86_64 images cached before keep theirs.
+  if (architecture !== "x86_64") hash.update(architecture);
   // What decides an image's bytes: the files it carries, the build code, the boot contract.
   for (const dir of [
     "images/files",
@@ -157,7 +159,7 @@ export async function testImage(options: TestImageOptions = {}): Promise<TestIma
   const key = hash.digest("hex").slice(0, 16);
   const dir = join(VM_TMP, "images", key);
   const description = join(dir, "description.yaml");
-  const name = String(desc.name);
+  const name = imageFileBase(String(desc.name), architecture, profile);
   const raw = join(dir, `${name}.raw`);
   const resultFile = join(dir, `${name}.build.json`);
   if (!process.env.EOS_VM_REBUILD && existsSync(raw) && existsSync(resultFile)) {
@@ -171,6 +173,7 @@ export async function testImage(options: TestImageOptions = {}): Promise<TestIma
   const build = await buildImage(ctx, {
     description,
     profile,
+    architecture,
     outDir: dir,
     keys: [keys.releaseKey],
     workDir: join(VM_TMP, "work", key),

@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import {
   findPasswdEntry,
   hostsWithName,
@@ -14,6 +15,7 @@ import { EosError } from "../../src/core/errors.ts";
 import { EC2_CONSOLE, EC2_INIT_UNIT, ec2RootFiles, profileDescription } from "../../src/core/image/ec2.ts";
 import { packageList, parseImageDescription } from "../../src/core/image/description.ts";
 import { planLayout } from "../../src/core/image/layout.ts";
+import { PartitionType } from "../../src/core/gpt.ts";
 import { machineArgv } from "../../src/core/machine/qemu-machine.ts";
 
 function key(type = "ssh-ed25519", bytes = 32, comment = " me@host"): string {
@@ -171,6 +173,31 @@ test("the EC2 profile: AB's disk, the serial console at 115200 last, sshd, DHCP 
       "/etc/systemd/system/ssh.service.d/eos-host-keys.conf",
       "/etc/ssh/sshd_config.d/eos-host-keys.conf",
       "/usr/lib/systemd/network/80-eos-ec2.network",
+    ],
+  );
+});
+
+test("EC2 on arm64 (Graviton): Debian's arm64 kernel, ttyS0 last after QEMU virt's PL011, NVMe in the initramfs", () => {
+  const arm = parseImageDescription(readFileSync("images/aarch64.yaml", "utf8"), "images/aarch64.yaml");
+  const { desc: ec2 } = profileDescription(arm, "EC2", "images/aarch64.yaml");
+  // Graviton's serial console is ttyS0 (/dev/console, last); ttyAMA0 stays for QEMU virt and other UEFI boards.
+  assert.deepEqual(ec2.kernel.cmdline, ["console=ttyAMA0", EC2_CONSOLE]);
+  // linux-image-arm64 carries nvme and ena as modules: no second emulated root for a cloud flavour.
+  assert.ok(packageList(ec2, "aarch64").includes("linux-image-arm64"));
+  assert.ok(!packageList(ec2, "aarch64").some((p) => p.includes("cloud")));
+  assert.deepEqual(
+    packageList(ec2, "aarch64"),
+    packageList(arm, "aarch64"),
+    "the AB build's root cache entry",
+  );
+  assert.ok(ec2.kernel.modules.includes("nvme"));
+  assert.deepEqual(
+    planLayout(ec2, "EC2", "aarch64").table.partitions.map((p) => p.typeGuid),
+    [
+      PartitionType.efiSystem,
+      PartitionType.linuxRootArm64,
+      PartitionType.linuxRootArm64,
+      PartitionType.linuxData,
     ],
   );
 });

@@ -73,6 +73,11 @@ export interface BuildResult {
   seconds: Record<string, number>;
 }
 
+/** OUT/<this>.raw, .build.json, ...: x86_64 keeps its historical NAME; other architectures say what they are, as the seed does. */
+export function imageFileBase(name: string, architecture: Architecture, profile: Profile): string {
+  return architecture === "x86_64" ? name : `${name}.${architecture}-${profile}`;
+}
+
 export async function loadDescription(path: string): Promise<ImageDescription> {
   let text: string;
   try {
@@ -121,8 +126,7 @@ export async function buildImage(ctx: Context, o: BuildOptions): Promise<BuildRe
     );
   }
   const layout = planLayout(desc, o.profile, architecture);
-  // x86_64 keeps its historical NAME.raw; other architectures say what they are, as the seed does.
-  const fileBase = architecture === "x86_64" ? desc.name : `${desc.name}.${architecture}-${o.profile}`;
+  const fileBase = imageFileBase(desc.name, architecture, o.profile);
   const outDir = resolve(o.outDir);
   await mkdir(outDir, { recursive: true });
   const work = resolve(o.workDir ?? join(outDir, `.work-${fileBase}`));

@@ -23,6 +23,13 @@ export interface RunOptions {
   /** stdin when there is no `input` (default: ignore). */
   stdin?: "ignore" | "inherit";
   signal?: AbortSignal;
+  /**
+   * Run in a process group of its own and, on abort, stop the whole group
+   * (SIGTERM, SIGKILL after a grace), then wait for it: for tools that fork
+   * workers of their own (mmdebstrap's apt and dpkg in the chroot), which
+   * would go on writing into the tree after the tool itself was stopped.
+   */
+  group?: boolean;
   timeoutMs?: number;
   /** Each output line (stdout and stderr) as it arrives. */
   onLine?: (line: string) => void;
@@ -124,9 +131,14 @@ export function systemRunner(): ProcessRunner {
         cwd: options.cwd,
         env: options.env ?? process.env,
         stdio: [options.input === undefined ? (options.stdin ?? "ignore") : "pipe", "pipe", "pipe"],
-        ...(options.signal ? { signal: options.signal } : {}),
+        ...(options.group ? { detached: true } : options.signal ? { signal: options.signal } : {}),
         ...(options.timeoutMs ? { timeout: options.timeoutMs } : {}),
       });
+      const stopGroup = () => void killGroup(child);
+      if (options.group) {
+        if (options.signal?.aborted) stopGroup();
+        else options.signal?.addEventListener("abort", stopGroup, { once: true });
+      }
       const capture = options.capture ?? true;
       const out: Buffer[] = [];
       let err = "";
@@ -152,6 +164,7 @@ export function systemRunner(): ProcessRunner {
         child.once("error", (error) => resolve({ code: null, signal: null, error }));
         child.once("close", (c, signal) => resolve({ code: c, signal }));
       });
+      options.signal?.removeEventListener("abort", stopGroup);
       if (options.onLine) {
         if (partial.out) options.onLine(partial.out);
         if (partial.err) options.onLine(partial.err);
@@ -319,6 +332,33 @@ export async function stopStarted(started: Started, graceMs = 2000): Promise<voi
     child.kill("SIGKILL");
     await started.exited;
   }
+}
+
+const GROUP_GRACE_MS = 10_000;
+
+/**
+ * SIGTERM to the child's process group, SIGKILL to what is left of it after
+ * GROUP_GRACE_MS (the tool's own clean-up, e.g. mmdebstrap unmounting the
+ * chroot's /proc and /dev, gets that long).
+ */
+async function killGroup(child: ChildProcess): Promise<void> {
+  const pid = child.pid;
+  if (pid === undefined) return;
+  const signalGroup = (sig: NodeJS.Signals | 0): boolean => {
+    try {
+      process.kill(-pid, sig);
+      return true;
+    } catch {
+      return false; // ESRCH: the group is gone
+    }
+  };
+  if (!signalGroup("SIGTERM")) return;
+  const deadline = Date.now() + GROUP_GRACE_MS;
+  while (Date.now() < deadline) {
+    await sleep(100, undefined, { ref: false });
+    if (!signalGroup(0)) return;
+  }
+  signalGroup("SIGKILL");
 }
 
 /** Is a process with this pid alive (ours or another user's)? */

@@ -100,6 +100,7 @@ async function runMmdebstrap(o: BaseRootOptions, tree: string, bootDir: string):
     code: "BUILD",
     env: o.env,
     capture: false,
+    group: true,
     onLine: (l) => {
       if (/^(I|W|E): /.test(l) || l.startsWith("EOS: ")) o.log(`mmdebstrap: ${l}`);
     },

@@ -18,7 +18,7 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import { copyFile, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import type { Vm } from "../../src/io/machine/qemu.ts";
@@ -67,6 +67,8 @@ describe("the update server image serves a fleet (QEMU + swtpm)", { skip, timeou
   before(async () => {
     image = await timed("image", () => testImage({ description: "images/update-server.yaml" }));
     world = await makeWorld();
+    // A fresh checkout has no .tmp/vm/run yet (startTestVm makes it, later).
+    await mkdir(join(VM_TMP, "run"), { recursive: true });
     work = await mkdtemp(join(VM_TMP, "run", "update-server-"));
     // The device's v1 and the origin's v2, signed with the release key the server image trusts.
     const v1Raw = await releaseImage(world, NAME, "1.0.0", { key: image.releaseKey, seed: "fleet" });

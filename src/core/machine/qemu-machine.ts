@@ -2,7 +2,8 @@
  * The QEMU command line of an EOS machine (`eos run`, the vm tier): UEFI
  * firmware with its own variables, the disk as virtio-blk behind a qcow2
  * overlay, user networking with SSH forwarded to loopback, the serial
- * console on stdio, and optionally a registry disk and a TPM 2.0 (swtpm).
+ * console on stdio, and optionally a registry disk, a TPM 2.0 (swtpm) and a
+ * link to other guests.
  */
 import { EosError } from "../errors.ts";
 import type { Architecture } from "../image/arch.ts";
@@ -35,6 +36,32 @@ export interface MachinePlan {
    * on the host (QEMU guestfwd ...-cmd:). ADDRESS must lie in guestNet.
    */
   guestForwards?: Array<{ address: string; port: number; command: string[] }> | undefined;
+  /**
+   * A second NIC on a link between guests of this host: a QEMU socket netdev
+   * on 127.0.0.1:PORT, which one machine listens on and the others connect
+   * to (started after it). Each guest needs its own MAC: QEMU would give every
+   * machine's second NIC the same one.
+   */
+  guestLink?: GuestLink | undefined;
+}
+
+export interface GuestLink {
+  role: "listen" | "connect";
+  port: number;
+  mac: string;
+}
+
+function linkNetdev(link: GuestLink): string[] {
+  if (!Number.isInteger(link.port) || link.port < 1 || link.port > 65535)
+    throw new EosError("VM", `guest link port ${link.port} is not a TCP port`);
+  if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(link.mac))
+    throw new EosError("VM", `guest link MAC ${link.mac} is not six lower-case hex bytes`);
+  return [
+    "-netdev",
+    `socket,id=net1,${link.role}=127.0.0.1:${link.port}`,
+    "-device",
+    `virtio-net-pci,netdev=net1,mac=${link.mac}`,
+  ];
 }
 
 /** QEMU runs a guestfwd command through /bin/sh and splits its options at commas: plain words only. */
@@ -132,6 +159,7 @@ export function machineArgv(p: MachinePlan): string[] {
       architecture === "aarch64" ? "tpm-tis-device,tpmdev=tpm0" : "tpm-tis,tpmdev=tpm0",
     );
   }
+  if (p.guestLink) args.push(...linkNetdev(p.guestLink));
   if (p.noReboot) args.push("-no-reboot");
   return args;
 }

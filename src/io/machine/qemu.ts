@@ -48,8 +48,8 @@ export interface VmOptions {
   noReboot?: boolean;
   /** Reuse the existing working disk and OVMF variables in workDir (a second boot of the same machine). */
   reuseDisk?: boolean;
-  /** Disk bus and user-network extras (an EC2-like machine: NVMe, a metadata service). */
-  machine?: Pick<MachinePlan, "diskBus" | "guestNet" | "guestForwards">;
+  /** Disk bus, user-network extras (an EC2-like machine: NVMe, a metadata service), a link between guests. */
+  machine?: Pick<MachinePlan, "diskBus" | "guestNet" | "guestForwards" | "guestLink">;
   /** Starts QEMU, swtpm, qemu-img and ssh (default: the system's). */
   proc?: ProcessRunner;
 }

@@ -259,8 +259,13 @@ describe(
         "/run/eos/fleet-token": token,
       };
       await prepareDevice(files);
-      // Nothing but the link leads there: the device's user network has no route to 192.168.76.0/24.
+      // User networking would carry 192.168.76.1 to the host's network (something there answered
+      // TLS when the device's address was off the link): the route and the neighbour's MAC say link.
+      const route = await device.sshOk(["ip", "-o", "route", "get", SERVER.address]);
+      assert.match(route, new RegExp(`^${SERVER.address} dev \\S+ src ${DEVICE.address} `), route);
       assert.equal((await device.ssh(["ping", "-c1", "-W5", SERVER.address])).code, 0, "the link carries");
+      const neighbour = await device.sshOk(["ip", "neigh", "show", SERVER.address]);
+      assert.match(neighbour, new RegExp(`lladdr ${SERVER.mac} `), "the server guest's NIC answered");
       const check = await timed("check over https", () =>
         device.ssh(["os-update", "--check"], { timeoutMs: 300_000 }),
       );

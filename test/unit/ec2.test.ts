@@ -17,6 +17,7 @@ import { packageList, parseImageDescription } from "../../src/core/image/descrip
 import { planLayout } from "../../src/core/image/layout.ts";
 import { PartitionType } from "../../src/core/gpt.ts";
 import { machineArgv } from "../../src/core/machine/qemu-machine.ts";
+import { MINIMAL_PLAN } from "../helpers/machine-plan.ts";
 
 function key(type = "ssh-ed25519", bytes = 32, comment = " me@host"): string {
   const t = Buffer.from(type);
@@ -203,16 +204,7 @@ test("EC2 on arm64 (Graviton): Debian's arm64 kernel, ttyS0 last after QEMU virt
 });
 
 test("an EC2-like QEMU machine: NVMe boot disk, a guest network and a guestfwd command of plain words", () => {
-  const plan = {
-    accel: "tcg" as const,
-    cpus: 1,
-    memoryMiB: 512,
-    firmwareCode: "/code.fd",
-    firmwareVars: "/vars.fd",
-    disk: "/d.qcow2",
-    sshPort: 2222,
-    interactive: false,
-  };
+  const plan = MINIMAL_PLAN;
   const args = machineArgv({
     ...plan,
     diskBus: "nvme",

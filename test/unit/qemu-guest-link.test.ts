@@ -1,17 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { machineArgv, type MachinePlan } from "../../src/core/machine/qemu-machine.ts";
-
-const plan: MachinePlan = {
-  accel: "tcg",
-  cpus: 1,
-  memoryMiB: 512,
-  firmwareCode: "/code.fd",
-  firmwareVars: "/vars.fd",
-  disk: "/d.qcow2",
-  sshPort: 2222,
-  interactive: false,
-};
+import { machineArgv } from "../../src/core/machine/qemu-machine.ts";
+import { MINIMAL_PLAN as plan } from "../helpers/machine-plan.ts";
 
 test("a link between guests: a second NIC with its own MAC on a socket netdev one guest listens on", () => {
   const server = machineArgv({

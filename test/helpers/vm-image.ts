@@ -221,3 +221,22 @@ export function demoTestOptions(log: (line: string) => void): DemoOptions {
     log,
   };
 }
+
+/**
+ * How the vm tier runs the update cycle on arm64: the minimal arm64 description (no
+ * podman: every package is emulated work), v2 the same root with a new version, and
+ * the cycle only until v2 is committed. One emulated boot sequence: check, apply, kexec
+ * into slot B, commit. The update test and the background build agree on it.
+ */
+export function demoTestOptionsAarch64(log: (line: string) => void): DemoOptions {
+  return {
+    // Its own keys and token: the background build makes these beside the x86_64 demo's.
+    workDir: join(VM_TMP, "demo-aarch64"),
+    description: join(REPO, "images/aarch64-minimal.yaml"),
+    port: 18081,
+    architecture: "aarch64",
+    through: "commit",
+    rebuild: false,
+    log,
+  };
+}

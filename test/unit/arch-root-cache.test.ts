@@ -139,7 +139,7 @@ test("images/aarch64.yaml is valid and differs from default.yaml only where arm6
   assert.deepEqual(arm.services, x86.services);
 });
 
-test("aarch64 machines: virt with pauth-impdef under TCG, host CPU under KVM, AAVMF pflash, TIS device", () => {
+test("aarch64 machines: virt with pauth-impdef and without LPA2 under TCG, host CPU under KVM, AAVMF pflash, TIS device", () => {
   const plan = {
     accel: "tcg" as const,
     cpus: 2,
@@ -154,7 +154,7 @@ test("aarch64 machines: virt with pauth-impdef under TCG, host CPU under KVM, AA
   const arm = machineArgv({ ...plan, architecture: "aarch64" });
   const after = (args: string[], flag: string) => args[args.indexOf(flag) + 1];
   assert.equal(after(arm, "-machine"), "virt");
-  assert.equal(after(arm, "-cpu"), "max,pauth-impdef=on");
+  assert.equal(after(arm, "-cpu"), "max,pauth-impdef=on,lpa2=off");
   assert.ok(arm.includes("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd"));
   assert.ok(arm.includes("tpm-tis-device,tpmdev=tpm0"));
   const kvm = machineArgv({ ...plan, architecture: "aarch64", accel: "kvm" });

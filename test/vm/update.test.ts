@@ -86,6 +86,7 @@ describe("update cycle in a real VM (the demo, asserted)", { skip, timeout: 75 *
 
   it("--rollback --reboot brings v1 back through GRUB, and v2 is offered again", () => {
     const s = demo.states.rolledBack;
+    assert.ok(s, "the demo went through the rollback");
     expectState(s, { version: "1.0.0", slot: "A", def: "A", check: 1 });
     assert.doesNotMatch(s.cmdline, /COMMIT_UPDATE/);
   });

@@ -96,7 +96,10 @@ function board(architecture: Architecture, accel: Accel): { machine: string; cpu
     return accel === "kvm"
       ? { machine: "virt,gic-version=max", cpu: "host" }
       : // pauth-impdef: the architected QARMA pointer authentication made boots twice as slow under TCG.
-        { machine: "virt", cpu: "max,pauth-impdef=on" };
+        // lpa2=off: no machine EOS targets (Pi 4/5, Graviton) has FEAT_LPA2, and with it trixie's
+        // 6.12 kernel runs 52-bit VAs on 5 page-table levels, where kexec_load oopses in
+        // trans_pgd_create_copy: os-update could never kexec on -cpu max.
+        { machine: "virt", cpu: "max,pauth-impdef=on,lpa2=off" };
   return { machine: "q35", cpu: accel === "kvm" ? "host" : "max" };
 }
 

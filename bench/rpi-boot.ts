@@ -72,7 +72,8 @@ if (TRIAL) {
 
 const milestones: Array<[string, RegExp]> = [
   ["U-Boot", /U-Boot 20\d\d/],
-  ["U-Boot starts BOOTAA64.EFI", /Booting \/efi\\boot\\bootaa64\.efi/i],
+  // U-Boot 2022.04 (bookworm) names the file; 2025.01 (trixie) its boot manager's bootflow.
+  ["U-Boot starts BOOTAA64.EFI", /Booting \/efi\\boot\\bootaa64\.efi|Booting bootflow .* with efi_mgr/i],
   ["GRUB boots a slot", /EOS: booting (trial )?slot/],
   ["kernel (EFI stub)", /EFI stub: Booting Linux Kernel/],
   ["initramfs", /Run \/init as init process/],

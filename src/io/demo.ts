@@ -62,7 +62,7 @@ export interface DemoResult {
   v2: BuildResult;
   states: Record<"booted" | "updated", GuestState> & { rolledBack?: GuestState };
   seconds: number;
-  /** Only with keepVm: the VM (running v1 after the rollback) and the server, for further steps. */
+  /** Only with keepVm: the VM (v1 after the rollback, v2 if the cycle stopped at the commit) and the server. */
   vm?: Vm;
   server?: Server;
   /** What the device reported to the demo's server during the demo, oldest first. */

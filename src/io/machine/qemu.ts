@@ -222,6 +222,19 @@ export class Vm {
     return this.consoleText;
   }
 
+  /** The console's last `lines` non-empty lines, without terminal escapes: what a failure shows. */
+  consoleTail(lines: number): string {
+    return (
+      this.consoleText
+        // eslint-disable-next-line no-control-regex
+        .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "")
+        .split(/\r?\n/)
+        .filter((l) => l.trim() !== "")
+        .slice(-lines)
+        .join("\n")
+    );
+  }
+
   /** Position in the console text, to wait only for lines printed after it. */
   mark(): number {
     return this.consoleText.length;
@@ -313,7 +326,12 @@ export class Vm {
     const deadline = performance.now() + options.timeoutMs;
     let last = "";
     while (performance.now() < deadline) {
-      if (!this.running) throw new EosError("VM", `QEMU exited (${this.exitCode}) before SSH answered`);
+      if (!this.running)
+        throw new EosError(
+          "VM",
+          `QEMU exited (${this.exitCode}) before SSH answered; the console's last lines:\n${this.consoleTail(20)}`,
+          { hint: `console log: ${this.consoleLog}` },
+        );
       const r = await this.ssh(["true"], { timeoutMs: 20_000, connectTimeout: 5 });
       if (r.code === 0) return;
       last = r.stderr.trim();
